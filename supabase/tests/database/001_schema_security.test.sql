@@ -1,0 +1,58 @@
+-- The schema's security posture, the checks Supabase's linter makes:
+-- RLS everywhere, pinned search_path, security_invoker views, service-only
+-- functions.
+begin;
+\ir _helpers.sql
+select plan(10);
+
+-- test: every table of ours has RLS
+select is(
+  (select array_agg(c.oid::regclass::text order by 1) from pg_class c join pg_namespace n on n.oid = c.relnamespace
+   where c.relkind = 'r' and n.nspname in ('public', 'ops') and not c.relrowsecurity),
+  null, 'RLS is enabled on every table in public and ops');
+
+-- test: every function of ours pins search_path to ''
+select is(
+  (select array_agg(p.oid::regprocedure::text order by 1) from pg_proc p join pg_namespace n on n.oid = p.pronamespace
+   where n.nspname in ('public', 'ops') and not coalesce(p.proconfig @> array['search_path=""'], false)),
+  null, 'every function in public and ops sets search_path = ''''');
+
+select is(
+  (select array_agg(c.oid::regclass::text order by 1) from pg_class c join pg_namespace n on n.oid = c.relnamespace
+   where c.relkind = 'v' and n.nspname in ('public', 'ops')
+     and not coalesce(c.reloptions @> array['security_invoker=true'], false)),
+  null, 'every view is security_invoker');
+
+select is(
+  (select array_agg(p.oid::regprocedure::text order by 1) from pg_proc p join pg_namespace n on n.oid = p.pronamespace
+   where n.nspname in ('public', 'ops') and p.prosecdef),
+  null, 'no function is security definer (the service role has the grants it needs)');
+
+-- test: anon and authenticated can execute none of the service functions
+select is(
+  (select array_agg(distinct p.oid::regprocedure::text) from pg_proc p join pg_namespace n on n.oid = p.pronamespace
+   cross join (values ('anon'), ('authenticated')) r(role)
+   where n.nspname in ('public', 'ops') and has_function_privilege(r.role, p.oid, 'execute')),
+  null, 'anon and authenticated may execute no function in public or ops');
+select ok(has_function_privilege('service_role', 'public.agent_begin_turn(uuid, uuid, text, text, uuid, integer, integer, integer, integer, integer, boolean, timestamptz)', 'execute'),
+  'service_role may execute agent_begin_turn');
+select ok(not has_schema_privilege('authenticated', 'ops', 'usage') and not has_schema_privilege('anon', 'ops', 'usage'),
+  'anon and authenticated cannot even see schema ops');
+
+-- test: anon calling a service function fails
+select tests.authenticate_as_anon();
+select throws_ok(
+  $$select public.agent_begin_turn(gen_random_uuid(), gen_random_uuid())$$,
+  '42501', null, 'anon calling agent_begin_turn is denied');
+select tests.clear_authentication();
+select tests.authenticate_as(tests.create_user());
+select throws_ok(
+  $$select public.agent_log_usage('{"success": true}'::jsonb)$$,
+  '42501', null, 'authenticated calling agent_log_usage is denied');
+select throws_ok(
+  $$select public.agent_end_turn(gen_random_uuid(), gen_random_uuid(), gen_random_uuid(), 'app', 'a', 'b')$$,
+  '42501', null, 'authenticated calling agent_end_turn is denied');
+select tests.clear_authentication();
+
+select * from finish();
+rollback;

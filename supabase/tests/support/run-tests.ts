@@ -1,0 +1,107 @@
+/**
+ * `deno task test`: starts a throwaway PostgreSQL (migrated) and Redis, runs
+ * the pgTAP files with pg_prove, then the Deno tests, and ends with one line
+ * `N passed, N failed`. Exits non-zero on any failure.
+ *
+ *   --only db | functions   run one half
+ */
+import { startTestStack } from "./stack.ts";
+import { MissingToolError, which } from "./tools.ts";
+
+const root = new URL("../../../", import.meta.url).pathname;
+const only = Deno.args.includes("--only") ? Deno.args[Deno.args.indexOf("--only") + 1] : null;
+
+interface Tally {
+  passed: number;
+  failed: number;
+}
+
+async function streamed(cmd: string, args: string[], env: Record<string, string>): Promise<{ code: number; text: string }> {
+  const child = new Deno.Command(cmd, { args, env, cwd: root, stdout: "piped", stderr: "inherit", stdin: "null" }).spawn();
+  let text = "";
+  const decoder = new TextDecoder();
+  for await (const chunk of child.stdout) {
+    const s = decoder.decode(chunk, { stream: true });
+    text += s;
+    await Deno.stdout.write(chunk);
+  }
+  const status = await child.status;
+  return { code: status.code, text };
+}
+
+async function runPgTap(url: string): Promise<Tally> {
+  const pgProve = await which("pg_prove");
+  if (!pgProve) {
+    throw new MissingToolError(
+      "pg_prove not found. Install the Debian packages: apt-get install postgresql-15-pgtap libtap-parser-sourcehandler-pgtap-perl",
+    );
+  }
+  const files: string[] = [];
+  for await (const e of Deno.readDir(`${root}supabase/tests/database`)) {
+    if (e.isFile && e.name.endsWith(".test.sql")) files.push(`supabase/tests/database/${e.name}`);
+  }
+  files.sort();
+  const u = new URL(url);
+  const res = await streamed(pgProve, [
+    "--ext",
+    ".sql",
+    "-h",
+    u.hostname,
+    "-p",
+    u.port,
+    "-U",
+    "postgres",
+    "-d",
+    "postgres",
+    ...files,
+  ], { PGOPTIONS: "--client-min-messages=warning" });
+  const ran = Number(/Tests=(\d+)/.exec(res.text)?.[1] ?? 0);
+  let failedSubtests = 0;
+  for (const m of res.text.matchAll(/Failed (\d+)\/\d+ subtests/g)) failedSubtests += Number(m[1]);
+  // A file that died before printing a plan has no "Failed n/m" line.
+  let failed = failedSubtests;
+  if (res.code !== 0 && failed === 0) failed = 1;
+  if (ran === 0 && files.length > 0 && failed === 0) failed = 1;
+  return { passed: ran - failedSubtests, failed };
+}
+
+async function runDenoTests(env: Record<string, string>): Promise<Tally> {
+  const deno = Deno.execPath();
+  const res = await streamed(deno, [
+    "test",
+    "--allow-all",
+    "--no-check",
+    "supabase/tests/functions/",
+  ], env);
+  const m = /(?:ok|FAILED) \| (\d+) passed(?: \((\d+) steps?\))? \| (\d+) failed/.exec(res.text);
+  if (!m) return { passed: 0, failed: 1 };
+  const failed = Number(m[3]);
+  return { passed: Number(m[1]), failed: res.code !== 0 && failed === 0 ? 1 : failed };
+}
+
+let tally: Tally = { passed: 0, failed: 0 };
+let code = 0;
+let stack: Awaited<ReturnType<typeof startTestStack>> | null = null;
+try {
+  stack = await startTestStack({ log: (l) => console.log(`[harness] ${l}`) });
+  console.log(`[harness] postgres ${stack.postgres.url}  redis ${stack.redis.url}`);
+  if (only !== "functions") {
+    const t = await runPgTap(stack.postgres.url);
+    tally = { passed: tally.passed + t.passed, failed: tally.failed + t.failed };
+  }
+  if (only !== "db") {
+    const t = await runDenoTests({
+      AGENT_CHAT_TEST_DATABASE_URL: stack.postgres.url,
+      AGENT_CHAT_TEST_REDIS_URL: stack.redis.url,
+    });
+    tally = { passed: tally.passed + t.passed, failed: tally.failed + t.failed };
+  }
+} catch (error) {
+  console.error(error instanceof MissingToolError ? `error: ${error.message}` : error);
+  tally.failed += 1;
+} finally {
+  await stack?.stop();
+}
+if (tally.failed > 0) code = 1;
+console.log(`\n${tally.passed} passed, ${tally.failed} failed`);
+Deno.exit(code);
