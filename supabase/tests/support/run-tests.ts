@@ -66,6 +66,7 @@ async function runPgTap(url: string): Promise<Tally> {
 }
 
 async function runDenoTests(env: Record<string, string>): Promise<Tally> {
+  env = { ...env, NO_COLOR: "1" };
   const deno = Deno.execPath();
   const res = await streamed(deno, [
     "test",

@@ -1,0 +1,42 @@
+/**
+ * The client's IP address, from the forwarding headers the platform's own
+ * proxies append. With N trusted proxy hops the client is the N-th entry of
+ * `X-Forwarded-For` counted from the right: everything left of it was
+ * written by the client and can be forged. 0 hops ignores the header and
+ * uses the connection's peer address.
+ */
+
+const IPV4 = /^(25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)(\.(25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)){3}$/;
+
+export function normalizeIp(raw: string | null | undefined): string | undefined {
+  if (!raw) return undefined;
+  let v = raw.trim();
+  // "[::1]:443" or "1.2.3.4:5678"
+  const bracket = /^\[([^\]]+)\](?::\d+)?$/.exec(v);
+  if (bracket) v = bracket[1]!;
+  else if (/^\d+\.\d+\.\d+\.\d+:\d+$/.test(v)) v = v.slice(0, v.lastIndexOf(":"));
+  if (IPV4.test(v)) return v;
+  if (v.includes(":") && v.length <= 45 && /^[0-9a-fA-F:.]+$/.test(v)) {
+    try {
+      // URL parsing validates and canonicalises IPv6 (lowercase, compressed).
+      const host = new URL(`http://[${v}]/`).hostname;
+      return host.slice(1, -1);
+    } catch {
+      return undefined;
+    }
+  }
+  return undefined;
+}
+
+export function clientIpFrom(
+  headers: Headers,
+  trustedHops: number,
+  peerAddress: string | undefined,
+): string | undefined {
+  if (trustedHops <= 0) return normalizeIp(peerAddress);
+  const forwarded = headers.get("x-forwarded-for");
+  if (!forwarded) return undefined;
+  const entries = forwarded.split(",").map((s) => s.trim()).filter(Boolean);
+  if (entries.length < trustedHops) return undefined;
+  return normalizeIp(entries[entries.length - trustedHops]);
+}

@@ -1,0 +1,64 @@
+/**
+ * One Redis client per isolate, chosen by URL scheme:
+ *   https://  Upstash REST via @upstash/redis (token required)
+ *   rediss:// TCP over TLS via ioredis
+ *   redis://  TCP in clear text (loopback, or AI_AGENT_REDIS_ALLOW_INSECURE)
+ * Scripts run by SHA (EVALSHA) and are loaded on NOSCRIPT by either client.
+ */
+import { Redis as UpstashRedis } from "@upstash/redis";
+import { Redis as IORedis } from "ioredis";
+import { APPEND_SCRIPT, LOAD_SCRIPT, type RedisScriptRunner } from "./session-store.ts";
+
+export interface RedisConnection extends RedisScriptRunner {
+  close(): Promise<void>;
+}
+
+const SCRIPTS = { load: LOAD_SCRIPT, append: APPEND_SCRIPT } as const;
+
+export function connectRedis(url: string, token: string | undefined): RedisConnection {
+  const scheme = new URL(url).protocol;
+  if (scheme === "https:" || scheme === "http:") return upstash(url, token ?? "");
+  return tcp(url);
+}
+
+function upstash(url: string, token: string): RedisConnection {
+  const client = new UpstashRedis({
+    url,
+    token,
+    automaticDeserialization: false,
+    enableTelemetry: false,
+    retry: { retries: 1, backoff: () => 50 },
+  });
+  const scripts = {
+    load: client.createScript(SCRIPTS.load),
+    append: client.createScript(SCRIPTS.append),
+  };
+  return {
+    run: (name, keys, args) => scripts[name].exec(keys, args),
+    close: () => Promise.resolve(),
+  };
+}
+
+function tcp(url: string): RedisConnection {
+  const client = new IORedis(url, {
+    lazyConnect: false,
+    maxRetriesPerRequest: 1,
+    connectTimeout: 2000,
+    commandTimeout: 2000,
+    enableOfflineQueue: true,
+    retryStrategy: (times: number) => Math.min(times * 100, 1000),
+  });
+  // Errors surface on the command that fails; the connection keeps retrying.
+  client.on("error", () => {});
+  for (const [name, lua] of Object.entries(SCRIPTS)) {
+    client.defineCommand(`agentChat_${name}`, { numberOfKeys: 2, lua });
+  }
+  const commands = client as unknown as Record<string, (...a: string[]) => Promise<unknown>>;
+  return {
+    run: (name, keys, args) => commands[`agentChat_${name}`]!(...keys, ...args),
+    close: async () => {
+      client.disconnect();
+      await Promise.resolve();
+    },
+  };
+}

@@ -1,0 +1,125 @@
+/**
+ * Where a conversation's messages live. The Supabase store reads history in
+ * the begin-turn call and writes through `agent_end_turn`; the Redis store
+ * keeps `agent-chat:{<session id>}:owner` and `agent-chat:{<session id>}:messages`
+ * (one hash slot per session) and does every read and write in one Lua script.
+ */
+import type { ChatMessage, TurnDatabase } from "./database.ts";
+
+export interface SessionKey {
+  sessionId: string;
+  orgId: string;
+  userId: string;
+  channel: string;
+}
+
+export interface SessionStore {
+  /** true: history arrives with the begin-turn call, `load` is not called. */
+  readonly historyFromBeginTurn: boolean;
+  load(key: SessionKey): Promise<{ owned: boolean; history: ChatMessage[] }>;
+  append(key: SessionKey, user: string, assistant: string): Promise<{ owned: boolean }>;
+}
+
+export interface SessionLimits {
+  ttlSeconds: number;
+  maxMessages: number;
+}
+
+export function createSupabaseSessionStore(db: TurnDatabase, limits: SessionLimits): SessionStore {
+  return {
+    historyFromBeginTurn: true,
+    load: () => Promise.reject(new Error("the supabase store loads history in agent_begin_turn")),
+    async append(key, user, assistant) {
+      const result = await db.endTurn({
+        p_session_id: key.sessionId,
+        p_org_id: key.orgId,
+        p_user_id: key.userId,
+        p_channel: key.channel,
+        p_user_message: user,
+        p_assistant_message: assistant,
+        p_ttl_seconds: limits.ttlSeconds,
+        p_max_messages: limits.maxMessages,
+      });
+      return { owned: result.outcome === "ok" };
+    },
+  };
+}
+
+/** Runs a Lua script by SHA, loading it on NOSCRIPT; both Redis clients provide this. */
+export interface RedisScriptRunner {
+  run(script: "load" | "append", keys: string[], args: string[]): Promise<unknown>;
+}
+
+export const LOAD_SCRIPT = `
+local owner = redis.call('GET', KEYS[1])
+if owner and owner ~= ARGV[1] then return {0, {}} end
+local n = tonumber(ARGV[2])
+if n == 0 then return {1, {}} end
+return {1, redis.call('LRANGE', KEYS[2], -n, -1)}
+`;
+
+export const APPEND_SCRIPT = `
+local owner = redis.call('GET', KEYS[1])
+if owner and owner ~= ARGV[1] then return 0 end
+local max = tonumber(ARGV[4])
+redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[6])
+if max == 0 then
+  redis.call('DEL', KEYS[2])
+  return 1
+end
+redis.call('RPUSH', KEYS[2], ARGV[2], ARGV[3])
+redis.call('LTRIM', KEYS[2], -max, -1)
+redis.call('EXPIRE', KEYS[2], ARGV[5])
+return 1
+`;
+
+/**
+ * The owner key outlives the messages (30 × the TTL, at least 30 days), so a
+ * session id cannot be taken over by another user soon after it expires.
+ */
+export function ownerTtlSeconds(ttlSeconds: number): number {
+  return Math.max(ttlSeconds * 30, 30 * 86400);
+}
+
+export function sessionKeys(sessionId: string): [string, string] {
+  return [`agent-chat:{${sessionId}}:owner`, `agent-chat:{${sessionId}}:messages`];
+}
+
+function parseMessage(raw: unknown): ChatMessage | null {
+  try {
+    const m = typeof raw === "string" ? JSON.parse(raw) : raw;
+    if ((m?.role === "user" || m?.role === "assistant") && typeof m.content === "string") {
+      return { role: m.role, content: m.content };
+    }
+  } catch {
+    // A corrupt entry is skipped rather than failing the whole conversation.
+  }
+  return null;
+}
+
+export function createRedisSessionStore(redis: RedisScriptRunner, limits: SessionLimits): SessionStore {
+  const owner = (k: SessionKey) => `${k.orgId}:${k.userId}`;
+  return {
+    historyFromBeginTurn: false,
+    async load(key) {
+      const result = await redis.run("load", sessionKeys(key.sessionId), [
+        owner(key),
+        String(limits.maxMessages),
+      ]) as [number, unknown[]];
+      if (Number(result[0]) !== 1) return { owned: false, history: [] };
+      const history = (result[1] ?? []).map(parseMessage).filter((m): m is ChatMessage => m !== null);
+      return { owned: true, history };
+    },
+    async append(key, user, assistant) {
+      const result = await redis.run("append", sessionKeys(key.sessionId), [
+        owner(key),
+        JSON.stringify({ role: "user", content: user }),
+        JSON.stringify({ role: "assistant", content: assistant }),
+        String(limits.maxMessages),
+        String(limits.ttlSeconds),
+        String(ownerTtlSeconds(limits.ttlSeconds)),
+      ]);
+      return { owned: Number(result) === 1 };
+    },
+  };
+}

@@ -1,0 +1,81 @@
+/**
+ * Stand-in for Supabase Auth (GoTrue), the part agent-chat depends on:
+ *   - GET /auth/v1/.well-known/jwks.json: the project's public signing keys
+ *     (one ES256 key, as new Supabase projects have), with a `kid`;
+ *   - tokens as GoTrue issues them: `sub`, `role: authenticated`,
+ *     `aud: authenticated`, `exp`, `iat`, `iss`, `app_metadata`,
+ *     `user_metadata`, `session_id`; and service-role tokens
+ *     (`role: service_role`, no `sub`) as the legacy service key is;
+ *   - the legacy HS256 shared secret, for projects that still sign with it.
+ * Not covered: sign-up, sign-in, refresh, key rotation endpoints.
+ */
+import { exportJWK, generateKeyPair, type JWK, SignJWT } from "jose";
+
+export interface AuthStandIn {
+  issuer: string;
+  jwtSecret: string;
+  jwks: { keys: JWK[] };
+  handle(request: Request): Response | undefined;
+  userToken(sub: string, options?: TokenOptions): Promise<string>;
+  serviceToken(options?: { alg?: "ES256" | "HS256" }): Promise<string>;
+  /** A token signed by a key the project does not know. */
+  foreignToken(sub: string): Promise<string>;
+}
+
+export interface TokenOptions {
+  alg?: "ES256" | "HS256";
+  expiresInSeconds?: number;
+  audience?: string;
+  role?: string;
+  appMetadata?: Record<string, unknown>;
+}
+
+export async function createAuthStandIn(options: { issuer?: string; jwtSecret?: string } = {}): Promise<AuthStandIn> {
+  const issuer = options.issuer ?? "http://127.0.0.1:54321/auth/v1";
+  const jwtSecret = options.jwtSecret ?? "super-secret-jwt-token-with-at-least-32-characters-long";
+  const kid = crypto.randomUUID();
+  const { privateKey, publicKey } = await generateKeyPair("ES256", { extractable: true });
+  const foreign = await generateKeyPair("ES256");
+  const publicJwk = { ...(await exportJWK(publicKey)), kid, alg: "ES256", use: "sig", key_ops: ["verify"] };
+  const hmac = new TextEncoder().encode(jwtSecret);
+
+  async function sign(claims: Record<string, unknown>, alg: "ES256" | "HS256", expiresIn: number) {
+    const jwt = new SignJWT(claims)
+      .setProtectedHeader(alg === "ES256" ? { alg, kid, typ: "JWT" } : { alg, typ: "JWT" })
+      .setIssuer(issuer)
+      .setIssuedAt()
+      .setExpirationTime(Math.floor(Date.now() / 1000) + expiresIn);
+    return await jwt.sign(alg === "ES256" ? privateKey : hmac);
+  }
+
+  return {
+    issuer,
+    jwtSecret,
+    jwks: { keys: [publicJwk] },
+    handle(request) {
+      const path = new URL(request.url).pathname;
+      if (path === "/auth/v1/.well-known/jwks.json" && request.method === "GET") {
+        return Response.json({ keys: [publicJwk] }, { headers: { "cache-control": "public, max-age=600" } });
+      }
+      return undefined;
+    },
+    userToken: (sub, o = {}) =>
+      sign({
+        sub,
+        aud: o.audience ?? "authenticated",
+        role: o.role ?? "authenticated",
+        email: `${sub.slice(0, 8)}@example.test`,
+        app_metadata: o.appMetadata ?? { provider: "email", providers: ["email"] },
+        user_metadata: {},
+        session_id: crypto.randomUUID(),
+        is_anonymous: false,
+      }, o.alg ?? "ES256", o.expiresInSeconds ?? 3600),
+    serviceToken: (o = {}) => sign({ role: "service_role" }, o.alg ?? "ES256", 10 * 365 * 86400),
+    foreignToken: (sub) =>
+      new SignJWT({ sub, aud: "authenticated", role: "authenticated" })
+        .setProtectedHeader({ alg: "ES256", kid, typ: "JWT" })
+        .setIssuedAt()
+        .setExpirationTime("1h")
+        .sign(foreign.privateKey),
+  };
+}

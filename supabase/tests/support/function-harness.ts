@@ -1,0 +1,141 @@
+/**
+ * Everything an end-to-end test of agent-chat needs, over real connections:
+ * the gateway (Auth + PostgREST stand-ins) in front of the real test
+ * database, the OpenAI stand-in, optionally the Upstash stand-in in front of
+ * the real Redis, and the function itself built by `loadConfig` +
+ * `buildDependencies` exactly as index.ts does, served at
+ * /functions/v1/agent-chat.
+ */
+import postgres from "postgres";
+import { createAuthStandIn, type AuthStandIn } from "./auth-stand-in.ts";
+import { startGateway, type Gateway } from "./gateway.ts";
+import { createOpenAIStandIn, type OpenAIStandIn } from "./openai-stand-in.ts";
+import { createUpstashStandIn, type UpstashStandIn } from "./upstash-stand-in.ts";
+import { loadConfig } from "../../functions/_shared/config.ts";
+import { buildDependencies } from "../../functions/_shared/deps.ts";
+import { createAgentChatHandler } from "../../functions/_shared/handler.ts";
+import type { Logger } from "../../functions/_shared/log.ts";
+
+export interface HarnessOptions {
+  store?: "supabase" | "redis";
+  transport?: "rpc" | "postgres";
+  /** For the redis store: TCP to redis-server, or REST through the Upstash stand-in. */
+  redisVia?: "tcp" | "upstash";
+  env?: Record<string, string>;
+}
+
+export interface Member {
+  orgId: string;
+  userId: string;
+  token: string;
+  /** The address the member calls from (the gateway's X-Forwarded-For chain). */
+  ip: string;
+}
+
+export interface Harness {
+  url: string;
+  gateway: Gateway;
+  auth: AuthStandIn;
+  openai: OpenAIStandIn;
+  upstash: UpstashStandIn | undefined;
+  sql: postgres.Sql;
+  redisUrl: string;
+  secretKey: string;
+  logs: Array<{ level: string; event: string; fields: Record<string, unknown> }>;
+  member(orgId?: string): Promise<Member>;
+  /** POSTs to the function as `member` (token and forwarded address) unless options override. */
+  call(body: unknown, options?: { token?: string; ip?: string; headers?: Record<string, string> }): Promise<Response>;
+  usageRows(requestId: string): Promise<Array<Record<string, unknown>>>;
+  stop(): Promise<void>;
+}
+
+const rnd = () => Math.floor(Math.random() * 250) + 1;
+
+export function testUrls(): { databaseUrl: string; redisUrl: string } {
+  const databaseUrl = Deno.env.get("AGENT_CHAT_TEST_DATABASE_URL");
+  const redisUrl = Deno.env.get("AGENT_CHAT_TEST_REDIS_URL");
+  if (!databaseUrl || !redisUrl) {
+    throw new Error(
+      "AGENT_CHAT_TEST_DATABASE_URL and AGENT_CHAT_TEST_REDIS_URL are unset: run the tests with `deno task test`",
+    );
+  }
+  return { databaseUrl, redisUrl };
+}
+
+export async function startHarness(options: HarnessOptions = {}): Promise<Harness> {
+  const { databaseUrl, redisUrl } = testUrls();
+  const secretKey = `sb_secret_${crypto.randomUUID().replaceAll("-", "")}`;
+  const auth = await createAuthStandIn();
+  const gateway = startGateway({ databaseUrl, auth, secretKeys: [secretKey] });
+  const openai = createOpenAIStandIn();
+  const store = options.store ?? "supabase";
+  const upstash = store === "redis" && options.redisVia === "upstash"
+    ? createUpstashStandIn({ redisUrl })
+    : undefined;
+  const sql = postgres(databaseUrl, { max: 4, onnotice: () => {} });
+  const env: Record<string, string> = {
+    SUPABASE_URL: gateway.url,
+    SUPABASE_SERVICE_ROLE_KEY: secretKey,
+    SUPABASE_JWT_SECRET: auth.jwtSecret,
+    AI_AGENT_SESSION_STORE: store,
+    AI_AGENT_RATE_LIMIT_MAX_REQUESTS: "1000",
+    // A CDN in front of the gateway: the client is the second entry from the right.
+    AI_AGENT_TRUSTED_PROXY_HOPS: "2",
+    OPENAI_API_KEY: "sk-test",
+    OPENAI_BASE_URL: openai.baseURL,
+    AI_AGENT_OPENAI_TIMEOUT_MS: "3000",
+    AI_AGENT_OPENAI_MAX_RETRIES: "0",
+    ...(options.transport === "postgres" ? { AI_AGENT_DATABASE_URL: databaseUrl } : {}),
+    ...(store === "redis"
+      ? upstash
+        ? { AI_AGENT_REDIS_URL: upstash.url, AI_AGENT_REDIS_TOKEN: upstash.token }
+        : { AI_AGENT_REDIS_URL: redisUrl }
+      : {}),
+    ...options.env,
+  };
+  const logs: Harness["logs"] = [];
+  const log: Logger = (level, event, fields) => logs.push({ level, event, fields });
+  const deps = buildDependencies(loadConfig(env), { log, extendLifetime: undefined });
+  gateway.setFunction(createAgentChatHandler(deps));
+
+  return {
+    url: gateway.functionUrl,
+    gateway,
+    auth,
+    openai,
+    upstash,
+    sql,
+    redisUrl,
+    secretKey,
+    logs,
+    async member(orgId = crypto.randomUUID()) {
+      const userId = crypto.randomUUID();
+      await sql`insert into auth.users (id, email) values (${userId}, ${userId + "@example.test"})`;
+      await sql`insert into public.org_memberships (org_id, user_id, role) values (${orgId}, ${userId}, 'member')`;
+      const ip = `10.${rnd()}.${rnd()}.${rnd()}`;
+      return { orgId, userId, token: await auth.userToken(userId), ip };
+    },
+    call(body, o = {}) {
+      return fetch(gateway.functionUrl, {
+        method: "POST",
+        headers: {
+          "content-type": "application/json",
+          ...(o.token ? { authorization: `Bearer ${o.token}` } : {}),
+          "x-forwarded-for": o.ip ?? `10.${rnd()}.${rnd()}.${rnd()}`,
+          ...o.headers,
+        },
+        body: typeof body === "string" ? body : JSON.stringify(body),
+      });
+    },
+    async usageRows(requestId) {
+      return await sql`select * from public.agent_usage_events where request_id = ${requestId} order by id`;
+    },
+    async stop() {
+      await deps.close();
+      await gateway.stop();
+      await openai.stop();
+      await upstash?.stop();
+      await sql.end({ timeout: 1 });
+    },
+  };
+}

@@ -1,0 +1,195 @@
+/**
+ * Stand-in for the OpenAI API, the part agent-chat uses:
+ *   POST /v1/chat/completions with `stream: false` (a chat.completion object
+ *   with `usage`) and `stream: true` (Server-Sent Events of
+ *   chat.completion.chunk objects, a final chunk with `finish_reason`, then,
+ *   when `stream_options.include_usage` is set, a chunk with empty `choices`
+ *   and `usage`, then `data: [DONE]`). Errors use OpenAI's body shape
+ *   `{error: {message, type, param, code}}`.
+ * Scriptable per request: reply text, latency, HTTP errors (429, 500, 503),
+ * malformed bodies, a stream cut midway, a hang. Records every request.
+ * Not covered: tools, images, audio, the Responses API, `n > 1`.
+ */
+
+export type Behaviour =
+  | { kind: "reply"; text?: string; latencyMs?: number; chunkDelayMs?: number }
+  | { kind: "error"; status: 429 | 500 | 503 | 400 | 401; message?: string }
+  | { kind: "malformed" }
+  | { kind: "cut"; afterChunks?: number }
+  | { kind: "hang" };
+
+export interface RecordedRequest {
+  authorization: string | null;
+  body: {
+    model: string;
+    messages: Array<{ role: string; content: string }>;
+    stream?: boolean;
+    stream_options?: { include_usage?: boolean };
+    max_completion_tokens?: number;
+  };
+}
+
+export interface OpenAIStandIn {
+  url: string;
+  /** Base URL for the SDK (`OPENAI_BASE_URL`). */
+  baseURL: string;
+  requests: RecordedRequest[];
+  /** Behaviours used in order, one per request; then `fallback`. */
+  script(...behaviours: Behaviour[]): void;
+  fallback: Behaviour;
+  /** Requests whose connection the client closed. */
+  aborted: number;
+  handle(request: Request): Promise<Response>;
+  stop(): Promise<void>;
+}
+
+const encoder = new TextEncoder();
+const sleep = (ms: number, signal?: AbortSignal) =>
+  new Promise<void>((resolve) => {
+    const t = setTimeout(resolve, ms);
+    signal?.addEventListener("abort", () => {
+      clearTimeout(t);
+      resolve();
+    }, { once: true });
+  });
+
+/** Token counts as a tokenizer would roughly give them (4 characters a token). */
+export function countTokens(text: string): number {
+  return Math.max(1, Math.ceil(text.length / 4));
+}
+
+export function defaultReply(messages: Array<{ content: string }>): string {
+  const last = messages[messages.length - 1]?.content ?? "";
+  return `You said: ${last.slice(0, 200)}`;
+}
+
+export function createOpenAIStandIn(
+  options: { port?: number; serve?: boolean; hostname?: string } = {},
+): OpenAIStandIn {
+  const queue: Behaviour[] = [];
+  const state: OpenAIStandIn = {
+    url: "",
+    baseURL: "",
+    requests: [],
+    script: (...b) => queue.push(...b),
+    fallback: { kind: "reply" },
+    aborted: 0,
+    handle,
+    stop: () => Promise.resolve(),
+  };
+
+  function error(status: number, message: string) {
+    const type = status === 429 ? "rate_limit_exceeded" : status >= 500 ? "server_error" : "invalid_request_error";
+    return Response.json({ error: { message, type, param: null, code: type } }, {
+      status,
+      headers: status === 429 ? { "retry-after": "1" } : {},
+    });
+  }
+
+  async function handle(request: Request): Promise<Response> {
+    const path = new URL(request.url).pathname;
+    if (request.method !== "POST" || !/\/v1\/chat\/completions$/.test(path)) {
+      return error(404, `Unknown request URL: ${request.method} ${path}`);
+    }
+    if (!/^Bearer \S+/.test(request.headers.get("authorization") ?? "")) {
+      return error(401, "You didn't provide an API key.");
+    }
+    let body: RecordedRequest["body"];
+    try {
+      body = await request.json();
+    } catch {
+      return error(400, "We could not parse the JSON body of your request.");
+    }
+    state.requests.push({ authorization: request.headers.get("authorization"), body });
+    const behaviour = queue.shift() ?? state.fallback;
+    const signal = request.signal;
+    signal.addEventListener("abort", () => state.aborted++, { once: true });
+
+    if (behaviour.kind === "hang") {
+      await new Promise<void>((resolve) => signal.addEventListener("abort", () => resolve(), { once: true }));
+      return new Response(null, { status: 499 });
+    }
+    if (behaviour.kind === "error") return error(behaviour.status, behaviour.message ?? "The server had an error");
+    if (behaviour.kind === "malformed") {
+      return new Response('{"id": "chatcmpl-broken", "choices": [', {
+        headers: { "content-type": body.stream ? "text/event-stream" : "application/json" },
+      });
+    }
+    const text = behaviour.kind === "reply" && behaviour.text !== undefined ? behaviour.text : defaultReply(body.messages);
+    if (behaviour.kind === "reply" && behaviour.latencyMs) await sleep(behaviour.latencyMs, signal);
+    const promptTokens = body.messages.reduce((n, m) => n + countTokens(m.content) + 4, 0);
+    const completionTokens = countTokens(text);
+    const usage = {
+      prompt_tokens: promptTokens,
+      completion_tokens: completionTokens,
+      total_tokens: promptTokens + completionTokens,
+      prompt_tokens_details: { cached_tokens: 0 },
+    };
+    const id = `chatcmpl-${crypto.randomUUID()}`;
+    const created = Math.floor(Date.now() / 1000);
+    const model = `${body.model}-2025-04-14`;
+    if (!body.stream) {
+      return Response.json({
+        id,
+        object: "chat.completion",
+        created,
+        model,
+        choices: [{ index: 0, message: { role: "assistant", content: text, refusal: null }, finish_reason: "stop" }],
+        usage,
+      });
+    }
+    const pieces = text.match(/.{1,12}/gs) ?? [""];
+    const chunk = (delta: Record<string, unknown>, finish: string | null) => ({
+      id,
+      object: "chat.completion.chunk",
+      created,
+      model,
+      choices: [{ index: 0, delta, finish_reason: finish }],
+    });
+    const includeUsage = body.stream_options?.include_usage === true;
+    const delay = behaviour.kind === "reply" ? behaviour.chunkDelayMs ?? 0 : 0;
+    const cutAfter = behaviour.kind === "cut" ? behaviour.afterChunks ?? 2 : Infinity;
+    const stream = new ReadableStream<Uint8Array>({
+      async start(controller) {
+        const send = (data: unknown) => controller.enqueue(encoder.encode(`data: ${JSON.stringify(data)}\n\n`));
+        try {
+          send(chunk({ role: "assistant", content: "" }, null));
+          for (let i = 0; i < pieces.length; i++) {
+            if (i >= cutAfter) {
+              controller.error(new Error("connection reset by stand-in"));
+              return;
+            }
+            if (delay) await sleep(delay, signal);
+            if (signal.aborted) return;
+            send(chunk({ content: pieces[i] }, null));
+          }
+          if (cutAfter !== Infinity) {
+            controller.error(new Error("connection reset by stand-in"));
+            return;
+          }
+          send(chunk({}, "stop"));
+          if (includeUsage) send({ id, object: "chat.completion.chunk", created, model, choices: [], usage });
+          controller.enqueue(encoder.encode("data: [DONE]\n\n"));
+          controller.close();
+        } catch {
+          // The client went away.
+        }
+      },
+    });
+    return new Response(stream, { headers: { "content-type": "text/event-stream" } });
+  }
+
+  if (options.serve !== false) {
+    const server = Deno.serve({
+      port: options.port ?? 0,
+      hostname: options.hostname ?? "127.0.0.1",
+      onListen: () => {},
+    }, handle);
+    state.url = `http://127.0.0.1:${server.addr.port}`;
+    state.baseURL = `${state.url}/v1`;
+    state.stop = async () => {
+      await server.shutdown();
+    };
+  }
+  return state;
+}
