@@ -34,7 +34,10 @@ export function secretsEqual(a: string, b: string): boolean {
 
 export function createAuthenticator(options: AuthOptions) {
   const jwks = options.jwksUrl
-    ? createRemoteJWKSet(new URL(options.jwksUrl), { cacheMaxAge: 10 * 60_000, cooldownDuration: 30_000 })
+    ? createRemoteJWKSet(new URL(options.jwksUrl), {
+      cacheMaxAge: 10 * 60_000,
+      cooldownDuration: 30_000,
+    })
     : undefined;
   const hmacKey = options.jwtSecret ? encoder.encode(options.jwtSecret) : undefined;
   const audience = options.audience ?? "authenticated";
@@ -58,16 +61,20 @@ export function createAuthenticator(options: AuthOptions) {
     try {
       if (alg === "HS256") {
         if (!hmacKey) throw new AgentError("unauthorized", "invalid token");
-        return (await jwtVerify(token, hmacKey, { ...verifyOptions, algorithms: ["HS256"] })).payload;
+        return (await jwtVerify(token, hmacKey, { ...verifyOptions, algorithms: ["HS256"] }))
+          .payload;
       }
       if (!jwks) throw new AgentError("unauthorized", "invalid token");
-      return (await jwtVerify(token, jwks, { ...verifyOptions, algorithms: ["ES256", "RS256"] })).payload;
+      return (await jwtVerify(token, jwks, { ...verifyOptions, algorithms: ["ES256", "RS256"] }))
+        .payload;
     } catch (error) {
       if (error instanceof AgentError) throw error;
       const code = (error as { code?: string }).code ?? "";
       if (code === "ERR_JWT_EXPIRED") throw new AgentError("unauthorized", "token expired");
       if (code === "ERR_JWKS_TIMEOUT" || error instanceof TypeError) {
-        throw new AgentError("internal_error", "could not verify the token now", { detail: String(error) });
+        throw new AgentError("internal_error", "could not verify the token now", {
+          detail: String(error),
+        });
       }
       throw new AgentError("unauthorized", "invalid token");
     }

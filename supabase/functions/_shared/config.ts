@@ -76,7 +76,12 @@ export interface Config {
   model: string;
   systemPrompt: string;
   maxOutputTokens: number;
-  openai: { apiKey: string | undefined; baseURL: string | undefined; timeoutMs: number; maxRetries: number };
+  openai: {
+    apiKey: string | undefined;
+    baseURL: string | undefined;
+    timeoutMs: number;
+    maxRetries: number;
+  };
   maxMessageChars: number;
   maxBodyBytes: number;
   allowedOrigins: string;
@@ -114,15 +119,22 @@ export function loadConfig(env: Record<string, string | undefined>): Config {
     ...(e.SUPABASE_SECRET_KEYS ? parseSecretKeys(e.SUPABASE_SECRET_KEYS) : []),
   ].filter((k): k is string => typeof k === "string" && k.length > 0);
 
-  const dbUrl = e.AI_AGENT_DATABASE_URL ?? (e.AI_AGENT_DB_TRANSPORT === "postgres" ? e.SUPABASE_DB_URL : undefined);
+  const dbUrl = e.AI_AGENT_DATABASE_URL ??
+    (e.AI_AGENT_DB_TRANSPORT === "postgres" ? e.SUPABASE_DB_URL : undefined);
   let database: Config["database"];
   if (e.AI_AGENT_DB_TRANSPORT === "postgres" || (e.AI_AGENT_DB_TRANSPORT === undefined && dbUrl)) {
-    if (!dbUrl) problems.push("AI_AGENT_DB_TRANSPORT=postgres needs AI_AGENT_DATABASE_URL or SUPABASE_DB_URL");
+    if (!dbUrl) {
+      problems.push(
+        "AI_AGENT_DB_TRANSPORT=postgres needs AI_AGENT_DATABASE_URL or SUPABASE_DB_URL",
+      );
+    }
     database = { transport: "postgres", url: dbUrl ?? "" };
   } else {
     if (!e.SUPABASE_URL) problems.push("SUPABASE_URL: required for the Data API transport");
     if (serviceKeys.length === 0) {
-      problems.push("SUPABASE_SERVICE_ROLE_KEY or SUPABASE_SECRET_KEYS: required for the Data API transport");
+      problems.push(
+        "SUPABASE_SERVICE_ROLE_KEY or SUPABASE_SECRET_KEYS: required for the Data API transport",
+      );
     }
     database = { transport: "rpc" };
   }
@@ -141,22 +153,30 @@ export function loadConfig(env: Record<string, string | undefined>): Config {
         problems.push("AI_AGENT_REDIS_URL: not a URL");
       }
       if (u?.protocol === "https:" && !token) {
-        problems.push("AI_AGENT_REDIS_TOKEN (or UPSTASH_REDIS_REST_TOKEN): required for an https:// (Upstash REST) URL");
-      } else if (u?.protocol === "redis:" && !isLoopback(u.hostname) && !e.AI_AGENT_REDIS_ALLOW_INSECURE) {
+        problems.push(
+          "AI_AGENT_REDIS_TOKEN (or UPSTASH_REDIS_REST_TOKEN): required for an https:// (Upstash REST) URL",
+        );
+      } else if (
+        u?.protocol === "redis:" && !isLoopback(u.hostname) && !e.AI_AGENT_REDIS_ALLOW_INSECURE
+      ) {
         problems.push(
           "AI_AGENT_REDIS_URL: redis:// sends data in clear text; use rediss:// or https:// (Upstash), " +
             "or set AI_AGENT_REDIS_ALLOW_INSECURE=true",
         );
       } else if (u && !["https:", "rediss:", "redis:", "http:"].includes(u.protocol)) {
         problems.push("AI_AGENT_REDIS_URL: use https:// (Upstash REST), rediss:// or redis://");
-      } else if (u?.protocol === "http:" && !isLoopback(u.hostname) && !e.AI_AGENT_REDIS_ALLOW_INSECURE) {
+      } else if (
+        u?.protocol === "http:" && !isLoopback(u.hostname) && !e.AI_AGENT_REDIS_ALLOW_INSECURE
+      ) {
         problems.push("AI_AGENT_REDIS_URL: http:// is only allowed to a loopback host");
       }
       redis = { url: redisUrl, token };
     }
   }
   if (!e.SUPABASE_JWT_SECRET && !e.SUPABASE_JWKS_URL && !e.SUPABASE_URL) {
-    problems.push("SUPABASE_URL (for its JWKS), SUPABASE_JWKS_URL or SUPABASE_JWT_SECRET: needed to verify user tokens");
+    problems.push(
+      "SUPABASE_URL (for its JWKS), SUPABASE_JWKS_URL or SUPABASE_JWT_SECRET: needed to verify user tokens",
+    );
   }
   if (problems.length > 0) throw new ConfigError(problems);
 

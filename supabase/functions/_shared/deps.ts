@@ -42,7 +42,9 @@ export function buildDependencies(
     ? connectRedis(config.redis.url, config.redis.token)
     : undefined;
   const limits = { ttlSeconds: config.sessionTtlSeconds, maxMessages: config.sessionMaxMessages };
-  const sessions = redis ? createRedisSessionStore(redis, limits) : createSupabaseSessionStore(db, limits);
+  const sessions = redis
+    ? createRedisSessionStore(redis, limits)
+    : createSupabaseSessionStore(db, limits);
   return {
     settings: {
       model: config.model,
@@ -74,7 +76,9 @@ export function buildDependencies(
       enabled: config.usageLogEnabled,
       db,
       log,
-      extendLifetime: "extendLifetime" in overrides ? overrides.extendLifetime : edgeRuntimeLifetime(),
+      extendLifetime: "extendLifetime" in overrides
+        ? overrides.extendLifetime
+        : edgeRuntimeLifetime(),
     }),
     log,
     close: async () => {

@@ -9,9 +9,15 @@
 import type { Caller } from "./auth.ts";
 import type { ChatMessage, TurnDatabase, UsageEvent } from "./database.ts";
 import { AgentError, describe, type ErrorCode } from "./errors.ts";
-import { corsHeaders, errorResponse, jsonResponse, rateLimitHeaders, requestIdFrom } from "./http.ts";
+import {
+  corsHeaders,
+  errorResponse,
+  jsonResponse,
+  rateLimitHeaders,
+  requestIdFrom,
+} from "./http.ts";
 import type { Logger } from "./log.ts";
-import { type ModelAnswer, ModelError, type ModelClient, type StreamEvent } from "./model.ts";
+import { type ModelAnswer, type ModelClient, ModelError, type StreamEvent } from "./model.ts";
 import { decisionFromDatabase, type RateLimitDecision } from "./rate-limit.ts";
 import { type ChatRequest, chatRequestSchema, parseChatRequest, readBody } from "./request.ts";
 import { clientIpFrom, normalizeIp } from "./client-ip.ts";
@@ -68,7 +74,10 @@ export function createAgentChatHandler(deps: AgentChatDeps) {
 
   function usageEvent(
     trace: Trace,
-    outcome: { answer?: ModelAnswer; error?: { code: ErrorCode | "client_closed"; detail: string } },
+    outcome: {
+      answer?: ModelAnswer;
+      error?: { code: ErrorCode | "client_closed"; detail: string };
+    },
   ): UsageEvent {
     const u = outcome.answer?.usage;
     return {
@@ -98,37 +107,63 @@ export function createAgentChatHandler(deps: AgentChatDeps) {
     };
   }
 
-  async function fail(trace: Trace, error: unknown, cors: Record<string, string>): Promise<Response> {
+  async function fail(
+    trace: Trace,
+    error: unknown,
+    cors: Record<string, string>,
+  ): Promise<Response> {
     const agentError = error instanceof AgentError
       ? error
       : new AgentError("internal_error", "internal error", { detail: describe(error) });
     if (agentError.code === "internal_error") {
-      deps.log("error", "internal_error", { request_id: trace.requestId, detail: agentError.detail });
+      deps.log("error", "internal_error", {
+        request_id: trace.requestId,
+        detail: agentError.detail,
+      });
     }
-    await deps.usage.record(usageEvent(trace, { error: { code: agentError.code, detail: agentError.detail } }));
+    await deps.usage.record(
+      usageEvent(trace, { error: { code: agentError.code, detail: agentError.detail } }),
+    );
     const headers = { ...cors, ...(trace.rateLimit ? rateLimitHeaders(trace.rateLimit) : {}) };
     return errorResponse(agentError, trace.requestId, headers);
   }
 
   function storeError(detail: unknown): AgentError {
-    return new AgentError("session_store_error", "the conversation store is unavailable, try again", {
-      detail: describe(detail),
-    });
+    return new AgentError(
+      "session_store_error",
+      "the conversation store is unavailable, try again",
+      {
+        detail: describe(detail),
+      },
+    );
   }
 
   /** Steps 2–5: who, may they, and what came before. */
-  async function admit(request: Request, body: ChatRequest, caller: Caller, trace: Trace, info?: ConnInfo) {
+  async function admit(
+    request: Request,
+    body: ChatRequest,
+    caller: Caller,
+    trace: Trace,
+    info?: ConnInfo,
+  ) {
     let userId: string;
     let clientIp: string | undefined;
     if (caller.mode === "user") {
       if (body.user_id !== undefined || body.client_ip !== undefined) {
-        throw new AgentError("forbidden", "user_id and client_ip may only be set by a server-side caller");
+        throw new AgentError(
+          "forbidden",
+          "user_id and client_ip may only be set by a server-side caller",
+        );
       }
       userId = caller.userId;
-      const peer = info?.remoteAddr && "hostname" in info.remoteAddr ? info.remoteAddr.hostname : undefined;
+      const peer = info?.remoteAddr && "hostname" in info.remoteAddr
+        ? info.remoteAddr.hostname
+        : undefined;
       clientIp = clientIpFrom(request.headers, settings.trustedProxyHops, peer);
     } else {
-      if (!body.user_id) throw new AgentError("invalid_request", "user_id: required with a service key");
+      if (!body.user_id) {
+        throw new AgentError("invalid_request", "user_id: required with a service key");
+      }
       userId = body.user_id.toLowerCase();
       clientIp = normalizeIp(body.client_ip);
     }
@@ -160,7 +195,9 @@ export function createAgentChatHandler(deps: AgentChatDeps) {
     switch (begin.outcome) {
       case "opt_out":
         throw new AgentError("opt_out", "the assistant is turned off for this account", {
-          detail: `opt-out scope ${begin.opt_out_scope}${begin.opt_out_channel ? ` channel ${begin.opt_out_channel}` : ""}`,
+          detail: `opt-out scope ${begin.opt_out_scope}${
+            begin.opt_out_channel ? ` channel ${begin.opt_out_channel}` : ""
+          }`,
         });
       case "forbidden":
         throw new AgentError("forbidden", "not a member of this organization");
@@ -168,12 +205,17 @@ export function createAgentChatHandler(deps: AgentChatDeps) {
         throw new AgentError("session_not_found", "session not found");
       case "rate_limit": {
         trace.rateLimit = decisionFromDatabase(begin.rate_limit, settings.rateLimit.windowSeconds);
-        throw new AgentError("rate_limit", `rate limit reached for the ${trace.rateLimit.scope} bucket`);
+        throw new AgentError(
+          "rate_limit",
+          `rate limit reached for the ${trace.rateLimit.scope} bucket`,
+        );
       }
       case "ok":
         break;
       default:
-        throw new AgentError("internal_error", "internal error", { detail: "unexpected begin-turn outcome" });
+        throw new AgentError("internal_error", "internal error", {
+          detail: "unexpected begin-turn outcome",
+        });
     }
     trace.rateLimit = decisionFromDatabase(begin.rate_limit, settings.rateLimit.windowSeconds);
 
@@ -222,7 +264,9 @@ export function createAgentChatHandler(deps: AgentChatDeps) {
       answer = await deps.model.complete(messages, request.signal);
     } catch (error) {
       if (request.signal.aborted) {
-        await deps.usage.record(usageEvent(trace, { error: { code: "client_closed", detail: "client went away" } }));
+        await deps.usage.record(
+          usageEvent(trace, { error: { code: "client_closed", detail: "client went away" } }),
+        );
         return new Response(null, { status: 499 });
       }
       throw modelError(error);
@@ -262,7 +306,8 @@ export function createAgentChatHandler(deps: AgentChatDeps) {
       request.signal.removeEventListener("abort", onClientGone);
       throw modelError(error);
     }
-    const sse = (event: string, data: unknown) => encoder.encode(`event: ${event}\ndata: ${JSON.stringify(data)}\n\n`);
+    const sse = (event: string, data: unknown) =>
+      encoder.encode(`event: ${event}\ndata: ${JSON.stringify(data)}\n\n`);
     let settled = false;
     const finish = async (outcome: Parameters<typeof usageEvent>[1]) => {
       if (settled) return;
@@ -272,8 +317,10 @@ export function createAgentChatHandler(deps: AgentChatDeps) {
     };
 
     const stream = new ReadableStream<Uint8Array>({
-      async start(controller) {
-        controller.enqueue(sse("session", { session_id: key.sessionId, request_id: trace.requestId }));
+      start(controller) {
+        controller.enqueue(
+          sse("session", { session_id: key.sessionId, request_id: trace.requestId }),
+        );
       },
       async pull(controller) {
         try {
@@ -304,11 +351,15 @@ export function createAgentChatHandler(deps: AgentChatDeps) {
         } catch (error) {
           if (upstream.signal.aborted) return; // cancel() logs the disconnect
           const agentError = error instanceof AgentError ? error : modelError(error);
+          await finish({ error: { code: agentError.code, detail: agentError.detail } });
           controller.enqueue(sse("error", {
-            error: { code: agentError.code, message: agentError.message, request_id: trace.requestId },
+            error: {
+              code: agentError.code,
+              message: agentError.message,
+              request_id: trace.requestId,
+            },
           }));
           controller.close();
-          await finish({ error: { code: agentError.code, detail: agentError.detail } });
         }
       },
       async cancel() {
@@ -346,7 +397,9 @@ export function createAgentChatHandler(deps: AgentChatDeps) {
     };
     try {
       if (request.method !== "POST") {
-        throw new AgentError("method_not_allowed", "use POST", { headers: { allow: "POST, OPTIONS" } });
+        throw new AgentError("method_not_allowed", "use POST", {
+          headers: { allow: "POST, OPTIONS" },
+        });
       }
       const body = parseChatRequest(await readBody(request, settings.maxBodyBytes), schema);
       trace.orgId = body.org_id.toLowerCase();

@@ -12,10 +12,15 @@ export function requestIdFrom(headers: Headers): string {
 
 export function corsHeaders(allowedOrigins: string, origin: string | null): Record<string, string> {
   const allowed = allowedOrigins.split(",").map((s) => s.trim());
-  const value = allowed.includes("*") ? "*" : origin && allowed.includes(origin) ? origin : allowed[0] ?? "";
+  const value = allowed.includes("*")
+    ? "*"
+    : origin && allowed.includes(origin)
+    ? origin
+    : allowed[0] ?? "";
   return {
     "access-control-allow-origin": value,
-    "access-control-allow-headers": "authorization, x-client-info, apikey, content-type, x-request-id",
+    "access-control-allow-headers":
+      "authorization, x-client-info, apikey, content-type, x-request-id",
     "access-control-allow-methods": "POST, OPTIONS",
     "access-control-expose-headers":
       "x-request-id, retry-after, ratelimit, ratelimit-policy, ratelimit-limit, ratelimit-remaining, ratelimit-reset",

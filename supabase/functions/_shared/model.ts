@@ -56,7 +56,10 @@ function usageOf(raw: OpenAI.CompletionUsage | null | undefined): TokenUsage {
 function wrap(error: unknown): ModelError {
   if (error instanceof ModelError) return error;
   if (error instanceof OpenAI.APIError) {
-    return new ModelError(`openai ${error.status ?? "connection"}: ${error.message}`.slice(0, 1000), error.status);
+    return new ModelError(
+      `openai ${error.status ?? "connection"}: ${error.message}`.slice(0, 1000),
+      error.status,
+    );
   }
   return new ModelError(error instanceof Error ? `${error.name}: ${error.message}` : String(error));
 }

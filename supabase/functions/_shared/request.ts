@@ -23,11 +23,15 @@ export function chatRequestSchema(maxMessageChars: number) {
     ),
     org_id: z.uuid(),
     session_id: z.uuid().optional(),
-    channel: z.string().regex(/^[a-z][a-z0-9_-]{0,31}$/, "must be a lowercase token of at most 32 characters")
+    channel: z.string().regex(
+      /^[a-z][a-z0-9_-]{0,31}$/,
+      "must be a lowercase token of at most 32 characters",
+    )
       .default("app"),
     stream: z.boolean().default(false),
     metadata: z.record(z.string().max(64), z.unknown()).optional().refine(
-      (m) => m === undefined || new TextEncoder().encode(JSON.stringify(m)).length <= MAX_METADATA_BYTES,
+      (m) =>
+        m === undefined || new TextEncoder().encode(JSON.stringify(m)).length <= MAX_METADATA_BYTES,
       `must be at most ${MAX_METADATA_BYTES} bytes as JSON`,
     ),
     user_id: z.uuid().optional(),
@@ -90,7 +94,9 @@ export function parseChatRequest(
   if (!result.success) {
     const first = result.error.issues.slice(0, 3).map((i) => {
       const where = i.path.length ? i.path.join(".") : "body";
-      return i.code === "unrecognized_keys" ? `unknown field(s): ${i.keys.join(", ")}` : `${where}: ${i.message}`;
+      return i.code === "unrecognized_keys"
+        ? `unknown field(s): ${i.keys.join(", ")}`
+        : `${where}: ${i.message}`;
     });
     throw new AgentError("invalid_request", first.join("; ").slice(0, 300));
   }

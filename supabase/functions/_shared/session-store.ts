@@ -97,7 +97,10 @@ function parseMessage(raw: unknown): ChatMessage | null {
   return null;
 }
 
-export function createRedisSessionStore(redis: RedisScriptRunner, limits: SessionLimits): SessionStore {
+export function createRedisSessionStore(
+  redis: RedisScriptRunner,
+  limits: SessionLimits,
+): SessionStore {
   const owner = (k: SessionKey) => `${k.orgId}:${k.userId}`;
   return {
     historyFromBeginTurn: false,
@@ -107,7 +110,9 @@ export function createRedisSessionStore(redis: RedisScriptRunner, limits: Sessio
         String(limits.maxMessages),
       ]) as [number, unknown[]];
       if (Number(result[0]) !== 1) return { owned: false, history: [] };
-      const history = (result[1] ?? []).map(parseMessage).filter((m): m is ChatMessage => m !== null);
+      const history = (result[1] ?? []).map(parseMessage).filter((m): m is ChatMessage =>
+        m !== null
+      );
       return { owned: true, history };
     },
     async append(key, user, assistant) {

@@ -30,13 +30,21 @@ export interface TokenOptions {
   appMetadata?: Record<string, unknown>;
 }
 
-export async function createAuthStandIn(options: { issuer?: string; jwtSecret?: string } = {}): Promise<AuthStandIn> {
+export async function createAuthStandIn(
+  options: { issuer?: string; jwtSecret?: string } = {},
+): Promise<AuthStandIn> {
   const issuer = options.issuer ?? "http://127.0.0.1:54321/auth/v1";
   const jwtSecret = options.jwtSecret ?? "super-secret-jwt-token-with-at-least-32-characters-long";
   const kid = crypto.randomUUID();
   const { privateKey, publicKey } = await generateKeyPair("ES256", { extractable: true });
   const foreign = await generateKeyPair("ES256");
-  const publicJwk = { ...(await exportJWK(publicKey)), kid, alg: "ES256", use: "sig", key_ops: ["verify"] };
+  const publicJwk = {
+    ...(await exportJWK(publicKey)),
+    kid,
+    alg: "ES256",
+    use: "sig",
+    key_ops: ["verify"],
+  };
   const hmac = new TextEncoder().encode(jwtSecret);
 
   async function sign(claims: Record<string, unknown>, alg: "ES256" | "HS256", expiresIn: number) {
@@ -55,21 +63,27 @@ export async function createAuthStandIn(options: { issuer?: string; jwtSecret?: 
     handle(request) {
       const path = new URL(request.url).pathname;
       if (path === "/auth/v1/.well-known/jwks.json" && request.method === "GET") {
-        return Response.json({ keys: [publicJwk] }, { headers: { "cache-control": "public, max-age=600" } });
+        return Response.json({ keys: [publicJwk] }, {
+          headers: { "cache-control": "public, max-age=600" },
+        });
       }
       return undefined;
     },
     userToken: (sub, o = {}) =>
-      sign({
-        sub,
-        aud: o.audience ?? "authenticated",
-        role: o.role ?? "authenticated",
-        email: `${sub.slice(0, 8)}@example.test`,
-        app_metadata: o.appMetadata ?? { provider: "email", providers: ["email"] },
-        user_metadata: {},
-        session_id: crypto.randomUUID(),
-        is_anonymous: false,
-      }, o.alg ?? "ES256", o.expiresInSeconds ?? 3600),
+      sign(
+        {
+          sub,
+          aud: o.audience ?? "authenticated",
+          role: o.role ?? "authenticated",
+          email: `${sub.slice(0, 8)}@example.test`,
+          app_metadata: o.appMetadata ?? { provider: "email", providers: ["email"] },
+          user_metadata: {},
+          session_id: crypto.randomUUID(),
+          is_anonymous: false,
+        },
+        o.alg ?? "ES256",
+        o.expiresInSeconds ?? 3600,
+      ),
     serviceToken: (o = {}) => sign({ role: "service_role" }, o.alg ?? "ES256", 10 * 365 * 86400),
     foreignToken: (sub) =>
       new SignJWT({ sub, aud: "authenticated", role: "authenticated" })

@@ -7,13 +7,13 @@
  * /functions/v1/agent-chat.
  */
 import postgres from "postgres";
-import { createAuthStandIn, type AuthStandIn } from "./auth-stand-in.ts";
-import { startGateway, type Gateway } from "./gateway.ts";
+import { type AuthStandIn, createAuthStandIn } from "./auth-stand-in.ts";
+import { type Gateway, startGateway } from "./gateway.ts";
 import { createOpenAIStandIn, type OpenAIStandIn } from "./openai-stand-in.ts";
 import { createUpstashStandIn, type UpstashStandIn } from "./upstash-stand-in.ts";
 import { loadConfig } from "../../functions/_shared/config.ts";
 import { buildDependencies } from "../../functions/_shared/deps.ts";
-import { createAgentChatHandler } from "../../functions/_shared/handler.ts";
+import { type AgentChatDeps, createAgentChatHandler } from "../../functions/_shared/handler.ts";
 import type { Logger } from "../../functions/_shared/log.ts";
 
 export interface HarnessOptions {
@@ -22,6 +22,8 @@ export interface HarnessOptions {
   /** For the redis store: TCP to redis-server, or REST through the Upstash stand-in. */
   redisVia?: "tcp" | "upstash";
   env?: Record<string, string>;
+  /** Swap one dependency (a failing transport, say) after they are built. */
+  adjust?: (deps: AgentChatDeps) => void;
 }
 
 export interface Member {
@@ -44,7 +46,10 @@ export interface Harness {
   logs: Array<{ level: string; event: string; fields: Record<string, unknown> }>;
   member(orgId?: string): Promise<Member>;
   /** POSTs to the function as `member` (token and forwarded address) unless options override. */
-  call(body: unknown, options?: { token?: string; ip?: string; headers?: Record<string, string> }): Promise<Response>;
+  call(
+    body: unknown,
+    options?: { token?: string; ip?: string; headers?: Record<string, string> },
+  ): Promise<Response>;
   usageRows(requestId: string): Promise<Array<Record<string, unknown>>>;
   stop(): Promise<void>;
 }
@@ -96,6 +101,7 @@ export async function startHarness(options: HarnessOptions = {}): Promise<Harnes
   const logs: Harness["logs"] = [];
   const log: Logger = (level, event, fields) => logs.push({ level, event, fields });
   const deps = buildDependencies(loadConfig(env), { log, extendLifetime: undefined });
+  options.adjust?.(deps);
   gateway.setFunction(createAgentChatHandler(deps));
 
   return {

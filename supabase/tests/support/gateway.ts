@@ -10,7 +10,10 @@
 import type { AuthStandIn } from "./auth-stand-in.ts";
 import { createPostgrestStandIn, type PostgrestStandIn } from "./postgrest-stand-in.ts";
 
-export type FunctionHandler = (request: Request, info?: Deno.ServeHandlerInfo<Deno.NetAddr>) => Promise<Response>;
+export type FunctionHandler = (
+  request: Request,
+  info?: Deno.ServeHandlerInfo<Deno.NetAddr>,
+) => Promise<Response>;
 
 export interface Gateway {
   url: string;
@@ -39,10 +42,12 @@ export function startGateway(options: {
     async (request, info) => {
       const path = new URL(request.url).pathname;
       if (path.startsWith("/auth/v1/")) {
-        return options.auth.handle(request) ?? Response.json({ message: "not found" }, { status: 404 });
+        return options.auth.handle(request) ??
+          Response.json({ message: "not found" }, { status: 404 });
       }
       if (path.startsWith("/rest/v1/")) {
-        return await postgrest.handle(request) ?? Response.json({ message: "not found" }, { status: 404 });
+        return await postgrest.handle(request) ??
+          Response.json({ message: "not found" }, { status: 404 });
       }
       if (path === "/functions/v1/agent-chat" && fn) {
         const headers = new Headers(request.headers);

@@ -27,24 +27,30 @@ export async function listMigrations(): Promise<string[]> {
   return files.sort();
 }
 
-export async function migrate(url: string, options: { pgCron: boolean; log?: (line: string) => void } = {
-  pgCron: false,
-}): Promise<string[]> {
+export async function migrate(
+  url: string,
+  options: { pgCron: boolean; log?: (line: string) => void } = {
+    pgCron: false,
+  },
+): Promise<string[]> {
   const log = options.log ?? (() => {});
-  const bootstrapped = (await psql(url, ["-Atc", "select to_regnamespace('auth') is not null"])).trim() === "t";
+  const bootstrapped =
+    (await psql(url, ["-Atc", "select to_regnamespace('auth') is not null"])).trim() === "t";
   if (!bootstrapped) {
     await psql(url, ["--single-transaction", "-f", bootstrapFile]);
     if (options.pgCron) await psql(url, ["-c", "create extension if not exists pg_cron"]);
     await psql(url, [
       "-c",
       "create schema if not exists supabase_migrations; " +
-        "create table if not exists supabase_migrations.schema_migrations " +
-        "(version text primary key, statements text[], name text)",
+      "create table if not exists supabase_migrations.schema_migrations " +
+      "(version text primary key, statements text[], name text)",
     ]);
     log("bootstrapped Supabase roles, auth schema and extensions");
   }
   const applied = new Set(
-    (await psql(url, ["-Atc", "select version from supabase_migrations.schema_migrations"])).split("\n").filter(Boolean),
+    (await psql(url, ["-Atc", "select version from supabase_migrations.schema_migrations"])).split(
+      "\n",
+    ).filter(Boolean),
   );
   const done: string[] = [];
   for (const file of await listMigrations()) {

@@ -79,7 +79,11 @@ export function createOpenAIStandIn(
   };
 
   function error(status: number, message: string) {
-    const type = status === 429 ? "rate_limit_exceeded" : status >= 500 ? "server_error" : "invalid_request_error";
+    const type = status === 429
+      ? "rate_limit_exceeded"
+      : status >= 500
+      ? "server_error"
+      : "invalid_request_error";
     return Response.json({ error: { message, type, param: null, code: type } }, {
       status,
       headers: status === 429 ? { "retry-after": "1" } : {},
@@ -106,16 +110,22 @@ export function createOpenAIStandIn(
     signal.addEventListener("abort", () => state.aborted++, { once: true });
 
     if (behaviour.kind === "hang") {
-      await new Promise<void>((resolve) => signal.addEventListener("abort", () => resolve(), { once: true }));
+      await new Promise<void>((resolve) =>
+        signal.addEventListener("abort", () => resolve(), { once: true })
+      );
       return new Response(null, { status: 499 });
     }
-    if (behaviour.kind === "error") return error(behaviour.status, behaviour.message ?? "The server had an error");
+    if (behaviour.kind === "error") {
+      return error(behaviour.status, behaviour.message ?? "The server had an error");
+    }
     if (behaviour.kind === "malformed") {
       return new Response('{"id": "chatcmpl-broken", "choices": [', {
         headers: { "content-type": body.stream ? "text/event-stream" : "application/json" },
       });
     }
-    const text = behaviour.kind === "reply" && behaviour.text !== undefined ? behaviour.text : defaultReply(body.messages);
+    const text = behaviour.kind === "reply" && behaviour.text !== undefined
+      ? behaviour.text
+      : defaultReply(body.messages);
     if (behaviour.kind === "reply" && behaviour.latencyMs) await sleep(behaviour.latencyMs, signal);
     const promptTokens = body.messages.reduce((n, m) => n + countTokens(m.content) + 4, 0);
     const completionTokens = countTokens(text);
@@ -134,7 +144,11 @@ export function createOpenAIStandIn(
         object: "chat.completion",
         created,
         model,
-        choices: [{ index: 0, message: { role: "assistant", content: text, refusal: null }, finish_reason: "stop" }],
+        choices: [{
+          index: 0,
+          message: { role: "assistant", content: text, refusal: null },
+          finish_reason: "stop",
+        }],
         usage,
       });
     }
@@ -151,11 +165,13 @@ export function createOpenAIStandIn(
     const cutAfter = behaviour.kind === "cut" ? behaviour.afterChunks ?? 2 : Infinity;
     const stream = new ReadableStream<Uint8Array>({
       async start(controller) {
-        const send = (data: unknown) => controller.enqueue(encoder.encode(`data: ${JSON.stringify(data)}\n\n`));
+        const send = (data: unknown) =>
+          controller.enqueue(encoder.encode(`data: ${JSON.stringify(data)}\n\n`));
         try {
           send(chunk({ role: "assistant", content: "" }, null));
           for (let i = 0; i < pieces.length; i++) {
             if (i >= cutAfter) {
+              await sleep(20); // let what was sent reach the client first
               controller.error(new Error("connection reset by stand-in"));
               return;
             }
@@ -164,11 +180,14 @@ export function createOpenAIStandIn(
             send(chunk({ content: pieces[i] }, null));
           }
           if (cutAfter !== Infinity) {
+            await sleep(20);
             controller.error(new Error("connection reset by stand-in"));
             return;
           }
           send(chunk({}, "stop"));
-          if (includeUsage) send({ id, object: "chat.completion.chunk", created, model, choices: [], usage });
+          if (includeUsage) {
+            send({ id, object: "chat.completion.chunk", created, model, choices: [], usage });
+          }
           controller.enqueue(encoder.encode("data: [DONE]\n\n"));
           controller.close();
         } catch {

@@ -41,9 +41,20 @@ async function unprivilegedIds(): Promise<{ uid: number; gid: number } | null> {
   return { uid: Number(uid), gid: Number(gid) };
 }
 
-function asServerUser(ids: { uid: number; gid: number } | null, cmd: string, args: string[]): [string, string[]] {
+function asServerUser(
+  ids: { uid: number; gid: number } | null,
+  cmd: string,
+  args: string[],
+): [string, string[]] {
   if (!ids) return [cmd, args];
-  return ["setpriv", [`--reuid=${ids.uid}`, `--regid=${ids.gid}`, "--clear-groups", "--", cmd, ...args]];
+  return ["setpriv", [
+    `--reuid=${ids.uid}`,
+    `--regid=${ids.gid}`,
+    "--clear-groups",
+    "--",
+    cmd,
+    ...args,
+  ]];
 }
 
 export async function startPostgres(options: StartPostgresOptions = {}): Promise<PostgresServer> {
@@ -80,7 +91,9 @@ export async function startPostgres(options: StartPostgresOptions = {}): Promise
     max_connections: "300",
     shared_buffers: "256MB",
     log_min_messages: "warning",
-    ...(tools.hasPgCron ? { shared_preload_libraries: "pg_cron", "cron.database_name": "postgres" } : {}),
+    ...(tools.hasPgCron
+      ? { shared_preload_libraries: "pg_cron", "cron.database_name": "postgres" }
+      : {}),
     ...(options.fast ? { fsync: "off", synchronous_commit: "off", full_page_writes: "off" } : {}),
     ...options.extraSettings,
   };
@@ -96,7 +109,12 @@ export async function startPostgres(options: StartPostgresOptions = {}): Promise
     const [cmd, cmdArgs] = asServerUser(ids, `${tools.bin}/postgres`, args);
     const out = await Deno.open(logPath, { create: true, append: true });
     const err = await Deno.open(logPath, { create: true, append: true });
-    child = new Deno.Command(cmd, { args: cmdArgs, stdout: "piped", stderr: "piped", stdin: "null" }).spawn();
+    child = new Deno.Command(cmd, {
+      args: cmdArgs,
+      stdout: "piped",
+      stderr: "piped",
+      stdin: "null",
+    }).spawn();
     child.stdout.pipeTo(out.writable).catch(() => {});
     child.stderr.pipeTo(err.writable).catch(() => {});
     const deadline = Date.now() + 30_000;

@@ -15,7 +15,7 @@
  *     57014 → 500, connection failure → 503 PGRST000, bad JWT → 401 PGRST301).
  * Not covered: table endpoints, filters, `Prefer` headers, GET rpc, overloads.
  */
-import { jwtVerify, createLocalJWKSet, type JWK } from "jose";
+import { createLocalJWKSet, type JWK, jwtVerify } from "jose";
 import postgres from "postgres";
 
 export interface PostgrestStandIn {
@@ -30,7 +30,13 @@ interface FunctionArg {
   type: string;
 }
 
-function pgError(status: number, code: string, message: string, details: string | null = null, hint: string | null = null) {
+function pgError(
+  status: number,
+  code: string,
+  message: string,
+  details: string | null = null,
+  hint: string | null = null,
+) {
   return Response.json({ code, message, details, hint }, { status });
 }
 
@@ -54,7 +60,12 @@ export function createPostgrestStandIn(options: {
   secretKeys?: string[];
   anonKey?: string;
 }): PostgrestStandIn {
-  const sql = postgres(options.databaseUrl, { max: 8, prepare: false, onnotice: () => {}, connect_timeout: 3 });
+  const sql = postgres(options.databaseUrl, {
+    max: 8,
+    prepare: false,
+    onnotice: () => {},
+    connect_timeout: 3,
+  });
   const jwks = createLocalJWKSet(options.jwks);
   const hmac = new TextEncoder().encode(options.jwtSecret);
   const signatures = new Map<string, FunctionArg[]>();
@@ -92,7 +103,10 @@ export function createPostgrestStandIn(options: {
     if (request.method !== "POST") return pgError(405, "PGRST117", "Unsupported HTTP method");
     const apikey = request.headers.get("apikey");
     if (!apikey) {
-      return Response.json({ message: "No API key found in request", hint: "No `apikey` request header or url param was found." }, { status: 401 });
+      return Response.json({
+        message: "No API key found in request",
+        hint: "No `apikey` request header or url param was found.",
+      }, { status: 401 });
     }
     const bearer = /^Bearer (\S+)$/.exec(request.headers.get("authorization") ?? "")?.[1] ?? apikey;
     let claims: Record<string, unknown>;
@@ -100,7 +114,11 @@ export function createPostgrestStandIn(options: {
       claims = await claimsOf(bearer);
     } catch (error) {
       const expired = (error as { code?: string }).code === "ERR_JWT_EXPIRED";
-      return pgError(401, expired ? "PGRST303" : "PGRST301", expired ? "JWT expired" : "JWT could not be decoded or verified");
+      return pgError(
+        401,
+        expired ? "PGRST303" : "PGRST301",
+        expired ? "JWT expired" : "JWT could not be decoded or verified",
+      );
     }
     const role = typeof claims.role === "string" ? claims.role : "anon";
     if (!["anon", "authenticated", "service_role"].includes(role)) {
@@ -110,7 +128,9 @@ export function createPostgrestStandIn(options: {
     try {
       const text = await request.text();
       args = text ? JSON.parse(text) : {};
-      if (args === null || typeof args !== "object" || Array.isArray(args)) throw new Error("not an object");
+      if (args === null || typeof args !== "object" || Array.isArray(args)) {
+        throw new Error("not an object");
+      }
     } catch {
       return pgError(400, "PGRST102", "Empty or invalid json");
     }
@@ -119,18 +139,33 @@ export function createPostgrestStandIn(options: {
     try {
       params = await signature("public", fn);
     } catch (error) {
-      return pgError(503, "PGRST000", "Database client error. Retrying the connection.", String((error as Error).message));
+      return pgError(
+        503,
+        "PGRST000",
+        "Database client error. Retrying the connection.",
+        String((error as Error).message),
+      );
     }
     const given = Object.keys(args);
     if (!params || given.some((k) => !params!.some((p) => p.name === k))) {
-      return pgError(404, "PGRST202", `Could not find the function public.${fn}(${given.sort().join(", ")}) in the schema cache`);
+      return pgError(
+        404,
+        "PGRST202",
+        `Could not find the function public.${fn}(${given.sort().join(", ")}) in the schema cache`,
+      );
     }
     const used = params.filter((p) => p.name in args);
-    const call = `select to_jsonb(public.${fn}(${used.map((p, i) => `${p.name} => $${i + 1}::text::${p.type}`).join(", ")})) as result`;
+    const call = `select to_jsonb(public.${fn}(${
+      used.map((p, i) => `${p.name} => $${i + 1}::text::${p.type}`).join(", ")
+    })) as result`;
     const values = used.map((p) => {
       const v = args[p.name];
       if (v === null || v === undefined) return null;
-      return p.type === "jsonb" || p.type === "json" ? JSON.stringify(v) : typeof v === "object" ? JSON.stringify(v) : String(v);
+      return p.type === "jsonb" || p.type === "json"
+        ? JSON.stringify(v)
+        : typeof v === "object"
+        ? JSON.stringify(v)
+        : String(v);
     });
     try {
       state.calls++;
@@ -149,12 +184,25 @@ export function createPostgrestStandIn(options: {
       });
     } catch (error) {
       const e = error as { code?: string; message?: string; detail?: string; hint?: string };
-      if (!e.code || /ECONNREFUSED|ECONNRESET|CONNECTION_|connect/i.test(e.code + (e.message ?? ""))) {
+      if (
+        !e.code || /ECONNREFUSED|ECONNRESET|CONNECTION_|connect/i.test(e.code + (e.message ?? ""))
+      ) {
         if (!e.code || !/^[0-9A-Z]{5}$/.test(e.code)) {
-          return pgError(503, "PGRST000", "Database client error. Retrying the connection.", e.message ?? null);
+          return pgError(
+            503,
+            "PGRST000",
+            "Database client error. Retrying the connection.",
+            e.message ?? null,
+          );
         }
       }
-      return pgError(statusForSqlState(e.code, role), e.code, e.message ?? "error", e.detail ?? null, e.hint ?? null);
+      return pgError(
+        statusForSqlState(e.code, role),
+        e.code,
+        e.message ?? "error",
+        e.detail ?? null,
+        e.hint ?? null,
+      );
     }
   }
   return state;

@@ -55,7 +55,9 @@ export async function startRedis(options: { port?: number } = {}): Promise<Redis
     }).spawn();
     const deadline = Date.now() + 10_000;
     while (!(await ping())) {
-      if (Date.now() > deadline) throw new Error(`redis-server did not answer PING within 10 s on port ${port}`);
+      if (Date.now() > deadline) {
+        throw new Error(`redis-server did not answer PING within 10 s on port ${port}`);
+      }
       await new Promise((r) => setTimeout(r, 50));
     }
   }

@@ -16,8 +16,19 @@ interface Tally {
   failed: number;
 }
 
-async function streamed(cmd: string, args: string[], env: Record<string, string>): Promise<{ code: number; text: string }> {
-  const child = new Deno.Command(cmd, { args, env, cwd: root, stdout: "piped", stderr: "inherit", stdin: "null" }).spawn();
+async function streamed(
+  cmd: string,
+  args: string[],
+  env: Record<string, string>,
+): Promise<{ code: number; text: string }> {
+  const child = new Deno.Command(cmd, {
+    args,
+    env,
+    cwd: root,
+    stdout: "piped",
+    stderr: "inherit",
+    stdin: "null",
+  }).spawn();
   let text = "";
   const decoder = new TextDecoder();
   for await (const chunk of child.stdout) {

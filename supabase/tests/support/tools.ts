@@ -29,7 +29,9 @@ export async function which(name: string): Promise<string | null> {
 export class MissingToolError extends Error {}
 
 export async function findPostgresTools(): Promise<PostgresTools> {
-  const candidates = [Deno.env.get("PG_BIN"), "/usr/lib/postgresql/15/bin"].filter(Boolean) as string[];
+  const candidates = [Deno.env.get("PG_BIN"), "/usr/lib/postgresql/15/bin"].filter(
+    Boolean,
+  ) as string[];
   let bin: string | null = null;
   for (const dir of candidates) {
     if (await exists(`${dir}/initdb`) && await exists(`${dir}/postgres`)) {
@@ -56,7 +58,9 @@ export async function findPostgresTools(): Promise<PostgresTools> {
 export async function findRedisServer(): Promise<string> {
   const path = Deno.env.get("REDIS_SERVER") ?? await which("redis-server");
   if (!path) {
-    throw new MissingToolError("redis-server not found. Install the Debian package: apt-get install redis-server");
+    throw new MissingToolError(
+      "redis-server not found. Install the Debian package: apt-get install redis-server",
+    );
   }
   return path;
 }

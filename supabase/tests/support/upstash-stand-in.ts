@@ -32,9 +32,15 @@ function encode(value: unknown, base64: boolean): unknown {
   return value;
 }
 
-export function createUpstashStandIn(options: { redisUrl: string; token?: string; port?: number }): UpstashStandIn {
+export function createUpstashStandIn(
+  options: { redisUrl: string; token?: string; port?: number },
+): UpstashStandIn {
   const token = options.token ?? `upstash-${crypto.randomUUID()}`;
-  const redis = new Redis(options.redisUrl, { maxRetriesPerRequest: 1, enableOfflineQueue: true, lazyConnect: false });
+  const redis = new Redis(options.redisUrl, {
+    maxRetriesPerRequest: 1,
+    enableOfflineQueue: true,
+    lazyConnect: false,
+  });
   redis.on("error", () => {});
   const state: UpstashStandIn = { url: "", token, requests: 0, stop: () => Promise.resolve() };
 
@@ -53,7 +59,9 @@ export function createUpstashStandIn(options: { redisUrl: string; token?: string
     if (request.headers.get("authorization") !== `Bearer ${token}`) {
       return Response.json({ error: "Unauthorized" }, { status: 401 });
     }
-    if (request.method !== "POST") return Response.json({ error: "Method not allowed" }, { status: 405 });
+    if (request.method !== "POST") {
+      return Response.json({ error: "Method not allowed" }, { status: 405 });
+    }
     const base64 = request.headers.get("upstash-encoding")?.toLowerCase() === "base64";
     let body: unknown;
     try {
@@ -62,9 +70,12 @@ export function createUpstashStandIn(options: { redisUrl: string; token?: string
       return Response.json({ error: "ERR failed to parse command" }, { status: 400 });
     }
     const path = new URL(request.url).pathname;
-    const wrap = (r: { result?: unknown; error?: string }) => r.error !== undefined ? { error: r.error } : { result: encode(r.result ?? null, base64) };
+    const wrap = (r: { result?: unknown; error?: string }) =>
+      r.error !== undefined ? { error: r.error } : { result: encode(r.result ?? null, base64) };
     if (path === "/") {
-      if (!Array.isArray(body) || body.length === 0) return Response.json({ error: "ERR command must be a non-empty array" }, { status: 400 });
+      if (!Array.isArray(body) || body.length === 0) {
+        return Response.json({ error: "ERR command must be a non-empty array" }, { status: 400 });
+      }
       const r = await run(body);
       return Response.json(wrap(r), { status: r.error !== undefined ? 400 : 200 });
     }
@@ -78,9 +89,15 @@ export function createUpstashStandIn(options: { redisUrl: string; token?: string
         return Response.json(out);
       }
       try {
-        const multi = redis.multi((body as unknown[][]).map((c) => c.map(String) as [string, ...string[]]));
+        const multi = redis.multi(
+          (body as unknown[][]).map((c) => c.map(String) as [string, ...string[]]),
+        );
         const results = (await multi.exec()) ?? [];
-        return Response.json(results.map(([err, res]) => err ? { error: err.message } : { result: encode(res, base64) }));
+        return Response.json(
+          results.map(([err, res]) =>
+            err ? { error: err.message } : { result: encode(res, base64) }
+          ),
+        );
       } catch (error) {
         return Response.json({ error: (error as Error).message }, { status: 400 });
       }
@@ -88,7 +105,10 @@ export function createUpstashStandIn(options: { redisUrl: string; token?: string
     return Response.json({ error: "Not found" }, { status: 404 });
   }
 
-  const server = Deno.serve({ port: options.port ?? 0, hostname: "127.0.0.1", onListen: () => {} }, handle);
+  const server = Deno.serve(
+    { port: options.port ?? 0, hostname: "127.0.0.1", onListen: () => {} },
+    handle,
+  );
   state.url = `http://127.0.0.1:${server.addr.port}`;
   state.stop = async () => {
     await server.shutdown();
