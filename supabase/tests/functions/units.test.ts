@@ -1,0 +1,97 @@
+/** Unit tests of the pure modules: configuration, client IP, request body, secrets. */
+import { assert, assertEquals, assertMatch } from "./assert.ts";
+import { ConfigError, loadConfig } from "../../functions/_shared/config.ts";
+import { clientIpFrom, normalizeIp } from "../../functions/_shared/client-ip.ts";
+import { chatRequestSchema, parseChatRequest } from "../../functions/_shared/request.ts";
+import { secretsEqual } from "../../functions/_shared/auth.ts";
+import { AgentError } from "../../functions/_shared/errors.ts";
+
+const base = { SUPABASE_URL: "https://abc.supabase.co", SUPABASE_SERVICE_ROLE_KEY: "key" };
+
+function configProblems(env: Record<string, string>): string[] {
+  try {
+    loadConfig(env);
+    return [];
+  } catch (error) {
+    assert(error instanceof ConfigError);
+    return error.problems;
+  }
+}
+
+Deno.test("config: defaults, per-scope limits falling back to the shared max, empty strings unset", () => {
+  const c = loadConfig({ ...base, AI_AGENT_RATE_LIMIT_MAX_REQUESTS: "40", AI_AGENT_RATE_LIMIT_IP_MAX_REQUESTS: "100", AI_AGENT_MODEL: "" });
+  assertEquals(c.rateLimit, { org: 40, user: 40, ip: 100, windowSeconds: 60 });
+  assertEquals(c.model, "gpt-4.1-mini");
+  assertEquals(c.sessionStore, "supabase");
+  assertEquals(c.database, { transport: "rpc" });
+  assertEquals(c.jwksUrl, "https://abc.supabase.co/auth/v1/.well-known/jwks.json");
+  assertEquals(c.trustedProxyHops, 1);
+  assertEquals(c.usageLogEnabled, true);
+});
+
+Deno.test("config: every error names its variable", () => {
+  assertMatch(configProblems({ ...base, AI_AGENT_RATE_LIMIT_MAX_REQUESTS: "many" }).join(), /AI_AGENT_RATE_LIMIT_MAX_REQUESTS/);
+  assertMatch(configProblems({ ...base, AI_AGENT_SESSION_STORE: "memcached" }).join(), /AI_AGENT_SESSION_STORE/);
+  assertMatch(configProblems({ ...base, AI_AGENT_SESSION_STORE: "redis" }).join(), /AI_AGENT_REDIS_URL/);
+  assertMatch(
+    configProblems({ ...base, AI_AGENT_SESSION_STORE: "redis", AI_AGENT_REDIS_URL: "redis://cache.example.com:6379" }).join(),
+    /rediss:\/\//,
+  );
+  assertMatch(
+    configProblems({ ...base, AI_AGENT_SESSION_STORE: "redis", AI_AGENT_REDIS_URL: "https://x.upstash.io" }).join(),
+    /AI_AGENT_REDIS_TOKEN/,
+  );
+  assertMatch(configProblems({ SUPABASE_URL: "https://abc.supabase.co" }).join(), /SUPABASE_SERVICE_ROLE_KEY/);
+  assertEquals(configProblems({ ...base, AI_AGENT_SESSION_STORE: "redis", AI_AGENT_REDIS_URL: "redis://cache:6379", AI_AGENT_REDIS_ALLOW_INSECURE: "true" }), []);
+  assertEquals(configProblems({ ...base, AI_AGENT_SESSION_STORE: "redis", UPSTASH_REDIS_REST_URL: "https://x.upstash.io", UPSTASH_REDIS_REST_TOKEN: "t" }), []);
+  const direct = loadConfig({ SUPABASE_URL: "https://abc.supabase.co", AI_AGENT_DATABASE_URL: "postgres://u:p@db:6543/postgres" });
+  assertEquals(direct.database, { transport: "postgres", url: "postgres://u:p@db:6543/postgres" });
+  const secretKeys = loadConfig({ SUPABASE_URL: "https://abc.supabase.co", SUPABASE_SECRET_KEYS: '{"default":"sb_secret_1"}' });
+  assertEquals(secretKeys.serviceKeys, ["sb_secret_1"]);
+});
+
+Deno.test("client ip: the N-th X-Forwarded-For entry from the right, validated; never the forgeable left", () => {
+  const h = new Headers({ "x-forwarded-for": "6.6.6.6, 41.186.0.7, 10.0.0.1" });
+  assertEquals(clientIpFrom(h, 1, "9.9.9.9"), "10.0.0.1");
+  assertEquals(clientIpFrom(h, 2, "9.9.9.9"), "41.186.0.7");
+  assertEquals(clientIpFrom(h, 0, "9.9.9.9"), "9.9.9.9");
+  assertEquals(clientIpFrom(h, 4, "9.9.9.9"), undefined);
+  assertEquals(clientIpFrom(new Headers(), 1, "9.9.9.9"), undefined);
+  assertEquals(clientIpFrom(new Headers({ "x-forwarded-for": "evil, <script>" }), 1, undefined), undefined);
+  assertEquals(normalizeIp("2001:DB8::0001"), "2001:db8::1");
+  assertEquals(normalizeIp("[::1]:443"), "::1");
+  assertEquals(normalizeIp("1.2.3.4:8080"), "1.2.3.4");
+  assertEquals(normalizeIp("256.1.1.1"), undefined);
+  assertEquals(normalizeIp("1.2.3"), undefined);
+});
+
+Deno.test("request body: trimmed, bounded, strict; service fields typed", () => {
+  const schema = chatRequestSchema(10);
+  const org = crypto.randomUUID();
+  const ok = parseChatRequest(JSON.stringify({ message: "  hi  ", org_id: org }), schema);
+  assertEquals(ok.message, "hi");
+  assertEquals(ok.channel, "app");
+  assertEquals(ok.stream, false);
+  const bad = (body: unknown) => {
+    try {
+      parseChatRequest(JSON.stringify(body), schema);
+      return "";
+    } catch (error) {
+      assert(error instanceof AgentError);
+      assertEquals(error.code, "invalid_request");
+      return error.message;
+    }
+  };
+  assertMatch(bad({ message: "x".repeat(11), org_id: org }), /at most 10/);
+  assertMatch(bad({ message: "hi", org_id: org, extra: 1 }), /unknown field/);
+  assertMatch(bad({ message: "hi", org_id: org, client_ip: "999.1.1.1" }), /client_ip/);
+  assertMatch(bad({ message: "hi", org_id: org, stream: "yes" }), /stream/);
+  assertMatch(bad({ message: 5, org_id: org }), /message/);
+});
+
+Deno.test("secrets compare equal only when identical", () => {
+  assert(secretsEqual("sb_secret_abc", "sb_secret_abc"));
+  assert(!secretsEqual("sb_secret_abc", "sb_secret_abd"));
+  assert(!secretsEqual("sb_secret_abc", "sb_secret_ab"));
+  assert(!secretsEqual("", "x"));
+});
