@@ -95,3 +95,19 @@ Deno.test("secrets compare equal only when identical", () => {
   assert(!secretsEqual("sb_secret_abc", "sb_secret_ab"));
   assert(!secretsEqual("", "x"));
 });
+
+Deno.test("supabase/config.toml is valid for the Supabase CLI and leaves JWT checks to the function", async () => {
+  const root = new URL("../../../", import.meta.url).pathname;
+  const text = await Deno.readTextFile(`${root}supabase/config.toml`);
+  assertMatch(text, /\[functions\.agent-chat\]\nenabled = true\nverify_jwt = false\n/);
+  // `supabase status` reads the config before it looks for Docker; a bad file fails first.
+  const out = await new Deno.Command(`${root}node_modules/.bin/supabase`, {
+    args: ["status"],
+    cwd: root,
+    stdout: "piped",
+    stderr: "piped",
+    env: { SUPABASE_TELEMETRY_DISABLED: "1" },
+  }).output();
+  const text2 = new TextDecoder().decode(out.stdout) + new TextDecoder().decode(out.stderr);
+  assert(!/failed to read config|Invalid TOML|failed to parse/i.test(text2), text2);
+});

@@ -9,7 +9,7 @@
  *   - the legacy HS256 shared secret, for projects that still sign with it.
  * Not covered: sign-up, sign-in, refresh, key rotation endpoints.
  */
-import { exportJWK, generateKeyPair, type JWK, SignJWT } from "jose";
+import { exportJWK, generateKeyPair, importJWK, type JWK, SignJWT } from "jose";
 
 export interface AuthStandIn {
   issuer: string;
@@ -30,21 +30,23 @@ export interface TokenOptions {
   appMetadata?: Record<string, unknown>;
 }
 
+/** The stand-in's signing key as a private JWK with its `kid`, to keep it across restarts (dev stack). */
+export async function newSigningKey(): Promise<JWK> {
+  const { privateKey } = await generateKeyPair("ES256", { extractable: true });
+  return { ...(await exportJWK(privateKey)), kid: crypto.randomUUID(), alg: "ES256" };
+}
+
 export async function createAuthStandIn(
-  options: { issuer?: string; jwtSecret?: string } = {},
+  options: { issuer?: string; jwtSecret?: string; signingKey?: JWK } = {},
 ): Promise<AuthStandIn> {
   const issuer = options.issuer ?? "http://127.0.0.1:54321/auth/v1";
   const jwtSecret = options.jwtSecret ?? "super-secret-jwt-token-with-at-least-32-characters-long";
-  const kid = crypto.randomUUID();
-  const { privateKey, publicKey } = await generateKeyPair("ES256", { extractable: true });
+  const signingKey = options.signingKey ?? await newSigningKey();
+  const kid = signingKey.kid!;
+  const privateKey = await importJWK(signingKey, "ES256");
+  const { d: _private, key_ops: _ops, ...publicPart } = signingKey;
   const foreign = await generateKeyPair("ES256");
-  const publicJwk = {
-    ...(await exportJWK(publicKey)),
-    kid,
-    alg: "ES256",
-    use: "sig",
-    key_ops: ["verify"],
-  };
+  const publicJwk = { ...publicPart, kid, alg: "ES256", use: "sig", key_ops: ["verify"] };
   const hmac = new TextEncoder().encode(jwtSecret);
 
   async function sign(claims: Record<string, unknown>, alg: "ES256" | "HS256", expiresIn: number) {
