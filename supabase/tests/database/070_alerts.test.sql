@@ -1,0 +1,52 @@
+-- Alerts: raised once, refreshed while true, resolved when clear, across a moving clock.
+begin;
+\ir _helpers.sql
+select plan(12);
+
+-- setup: a quiet far-future day, so no other row falls in these windows
+create temp table t_ctx as select gen_random_uuid() as org, timestamptz '2031-01-15 12:00:00+00' as t0;
+grant select on t_ctx to service_role;
+-- 20 served requests in 12:00-12:10, 3 of them failed: 85% success
+insert into public.agent_usage_events (request_id, org_id, success, error_code, latency_ms, created_at, model, prompt_tokens, completion_tokens, total_tokens)
+select 'a' || i, (select org from t_ctx), i > 3, case when i <= 3 then 'openai_error' end, 100,
+       (select t0 from t_ctx) + make_interval(secs => i * 30), 'gpt-4.1-mini', 1000, 1000, 2000
+from generate_series(1, 20) i;
+-- and 50 refusals, which never count against the success rate
+insert into public.agent_usage_events (request_id, org_id, success, error_code, latency_ms, created_at)
+select 'r' || i, (select org from t_ctx), false, 'rate_limit', 1, (select t0 from t_ctx) + interval '1 minute'
+from generate_series(1, 50) i;
+
+-- test: raised once (service role)
+select tests.authenticate_as_service_role();
+select is((select ops.check_alerts(t0 + interval '11 minutes') ->> 'raised' from t_ctx)::int, 1, 'the success-rate alert is raised');
+select is((select ops.check_alerts(t0 + interval '12 minutes') ->> 'raised' from t_ctx)::int, 0, 'and not raised again while it holds');
+select is((select count(*)::int from ops.alert_events where kind = 'success_rate' and resolved_at is null), 1, 'one open event');
+select is((select observed from ops.alert_events where kind = 'success_rate' and resolved_at is null), 0.85, 'observed 85%');
+select is((select details -> 'failures_by_code' ->> 'openai_error' from ops.alert_events where kind = 'success_rate'), '3',
+  'details say which codes failed');
+
+-- test: resolved when the window moves past the failures
+select is((select ops.check_alerts(t0 + interval '26 minutes') ->> 'resolved' from t_ctx)::int, 1, 'resolved once the failures leave the window');
+select isnt((select resolved_at from ops.alert_events where kind = 'success_rate'), null, 'resolved_at is set');
+
+-- test: budget alerts
+insert into ops.budgets (org_id, monthly_usd) select org, 0.01 from t_ctx;
+select is((select ops.check_alerts(t0 + interval '30 minutes') ->> 'raised' from t_ctx)::int, 1,
+  'spend of 17 x (1000 in + 1000 out) = $0.0255 is over a $0.01 budget');
+select is((select subject from ops.open_alerts where kind = 'budget'), (select 'org:' || org from t_ctx), 'named by org');
+update ops.budgets set monthly_usd = 100 where org_id = (select org from t_ctx);
+select is((select ops.check_alerts(t0 + interval '31 minutes') ->> 'resolved' from t_ctx)::int, 1, 'raising the budget resolves it');
+select tests.clear_authentication();
+
+-- test: schedules exist where pg_cron does
+select ok(
+  not exists (select 1 from pg_extension where extname = 'pg_cron')
+  or (select count(*) from cron.job where jobname in ('agent-chat-check-alerts', 'agent-chat-purge-expired')) = 2,
+  'pg_cron runs the alert check every minute and the purge nightly when installed');
+
+-- test: callers without the service role cannot run the check
+select tests.authenticate_as_anon();
+select throws_ok($$ select ops.check_alerts() $$, '42501', null, 'anon cannot run the alert check');
+
+select * from finish();
+rollback;
