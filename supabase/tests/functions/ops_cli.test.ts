@@ -1,0 +1,129 @@
+/** The operator CLI against the real test database, and its HTML report in headless Chromium. */
+import postgres from "postgres";
+import { assert, assertEquals, assertMatch } from "./assert.ts";
+import { testUrls } from "../support/function-harness.ts";
+import { which } from "../support/tools.ts";
+import { runOps } from "../../../scripts/ops.ts";
+
+async function ops(...argv: string[]): Promise<{ code: number; out: string; err: string }> {
+  let out = "";
+  let err = "";
+  const code = await runOps([...argv, "--db", testUrls().databaseUrl], (s) => (out += s + "\n"), (s) => (err += s + "\n"));
+  return { code, out, err };
+}
+
+async function seed() {
+  const sql = postgres(testUrls().databaseUrl, { max: 1, onnotice: () => {} });
+  const org = crypto.randomUUID();
+  const user = crypto.randomUUID();
+  await sql`insert into auth.users (id) values (${user})`;
+  await sql`insert into public.org_memberships (org_id, user_id) values (${org}, ${user})`;
+  await sql`select public.agent_begin_turn(p_org_id => ${org}::uuid, p_user_id => ${user}::uuid, p_user_limit => 1)`;
+  const session = crypto.randomUUID();
+  await sql`select public.agent_end_turn(${session}::uuid, ${org}::uuid, ${user}::uuid, 'app', 'How much have I saved?', 'About 12,000.', 3600, 20)`;
+  await sql`insert into public.agent_usage_events (request_id, org_id, user_id, model, prompt_tokens, completion_tokens, total_tokens, latency_ms, success, error_code, created_at)
+            select 'ops-' || i, ${org}::uuid, ${user}::uuid, 'gpt-4.1-mini', 500, 200, 700, 50 + i, i % 10 <> 0,
+                   case when i % 10 = 0 then 'openai_error' end, now() - make_interval(mins => i * 5)
+            from generate_series(1, 200) i`;
+  return { sql, org, user, session };
+}
+
+Deno.test("ops CLI: buckets, clear-bucket, opt-out add/list/expire, session show, usage, alerts, purge", async () => {
+  const { sql, org, user, session } = await seed();
+  try {
+    let r = await ops("buckets", `user:${user}`, "--json");
+    assertEquals(r.code, 0, r.err);
+    const [bucket] = JSON.parse(r.out);
+    assertEquals(bucket.used, 1);
+    assertEquals(bucket.remaining, 0);
+
+    r = await ops("clear-bucket", `user:${user}`);
+    assertEquals(r.code, 0, r.err);
+    assertMatch(r.out, /true/);
+    assertEquals((await sql`select count(*)::int as n from ops.rate_limits where bucket_key = ${"user:" + user}`)[0]!.n, 0);
+
+    r = await ops("opt-out", "add", "--org", org, "--user", user, "--channel", "whatsapp", "--reason", "asked", "--by", "ops", "--json");
+    assertEquals(r.code, 0, r.err);
+    const added = JSON.parse(r.out)[0];
+    r = await ops("opt-out", "list", "--org", org);
+    assertMatch(r.out, new RegExp(added.id));
+    r = await ops("opt-out", "expire", added.id, "--by", "ops");
+    assertEquals(r.code, 0, r.err);
+    r = await ops("opt-out", "list", "--org", org, "--json");
+    assertEquals(JSON.parse(r.out).length, 0, "expired opt-outs leave the active list");
+    r = await ops("opt-out", "list", "--org", org, "--all", "--json");
+    assertEquals(JSON.parse(r.out)[0].active, false, "but stay in the audit trail");
+
+    r = await ops("session", "show", session);
+    assertEquals(r.code, 0, r.err);
+    assertMatch(r.out, /How much have I saved\?/);
+
+    r = await ops("usage", "--since", "24h", "--org", org, "--json");
+    assertEquals(r.code, 0, r.err);
+    const [u] = JSON.parse(r.out);
+    assertEquals(Number(u.requests), 200);
+    assertEquals(Number(u.success_rate), 0.9);
+    r = await ops("usage", "--since", "24h", "--org", org, "--bucket", "1 hour");
+    assertMatch(r.out, /success_rate/);
+
+    r = await ops("alerts", "--check", "--json");
+    assertEquals(r.code, 0, r.err);
+    r = await ops("purge", "--json");
+    assertEquals(r.code, 0, r.err);
+    assert("messages_deleted" in JSON.parse(r.out)[0]);
+  } finally {
+    await sql.end();
+  }
+});
+
+Deno.test("ops CLI: bad arguments are clear errors with exit code 2; database errors exit 1", async () => {
+  let r = await ops("buckets", "everything");
+  assertEquals(r.code, 2);
+  assertMatch(r.err, /bucket key looks like/);
+  r = await ops("nonsense");
+  assertEquals(r.code, 2);
+  assertMatch(r.err, /unknown command/);
+  r = await ops("opt-out", "add", "--org", "not-a-uuid");
+  assertEquals(r.code, 2);
+  assertMatch(r.err, /--org must be a UUID/);
+  r = await ops("usage", "--since", "forever");
+  assertEquals(r.code, 2);
+  r = await ops("opt-out", "expire", crypto.randomUUID());
+  assertEquals(r.code, 1);
+  assertMatch(r.err, /no opt-out with id/);
+  r = await ops("usage", "--bogus-flag");
+  assertEquals(r.code, 2);
+});
+
+Deno.test("ops report: a self-contained HTML page whose charts draw in headless Chromium", async () => {
+  const { sql, org } = await seed();
+  const dir = await Deno.makeTempDir({ prefix: "agent-chat-report-" });
+  try {
+    const file = `${dir}/report.html`;
+    const r = await ops("report", "--html", file, "--since", "24h", "--org", org);
+    assertEquals(r.code, 0, r.err);
+    const html = await Deno.readTextFile(file);
+    assert(!/(src|href)=["']https?:/.test(html), "no network resources");
+    const chromium = await which("chromium") ?? await which("chromium-browser");
+    assert(chromium, "chromium not found: install the Debian package `chromium` (scripts/setup.sh --with-browser)");
+    const flags = [
+      "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+      "--disable-background-networking", "--disable-component-update", "--disable-sync",
+      `--user-data-dir=${dir}/profile`, "--window-size=1280,1600",
+    ];
+    const dom = await new Deno.Command(chromium, { args: [...flags, "--dump-dom", `file://${file}`], stdout: "piped", stderr: "null" }).output();
+    const text = new TextDecoder().decode(dom.stdout);
+    assertMatch(text, /data-charts-drawn="5"/);
+    const paths = [...text.matchAll(/class="series" data-points="(\d+)"/g)].map((m) => Number(m[1]));
+    assert(paths.length >= 7, `every series drew a line (${paths.length})`);
+    assert(paths.every((n) => n > 10), "each line has a point per 15-minute bucket");
+    const shot = `${dir}/report.png`;
+    await new Deno.Command(chromium, { args: [...flags, `--screenshot=${shot}`, `file://${file}`], stdout: "null", stderr: "null" }).output();
+    const png = await Deno.readFile(shot);
+    assertEquals([...png.slice(1, 4)].map((b) => String.fromCharCode(b)).join(""), "PNG");
+    assert(png.length > 20_000, `a screenshot with content (${png.length} bytes) in ${shot}`);
+    console.log(`report screenshot: ${shot}`);
+  } finally {
+    await sql.end();
+  }
+});
