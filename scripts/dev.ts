@@ -39,7 +39,10 @@ try {
   cleanups.push(() => redis.stop());
 
   const secretKey = `sb_secret_local_${crypto.randomUUID().replaceAll("-", "")}`;
-  const auth = await createAuthStandIn({ signingKey: await signingKey(), issuer: `http://127.0.0.1:${port}/auth/v1` });
+  const auth = await createAuthStandIn({
+    signingKey: await signingKey(),
+    issuer: `http://127.0.0.1:${port}/auth/v1`,
+  });
   const gateway = startGateway({ databaseUrl: pg.url, auth, secretKeys: [secretKey], port });
   cleanups.push(() => gateway.stop());
   const env = Deno.env.toObject();
@@ -59,13 +62,20 @@ try {
   cleanups.push(() => deps.close());
   gateway.setFunction(createAgentChatHandler(deps));
 
-  await Deno.writeTextFile(stateFile, JSON.stringify({
-    databaseUrl: pg.url,
-    redisUrl: redis.url,
-    functionUrl: gateway.functionUrl,
-    secretKey,
-    pid: Deno.pid,
-  }, null, 2));
+  await Deno.writeTextFile(
+    stateFile,
+    JSON.stringify(
+      {
+        databaseUrl: pg.url,
+        redisUrl: redis.url,
+        functionUrl: gateway.functionUrl,
+        secretKey,
+        pid: Deno.pid,
+      },
+      null,
+      2,
+    ),
+  );
 
   console.log(`
 agent-chat local stack is up
@@ -73,7 +83,11 @@ agent-chat local stack is up
   postgres      ${pg.url}   (data in .local/postgres)
   redis         ${redis.url}
   session store ${config.sessionStore}    transport ${config.database.transport}
-  openai        ${openai ? `stand-in at ${openai.baseURL} (set OPENAI_API_KEY for the real API)` : "real API (OPENAI_API_KEY is set)"}
+  openai        ${
+    openai
+      ? `stand-in at ${openai.baseURL} (set OPENAI_API_KEY for the real API)`
+      : "real API (OPENAI_API_KEY is set)"
+  }
   service key   ${secretKey}
 
 Mint a user token (also makes the user a member of the org):

@@ -18,7 +18,11 @@ function help(): string {
   ].join("\n");
 }
 
-export async function runOps(argv: string[], out: (s: string) => void, err: (s: string) => void): Promise<number> {
+export async function runOps(
+  argv: string[],
+  out: (s: string) => void,
+  err: (s: string) => void,
+): Promise<number> {
   let parsed;
   try {
     parsed = parseArgs({
@@ -60,16 +64,25 @@ export async function runOps(argv: string[], out: (s: string) => void, err: (s: 
     err(`error: unknown command "${name}"\n\n${help()}`);
     return 2;
   }
-  const url = parsed.values.db ?? Deno.env.get("DATABASE_URL") ?? Deno.env.get("AI_AGENT_DATABASE_URL") ??
+  const url = parsed.values.db ?? Deno.env.get("DATABASE_URL") ??
+    Deno.env.get("AI_AGENT_DATABASE_URL") ??
     Deno.env.get("SUPABASE_DB_URL") ?? (await readState())?.databaseUrl;
   if (!url) {
-    err("error: no database: pass --db <url>, set DATABASE_URL, or start the local stack with `npm run dev`");
+    err(
+      "error: no database: pass --db <url>, set DATABASE_URL, or start the local stack with `npm run dev`",
+    );
     return 2;
   }
   const sql = postgres(url, { max: 1, onnotice: () => {}, connect_timeout: 10, prepare: false });
   try {
     const { db: _db, json, ...flags } = parsed.values;
-    await command.run({ sql, args, flags: flags as Record<string, string | boolean>, json: json === true, out });
+    await command.run({
+      sql,
+      args,
+      flags: flags as Record<string, string | boolean>,
+      json: json === true,
+      out,
+    });
     return 0;
   } catch (error) {
     if (error instanceof UsageError) {

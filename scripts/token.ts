@@ -22,7 +22,9 @@ const { values } = parseArgs({
 const user = values.user ?? crypto.randomUUID();
 const org = values.org;
 if (!uuid.test(user) || (org !== undefined && !uuid.test(org))) {
-  console.error("usage: deno task token -- --user <uuid> --org <uuid> [--hours 24] [--role member]");
+  console.error(
+    "usage: deno task token -- --user <uuid> --org <uuid> [--hours 24] [--role member]",
+  );
   Deno.exit(2);
 }
 const state = await readState();
@@ -32,16 +34,24 @@ if (!state) {
 }
 const sql = postgres(state.databaseUrl, { max: 1, onnotice: () => {} });
 try {
-  await sql`insert into auth.users (id, email) values (${user}, ${user + "@local.test"}) on conflict (id) do nothing`;
+  await sql`insert into auth.users (id, email) values (${user}, ${
+    user + "@local.test"
+  }) on conflict (id) do nothing`;
   if (org) {
-    await sql`insert into public.org_memberships (org_id, user_id, role) values (${org}, ${user}, ${values.role!})
+    await sql`insert into public.org_memberships (org_id, user_id, role) values (${org}, ${user}, ${values
+      .role!})
               on conflict do nothing`;
   }
 } finally {
   await sql.end();
 }
 const port = new URL(state.functionUrl).port;
-const auth = await createAuthStandIn({ signingKey: await signingKey(), issuer: `http://127.0.0.1:${port}/auth/v1` });
+const auth = await createAuthStandIn({
+  signingKey: await signingKey(),
+  issuer: `http://127.0.0.1:${port}/auth/v1`,
+});
 const token = await auth.userToken(user, { expiresInSeconds: Number(values.hours) * 3600 });
-console.error(`user ${user}${org ? ` is a member of org ${org}` : ""}; token valid ${values.hours} h`);
+console.error(
+  `user ${user}${org ? ` is a member of org ${org}` : ""}; token valid ${values.hours} h`,
+);
 console.log(token);

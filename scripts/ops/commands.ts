@@ -17,7 +17,9 @@ export interface CommandContext {
 const UUID = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/i;
 
 function uuidArg(value: unknown, name: string): string {
-  if (typeof value !== "string" || !UUID.test(value)) throw new UsageError(`${name} must be a UUID`);
+  if (typeof value !== "string" || !UUID.test(value)) {
+    throw new UsageError(`${name} must be a UUID`);
+  }
   return value;
 }
 
@@ -27,7 +29,9 @@ function optionalUuid(value: unknown, name: string): string | null {
 
 function bucketKey(value: unknown): string {
   if (typeof value !== "string" || !/^(org|user|ip):.+$/.test(value)) {
-    throw new UsageError("a bucket key looks like org:<uuid>, user:<uuid> or ip:<address> (org:* lists)");
+    throw new UsageError(
+      "a bucket key looks like org:<uuid>, user:<uuid> or ip:<address> (org:* lists)",
+    );
   }
   return value;
 }
@@ -38,118 +42,184 @@ function print(ctx: CommandContext, rows: Array<Record<string, unknown>>, column
 
 function period(ctx: CommandContext): { from: Date; to: Date } {
   const to = typeof ctx.flags.to === "string" ? new Date(ctx.flags.to) : new Date();
-  const from = typeof ctx.flags.from === "string"
-    ? new Date(ctx.flags.from)
-    : new Date(to.getTime() - parseDuration(typeof ctx.flags.since === "string" ? ctx.flags.since : "24h"));
+  const from = typeof ctx.flags.from === "string" ? new Date(ctx.flags.from) : new Date(
+    to.getTime() - parseDuration(typeof ctx.flags.since === "string" ? ctx.flags.since : "24h"),
+  );
   if (Number.isNaN(from.getTime()) || Number.isNaN(to.getTime()) || from >= to) {
     throw new UsageError("--from/--to must be ISO timestamps with from < to");
   }
   return { from, to };
 }
 
-export const commands: Record<string, { usage: string; run(ctx: CommandContext): Promise<void> }> = {
-  buckets: {
-    usage: "buckets <key>            show a rate-limit bucket (user:<uuid>, org:<uuid>, ip:<addr>, or a prefix like org:*)",
-    async run(ctx) {
-      const key = bucketKey(ctx.args[0]);
-      const rows = await ctx.sql`select * from ops.bucket_status(${key})`;
-      print(ctx, rows);
+export const commands: Record<string, { usage: string; run(ctx: CommandContext): Promise<void> }> =
+  {
+    buckets: {
+      usage:
+        "buckets <key>            show a rate-limit bucket (user:<uuid>, org:<uuid>, ip:<addr>, or a prefix like org:*)",
+      async run(ctx) {
+        const key = bucketKey(ctx.args[0]);
+        const rows = await ctx.sql`select * from ops.bucket_status(${key})`;
+        print(ctx, rows);
+      },
     },
-  },
-  "clear-bucket": {
-    usage: "clear-bucket <key>       empty a bucket so its owner is let through now",
-    async run(ctx) {
-      const key = bucketKey(ctx.args[0]);
-      if (key.endsWith("*")) throw new UsageError("clear-bucket takes one key, not a prefix");
-      const [row] = await ctx.sql`select ops.clear_rate_limit(${key}) as cleared`;
-      print(ctx, [{ bucket_key: key, cleared: row!.cleared === 1 }]);
+    "clear-bucket": {
+      usage: "clear-bucket <key>       empty a bucket so its owner is let through now",
+      async run(ctx) {
+        const key = bucketKey(ctx.args[0]);
+        if (key.endsWith("*")) throw new UsageError("clear-bucket takes one key, not a prefix");
+        const [row] = await ctx.sql`select ops.clear_rate_limit(${key}) as cleared`;
+        print(ctx, [{ bucket_key: key, cleared: row!.cleared === 1 }]);
+      },
     },
-  },
-  "opt-out": {
-    usage: "opt-out add --org <uuid> [--user <uuid>] [--channel <c>] [--reason <text>] [--by <who>] [--expires <iso>]\n" +
-      "  opt-out expire <id> [--by <who>]\n  opt-out list [--org <uuid>] [--all]",
-    async run(ctx) {
-      const [action, id] = ctx.args;
-      const f = ctx.flags;
-      const str = (v: unknown) => (typeof v === "string" ? v : null);
-      if (action === "add") {
-        const rows = await ctx.sql`select * from ops.add_opt_out(
-          ${uuidArg(f.org, "--org")}::uuid, ${optionalUuid(f.user, "--user")}::uuid, ${str(f.channel)},
+    "opt-out": {
+      usage:
+        "opt-out add --org <uuid> [--user <uuid>] [--channel <c>] [--reason <text>] [--by <who>] [--expires <iso>]\n" +
+        "  opt-out expire <id> [--by <who>]\n  opt-out list [--org <uuid>] [--all]",
+      async run(ctx) {
+        const [action, id] = ctx.args;
+        const f = ctx.flags;
+        const str = (v: unknown) => (typeof v === "string" ? v : null);
+        if (action === "add") {
+          const rows = await ctx.sql`select * from ops.add_opt_out(
+          ${uuidArg(f.org, "--org")}::uuid, ${optionalUuid(f.user, "--user")}::uuid, ${
+            str(f.channel)
+          },
           ${str(f.reason)}, ${str(f.by)}, ${str(f.expires)}::timestamptz)`;
-        print(ctx, rows);
-      } else if (action === "expire") {
-        const rows = await ctx.sql`select * from ops.expire_opt_out(${uuidArg(id, "opt-out id")}::uuid, ${str(f.by)})`;
-        print(ctx, rows);
-      } else if (action === "list") {
-        const rows = await ctx.sql`select * from ops.list_opt_outs(${optionalUuid(f.org, "--org")}::uuid, ${f.all === true})`;
-        print(ctx, rows, ["id", "org_id", "user_id", "channel", "reason", "created_by", "created_at", "expires_at", "active"]);
-      } else {
-        throw new UsageError("opt-out needs add, expire or list");
-      }
+          print(ctx, rows);
+        } else if (action === "expire") {
+          const rows = await ctx.sql`select * from ops.expire_opt_out(${
+            uuidArg(id, "opt-out id")
+          }::uuid, ${str(f.by)})`;
+          print(ctx, rows);
+        } else if (action === "list") {
+          const rows = await ctx.sql`select * from ops.list_opt_outs(${
+            optionalUuid(f.org, "--org")
+          }::uuid, ${f.all === true})`;
+          print(ctx, rows, [
+            "id",
+            "org_id",
+            "user_id",
+            "channel",
+            "reason",
+            "created_by",
+            "created_at",
+            "expires_at",
+            "active",
+          ]);
+        } else {
+          throw new UsageError("opt-out needs add, expire or list");
+        }
+      },
     },
-  },
-  session: {
-    usage: "session show <id>        a stored session (Supabase store) with its messages",
-    async run(ctx) {
-      if (ctx.args[0] !== "show") throw new UsageError("usage: session show <session uuid>");
-      const [row] = await ctx.sql`select ops.session_show(${uuidArg(ctx.args[1], "session id")}::uuid) as s`;
-      if (!row?.s) throw new UsageError("no such session (sessions in Redis are not in the database)");
-      if (ctx.json) return ctx.out(JSON.stringify(row.s, null, 2));
-      const { messages, ...meta } = row.s as { messages: Array<Record<string, unknown>> };
-      ctx.out(table([meta]));
-      ctx.out("");
-      ctx.out(table(messages, ["created_at", "role", "content"]));
+    session: {
+      usage: "session show <id>        a stored session (Supabase store) with its messages",
+      async run(ctx) {
+        if (ctx.args[0] !== "show") throw new UsageError("usage: session show <session uuid>");
+        const [row] = await ctx.sql`select ops.session_show(${
+          uuidArg(ctx.args[1], "session id")
+        }::uuid) as s`;
+        if (!row?.s) {
+          throw new UsageError("no such session (sessions in Redis are not in the database)");
+        }
+        if (ctx.json) return ctx.out(JSON.stringify(row.s, null, 2));
+        const { messages, ...meta } = row.s as { messages: Array<Record<string, unknown>> };
+        ctx.out(table([meta]));
+        ctx.out("");
+        ctx.out(table(messages, ["created_at", "role", "content"]));
+      },
     },
-  },
-  usage: {
-    usage: "usage [--since 24h | --from <iso> --to <iso>] [--org <uuid>] [--bucket 1 hour] [--by-org]",
-    async run(ctx) {
-      const { from, to } = period(ctx);
-      const bucket = typeof ctx.flags.bucket === "string" ? ctx.flags.bucket : `${Math.ceil((to.getTime() - from.getTime()) / 1000)} seconds`;
-      const rows = await ctx.sql`select * from ops.usage_report(${from}, ${to}, ${bucket}::interval,
+    usage: {
+      usage:
+        "usage [--since 24h | --from <iso> --to <iso>] [--org <uuid>] [--bucket 1 hour] [--by-org]",
+      async run(ctx) {
+        const { from, to } = period(ctx);
+        const bucket = typeof ctx.flags.bucket === "string"
+          ? ctx.flags.bucket
+          : `${Math.ceil((to.getTime() - from.getTime()) / 1000)} seconds`;
+        const rows = await ctx
+          .sql`select * from ops.usage_report(${from}, ${to}, ${bucket}::interval,
         ${optionalUuid(ctx.flags.org, "--org")}::uuid, ${ctx.flags["by-org"] === true})`;
-      print(ctx, rows, [
-        "bucket_start", ...(ctx.flags["by-org"] === true ? ["org_id"] : []), "requests", "success_rate", "latency_p50_ms",
-        "latency_p95_ms", "latency_p99_ms", "total_tokens", "estimated_usd", "refused",
-      ]);
+        print(ctx, rows, [
+          "bucket_start",
+          ...(ctx.flags["by-org"] === true ? ["org_id"] : []),
+          "requests",
+          "success_rate",
+          "latency_p50_ms",
+          "latency_p95_ms",
+          "latency_p99_ms",
+          "total_tokens",
+          "estimated_usd",
+          "refused",
+        ]);
+      },
     },
-  },
-  alerts: {
-    usage: "alerts [--check]          open alerts (--check runs the scheduled check first)",
-    async run(ctx) {
-      if (ctx.flags.check === true) {
-        const [r] = await ctx.sql`select ops.check_alerts() as result`;
-        if (!ctx.json) ctx.out(`check: ${JSON.stringify(r!.result)}`);
-      }
-      const rows = await ctx.sql`select * from ops.open_alerts`;
-      print(ctx, rows, ["id", "kind", "subject", "observed", "threshold", "raised_at", "last_seen_at"]);
+    alerts: {
+      usage: "alerts [--check]          open alerts (--check runs the scheduled check first)",
+      async run(ctx) {
+        if (ctx.flags.check === true) {
+          const [r] = await ctx.sql`select ops.check_alerts() as result`;
+          if (!ctx.json) ctx.out(`check: ${JSON.stringify(r!.result)}`);
+        }
+        const rows = await ctx.sql`select * from ops.open_alerts`;
+        print(ctx, rows, [
+          "id",
+          "kind",
+          "subject",
+          "observed",
+          "threshold",
+          "raised_at",
+          "last_seen_at",
+        ]);
+      },
     },
-  },
-  purge: {
-    usage: "purge [--usage-retention 90d]   delete expired session messages, empty buckets, old usage rows",
-    async run(ctx) {
-      const retention = typeof ctx.flags["usage-retention"] === "string"
-        ? `${parseDuration(ctx.flags["usage-retention"]) / 1000} seconds`
-        : null;
-      const [row] = await ctx.sql`select ops.purge_expired(now(), ${retention}::interval) as result`;
-      print(ctx, [row!.result as Record<string, unknown>]);
+    purge: {
+      usage:
+        "purge [--usage-retention 90d]   delete expired session messages, empty buckets, old usage rows",
+      async run(ctx) {
+        const retention = typeof ctx.flags["usage-retention"] === "string"
+          ? `${parseDuration(ctx.flags["usage-retention"]) / 1000} seconds`
+          : null;
+        const [row] = await ctx
+          .sql`select ops.purge_expired(now(), ${retention}::interval) as result`;
+        print(ctx, [row!.result as Record<string, unknown>]);
+      },
     },
-  },
-  report: {
-    usage: "report --html <file> [--since 7d] [--org <uuid>]   a self-contained HTML page of charts",
-    async run(ctx) {
-      const file = ctx.flags.html;
-      if (typeof file !== "string") throw new UsageError("report needs --html <file>");
-      const { from, to } = period({ ...ctx, flags: { since: "7d", ...ctx.flags } });
-      const span = to.getTime() - from.getTime();
-      const bucket = span <= 2 * 86_400_000 ? "15 minutes" : span <= 14 * 86_400_000 ? "1 hour" : "1 day";
-      const org = optionalUuid(ctx.flags.org, "--org");
-      const series = await ctx.sql`select * from ops.usage_report(${from}, ${to}, ${bucket}::interval, ${org}::uuid, false)`;
-      const byOrg = await ctx.sql`select * from ops.usage_report(${from}, ${to}, ${`${Math.ceil(span / 1000)} seconds`}::interval, ${org}::uuid, true)`;
-      const alerts = await ctx.sql`select * from ops.open_alerts`;
-      const html = renderReport({ from, to, bucket, org, series, byOrg, alerts, generatedAt: new Date() });
-      await Deno.writeTextFile(file, html);
-      ctx.out(ctx.json ? JSON.stringify({ file, points: series.length }) : `wrote ${file} (${series.length} points)`);
+    report: {
+      usage:
+        "report --html <file> [--since 7d] [--org <uuid>]   a self-contained HTML page of charts",
+      async run(ctx) {
+        const file = ctx.flags.html;
+        if (typeof file !== "string") throw new UsageError("report needs --html <file>");
+        const { from, to } = period({ ...ctx, flags: { since: "7d", ...ctx.flags } });
+        const span = to.getTime() - from.getTime();
+        const bucket = span <= 2 * 86_400_000
+          ? "15 minutes"
+          : span <= 14 * 86_400_000
+          ? "1 hour"
+          : "1 day";
+        const org = optionalUuid(ctx.flags.org, "--org");
+        const series = await ctx
+          .sql`select * from ops.usage_report(${from}, ${to}, ${bucket}::interval, ${org}::uuid, false)`;
+        const byOrg = await ctx.sql`select * from ops.usage_report(${from}, ${to}, ${`${
+          Math.ceil(span / 1000)
+        } seconds`}::interval, ${org}::uuid, true)`;
+        const alerts = await ctx.sql`select * from ops.open_alerts`;
+        const html = renderReport({
+          from,
+          to,
+          bucket,
+          org,
+          series,
+          byOrg,
+          alerts,
+          generatedAt: new Date(),
+        });
+        await Deno.writeTextFile(file, html);
+        ctx.out(
+          ctx.json
+            ? JSON.stringify({ file, points: series.length })
+            : `wrote ${file} (${series.length} points)`,
+        );
+      },
     },
-  },
-};
+  };

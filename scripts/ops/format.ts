@@ -11,9 +11,16 @@ export function table(rows: Array<Record<string, unknown>>, columns?: string[]):
   if (rows.length === 0) return "(no rows)";
   const cols = columns ?? Object.keys(rows[0]!);
   const cells = rows.map((r) => cols.map((c) => cell(r[c])));
-  const widths = cols.map((c, i) => Math.min(60, Math.max(c.length, ...cells.map((r) => r[i]!.length))));
+  const widths = cols.map((c, i) =>
+    Math.min(60, Math.max(c.length, ...cells.map((r) => r[i]!.length)))
+  );
   const line = (values: string[]) =>
-    values.map((v, i) => (v.length > widths[i]! ? v.slice(0, widths[i]! - 1) + "…" : v.padEnd(widths[i]!))).join("  ")
+    values.map((
+      v,
+      i,
+    ) => (v.length > widths[i]! ? v.slice(0, widths[i]! - 1) + "…" : v.padEnd(widths[i]!))).join(
+      "  ",
+    )
       .trimEnd();
   return [line(cols), line(widths.map((w) => "-".repeat(w))), ...cells.map(line)].join("\n");
 }

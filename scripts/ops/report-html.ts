@@ -18,11 +18,17 @@ export interface ReportInput {
 }
 
 const escapeHtml = (s: string) =>
-  s.replace(/[&<>"']/g, (c) => ({ "&": "&amp;", "<": "&lt;", ">": "&gt;", '"': "&quot;", "'": "&#39;" })[c]!);
+  s.replace(
+    /[&<>"']/g,
+    (c) => ({ "&": "&amp;", "<": "&lt;", ">": "&gt;", '"': "&quot;", "'": "&#39;" })[c]!,
+  );
 
 /** JSON that is safe inside a <script> element. */
 const scriptJson = (value: unknown) =>
-  JSON.stringify(value).replace(/</g, "\\u003c").replace(/\u2028/g, "\\u2028").replace(/\u2029/g, "\\u2029");
+  JSON.stringify(value).replace(/</g, "\\u003c").replace(/\u2028/g, "\\u2028").replace(
+    /\u2029/g,
+    "\\u2029",
+  );
 
 const num = (v: unknown) => (v === null || v === undefined ? null : Number(v));
 
@@ -33,7 +39,11 @@ function rowsTable(rows: Array<Record<string, unknown>>, columns: string[], empt
     `<tr>${
       columns.map((c) => {
         const v = r[c];
-        const text = v instanceof Date ? v.toISOString() : v === null || v === undefined ? "" : String(v);
+        const text = v instanceof Date
+          ? v.toISOString()
+          : v === null || v === undefined
+          ? ""
+          : String(v);
         return `<td>${escapeHtml(text)}</td>`;
       }).join("")
     }</tr>`
@@ -54,8 +64,18 @@ export function renderReport(input: ReportInput): string {
   }));
   const charts = [
     { id: "requests", title: "Requests", series: [["requests", "#2563eb"]] },
-    { id: "success", title: "Success rate (answered / served)", series: [["success_rate", "#16a34a"]], min: 0, max: 1 },
-    { id: "latency", title: "Latency of answered requests (ms)", series: [["p50", "#2563eb"], ["p95", "#f59e0b"], ["p99", "#dc2626"]] },
+    {
+      id: "success",
+      title: "Success rate (answered / served)",
+      series: [["success_rate", "#16a34a"]],
+      min: 0,
+      max: 1,
+    },
+    {
+      id: "latency",
+      title: "Latency of answered requests (ms)",
+      series: [["p50", "#2563eb"], ["p95", "#f59e0b"], ["p99", "#dc2626"]],
+    },
     { id: "tokens", title: "Tokens", series: [["tokens", "#7c3aed"]] },
     { id: "cost", title: "Estimated cost (USD)", series: [["usd", "#0f766e"]] },
   ];
@@ -79,12 +99,38 @@ export function renderReport(input: ReportInput): string {
 </head>
 <body>
 <h1>agent-chat: usage and health</h1>
-<div class="meta">${escapeHtml(scope)} · ${escapeHtml(input.from.toISOString())} → ${escapeHtml(input.to.toISOString())} · buckets of ${escapeHtml(input.bucket)} · generated ${escapeHtml(input.generatedAt.toISOString())}</div>
-<div class="card"><h2 class="${input.alerts.length ? "alert" : ""}">Open alerts (${input.alerts.length})</h2>
-${rowsTable(input.alerts, ["kind", "subject", "observed", "threshold", "raised_at", "last_seen_at"], "No open alerts.")}</div>
+<div class="meta">${escapeHtml(scope)} · ${escapeHtml(input.from.toISOString())} → ${
+    escapeHtml(input.to.toISOString())
+  } · buckets of ${escapeHtml(input.bucket)} · generated ${
+    escapeHtml(input.generatedAt.toISOString())
+  }</div>
+<div class="card"><h2 class="${
+    input.alerts.length ? "alert" : ""
+  }">Open alerts (${input.alerts.length})</h2>
+${
+    rowsTable(input.alerts, [
+      "kind",
+      "subject",
+      "observed",
+      "threshold",
+      "raised_at",
+      "last_seen_at",
+    ], "No open alerts.")
+  }</div>
 <div class="grid" id="charts"></div>
 <div class="card" style="margin-top:16px"><h2>Per org</h2>
-${rowsTable(input.byOrg, ["org_id", "requests", "success_rate", "latency_p50_ms", "latency_p95_ms", "latency_p99_ms", "total_tokens", "estimated_usd"], "No requests in this period.")}</div>
+${
+    rowsTable(input.byOrg, [
+      "org_id",
+      "requests",
+      "success_rate",
+      "latency_p50_ms",
+      "latency_p95_ms",
+      "latency_p99_ms",
+      "total_tokens",
+      "estimated_usd",
+    ], "No requests in this period.")
+  }</div>
 <script id="report-data" type="application/json">${scriptJson({ points, charts })}</script>
 <script>
 (function () {

@@ -80,6 +80,19 @@ export function createAuthenticator(options: AuthOptions) {
     }
   }
 
+  // Verified user tokens, until they expire (at most 5 minutes): a client
+  // sends the same token with every request, and an ES256 verification
+  // costs more CPU than the rest of the request's own work. Only tokens that
+  // passed verification are cached, so a forged one is never looked up here.
+  const verified = new Map<string, { userId: string; until: number }>();
+  const MAX_CACHED = 10_000;
+  function remember(token: string, userId: string, exp: number | undefined) {
+    const until = Math.min((exp ?? 0) * 1000, Date.now() + 5 * 60_000);
+    if (until <= Date.now()) return;
+    if (verified.size >= MAX_CACHED) verified.delete(verified.keys().next().value!);
+    verified.set(token, { userId, until });
+  }
+
   return async function authenticate(headers: Headers): Promise<Caller> {
     const authorization = headers.get("authorization") ?? "";
     const bearer = /^Bearer\s+(\S+)$/i.exec(authorization)?.[1];
@@ -88,6 +101,11 @@ export function createAuthenticator(options: AuthOptions) {
     if (bearer && isServiceKey(bearer)) return { mode: "service" };
     if (!bearer && apikey && isServiceKey(apikey)) return { mode: "service" };
     if (!bearer) throw new AgentError("unauthorized", "missing Authorization header");
+    const cached = verified.get(bearer);
+    if (cached) {
+      if (cached.until > Date.now()) return { mode: "user", userId: cached.userId };
+      verified.delete(bearer);
+    }
     const payload = await verifyUserToken(bearer);
     if (payload.role === "service_role") {
       // A verified service-role JWT (legacy service key minted by this project).
@@ -99,6 +117,8 @@ export function createAuthenticator(options: AuthOptions) {
     if (!/^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/i.test(payload.sub)) {
       throw new AgentError("unauthorized", "token subject is not a user id");
     }
-    return { mode: "user", userId: payload.sub.toLowerCase() };
+    const userId = payload.sub.toLowerCase();
+    remember(bearer, userId, payload.exp);
+    return { mode: "user", userId };
   };
 }

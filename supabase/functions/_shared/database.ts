@@ -67,6 +67,11 @@ export interface UsageEvent {
 export interface TurnDatabase {
   beginTurn(args: BeginTurnArgs): Promise<BeginTurnResult>;
   endTurn(args: EndTurnArgs): Promise<{ outcome: "ok" | "session_not_found" }>;
+  /** endTurn plus the usage row, in one call (agent_finish_turn). */
+  finishTurn(
+    args: EndTurnArgs,
+    usage: UsageEvent,
+  ): Promise<{ outcome: "ok" | "session_not_found"; usage_logged: boolean }>;
   logUsage(event: UsageEvent): Promise<void>;
   close(): Promise<void>;
 }
@@ -87,6 +92,7 @@ export function createRpcDatabase(client: SupabaseClient): TurnDatabase {
   return {
     beginTurn: (args) => call<BeginTurnResult>("agent_begin_turn", { ...args }),
     endTurn: (args) => call("agent_end_turn", { ...args }),
+    finishTurn: (args, usage) => call("agent_finish_turn", { ...args, p_usage: usage }),
     logUsage: async (event) => {
       await call("agent_log_usage", { p_event: event });
     },
@@ -103,7 +109,24 @@ const END_SQL = `select public.agent_end_turn(
   p_session_id => $1::uuid, p_org_id => $2::uuid, p_user_id => $3::uuid, p_channel => $4::text,
   p_user_message => $5::text, p_assistant_message => $6::text, p_ttl_seconds => $7::integer,
   p_max_messages => $8::integer) as result`;
+const FINISH_SQL = `select public.agent_finish_turn(
+  p_session_id => $1::uuid, p_org_id => $2::uuid, p_user_id => $3::uuid, p_channel => $4::text,
+  p_user_message => $5::text, p_assistant_message => $6::text, p_ttl_seconds => $7::integer,
+  p_max_messages => $8::integer, p_usage => $9::text::jsonb) as result`;
 const USAGE_SQL = `select public.agent_log_usage($1::text::jsonb)`;
+
+function endTurnParams(a: EndTurnArgs): unknown[] {
+  return [
+    a.p_session_id,
+    a.p_org_id,
+    a.p_user_id,
+    a.p_channel,
+    a.p_user_message,
+    a.p_assistant_message,
+    a.p_ttl_seconds,
+    a.p_max_messages,
+  ];
+}
 
 /**
  * Direct transport. The connection pool lives as long as the isolate. The
@@ -135,17 +158,8 @@ export function createPostgresDatabase(sql: Sql): TurnDatabase {
         a.p_max_messages,
         a.p_load_history,
       ]),
-    endTurn: (a) =>
-      call(END_SQL, [
-        a.p_session_id,
-        a.p_org_id,
-        a.p_user_id,
-        a.p_channel,
-        a.p_user_message,
-        a.p_assistant_message,
-        a.p_ttl_seconds,
-        a.p_max_messages,
-      ]),
+    endTurn: (a) => call(END_SQL, endTurnParams(a)),
+    finishTurn: (a, usage) => call(FINISH_SQL, [...endTurnParams(a), JSON.stringify(usage)]),
     logUsage: async (event) => {
       await call(USAGE_SQL, [JSON.stringify(event)]);
     },

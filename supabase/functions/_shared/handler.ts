@@ -235,14 +235,22 @@ export function createAgentChatHandler(deps: AgentChatDeps) {
     return { key, history: [...history, { role: "user" as const, content: body.message }] };
   }
 
-  async function save(key: SessionKey, user: string, answer: string): Promise<void> {
+  /** Saves the turn, and its usage row when the store can in the same round trip. */
+  async function save(
+    key: SessionKey,
+    user: string,
+    trace: Trace,
+    answer: ModelAnswer,
+  ): Promise<void> {
+    const usage = deps.usage.enabled ? usageEvent(trace, { answer }) : undefined;
     let saved;
     try {
-      saved = await deps.sessions.append(key, user, answer);
+      saved = await deps.sessions.append(key, user, answer.text, usage);
     } catch (error) {
       throw storeError(error);
     }
     if (!saved.owned) throw new AgentError("session_not_found", "session not found");
+    if (usage && !saved.usageLogged) await deps.usage.record(usage);
   }
 
   function modelError(error: unknown): AgentError {
@@ -271,8 +279,7 @@ export function createAgentChatHandler(deps: AgentChatDeps) {
       }
       throw modelError(error);
     }
-    await save(key, body.message, answer.text);
-    await deps.usage.record(usageEvent(trace, { answer }));
+    await save(key, body.message, trace, answer);
     return jsonResponse(200, {
       session_id: key.sessionId,
       message: answer.text,
@@ -309,8 +316,9 @@ export function createAgentChatHandler(deps: AgentChatDeps) {
     const sse = (event: string, data: unknown) =>
       encoder.encode(`event: ${event}\ndata: ${JSON.stringify(data)}\n\n`);
     let settled = false;
+    let saving = false;
     const finish = async (outcome: Parameters<typeof usageEvent>[1]) => {
-      if (settled) return;
+      if (settled || saving) return;
       settled = true;
       request.signal.removeEventListener("abort", onClientGone);
       await deps.usage.record(usageEvent(trace, outcome));
@@ -334,9 +342,12 @@ export function createAgentChatHandler(deps: AgentChatDeps) {
             controller.enqueue(sse("delta", { text: event.text }));
             return;
           }
-          await save(key, body.message, event.answer.text);
-          // Logged before the final event, so a client that has it can rely on the row.
-          await finish({ answer: event.answer });
+          // Saved and logged before the final event, so a client that has it can rely on both.
+          // While saving, a disconnect must not log a second row for this request.
+          saving = true;
+          await save(key, body.message, trace, event.answer);
+          settled = true;
+          request.signal.removeEventListener("abort", onClientGone);
           controller.enqueue(sse("done", {
             session_id: key.sessionId,
             usage: {
@@ -351,6 +362,7 @@ export function createAgentChatHandler(deps: AgentChatDeps) {
         } catch (error) {
           if (upstream.signal.aborted) return; // cancel() logs the disconnect
           const agentError = error instanceof AgentError ? error : modelError(error);
+          saving = false;
           await finish({ error: { code: agentError.code, detail: agentError.detail } });
           controller.enqueue(sse("error", {
             error: {

@@ -4,7 +4,7 @@
  * keeps `agent-chat:{<session id>}:owner` and `agent-chat:{<session id>}:messages`
  * (one hash slot per session) and does every read and write in one Lua script.
  */
-import type { ChatMessage, TurnDatabase } from "./database.ts";
+import type { ChatMessage, TurnDatabase, UsageEvent } from "./database.ts";
 
 export interface SessionKey {
   sessionId: string;
@@ -17,7 +17,16 @@ export interface SessionStore {
   /** true: history arrives with the begin-turn call, `load` is not called. */
   readonly historyFromBeginTurn: boolean;
   load(key: SessionKey): Promise<{ owned: boolean; history: ChatMessage[] }>;
-  append(key: SessionKey, user: string, assistant: string): Promise<{ owned: boolean }>;
+  /**
+   * Appends one turn. A store that can write `usage` in the same round trip
+   * does so and says `usageLogged: true`; otherwise the caller logs it.
+   */
+  append(
+    key: SessionKey,
+    user: string,
+    assistant: string,
+    usage?: UsageEvent,
+  ): Promise<{ owned: boolean; usageLogged: boolean }>;
 }
 
 export interface SessionLimits {
@@ -29,8 +38,8 @@ export function createSupabaseSessionStore(db: TurnDatabase, limits: SessionLimi
   return {
     historyFromBeginTurn: true,
     load: () => Promise.reject(new Error("the supabase store loads history in agent_begin_turn")),
-    async append(key, user, assistant) {
-      const result = await db.endTurn({
+    async append(key, user, assistant, usage) {
+      const args = {
         p_session_id: key.sessionId,
         p_org_id: key.orgId,
         p_user_id: key.userId,
@@ -39,8 +48,13 @@ export function createSupabaseSessionStore(db: TurnDatabase, limits: SessionLimi
         p_assistant_message: assistant,
         p_ttl_seconds: limits.ttlSeconds,
         p_max_messages: limits.maxMessages,
-      });
-      return { owned: result.outcome === "ok" };
+      };
+      if (usage) {
+        const result = await db.finishTurn(args, usage);
+        return { owned: result.outcome === "ok", usageLogged: result.usage_logged === true };
+      }
+      const result = await db.endTurn(args);
+      return { owned: result.outcome === "ok", usageLogged: false };
     },
   };
 }
@@ -124,7 +138,7 @@ export function createRedisSessionStore(
         String(limits.ttlSeconds),
         String(ownerTtlSeconds(limits.ttlSeconds)),
       ]);
-      return { owned: Number(result) === 1 };
+      return { owned: Number(result) === 1, usageLogged: false };
     },
   };
 }

@@ -18,6 +18,7 @@ export function edgeRuntimeLifetime(): ExtendLifetime | undefined {
 }
 
 export interface UsageLogger {
+  readonly enabled: boolean;
   record(event: UsageEvent): Promise<void>;
 }
 
@@ -28,6 +29,7 @@ export function createUsageLogger(options: {
   extendLifetime: ExtendLifetime | undefined;
 }): UsageLogger {
   return {
+    enabled: options.enabled,
     async record(event) {
       if (!options.enabled) return;
       const insert = options.db.logUsage(event).catch((error) => {

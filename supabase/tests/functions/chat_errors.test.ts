@@ -2,6 +2,7 @@
 import { assert, assertEquals, assertMatch } from "./assert.ts";
 import { type Harness, startHarness } from "../support/function-harness.ts";
 import { parseSse } from "../support/sse.ts";
+import { createUsageLogger } from "../../functions/_shared/usage.ts";
 
 async function withHarness(
   options: Parameters<typeof startHarness>[0],
@@ -330,18 +331,26 @@ Deno.test("database down: the direct transport to a dead Postgres is 503 session
 
 Deno.test("usage: a failing usage insert never fails the request; AI_AGENT_USAGE_LOG_ENABLED=false writes none", async () => {
   await withHarness({
+    store: "redis",
     adjust: (deps) => {
       deps.db = { ...deps.db, logUsage: () => Promise.reject(new Error("insert refused")) };
-      const original = deps.usage;
-      deps.usage = {
-        record: (e) => original.record(e),
-      };
+      deps.usage = createUsageLogger({
+        enabled: true,
+        db: deps.db,
+        log: deps.log,
+        extendLifetime: undefined,
+      });
     },
   }, async (h) => {
     const m = await h.member();
     const res = await h.call({ message: "hi", org_id: m.orgId }, { token: m.token });
     assertEquals(res.status, 200);
     await res.body?.cancel();
+    assert(
+      h.logs.some((l) =>
+        l.event === "usage_log_failed" && /insert refused/.test(String(l.fields.detail))
+      ),
+    );
   });
   await withHarness({ env: { AI_AGENT_USAGE_LOG_ENABLED: "false" } }, async (h) => {
     const m = await h.member();

@@ -9,7 +9,11 @@ import { testUrls } from "../support/function-harness.ts";
 const CONNECTIONS = 64;
 
 async function withPool(fn: (sql: postgres.Sql) => Promise<void>) {
-  const sql = postgres(testUrls().databaseUrl, { max: CONNECTIONS, onnotice: () => {}, prepare: false });
+  const sql = postgres(testUrls().databaseUrl, {
+    max: CONNECTIONS,
+    onnotice: () => {},
+    prepare: false,
+  });
   try {
     await fn(sql);
   } finally {
@@ -24,17 +28,27 @@ Deno.test("begin turn: 1,000 calls over 64 connections at a user limit of 100 ad
     await sql`insert into auth.users (id) values (${user})`;
     await sql`insert into public.org_memberships (org_id, user_id) values (${org}, ${user})`;
     const now = new Date().toISOString();
-    const outcomes = await Promise.all(Array.from({ length: 1000 }, (_, i) =>
-      sql`select public.agent_begin_turn(
-            p_org_id => ${org}::uuid, p_user_id => ${user}::uuid, p_client_ip => ${`10.9.${i % 250}.1`},
+    // Addresses no other test uses (IPv6 documentation prefix, random per run).
+    const ipPrefix = `2001:db8:${Math.floor(Math.random() * 0xffff).toString(16)}::`;
+    const outcomes = await Promise.all(
+      Array.from({ length: 1000 }, (_, i) =>
+        sql`select public.agent_begin_turn(
+            p_org_id => ${org}::uuid, p_user_id => ${user}::uuid, p_client_ip => ${`10.9.${
+          i % 250
+        }.1`},
             p_org_limit => 1000, p_user_limit => 100, p_ip_limit => 1000, p_window_seconds => 60,
-            p_now => ${now}::timestamptz) ->> 'outcome' as outcome`.then((r) => r[0]!.outcome as string)
-    ));
+            p_now => ${now}::timestamptz) ->> 'outcome' as outcome`.then((r) =>
+          r[0]!.outcome as string
+        )),
+    );
     assertEquals(outcomes.filter((o) => o === "ok").length, 100);
     assertEquals(outcomes.filter((o) => o === "rate_limit").length, 900);
-    const [org_] = await sql`select slot_total from ops.rate_limits where bucket_key = ${"org:" + org}`;
+    const [org_] = await sql`select slot_total from ops.rate_limits where bucket_key = ${
+      "org:" + org
+    }`;
     assertEquals(org_!.slot_total, 100, "refused calls consumed nothing in the org bucket");
-    const [ipSum] = await sql`select sum(slot_total)::int as n from ops.rate_limits where bucket_key like 'ip:10.9.%'`;
+    const [ipSum] =
+      await sql`select sum(slot_total)::int as n from ops.rate_limits where bucket_key like ${"ip:" + ipPrefix + "%"}`;
     assertEquals(ipSum!.n, 100, "nor in the ip buckets");
   }));
 
@@ -43,17 +57,26 @@ Deno.test("end turn: 256 concurrent appends to one session lose nothing", () =>
     const org = crypto.randomUUID();
     const user = crypto.randomUUID();
     const session = crypto.randomUUID();
-    await Promise.all(Array.from({ length: 256 }, (_, i) =>
-      sql`select public.agent_end_turn(${session}::uuid, ${org}::uuid, ${user}::uuid, 'app',
-            ${"q" + i}, ${"a" + i}, 3600, 1000)`
-    ));
+    await Promise.all(
+      Array.from(
+        { length: 256 },
+        (_, i) =>
+          sql`select public.agent_end_turn(${session}::uuid, ${org}::uuid, ${user}::uuid, 'app',
+            ${"q" + i}, ${"a" + i}, 3600, 1000)`,
+      ),
+    );
     const [row] = await sql`select count(*)::int as n, count(distinct content)::int as d
                             from public.agent_session_messages where session_id = ${session}`;
     assertEquals(row!.n, 512);
     assertEquals(row!.d, 512);
-    const pairs = await sql`select role, content from public.agent_session_messages where session_id = ${session} order by id`;
+    const pairs =
+      await sql`select role, content from public.agent_session_messages where session_id = ${session} order by id`;
     for (let i = 0; i < pairs.length; i += 2) {
       assertEquals(pairs[i]!.role, "user");
-      assertEquals(pairs[i + 1]!.content, "a" + String(pairs[i]!.content).slice(1), "each reply follows its question");
+      assertEquals(
+        pairs[i + 1]!.content,
+        "a" + String(pairs[i]!.content).slice(1),
+        "each reply follows its question",
+      );
     }
   }));

@@ -8,7 +8,11 @@ import { runOps } from "../../../scripts/ops.ts";
 async function ops(...argv: string[]): Promise<{ code: number; out: string; err: string }> {
   let out = "";
   let err = "";
-  const code = await runOps([...argv, "--db", testUrls().databaseUrl], (s) => (out += s + "\n"), (s) => (err += s + "\n"));
+  const code = await runOps(
+    [...argv, "--db", testUrls().databaseUrl],
+    (s) => (out += s + "\n"),
+    (s) => (err += s + "\n"),
+  );
   return { code, out, err };
 }
 
@@ -40,9 +44,28 @@ Deno.test("ops CLI: buckets, clear-bucket, opt-out add/list/expire, session show
     r = await ops("clear-bucket", `user:${user}`);
     assertEquals(r.code, 0, r.err);
     assertMatch(r.out, /true/);
-    assertEquals((await sql`select count(*)::int as n from ops.rate_limits where bucket_key = ${"user:" + user}`)[0]!.n, 0);
+    assertEquals(
+      (await sql`select count(*)::int as n from ops.rate_limits where bucket_key = ${
+        "user:" + user
+      }`)[0]!.n,
+      0,
+    );
 
-    r = await ops("opt-out", "add", "--org", org, "--user", user, "--channel", "whatsapp", "--reason", "asked", "--by", "ops", "--json");
+    r = await ops(
+      "opt-out",
+      "add",
+      "--org",
+      org,
+      "--user",
+      user,
+      "--channel",
+      "whatsapp",
+      "--reason",
+      "asked",
+      "--by",
+      "ops",
+      "--json",
+    );
     assertEquals(r.code, 0, r.err);
     const added = JSON.parse(r.out)[0];
     r = await ops("opt-out", "list", "--org", org);
@@ -105,20 +128,40 @@ Deno.test("ops report: a self-contained HTML page whose charts draw in headless 
     const html = await Deno.readTextFile(file);
     assert(!/(src|href)=["']https?:/.test(html), "no network resources");
     const chromium = await which("chromium") ?? await which("chromium-browser");
-    assert(chromium, "chromium not found: install the Debian package `chromium` (scripts/setup.sh --with-browser)");
+    assert(
+      chromium,
+      "chromium not found: install the Debian package `chromium` (scripts/setup.sh --with-browser)",
+    );
     const flags = [
-      "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-      "--disable-background-networking", "--disable-component-update", "--disable-sync",
-      `--user-data-dir=${dir}/profile`, "--window-size=1280,1600",
+      "--headless",
+      "--no-sandbox",
+      "--disable-gpu",
+      "--disable-quic",
+      "--no-first-run",
+      "--disable-background-networking",
+      "--disable-component-update",
+      "--disable-sync",
+      `--user-data-dir=${dir}/profile`,
+      "--window-size=1280,1600",
     ];
-    const dom = await new Deno.Command(chromium, { args: [...flags, "--dump-dom", `file://${file}`], stdout: "piped", stderr: "null" }).output();
+    const dom = await new Deno.Command(chromium, {
+      args: [...flags, "--dump-dom", `file://${file}`],
+      stdout: "piped",
+      stderr: "null",
+    }).output();
     const text = new TextDecoder().decode(dom.stdout);
     assertMatch(text, /data-charts-drawn="5"/);
-    const paths = [...text.matchAll(/class="series" data-points="(\d+)"/g)].map((m) => Number(m[1]));
+    const paths = [...text.matchAll(/class="series" data-points="(\d+)"/g)].map((m) =>
+      Number(m[1])
+    );
     assert(paths.length >= 7, `every series drew a line (${paths.length})`);
     assert(paths.every((n) => n > 10), "each line has a point per 15-minute bucket");
     const shot = `${dir}/report.png`;
-    await new Deno.Command(chromium, { args: [...flags, `--screenshot=${shot}`, `file://${file}`], stdout: "null", stderr: "null" }).output();
+    await new Deno.Command(chromium, {
+      args: [...flags, `--screenshot=${shot}`, `file://${file}`],
+      stdout: "null",
+      stderr: "null",
+    }).output();
     const png = await Deno.readFile(shot);
     assertEquals([...png.slice(1, 4)].map((b) => String.fromCharCode(b)).join(""), "PNG");
     assert(png.length > 20_000, `a screenshot with content (${png.length} bytes) in ${shot}`);

@@ -8,7 +8,15 @@ const blocks = [...doc.matchAll(/```sql\n([\s\S]*?)```/g)].map((m) => m[1]!);
 
 Deno.test("runbook: docs/operations.md has SQL blocks for every section", () => {
   assert(blocks.length >= 15, `found ${blocks.length} sql blocks`);
-  for (const needle of ["ops.clear_rate_limit", "ops.add_opt_out", "ops.expire_opt_out", "ops.monthly_cost", "ops.check_alerts"]) {
+  for (
+    const needle of [
+      "ops.clear_rate_limit",
+      "ops.add_opt_out",
+      "ops.expire_opt_out",
+      "ops.monthly_cost",
+      "ops.check_alerts",
+    ]
+  ) {
     assert(blocks.some((b) => b.includes(needle)), `a block uses ${needle}`);
   }
 });
@@ -24,7 +32,9 @@ Deno.test("runbook: every SQL block runs (each in a transaction that is rolled b
           throw new RollBack();
         });
       } catch (error) {
-        if (!(error instanceof RollBack)) failures.push(`block ${i + 1}:\n${block}\n→ ${(error as Error).message}`);
+        if (!(error instanceof RollBack)) {
+          failures.push(`block ${i + 1}:\n${block}\n→ ${(error as Error).message}`);
+        }
       }
     }
   } finally {

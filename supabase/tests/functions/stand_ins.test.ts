@@ -14,7 +14,10 @@ Deno.test("openai stand-in: JSON, SSE with a usage chunk, errors, malformed, cut
   const s = createOpenAIStandIn();
   const client = new OpenAI({ apiKey: "sk-test", baseURL: s.baseURL, maxRetries: 0, timeout: 500 });
   try {
-    const res = await client.chat.completions.create({ model: "gpt-4.1-mini", messages: [{ role: "user", content: "ping" }] });
+    const res = await client.chat.completions.create({
+      model: "gpt-4.1-mini",
+      messages: [{ role: "user", content: "ping" }],
+    });
     assertEquals(res.choices[0]!.message.content, "You said: ping");
     assertEquals(res.usage!.total_tokens, res.usage!.prompt_tokens + res.usage!.completion_tokens);
     assertEquals(s.requests[0]!.authorization, "Bearer sk-test");
@@ -44,7 +47,10 @@ Deno.test("openai stand-in: JSON, SSE with a usage chunk, errors, malformed, cut
     for (const status of [429, 500, 503] as const) {
       s.script({ kind: "error", status });
       try {
-        await client.chat.completions.create({ model: "m", messages: [{ role: "user", content: "x" }] });
+        await client.chat.completions.create({
+          model: "m",
+          messages: [{ role: "user", content: "x" }],
+        });
         assert(false, "should fail");
       } catch (error) {
         assert(error instanceof OpenAI.APIError);
@@ -62,7 +68,11 @@ Deno.test("openai stand-in: JSON, SSE with a usage chunk, errors, malformed, cut
     s.script({ kind: "cut", afterChunks: 1 });
     let cutFailed = false;
     try {
-      const cut = await client.chat.completions.create({ model: "m", messages: [{ role: "user", content: "a long one" }], stream: true });
+      const cut = await client.chat.completions.create({
+        model: "m",
+        messages: [{ role: "user", content: "a long one" }],
+        stream: true,
+      });
       for await (const _ of cut) { /* drain */ }
     } catch {
       cutFailed = true;
@@ -73,12 +83,18 @@ Deno.test("openai stand-in: JSON, SSE with a usage chunk, errors, malformed, cut
     const started = performance.now();
     let hangFailed = false;
     try {
-      await client.chat.completions.create({ model: "m", messages: [{ role: "user", content: "x" }] });
+      await client.chat.completions.create({
+        model: "m",
+        messages: [{ role: "user", content: "x" }],
+      });
     } catch (error) {
       hangFailed = error instanceof OpenAI.APIConnectionTimeoutError;
     }
     assert(hangFailed && performance.now() - started < 3000, "a hang times out on the client side");
-    const unauthorized = await fetch(`${s.baseURL}/chat/completions`, { method: "POST", body: "{}" });
+    const unauthorized = await fetch(`${s.baseURL}/chat/completions`, {
+      method: "POST",
+      body: "{}",
+    });
     assertEquals(unauthorized.status, 401);
     assertMatch((await unauthorized.json()).error.message, /API key/);
   } finally {
@@ -102,7 +118,11 @@ Deno.test("upstash stand-in: single commands, pipeline, multi-exec, bearer check
     tx.rpush(`${key}:l`, "a", "b");
     tx.lrange(`${key}:l`, 0, -1);
     assertEquals(await tx.exec(), [2, ["a", "b"]]);
-    const bad = await fetch(s.url, { method: "POST", body: '["GET","x"]', headers: { authorization: "Bearer wrong" } });
+    const bad = await fetch(s.url, {
+      method: "POST",
+      body: '["GET","x"]',
+      headers: { authorization: "Bearer wrong" },
+    });
     assertEquals(bad.status, 401);
     assertEquals(await bad.json(), { error: "Unauthorized" });
     const err = await fetch(s.url, {
@@ -138,20 +158,30 @@ Deno.test("auth + postgrest stand-ins: JWKS, apikey and JWT checks, roles, named
     assert(!("d" in jwks.keys[0]), "no private part in the JWKS");
 
     const rpc = (fn: string, body: unknown, headers: Record<string, string>) =>
-      fetch(`${gw.url}/rest/v1/rpc/${fn}`, { method: "POST", headers: { "content-type": "application/json", ...headers }, body: JSON.stringify(body) });
+      fetch(`${gw.url}/rest/v1/rpc/${fn}`, {
+        method: "POST",
+        headers: { "content-type": "application/json", ...headers },
+        body: JSON.stringify(body),
+      });
 
     const noKey = await rpc("agent_log_usage", {}, {});
     assertEquals(noKey.status, 401);
     await noKey.body?.cancel();
 
     const userToken = await auth.userToken(crypto.randomUUID());
-    const denied = await rpc("agent_log_usage", { p_event: { success: true } }, { apikey: userToken, authorization: `Bearer ${userToken}` });
+    const denied = await rpc("agent_log_usage", { p_event: { success: true } }, {
+      apikey: userToken,
+      authorization: `Bearer ${userToken}`,
+    });
     assertEquals(denied.status, 403);
     const deniedBody = await denied.json();
     assertEquals(deniedBody.code, "42501");
     assertEquals(Object.keys(deniedBody).sort(), ["code", "details", "hint", "message"]);
 
-    const forged = await rpc("agent_log_usage", {}, { apikey: secret, authorization: `Bearer ${await auth.foreignToken("x")}` });
+    const forged = await rpc("agent_log_usage", {}, {
+      apikey: secret,
+      authorization: `Bearer ${await auth.foreignToken("x")}`,
+    });
     assertEquals(forged.status, 401);
     assertEquals((await forged.json()).code, "PGRST301");
 
@@ -162,16 +192,25 @@ Deno.test("auth + postgrest stand-ins: JWKS, apikey and JWT checks, roles, named
     // Service role through supabase-js: named arguments, a JSON result, request.jwt.claims set.
     const requestId = `standin-${crypto.randomUUID()}`;
     const client = createClient(gw.url, secret, { auth: { persistSession: false } });
-    const { error } = await client.rpc("agent_log_usage", { p_event: { request_id: requestId, success: true, latency_ms: 5 } });
+    const { error } = await client.rpc("agent_log_usage", {
+      p_event: { request_id: requestId, success: true, latency_ms: 5 },
+    });
     assertEquals(error, null);
-    const rows = await sql`select latency_ms from public.agent_usage_events where request_id = ${requestId}`;
+    const rows =
+      await sql`select latency_ms from public.agent_usage_events where request_id = ${requestId}`;
     assertEquals(rows[0]!.latency_ms, 5);
 
-    const bad = await client.rpc("agent_begin_turn", { p_org_id: "not-a-uuid", p_user_id: crypto.randomUUID() });
+    const bad = await client.rpc("agent_begin_turn", {
+      p_org_id: "not-a-uuid",
+      p_user_id: crypto.randomUUID(),
+    });
     assertEquals(bad.error?.code, "22P02");
     assertEquals(bad.status, 400);
     const serviceJwt = await auth.serviceToken();
-    const viaJwt = await rpc("agent_log_usage", { p_event: { success: false } }, { apikey: serviceJwt, authorization: `Bearer ${serviceJwt}` });
+    const viaJwt = await rpc("agent_log_usage", { p_event: { success: false } }, {
+      apikey: serviceJwt,
+      authorization: `Bearer ${serviceJwt}`,
+    });
     assertEquals(viaJwt.status, 200);
     await viaJwt.body?.cancel();
   } finally {

@@ -19,7 +19,12 @@ function configProblems(env: Record<string, string>): string[] {
 }
 
 Deno.test("config: defaults, per-scope limits falling back to the shared max, empty strings unset", () => {
-  const c = loadConfig({ ...base, AI_AGENT_RATE_LIMIT_MAX_REQUESTS: "40", AI_AGENT_RATE_LIMIT_IP_MAX_REQUESTS: "100", AI_AGENT_MODEL: "" });
+  const c = loadConfig({
+    ...base,
+    AI_AGENT_RATE_LIMIT_MAX_REQUESTS: "40",
+    AI_AGENT_RATE_LIMIT_IP_MAX_REQUESTS: "100",
+    AI_AGENT_MODEL: "",
+  });
   assertEquals(c.rateLimit, { org: 40, user: 40, ip: 100, windowSeconds: 60 });
   assertEquals(c.model, "gpt-4.1-mini");
   assertEquals(c.sessionStore, "supabase");
@@ -30,23 +35,65 @@ Deno.test("config: defaults, per-scope limits falling back to the shared max, em
 });
 
 Deno.test("config: every error names its variable", () => {
-  assertMatch(configProblems({ ...base, AI_AGENT_RATE_LIMIT_MAX_REQUESTS: "many" }).join(), /AI_AGENT_RATE_LIMIT_MAX_REQUESTS/);
-  assertMatch(configProblems({ ...base, AI_AGENT_SESSION_STORE: "memcached" }).join(), /AI_AGENT_SESSION_STORE/);
-  assertMatch(configProblems({ ...base, AI_AGENT_SESSION_STORE: "redis" }).join(), /AI_AGENT_REDIS_URL/);
   assertMatch(
-    configProblems({ ...base, AI_AGENT_SESSION_STORE: "redis", AI_AGENT_REDIS_URL: "redis://cache.example.com:6379" }).join(),
+    configProblems({ ...base, AI_AGENT_RATE_LIMIT_MAX_REQUESTS: "many" }).join(),
+    /AI_AGENT_RATE_LIMIT_MAX_REQUESTS/,
+  );
+  assertMatch(
+    configProblems({ ...base, AI_AGENT_SESSION_STORE: "memcached" }).join(),
+    /AI_AGENT_SESSION_STORE/,
+  );
+  assertMatch(
+    configProblems({ ...base, AI_AGENT_SESSION_STORE: "redis" }).join(),
+    /AI_AGENT_REDIS_URL/,
+  );
+  assertMatch(
+    configProblems({
+      ...base,
+      AI_AGENT_SESSION_STORE: "redis",
+      AI_AGENT_REDIS_URL: "redis://cache.example.com:6379",
+    }).join(),
     /rediss:\/\//,
   );
   assertMatch(
-    configProblems({ ...base, AI_AGENT_SESSION_STORE: "redis", AI_AGENT_REDIS_URL: "https://x.upstash.io" }).join(),
+    configProblems({
+      ...base,
+      AI_AGENT_SESSION_STORE: "redis",
+      AI_AGENT_REDIS_URL: "https://x.upstash.io",
+    }).join(),
     /AI_AGENT_REDIS_TOKEN/,
   );
-  assertMatch(configProblems({ SUPABASE_URL: "https://abc.supabase.co" }).join(), /SUPABASE_SERVICE_ROLE_KEY/);
-  assertEquals(configProblems({ ...base, AI_AGENT_SESSION_STORE: "redis", AI_AGENT_REDIS_URL: "redis://cache:6379", AI_AGENT_REDIS_ALLOW_INSECURE: "true" }), []);
-  assertEquals(configProblems({ ...base, AI_AGENT_SESSION_STORE: "redis", UPSTASH_REDIS_REST_URL: "https://x.upstash.io", UPSTASH_REDIS_REST_TOKEN: "t" }), []);
-  const direct = loadConfig({ SUPABASE_URL: "https://abc.supabase.co", AI_AGENT_DATABASE_URL: "postgres://u:p@db:6543/postgres" });
+  assertMatch(
+    configProblems({ SUPABASE_URL: "https://abc.supabase.co" }).join(),
+    /SUPABASE_SERVICE_ROLE_KEY/,
+  );
+  assertEquals(
+    configProblems({
+      ...base,
+      AI_AGENT_SESSION_STORE: "redis",
+      AI_AGENT_REDIS_URL: "redis://cache:6379",
+      AI_AGENT_REDIS_ALLOW_INSECURE: "true",
+    }),
+    [],
+  );
+  assertEquals(
+    configProblems({
+      ...base,
+      AI_AGENT_SESSION_STORE: "redis",
+      UPSTASH_REDIS_REST_URL: "https://x.upstash.io",
+      UPSTASH_REDIS_REST_TOKEN: "t",
+    }),
+    [],
+  );
+  const direct = loadConfig({
+    SUPABASE_URL: "https://abc.supabase.co",
+    AI_AGENT_DATABASE_URL: "postgres://u:p@db:6543/postgres",
+  });
   assertEquals(direct.database, { transport: "postgres", url: "postgres://u:p@db:6543/postgres" });
-  const secretKeys = loadConfig({ SUPABASE_URL: "https://abc.supabase.co", SUPABASE_SECRET_KEYS: '{"default":"sb_secret_1"}' });
+  const secretKeys = loadConfig({
+    SUPABASE_URL: "https://abc.supabase.co",
+    SUPABASE_SECRET_KEYS: '{"default":"sb_secret_1"}',
+  });
   assertEquals(secretKeys.serviceKeys, ["sb_secret_1"]);
 });
 
@@ -57,7 +104,10 @@ Deno.test("client ip: the N-th X-Forwarded-For entry from the right, validated; 
   assertEquals(clientIpFrom(h, 0, "9.9.9.9"), "9.9.9.9");
   assertEquals(clientIpFrom(h, 4, "9.9.9.9"), undefined);
   assertEquals(clientIpFrom(new Headers(), 1, "9.9.9.9"), undefined);
-  assertEquals(clientIpFrom(new Headers({ "x-forwarded-for": "evil, <script>" }), 1, undefined), undefined);
+  assertEquals(
+    clientIpFrom(new Headers({ "x-forwarded-for": "evil, <script>" }), 1, undefined),
+    undefined,
+  );
   assertEquals(normalizeIp("2001:DB8::0001"), "2001:db8::1");
   assertEquals(normalizeIp("[::1]:443"), "::1");
   assertEquals(normalizeIp("1.2.3.4:8080"), "1.2.3.4");

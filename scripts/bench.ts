@@ -1,0 +1,486 @@
+/**
+ * `deno task bench` (npm run bench): measures what docs/benchmarks.md
+ * reports, prints the tables and rewrites that file.
+ *   --quick   shorter runs (for a smoke check; figures are noisier)
+ *
+ * Owns its PostgreSQL (durable settings: fsync on) and Redis, runs the
+ * function, the OpenAI/Auth stand-ins and a bare forwarder as separate
+ * processes, and drives load with wrk (HTTP) and pgbench (SQL).
+ */
+import postgres from "postgres";
+import { Redis } from "ioredis";
+import { startPostgres } from "../supabase/tests/support/postgres.ts";
+import { startRedis } from "../supabase/tests/support/redis.ts";
+import { migrate } from "../supabase/tests/support/migrate.ts";
+import { findPostgresTools, MissingToolError, which } from "../supabase/tests/support/tools.ts";
+import { createAuthStandIn, newSigningKey } from "../supabase/tests/support/auth-stand-in.ts";
+import { residentMiB, type Service, spawnService } from "./bench/processes.ts";
+import { fixed, machineFacts, markdownTable, median, percentile } from "./bench/stats.ts";
+
+const quick = Deno.args.includes("--quick");
+const seconds = quick ? 2 : 5;
+const root = new URL("../", import.meta.url).pathname;
+const wrkScript = `${root}scripts/bench/wrk-chat.lua`;
+const work = await Deno.makeTempDir({ prefix: "agent-chat-bench-" });
+const cleanups: Array<() => Promise<void>> = [];
+const log = (s: string) => console.error(`[bench] ${s}`);
+
+const HOT_ORG = "00000000-0000-4000-8000-000000000001";
+const manyUser = (i: number) => `00000000-0000-4000-a000-${String(i).padStart(12, "0")}`;
+const manyOrg = (i: number) => `00000000-0000-4000-b000-${String(i).padStart(12, "0")}`;
+
+async function run(cmd: string, args: string[], env: Record<string, string> = {}) {
+  const r = await new Deno.Command(cmd, { args, env, stdout: "piped", stderr: "piped" }).output();
+  const text = new TextDecoder().decode(r.stdout) + new TextDecoder().decode(r.stderr);
+  if (!r.success) throw new Error(`${cmd} failed:\n${text}`);
+  return text;
+}
+
+// ---------------------------------------------------------------- begin turn
+async function benchBeginTurn(pgUrl: string, bin: string) {
+  const u = new URL(pgUrl);
+  const rows: Array<Array<string | number>> = [];
+  const results: Record<string, { rate: number; p50: number; p99: number }> = {};
+  for (const scenario of ["hot org", "many orgs"] as const) {
+    const script = `${work}/begin-${scenario.replace(" ", "-")}.sql`;
+    const org = scenario === "hot org"
+      ? `'${HOT_ORG}'::uuid`
+      : `('00000000-0000-4000-b000-' || lpad(:u::text, 12, '0'))::uuid`;
+    const user = scenario === "hot org"
+      ? `('00000000-0000-4000-9000-' || lpad(:u::text, 12, '0'))::uuid`
+      : `('00000000-0000-4000-a000-' || lpad(:u::text, 12, '0'))::uuid`;
+    await Deno.writeTextFile(
+      script,
+      `\\set u random(1, 1000)
+\\set ip random(1, 250)
+select public.agent_begin_turn(${org}, ${user}, '10.1.0.' || :ip, 'app', null, 1000000, 1000000, 1000000, 60, 20, false);
+`,
+    );
+    for (const clients of [1, 16, 64]) {
+      const logDir = await Deno.makeTempDir({ dir: work });
+      const out = await run(`${bin}/pgbench`, [
+        "-n",
+        "-h",
+        u.hostname,
+        "-p",
+        u.port,
+        "-U",
+        "postgres",
+        "-c",
+        String(clients),
+        "-j",
+        String(Math.min(clients, 2)),
+        "-T",
+        String(seconds),
+        "-f",
+        script,
+        "-l",
+        `--log-prefix=${logDir}/tx`,
+        "postgres",
+      ], { PGOPTIONS: "--client-min-messages=warning" });
+      const rate = Number(/tps = ([\d.]+)/.exec(out)?.[1] ?? NaN);
+      const latencies: number[] = [];
+      for await (const f of Deno.readDir(logDir)) {
+        for (const line of (await Deno.readTextFile(`${logDir}/${f.name}`)).split("\n")) {
+          const us = Number(line.split(" ")[2]);
+          if (Number.isFinite(us) && line) latencies.push(us / 1000);
+        }
+      }
+      latencies.sort((a, b) => a - b);
+      const r = { rate, p50: percentile(latencies, 50), p99: percentile(latencies, 99) };
+      results[`${scenario}@${clients}`] = r;
+      rows.push([scenario, clients, Math.round(rate), fixed(r.p50), fixed(r.p99)]);
+      log(
+        `begin turn ${scenario} @${clients}: ${Math.round(rate)}/s p50 ${fixed(r.p50)} ms p99 ${
+          fixed(r.p99)
+        } ms`,
+      );
+    }
+  }
+  return { rows, results };
+}
+
+// ---------------------------------------------------------------- HTTP load
+interface WrkResult {
+  rps: number;
+  p50: number;
+  p95: number;
+  p99: number;
+  requests: number;
+  failures: number;
+}
+
+async function wrk(
+  url: string,
+  clients: number,
+  durationS: number,
+  usersFile: string,
+): Promise<WrkResult> {
+  const out = await run("wrk", [
+    "-t",
+    String(Math.min(clients, 2)),
+    "-c",
+    String(clients),
+    "-d",
+    `${durationS}s`,
+    "--timeout",
+    "10s",
+    "-s",
+    wrkScript,
+    url,
+  ], { BENCH_USERS: usersFile });
+  const json = JSON.parse(/BENCH_JSON (\{.*\})/.exec(out)![1]!);
+  return {
+    rps: json.requests / (json.duration_us / 1e6),
+    p50: json.p50 / 1000,
+    p95: json.p95 / 1000,
+    p99: json.p99 / 1000,
+    requests: json.requests,
+    failures: json.socket_errors + json.non2xx,
+  };
+}
+
+function functionEnv(
+  store: "supabase" | "redis",
+  pgUrl: string,
+  redisUrl: string,
+  standIns: Service,
+) {
+  return {
+    SUPABASE_URL: standIns.url,
+    SUPABASE_JWKS_URL: `${standIns.url}/auth/v1/.well-known/jwks.json`,
+    AI_AGENT_DATABASE_URL: pgUrl,
+    AI_AGENT_SESSION_STORE: store,
+    AI_AGENT_REDIS_URL: redisUrl,
+    AI_AGENT_RATE_LIMIT_MAX_REQUESTS: "1000000",
+    AI_AGENT_TRUSTED_PROXY_HOPS: "1",
+    OPENAI_API_KEY: "sk-bench",
+    OPENAI_BASE_URL: `${standIns.url}/v1`,
+  };
+}
+
+async function post(
+  url: string,
+  token: string,
+  body: unknown,
+): Promise<{ status: number; ms: number; json: Record<string, unknown> }> {
+  const t = performance.now();
+  const res = await fetch(url, {
+    method: "POST",
+    headers: { authorization: `Bearer ${token}`, "content-type": "application/json" },
+    body: JSON.stringify(body),
+  });
+  const json = await res.json();
+  return { status: res.status, ms: performance.now() - t, json };
+}
+
+// ---------------------------------------------------------------- main
+async function main() {
+  for (const tool of ["wrk"]) {
+    if (!(await which(tool))) {
+      throw new MissingToolError(
+        `${tool} not found: apt-get install ${tool} (scripts/setup.sh --with-bench)`,
+      );
+    }
+  }
+  const tools = await findPostgresTools();
+  const pg = await startPostgres({ fast: false, extraSettings: { max_connections: "300" } });
+  cleanups.push(() => pg.stop());
+  await migrate(pg.url, { pgCron: false });
+  const redis = await startRedis();
+  cleanups.push(() => redis.stop());
+  const sql = postgres(pg.url, { max: 4, onnotice: () => {} });
+  cleanups.push(() => sql.end({ timeout: 1 }));
+  log(`postgres ${pg.url} redis ${redis.url}`);
+
+  await sql`insert into auth.users (id) select ('00000000-0000-4000-9000-' || lpad(i::text, 12, '0'))::uuid from generate_series(1, 1000) i`;
+  await sql`insert into auth.users (id) select ('00000000-0000-4000-a000-' || lpad(i::text, 12, '0'))::uuid from generate_series(1, 1000) i`;
+  await sql`insert into public.org_memberships (org_id, user_id)
+            select ${HOT_ORG}::uuid, ('00000000-0000-4000-9000-' || lpad(i::text, 12, '0'))::uuid from generate_series(1, 1000) i`;
+  await sql`insert into public.org_memberships (org_id, user_id)
+            select ('00000000-0000-4000-b000-' || lpad(i::text, 12, '0'))::uuid, ('00000000-0000-4000-a000-' || lpad(i::text, 12, '0'))::uuid
+            from generate_series(1, 1000) i`;
+
+  const begin = await benchBeginTurn(pg.url, tools.bin);
+
+  // Stand-ins, users and tokens for HTTP runs: 20 orgs x 10 members.
+  const signingKey = await newSigningKey();
+  const auth = await createAuthStandIn({ signingKey });
+  const standIns = await spawnService("serve-stand-ins.ts", {
+    AGENT_CHAT_SIGNING_KEY: JSON.stringify(signingKey),
+  });
+  cleanups.push(() => standIns.stop());
+  const lines: string[] = [];
+  for (let i = 1; i <= 200; i++) {
+    const org = manyOrg(((i - 1) % 20) + 1);
+    lines.push(`${await auth.userToken(manyUser(i), { expiresInSeconds: 6 * 3600 })} ${org}`);
+  }
+  // Members 1..200 of orgs 1..20 (in addition to their own org from the begin-turn seed).
+  await sql`insert into public.org_memberships (org_id, user_id)
+            select ('00000000-0000-4000-b000-' || lpad((((i - 1) % 20) + 1)::text, 12, '0'))::uuid,
+                   ('00000000-0000-4000-a000-' || lpad(i::text, 12, '0'))::uuid
+            from generate_series(1, 200) i on conflict do nothing`;
+  const usersFile = `${work}/users.txt`;
+  await Deno.writeTextFile(usersFile, lines.join("\n") + "\n");
+
+  // End to end, against the bare forwarder.
+  const e2eRows: Array<Array<string | number>> = [];
+  const e2e: Record<string, WrkResult> = {};
+  const forwarder = await spawnService("forwarder.ts", { OPENAI_BASE_URL: `${standIns.url}/v1` });
+  cleanups.push(() => forwarder.stop());
+  const targets: Array<[string, string]> = [["bare forwarder", forwarder.url]];
+  const functions: Record<string, Service> = {};
+  for (const store of ["supabase", "redis"] as const) {
+    functions[store] = await spawnService(
+      "serve-function.ts",
+      functionEnv(store, pg.url, redis.url, standIns),
+    );
+    cleanups.push(() => functions[store]!.stop());
+    targets.push([`agent-chat (${store} store)`, functions[store]!.url]);
+  }
+  for (const clients of [1, 16, 64]) {
+    for (const [name, url] of targets) {
+      await wrk(url, clients, 1, usersFile); // warm-up
+      const r = await wrk(url, clients, seconds, usersFile);
+      e2e[`${name}@${clients}`] = r;
+      e2eRows.push([
+        name,
+        clients,
+        Math.round(r.rps),
+        fixed(r.p50),
+        fixed(r.p95),
+        fixed(r.p99),
+        r.failures,
+      ]);
+      log(
+        `${name} @${clients}: ${Math.round(r.rps)} req/s p50 ${fixed(r.p50)} p95 ${
+          fixed(r.p95)
+        } p99 ${fixed(r.p99)} ms, failures ${r.failures}`,
+      );
+    }
+  }
+
+  // Growth: the first request on sessions that already hold N messages.
+  const growthRows: Array<Array<string | number>> = [];
+  const growth: Record<string, Record<number, number>> = { supabase: {}, redis: {} };
+  const ioredis = new Redis(redis.url);
+  cleanups.push(async () => ioredis.disconnect());
+  const growthUser = manyUser(1);
+  const growthOrg = manyOrg(1);
+  const growthToken = lines[0]!.split(" ")[0]!;
+  for (const n of [10, 100, 1000, 10_000]) {
+    for (const store of ["supabase", "redis"] as const) {
+      const samples: number[] = [];
+      for (let s = 0; s < (quick ? 5 : 15); s++) {
+        const session = crypto.randomUUID();
+        if (store === "supabase") {
+          await sql`insert into public.agent_sessions (id, org_id, user_id, expires_at) values (${session}, ${growthOrg}, ${growthUser}, now() + interval '1 day')`;
+          await sql`insert into public.agent_session_messages (session_id, role, content)
+                    select ${session}::uuid, case when i % 2 = 1 then 'user' else 'assistant' end, 'stored message number ' || i
+                    from generate_series(1, ${n}::int) i`;
+        } else {
+          const key = `agent-chat:{${session}}:messages`;
+          const batch = [];
+          for (let i = 1; i <= n; i++) {
+            batch.push(
+              JSON.stringify({
+                role: i % 2 ? "user" : "assistant",
+                content: `stored message number ${i}`,
+              }),
+            );
+          }
+          for (let i = 0; i < batch.length; i += 1000) {
+            await ioredis.rpush(key, ...batch.slice(i, i + 1000));
+          }
+          await ioredis.set(`agent-chat:{${session}}:owner`, `${growthOrg}:${growthUser}`);
+          await ioredis.expire(key, 86400);
+        }
+        const r = await post(functions[store]!.url, growthToken, {
+          message: "And now?",
+          org_id: growthOrg,
+          session_id: session,
+        });
+        if (r.status !== 200) {
+          throw new Error(`growth request failed: ${r.status} ${JSON.stringify(r.json)}`);
+        }
+        samples.push(r.ms);
+      }
+      growth[store]![n] = median(samples);
+    }
+    growthRows.push([n, fixed(growth.supabase![n]!), fixed(growth.redis![n]!)]);
+    log(
+      `growth ${n}: supabase ${fixed(growth.supabase![n]!)} ms, redis ${
+        fixed(growth.redis![n]!)
+      } ms`,
+    );
+  }
+
+  for (const store of ["supabase", "redis"] as const) await functions[store]!.stop();
+
+  // Cold start: process start to the first 200.
+  const cold: number[] = [];
+  for (let i = 0; i < 3; i++) {
+    const started = performance.now();
+    const svc = await spawnService(
+      "serve-function.ts",
+      functionEnv("supabase", pg.url, redis.url, standIns),
+    );
+    while (true) {
+      const r = await post(svc.url, growthToken, { message: "hi", org_id: growthOrg }).catch(
+        () => ({ status: 0 }),
+      );
+      if (r.status === 200) break;
+      await new Promise((res) => setTimeout(res, 5));
+    }
+    cold.push(performance.now() - started);
+    await svc.stop();
+  }
+  log(`cold start: ${cold.map((c) => fixed(c, 0)).join(", ")} ms`);
+
+  // Memory after 10,000 requests.
+  const mem = await spawnService(
+    "serve-function.ts",
+    functionEnv("supabase", pg.url, redis.url, standIns),
+  );
+  cleanups.push(() => mem.stop());
+  const rssStart = await residentMiB(mem.pid);
+  let served = (await wrk(mem.url, 16, 3, usersFile)).requests;
+  const rssWarm = await residentMiB(mem.pid);
+  const servedWarm = served;
+  const rssAt: Array<[number, number]> = [];
+  while (served < servedWarm + 20_000) {
+    served += (await wrk(mem.url, 16, 3, usersFile)).requests;
+    rssAt.push([served, await residentMiB(mem.pid)]);
+  }
+  const at10k = rssAt.find(([n]) => n >= 10_000) ?? rssAt[0]!;
+  const last = rssAt.at(-1)!;
+  const mid = rssAt.find(([n]) => n >= servedWarm + 10_000) ?? rssAt[0]!;
+  const growthPerRequestBytes = ((last[1] - mid[1]) * 1024 * 1024) / Math.max(1, last[0] - mid[0]);
+  log(
+    `memory: start ${fixed(rssStart, 1)} MiB, after warm-up (${servedWarm}) ${
+      fixed(rssWarm, 1)
+    } MiB, at ${at10k[0]} ${fixed(at10k[1], 1)} MiB, at ${last[0]} ${fixed(last[1], 1)} MiB`,
+  );
+  await mem.stop();
+
+  // Targets.
+  const targetsRows: Array<Array<string>> = [];
+  const met = (ok: boolean) => (ok ? "met" : "**not met**");
+  for (const store of ["supabase", "redis"]) {
+    const f = e2e[`agent-chat (${store} store)@16`]!;
+    const b = e2e["bare forwarder@16"]!;
+    targetsRows.push([
+      `added p50 at concurrency 16 ≤ 3 ms (${store})`,
+      `${fixed(f.p50 - b.p50)} ms`,
+      met(f.p50 - b.p50 <= 3),
+    ]);
+    targetsRows.push([
+      `added p99 at concurrency 16 ≤ 15 ms (${store})`,
+      `${fixed(f.p99 - b.p99)} ms`,
+      met(f.p99 - b.p99 <= 15),
+    ]);
+    const r64 = e2e[`agent-chat (${store} store)@64`]!;
+    targetsRows.push([
+      `≥ 1,000 req/s end to end at concurrency 64 (${store})`,
+      `${Math.round(r64.rps)} req/s`,
+      met(r64.rps >= 1000),
+    ]);
+    const ratio = growth[store]![10_000]! / growth[store]![10]!;
+    targetsRows.push([
+      `10 → 10,000 stored messages within 1.5× (${store})`,
+      `${fixed(ratio)}×`,
+      met(ratio <= 1.5),
+    ]);
+  }
+  const hot16 = begin.results["hot org@16"]!;
+  targetsRows.push([
+    "begin turn ≥ 5,000 calls/s at 16 clients, one hot org",
+    `${Math.round(hot16.rate)}/s`,
+    met(hot16.rate >= 5000),
+  ]);
+  targetsRows.push([
+    "memory flat after warm-up",
+    `${fixed(growthPerRequestBytes, 1)} bytes/request over the last ${last[0] - mid[0]} requests`,
+    met(Math.abs(last[1] - mid[1]) <= 8),
+  ]);
+
+  const facts = await machineFacts();
+  const date = new Date().toISOString().slice(0, 16).replace("T", " ") + " UTC";
+  const doc = `# Benchmarks
+
+Produced by \`npm run bench\` (\`deno task bench${
+    quick ? " -- --quick" : ""
+  }\`) on ${date}. The script
+rewrites this file; rerun it to check the figures on your machine.
+
+Machine: ${facts.cpu}, ${facts.cores} cores, ${facts.memory}; ${facts.postgres}; Redis ${
+    /v=(\S+)/.exec(facts.redis)?.[1] ?? facts.redis
+  }; Deno ${facts.deno}; Linux ${facts.kernel}.
+Everything runs on this one machine: PostgreSQL (fsync on, default durability), Redis, the
+function, the stand-ins and the load generators share its ${facts.cores} cores. Each HTTP run lasts
+${seconds} s after a 1 s warm-up; load comes from \`wrk\` (HTTP) and \`pgbench\` (SQL).
+
+## Targets
+
+${markdownTable(["target", "measured", "result"], targetsRows)}
+
+## Begin-turn call (one database round trip: opt-outs, membership, three buckets)
+
+\`pgbench\` calling \`public.agent_begin_turn\` with ${seconds} s per row; "hot org" = every call in one org
+(1,000 members), "many orgs" = 1,000 orgs of one member each. Every call is admitted (limits are
+set high), so each one writes three bucket rows.
+
+${markdownTable(["scenario", "clients", "calls/s", "p50 ms", "p99 ms"], begin.rows)}
+
+## End to end
+
+\`wrk\` POSTs a chat message as one of 200 users in 20 orgs, each request a new session, with the
+OpenAI stand-in answering at once. The function uses the direct Postgres transport and
+\`EdgeRuntime.waitUntil\` for the usage insert, as on hosted Supabase. The bare forwarder parses
+the same body and forwards it to the same stand-in, so the difference is what agent-chat adds:
+JWT verification, validation, the begin-turn call, the session write, the usage row.
+
+${
+    markdownTable(
+      ["server", "concurrency", "req/s", "p50 ms", "p95 ms", "p99 ms", "failed"],
+      e2eRows,
+    )
+  }
+
+## Growth with stored history
+
+Median time of the first request on a session that already holds N messages (history cap 20,
+so the function reads the newest 20 and trims the rest), ${
+    quick ? 5 : 15
+  } sessions per cell, one at a time.
+
+${markdownTable(["stored messages", "supabase store ms", "redis store ms"], growthRows)}
+
+## Cold start
+
+Process start (\`deno run\`, modules cached) to the first 200 answer, three runs: ${
+    cold.map((c) => `${fixed(c, 0)} ms`).join(", ")
+  } (median ${fixed(median(cold), 0)} ms).
+
+## Memory
+
+Resident size of the function process: ${fixed(rssStart, 1)} MiB at start, ${
+    fixed(rssWarm, 1)
+  } MiB after ${servedWarm} warm-up
+requests, ${fixed(at10k[1], 1)} MiB after ${at10k[0]} requests, ${fixed(last[1], 1)} MiB after ${
+    last[0]
+  } requests.
+`;
+  await Deno.writeTextFile(`${root}docs/benchmarks.md`, doc);
+  console.log(doc);
+}
+
+try {
+  await main();
+} catch (error) {
+  console.error(error instanceof MissingToolError ? `error: ${error.message}` : error);
+  Deno.exitCode = 1;
+} finally {
+  for (const fn of cleanups.reverse()) await fn().catch(() => {});
+  await Deno.remove(work, { recursive: true }).catch(() => {});
+}

@@ -1,0 +1,38 @@
+/**
+ * Runs agent-chat as its own process for the benchmarks and the reliability
+ * suite, exactly as index.ts wires it, plus what the hosted runtime provides:
+ * `EdgeRuntime.waitUntil` (usage inserts leave the critical path). Prints one
+ * line `{"port": n}` when it listens. Configuration comes from the environment.
+ */
+import { loadConfig } from "../../supabase/functions/_shared/config.ts";
+import { buildDependencies } from "../../supabase/functions/_shared/deps.ts";
+import { createAgentChatHandler } from "../../supabase/functions/_shared/handler.ts";
+
+const pending = new Set<Promise<unknown>>();
+(globalThis as Record<string, unknown>).EdgeRuntime = {
+  waitUntil(promise: Promise<unknown>) {
+    pending.add(promise);
+    promise.finally(() => pending.delete(promise));
+  },
+};
+
+const config = loadConfig(Deno.env.toObject());
+const deps = buildDependencies(config, {
+  log: (level, event, fields) => {
+    if (level !== "info") console.error(JSON.stringify({ level, event, ...fields }));
+  },
+});
+const handler = createAgentChatHandler(deps);
+const server = Deno.serve({
+  port: Number(Deno.env.get("PORT") ?? 0),
+  hostname: "127.0.0.1",
+  onListen: ({ port }) => console.log(JSON.stringify({ port })),
+}, handler);
+const stop = async () => {
+  await server.shutdown();
+  await Promise.allSettled([...pending]);
+  await deps.close();
+  Deno.exit(0);
+};
+Deno.addSignalListener("SIGTERM", stop);
+Deno.addSignalListener("SIGINT", stop);
