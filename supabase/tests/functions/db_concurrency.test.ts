@@ -33,9 +33,9 @@ Deno.test("begin turn: 1,000 calls over 64 connections at a user limit of 100 ad
     const outcomes = await Promise.all(
       Array.from({ length: 1000 }, (_, i) =>
         sql`select public.agent_begin_turn(
-            p_org_id => ${org}::uuid, p_user_id => ${user}::uuid, p_client_ip => ${`10.9.${
-          i % 250
-        }.1`},
+            p_org_id => ${org}::uuid, p_user_id => ${user}::uuid, p_client_ip => ${
+          ipPrefix + (i % 250)
+        },
             p_org_limit => 1000, p_user_limit => 100, p_ip_limit => 1000, p_window_seconds => 60,
             p_now => ${now}::timestamptz) ->> 'outcome' as outcome`.then((r) =>
           r[0]!.outcome as string
@@ -48,7 +48,9 @@ Deno.test("begin turn: 1,000 calls over 64 connections at a user limit of 100 ad
     }`;
     assertEquals(org_!.slot_total, 100, "refused calls consumed nothing in the org bucket");
     const [ipSum] =
-      await sql`select sum(slot_total)::int as n from ops.rate_limits where bucket_key like ${"ip:" + ipPrefix + "%"}`;
+      await sql`select sum(slot_total)::int as n from ops.rate_limits where bucket_key like ${
+        "ip:" + ipPrefix + "%"
+      }`;
     assertEquals(ipSum!.n, 100, "nor in the ip buckets");
   }));
 
