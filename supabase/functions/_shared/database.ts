@@ -100,43 +100,58 @@ export function createRpcDatabase(client: SupabaseClient): TurnDatabase {
   };
 }
 
-const BEGIN_SQL = `select public.agent_begin_turn(
-  p_org_id => $1::uuid, p_user_id => $2::uuid, p_client_ip => $3::text, p_channel => $4::text,
-  p_session_id => $5::uuid, p_org_limit => $6::integer, p_user_limit => $7::integer,
-  p_ip_limit => $8::integer, p_window_seconds => $9::integer, p_max_messages => $10::integer,
-  p_load_history => $11::boolean) as result`;
-const END_SQL = `select public.agent_end_turn(
-  p_session_id => $1::uuid, p_org_id => $2::uuid, p_user_id => $3::uuid, p_channel => $4::text,
-  p_user_message => $5::text, p_assistant_message => $6::text, p_ttl_seconds => $7::integer,
-  p_max_messages => $8::integer) as result`;
-const FINISH_SQL = `select public.agent_finish_turn(
-  p_session_id => $1::uuid, p_org_id => $2::uuid, p_user_id => $3::uuid, p_channel => $4::text,
-  p_user_message => $5::text, p_assistant_message => $6::text, p_ttl_seconds => $7::integer,
-  p_max_messages => $8::integer, p_usage => $9::text::jsonb) as result`;
-const USAGE_SQL = `select public.agent_log_usage($1::text::jsonb)`;
-
-function endTurnParams(a: EndTurnArgs): unknown[] {
-  return [
-    a.p_session_id,
-    a.p_org_id,
-    a.p_user_id,
-    a.p_channel,
-    a.p_user_message,
-    a.p_assistant_message,
-    a.p_ttl_seconds,
-    a.p_max_messages,
-  ];
+/**
+ * A SQL literal for the simple query protocol. Escape-string syntax (E'…')
+ * makes the quoting independent of `standard_conforming_strings`.
+ */
+export function sqlLiteral(value: unknown): string {
+  if (value === null || value === undefined) return "null";
+  if (typeof value === "boolean") return value ? "true" : "false";
+  if (typeof value === "number") {
+    if (!Number.isSafeInteger(value)) throw new DatabaseError(`not an integer: ${value}`);
+    return String(value);
+  }
+  const text = typeof value === "string" ? value : JSON.stringify(value);
+  if (text.includes("\0")) throw new DatabaseError("text with a NUL character cannot be stored");
+  return `E'${text.replace(/\\/g, "\\\\").replace(/'/g, "''")}'`;
 }
 
+function callSql(fn: string, args: Record<string, unknown>, casts: Record<string, string>): string {
+  const list = Object.entries(args).map(([name, value]) =>
+    `${name} => ${sqlLiteral(value)}::${casts[name] ?? "text"}`
+  );
+  return `select public.${fn}(${list.join(", ")}) as result`;
+}
+
+const CASTS: Record<string, string> = {
+  p_org_id: "uuid",
+  p_user_id: "uuid",
+  p_session_id: "uuid",
+  p_org_limit: "integer",
+  p_user_limit: "integer",
+  p_ip_limit: "integer",
+  p_window_seconds: "integer",
+  p_max_messages: "integer",
+  p_ttl_seconds: "integer",
+  p_load_history: "boolean",
+  p_usage: "jsonb",
+  p_event: "jsonb",
+};
+
 /**
- * Direct transport. The connection pool lives as long as the isolate. The
- * functions are service-only: the URL's user must be allowed to execute them
- * (the `postgres` user of SUPABASE_DB_URL is, as their owner).
+ * Direct transport. The connection pool lives as long as the isolate. Each
+ * call is one simple-protocol query with inlined literals: one round trip,
+ * no prepared statement (safe behind Supavisor's transaction mode; with
+ * bind parameters and no prepared statements the driver would need a
+ * second round trip to learn the parameter types). The functions are
+ * service-only: the URL's user must be allowed to execute them (the
+ * `postgres` user of SUPABASE_DB_URL is, as their owner).
  */
 export function createPostgresDatabase(sql: Sql): TurnDatabase {
-  async function call<T>(text: string, params: unknown[]): Promise<T> {
+  async function call<T>(fn: string, args: Record<string, unknown>): Promise<T> {
+    const text = callSql(fn, args, CASTS);
     try {
-      const rows = await sql.unsafe(text, params as never[], { prepare: false });
+      const rows = await sql.unsafe(text);
       return (rows[0] as unknown as { result: T } | undefined)?.result as T;
     } catch (error) {
       const e = error as { message?: string; code?: string };
@@ -144,24 +159,11 @@ export function createPostgresDatabase(sql: Sql): TurnDatabase {
     }
   }
   return {
-    beginTurn: (a) =>
-      call(BEGIN_SQL, [
-        a.p_org_id,
-        a.p_user_id,
-        a.p_client_ip,
-        a.p_channel,
-        a.p_session_id,
-        a.p_org_limit,
-        a.p_user_limit,
-        a.p_ip_limit,
-        a.p_window_seconds,
-        a.p_max_messages,
-        a.p_load_history,
-      ]),
-    endTurn: (a) => call(END_SQL, endTurnParams(a)),
-    finishTurn: (a, usage) => call(FINISH_SQL, [...endTurnParams(a), JSON.stringify(usage)]),
+    beginTurn: (args) => call("agent_begin_turn", { ...args }),
+    endTurn: (args) => call("agent_end_turn", { ...args }),
+    finishTurn: (args, usage) => call("agent_finish_turn", { ...args, p_usage: usage }),
     logUsage: async (event) => {
-      await call(USAGE_SQL, [JSON.stringify(event)]);
+      await call("agent_log_usage", { p_event: event });
     },
     close: () => sql.end({ timeout: 1 }),
   };

@@ -20,7 +20,7 @@ export function chatRequestSchema(maxMessageChars: number) {
     message: z.string().trim().min(1, "must not be empty").max(
       maxMessageChars,
       `must be at most ${maxMessageChars} characters`,
-    ),
+    ).refine((m) => !m.includes("\0"), "must not contain NUL characters"),
     org_id: z.uuid(),
     session_id: z.uuid().optional(),
     channel: z.string().regex(
@@ -33,6 +33,9 @@ export function chatRequestSchema(maxMessageChars: number) {
       (m) =>
         m === undefined || new TextEncoder().encode(JSON.stringify(m)).length <= MAX_METADATA_BYTES,
       `must be at most ${MAX_METADATA_BYTES} bytes as JSON`,
+    ).refine(
+      (m) => m === undefined || !JSON.stringify(m).includes("\\u0000"),
+      "must not contain NUL characters",
     ),
     user_id: z.uuid().optional(),
     client_ip: z.union([z.ipv4(), z.ipv6()]).optional(),

@@ -5,6 +5,7 @@
 import postgres from "postgres";
 import { assertEquals } from "./assert.ts";
 import { testUrls } from "../support/function-harness.ts";
+import { sqlLiteral } from "../../functions/_shared/database.ts";
 
 const CONNECTIONS = 64;
 
@@ -81,4 +82,23 @@ Deno.test("end turn: 256 concurrent appends to one session lose nothing", () =>
         "each reply follows its question",
       );
     }
+  }));
+
+Deno.test("direct transport: literals survive quotes, backslashes and unicode exactly", () =>
+  withPool(async (sql) => {
+    const nasty = [
+      "it's",
+      "\\'; drop table public.agent_sessions; --",
+      "back\\\\slash\\",
+      "é 中文 🙂 \u202e",
+      "$$ dollar $$",
+      "E'\\x41'",
+      "\\n not a newline",
+    ];
+    for (const value of nasty) {
+      const [row] = await sql.unsafe(`select ${sqlLiteral(value)}::text as v`);
+      assertEquals(row!.v, value);
+    }
+    const [json] = await sql.unsafe(`select ${sqlLiteral({ a: "x'y\\z" })}::jsonb ->> 'a' as v`);
+    assertEquals(json!.v, "x'y\\z");
   }));

@@ -137,6 +137,8 @@ Deno.test("request body: trimmed, bounded, strict; service fields typed", () => 
   assertMatch(bad({ message: "hi", org_id: org, client_ip: "999.1.1.1" }), /client_ip/);
   assertMatch(bad({ message: "hi", org_id: org, stream: "yes" }), /stream/);
   assertMatch(bad({ message: 5, org_id: org }), /message/);
+  assertMatch(bad({ message: "a\u0000b", org_id: org }), /NUL/);
+  assertMatch(bad({ message: "hi", org_id: org, metadata: { k: "\u0000" } }), /NUL/);
 });
 
 Deno.test("secrets compare equal only when identical", () => {
