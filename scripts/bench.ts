@@ -264,7 +264,7 @@ async function main() {
   const growthRows: Array<Array<string | number>> = [];
   const growth: Record<string, Record<number, number>> = { supabase: {}, redis: {} };
   const ioredis = new Redis(redis.url);
-  cleanups.push(async () => ioredis.disconnect());
+  cleanups.push(() => Promise.resolve(ioredis.disconnect()));
   const growthUser = manyUser(1);
   const growthOrg = manyOrg(1);
   const growthToken = lines[0]!.split(" ")[0]!;

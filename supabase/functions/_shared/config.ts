@@ -49,6 +49,7 @@ const envSchema = z.object({
   AI_AGENT_OPENAI_TIMEOUT_MS: int(1000, 600_000),
   AI_AGENT_OPENAI_MAX_RETRIES: int(0, 10),
   AI_AGENT_MAX_MESSAGE_CHARS: int(1, 100_000),
+  AI_AGENT_DB_TIMEOUT_MS: int(100, 60_000),
   AI_AGENT_MAX_BODY_BYTES: int(1024, 10_000_000),
   AI_AGENT_ALLOWED_ORIGINS: str,
   OPENAI_API_KEY: str,
@@ -66,6 +67,8 @@ export interface Config {
   jwtSecret: string | undefined;
   jwksUrl: string | undefined;
   database: { transport: "rpc" } | { transport: "postgres"; url: string };
+  /** Longest wait for one database call before the request gets a 503. */
+  databaseTimeoutMs: number;
   sessionStore: SessionStoreKind;
   sessionTtlSeconds: number;
   sessionMaxMessages: number;
@@ -189,6 +192,7 @@ export function loadConfig(env: Record<string, string | undefined>): Config {
     jwksUrl: e.SUPABASE_JWKS_URL ??
       (e.SUPABASE_URL ? new URL("/auth/v1/.well-known/jwks.json", e.SUPABASE_URL).href : undefined),
     database,
+    databaseTimeoutMs: e.AI_AGENT_DB_TIMEOUT_MS ?? 5000,
     sessionStore: e.AI_AGENT_SESSION_STORE,
     sessionTtlSeconds: e.AI_AGENT_SESSION_TTL_SECONDS ?? 86400,
     sessionMaxMessages: e.AI_AGENT_SESSION_MAX_MESSAGES ?? 20,

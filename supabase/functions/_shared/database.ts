@@ -83,9 +83,9 @@ export class DatabaseError extends Error {
   }
 }
 
-export function createRpcDatabase(client: SupabaseClient): TurnDatabase {
+export function createRpcDatabase(client: SupabaseClient, timeoutMs: number): TurnDatabase {
   async function call<T>(fn: string, args: Record<string, unknown>): Promise<T> {
-    const { data, error } = await client.rpc(fn, args);
+    const { data, error } = await client.rpc(fn, args).abortSignal(AbortSignal.timeout(timeoutMs));
     if (error) throw new DatabaseError(`${fn}: ${error.message}`, error.code);
     return data as T;
   }
@@ -147,15 +147,27 @@ const CASTS: Record<string, string> = {
  * service-only: the URL's user must be allowed to execute them (the
  * `postgres` user of SUPABASE_DB_URL is, as their owner).
  */
-export function createPostgresDatabase(sql: Sql): TurnDatabase {
+export function createPostgresDatabase(sql: Sql, timeoutMs: number): TurnDatabase {
   async function call<T>(fn: string, args: Record<string, unknown>): Promise<T> {
-    const text = callSql(fn, args, CASTS);
+    const query = sql.unsafe(callSql(fn, args, CASTS));
+    // A call waiting on a database that went away gives up after timeoutMs
+    // rather than holding the request; the driver reconnects on its own.
+    let timer: ReturnType<typeof setTimeout> | undefined;
+    const timeout = new Promise<never>((_, reject) => {
+      timer = setTimeout(() => {
+        query.cancel();
+        reject(new DatabaseError(`${fn}: no answer within ${timeoutMs} ms`));
+      }, timeoutMs);
+    });
     try {
-      const rows = await sql.unsafe(text);
+      const rows = await Promise.race([query, timeout]);
       return (rows[0] as unknown as { result: T } | undefined)?.result as T;
     } catch (error) {
+      if (error instanceof DatabaseError) throw error;
       const e = error as { message?: string; code?: string };
       throw new DatabaseError(e.message ?? String(error), e.code);
+    } finally {
+      clearTimeout(timer);
     }
   }
   return {

@@ -23,13 +23,13 @@ export function createDatabase(config: Config): TurnDatabase {
       connect_timeout: 5,
       onnotice: () => {},
     });
-    return createPostgresDatabase(sql);
+    return createPostgresDatabase(sql, config.databaseTimeoutMs);
   }
   const client = createClient(config.supabaseUrl!, config.serviceRoleKey!, {
     auth: { persistSession: false, autoRefreshToken: false, detectSessionInUrl: false },
     global: { headers: { "x-client-info": "agent-chat" } },
   });
-  return createRpcDatabase(client);
+  return createRpcDatabase(client, config.databaseTimeoutMs);
 }
 
 export function buildDependencies(

@@ -12,7 +12,13 @@ export interface RedisServer {
   resume(): Promise<void>;
 }
 
-export async function startRedis(options: { port?: number } = {}): Promise<RedisServer> {
+/**
+ * `durable`: append-only file with fsync on every write, as a production
+ * Redis (or Upstash) keeps data across restarts; otherwise nothing is kept.
+ */
+export async function startRedis(
+  options: { port?: number; durable?: boolean } = {},
+): Promise<RedisServer> {
   const bin = await findRedisServer();
   const port = options.port ?? freePort();
   const dir = await Deno.makeTempDir({ prefix: "agent-chat-redis-" });
@@ -41,7 +47,8 @@ export async function startRedis(options: { port?: number } = {}): Promise<Redis
         "--save",
         "",
         "--appendonly",
-        "no",
+        options.durable ? "yes" : "no",
+        ...(options.durable ? ["--appendfsync", "always"] : []),
         "--dir",
         dir,
         "--daemonize",
