@@ -170,7 +170,9 @@ async function main() {
   for (const store of ["supabase", "redis"] as const) {
     const url = functions[store]!.url;
     // Each store starts with empty user buckets (the operator's clear function).
-    await sql`select ops.clear_rate_limit('user:' || u) from unnest(${members.map((m) => m.user)}::text[]) as u`;
+    await sql`select ops.clear_rate_limit('user:' || u) from unnest(${
+      members.map((m) => m.user)
+    }::text[]) as u`;
     const sessions = members.map(() => [crypto.randomUUID(), crypto.randomUUID()]);
     const plan = Array.from({ length: LOAD_REQUESTS }, (_, i) => {
       // A third of the traffic comes from 10 heavy users, who go over their limit.

@@ -1,11 +1,18 @@
 #!/usr/bin/env sh
 # Installs the Debian packages the local stack and the tests need, when they
-# are missing: PostgreSQL 15 with pgTAP and pg_cron, Redis, and (with
-# --with-browser) Chromium for the HTML report test. As root it installs them
-# with apt-get; otherwise it names what is missing and how to install it.
+# are missing: PostgreSQL 15 with pgTAP and pg_cron, Redis, and on request
+# Chromium (--with-browser, for the HTML report test) and wrk (--with-bench,
+# the benchmark's HTTP load generator). As root it installs them with
+# apt-get; otherwise it names what is missing and how to install it.
 set -eu
 packages="postgresql-15 postgresql-15-pgtap libtap-parser-sourcehandler-pgtap-perl postgresql-15-cron redis-server"
-if [ "${1:-}" = "--with-browser" ]; then packages="$packages chromium"; fi
+for flag in "$@"; do
+  case "$flag" in
+    --with-browser) packages="$packages chromium" ;;
+    --with-bench) packages="$packages wrk" ;;
+    *) echo "setup: unknown option $flag" >&2; exit 2 ;;
+  esac
+done
 missing=""
 for p in $packages; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing="$missing $p"

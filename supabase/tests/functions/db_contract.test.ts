@@ -1,0 +1,75 @@
+/**
+ * The TypeScript side of the database contract cannot drift from the
+ * migrations: every argument the function sends exists in the Postgres
+ * function it calls, and every usage field is a column. (`deno task check`
+ * makes the samples below match the interfaces exactly.)
+ */
+import postgres from "postgres";
+import { assertEquals } from "./assert.ts";
+import { testUrls } from "../support/function-harness.ts";
+import type { BeginTurnArgs, EndTurnArgs, UsageEvent } from "../../functions/_shared/database.ts";
+
+const begin: Required<BeginTurnArgs> = {
+  p_org_id: "",
+  p_user_id: "",
+  p_client_ip: null,
+  p_channel: "",
+  p_session_id: null,
+  p_org_limit: 0,
+  p_user_limit: 0,
+  p_ip_limit: 0,
+  p_window_seconds: 0,
+  p_max_messages: 0,
+  p_load_history: false,
+};
+const end: Required<EndTurnArgs> = {
+  p_session_id: "",
+  p_org_id: "",
+  p_user_id: "",
+  p_channel: "",
+  p_user_message: "",
+  p_assistant_message: "",
+  p_ttl_seconds: 0,
+  p_max_messages: 0,
+};
+const usage: Required<UsageEvent> = {
+  request_id: "",
+  org_id: null,
+  user_id: null,
+  session_id: null,
+  channel: null,
+  model: null,
+  prompt_tokens: null,
+  cached_prompt_tokens: null,
+  completion_tokens: null,
+  total_tokens: null,
+  latency_ms: 0,
+  success: true,
+  error_code: null,
+  error_message: null,
+  metadata: {},
+};
+
+Deno.test("database contract: the arguments the function sends are the Postgres functions' arguments", async () => {
+  const sql = postgres(testUrls().databaseUrl, { max: 1, onnotice: () => {} });
+  try {
+    const args = async (fn: string) =>
+      (await sql`select p.proargnames as names from pg_proc p join pg_namespace n on n.oid = p.pronamespace
+                 where n.nspname = 'public' and p.proname = ${fn}`)[0]!.names as string[];
+    assertEquals(
+      (await args("agent_begin_turn")).filter((a) => a !== "p_now").sort(),
+      Object.keys(begin).sort(),
+    );
+    assertEquals(
+      (await args("agent_end_turn")).filter((a) => a !== "p_now").sort(),
+      Object.keys(end).sort(),
+    );
+    assertEquals((await args("agent_finish_turn")).sort(), [...Object.keys(end), "p_usage"].sort());
+    const columns = (await sql`select column_name from information_schema.columns
+                               where table_schema = 'public' and table_name = 'agent_usage_events'`)
+      .map((r) => r.column_name as string);
+    assertEquals(Object.keys(usage).filter((k) => !columns.includes(k)), []);
+  } finally {
+    await sql.end();
+  }
+});
