@@ -38,7 +38,9 @@ export async function migrate(
     (await psql(url, ["-Atc", "select to_regnamespace('auth') is not null"])).trim() === "t";
   if (!bootstrapped) {
     await psql(url, ["--single-transaction", "-f", bootstrapFile]);
-    if (options.pgCron) await psql(url, ["-c", "create extension if not exists pg_cron"]);
+    if (options.pgCron) {
+      await psql(url, ["-c", "create extension if not exists pg_cron with schema pg_catalog"]);
+    }
     await psql(url, [
       "-c",
       "create schema if not exists supabase_migrations; " +
