@@ -181,6 +181,13 @@ export function loadConfig(env: Record<string, string | undefined>): Config {
       "SUPABASE_URL (for its JWKS), SUPABASE_JWKS_URL or SUPABASE_JWT_SECRET: needed to verify user tokens",
     );
   }
+  const localModel = e.OPENAI_BASE_URL !== undefined &&
+    isLoopback(new URL(e.OPENAI_BASE_URL).hostname);
+  if (!e.OPENAI_API_KEY && !localModel) {
+    problems.push(
+      "OPENAI_API_KEY: required (only a loopback OPENAI_BASE_URL, the local stand-in, may go without)",
+    );
+  }
   if (problems.length > 0) throw new ConfigError(problems);
 
   const shared = e.AI_AGENT_RATE_LIMIT_MAX_REQUESTS ?? 30;

@@ -64,7 +64,8 @@ export function buildDependencies(
     db,
     sessions,
     model: createOpenAIModel({
-      apiKey: config.openai.apiKey ?? "missing-openai-api-key",
+      // Only a loopback stand-in may go without a key (checked by loadConfig).
+      apiKey: config.openai.apiKey ?? "local-stand-in",
       baseURL: config.openai.baseURL,
       model: config.model,
       systemPrompt: config.systemPrompt,

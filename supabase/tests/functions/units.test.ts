@@ -6,7 +6,11 @@ import { chatRequestSchema, parseChatRequest } from "../../functions/_shared/req
 import { secretsEqual } from "../../functions/_shared/auth.ts";
 import { AgentError } from "../../functions/_shared/errors.ts";
 
-const base = { SUPABASE_URL: "https://abc.supabase.co", SUPABASE_SERVICE_ROLE_KEY: "key" };
+const base = {
+  SUPABASE_URL: "https://abc.supabase.co",
+  SUPABASE_SERVICE_ROLE_KEY: "key",
+  OPENAI_API_KEY: "sk-x",
+};
 
 function configProblems(env: Record<string, string>): string[] {
   try {
@@ -87,11 +91,18 @@ Deno.test("config: every error names its variable", () => {
   );
   const direct = loadConfig({
     SUPABASE_URL: "https://abc.supabase.co",
+    OPENAI_API_KEY: "sk-x",
     AI_AGENT_DATABASE_URL: "postgres://u:p@db:6543/postgres",
   });
+  assertMatch(configProblems({ ...base, OPENAI_API_KEY: "" }).join(), /OPENAI_API_KEY/);
+  assertEquals(
+    configProblems({ ...base, OPENAI_API_KEY: "", OPENAI_BASE_URL: "http://127.0.0.1:9999/v1" }),
+    [],
+  );
   assertEquals(direct.database, { transport: "postgres", url: "postgres://u:p@db:6543/postgres" });
   const secretKeys = loadConfig({
     SUPABASE_URL: "https://abc.supabase.co",
+    OPENAI_API_KEY: "sk-x",
     SUPABASE_SECRET_KEYS: '{"default":"sb_secret_1"}',
   });
   assertEquals(secretKeys.serviceKeys, ["sb_secret_1"]);
