@@ -6,7 +6,9 @@
  *     RPC) serving agent-chat at /functions/v1/agent-chat, as `supabase start`
  *     would, so clients point at it unchanged
  *   - the OpenAI stand-in when OPENAI_API_KEY is not set
- * Every AI_AGENT_* / OPENAI_* variable in the environment overrides the defaults.
+ * Every AI_AGENT_* / OPENAI_* variable in the environment overrides the defaults;
+ * ports: AGENT_CHAT_DEV_PORT (54321), AGENT_CHAT_DEV_DB_PORT, AGENT_CHAT_DEV_REDIS_PORT
+ * (free ports by default).
  */
 import { startPostgres } from "../supabase/tests/support/postgres.ts";
 import { startRedis } from "../supabase/tests/support/redis.ts";
@@ -32,10 +34,16 @@ Deno.addSignalListener("SIGTERM", () => shutdown(0));
 
 try {
   await Deno.mkdir(localDir, { recursive: true });
-  const pg = await startPostgres({ dataDir: `${localDir}/postgres`, fast: false });
+  const dbPort = Deno.env.get("AGENT_CHAT_DEV_DB_PORT");
+  const redisPort = Deno.env.get("AGENT_CHAT_DEV_REDIS_PORT");
+  const pg = await startPostgres({
+    dataDir: `${localDir}/postgres`,
+    fast: false,
+    ...(dbPort ? { port: Number(dbPort) } : {}),
+  });
   cleanups.push(() => pg.stop());
   await migrate(pg.url, { pgCron: pg.hasPgCron, log: (l) => console.log(`  ${l}`) });
-  const redis = await startRedis();
+  const redis = await startRedis(redisPort ? { port: Number(redisPort) } : {});
   cleanups.push(() => redis.stop());
 
   const secretKey = `sb_secret_local_${crypto.randomUUID().replaceAll("-", "")}`;
