@@ -14,7 +14,7 @@ import { startRedis } from "../supabase/tests/support/redis.ts";
 import { migrate } from "../supabase/tests/support/migrate.ts";
 import { findPostgresTools, MissingToolError, which } from "../supabase/tests/support/tools.ts";
 import { createAuthStandIn, newSigningKey } from "../supabase/tests/support/auth-stand-in.ts";
-import { residentMiB, type Service, spawnService } from "./bench/processes.ts";
+import { cpuMs, postgresPids, residentMiB, type Service, spawnService } from "./bench/processes.ts";
 import { fixed, machineFacts, markdownTable, median, percentile } from "./bench/stats.ts";
 
 const quick = Deno.args.includes("--quick");
@@ -97,7 +97,50 @@ select public.agent_begin_turn(${org}, ${user}, '10.1.0.' || :ip, 'app', null, 1
       );
     }
   }
-  return { rows, results };
+  // The reference the database issue names: a naive function that upserts
+  // three counters (no window, no all-or-nothing, no opt-outs or membership).
+  await run(`${bin}/psql`, [
+    pgUrl,
+    "-qc",
+    `
+    create table if not exists bench_counters (k text primary key, n bigint not null);
+    create or replace function bench_naive_upsert(p_org text, p_user text, p_ip text) returns void
+    language sql as $$
+      insert into bench_counters values (p_org, 1) on conflict (k) do update set n = bench_counters.n + 1;
+      insert into bench_counters values (p_user, 1) on conflict (k) do update set n = bench_counters.n + 1;
+      insert into bench_counters values (p_ip, 1) on conflict (k) do update set n = bench_counters.n + 1;
+    $$;`,
+  ]);
+  const naive = `${work}/naive.sql`;
+  await Deno.writeTextFile(
+    naive,
+    `\\set u random(1, 1000)
+\\set ip random(1, 250)
+select bench_naive_upsert('org:hot', 'user:' || :u, 'ip:10.1.0.' || :ip);
+`,
+  );
+  const out = await run(`${bin}/pgbench`, [
+    "-n",
+    "-h",
+    u.hostname,
+    "-p",
+    u.port,
+    "-U",
+    "postgres",
+    "-c",
+    "16",
+    "-j",
+    "2",
+    "-T",
+    String(seconds),
+    "-f",
+    naive,
+    "postgres",
+  ]);
+  const naiveRate = Number(/tps = ([\d.]+)/.exec(out)?.[1] ?? NaN);
+  rows.push(["naive 3-counter upsert (reference, hot org)", 16, Math.round(naiveRate), "", ""]);
+  log(`naive three-counter upsert @16: ${Math.round(naiveRate)}/s`);
+  return { rows, results, naiveRate };
 }
 
 // ---------------------------------------------------------------- HTTP load
@@ -238,10 +281,36 @@ async function main() {
     cleanups.push(() => functions[store]!.stop());
     targets.push([`agent-chat (${store} store)`, functions[store]!.url]);
   }
+  // Where the CPU goes at concurrency 16: per request, in each process.
+  const cpuRows: Array<Array<string | number>> = [];
+  const pids: Record<string, number> = { "bare forwarder": forwarder.pid };
+  for (const store of ["supabase", "redis"] as const) {
+    pids[`agent-chat (${store} store)`] = functions[store]!.pid;
+  }
+  const cpuOf = async (server: string) => {
+    let postgresMs = 0;
+    for (const pid of await postgresPids(pg.dataDir)) postgresMs += await cpuMs(pid);
+    return {
+      server: await cpuMs(pids[server]!),
+      postgres: postgresMs,
+      standIns: await cpuMs(standIns.pid),
+    };
+  };
   for (const clients of [1, 16, 64]) {
     for (const [name, url] of targets) {
       await wrk(url, clients, 1, usersFile); // warm-up
+      const before = clients === 16 ? await cpuOf(name) : undefined;
       const r = await wrk(url, clients, seconds, usersFile);
+      if (before) {
+        const after = await cpuOf(name);
+        const per = (a: number, b: number) => fixed((a - b) / r.requests);
+        cpuRows.push([
+          name,
+          per(after.server, before.server),
+          per(after.postgres, before.postgres),
+          per(after.standIns, before.standIns),
+        ]);
+      }
       e2e[`${name}@${clients}`] = r;
       e2eRows.push([
         name,
@@ -343,14 +412,20 @@ async function main() {
   const mem = await spawnService(
     "serve-function.ts",
     functionEnv("supabase", pg.url, redis.url, standIns),
+    60_000,
+    ["--v8-flags=--expose-gc"],
   );
+  const heapMiB = async () =>
+    (await (await fetch(`${mem.url}/__heap`)).json()).heapUsed / 1024 / 1024;
   cleanups.push(() => mem.stop());
   const rssStart = await residentMiB(mem.pid);
   let served = 0;
   const rssAt: Array<[number, number]> = [];
+  const heapAt: number[] = [];
   for (const target of [10_000, 20_000, 30_000, 40_000]) {
     while (served < target) served += (await wrk(mem.url, 16, 3, usersFile)).requests;
     rssAt.push([served, await residentMiB(mem.pid)]);
+    heapAt.push(await heapMiB());
   }
   const at20k = rssAt[1]!;
   const at40k = rssAt[3]!;
@@ -429,7 +504,9 @@ ${markdownTable(["target", "measured", "result"], targetsRows)}
 
 \`pgbench\` calling \`public.agent_begin_turn\` with ${seconds} s per row; "hot org" = every call in one org
 (1,000 members), "many orgs" = 1,000 orgs of one member each. Every call is admitted (limits are
-set high), so each one writes three bucket rows.
+set high), so each one writes three bucket rows. The last row is the reference the database issue
+names: a naive function that upserts three counters (no window, no all-or-nothing, no opt-out or
+membership check, synchronous commit), measured the same way.
 
 ${markdownTable(["scenario", "clients", "calls/s", "p50 ms", "p99 ms"], begin.rows)}
 
@@ -448,12 +525,21 @@ ${
     )
   }
 
+### Where the time goes
+
+CPU milliseconds per request at concurrency 16, by process (\`wrk\` and redis-server, not shown,
+use the rest of the two cores). On these 2 cores the run is CPU-bound: every agent-chat request costs two
+Postgres transactions (begin turn: opt-outs, membership and three bucket writes; finish turn:
+the session row, two messages and the usage row) plus the function's own work (the openai SDK,
+the Postgres driver, Deno's HTTP server), against one parse and one fetch for the forwarder.
+
+${markdownTable(["server", "server process ms", "postgres ms", "stand-ins ms"], cpuRows)}
+
 ## Growth with stored history
 
-Median time of the first request on a session that already holds N messages (history cap 20,
-so the function reads the newest 20 and trims the rest), ${
-    quick ? 5 : 15
-  } sessions per cell, one at a time.
+Median time of the first request on a session that already holds N messages (history cap 20:
+the function reads the newest 20 and deletes at most 64 older ones per turn), ${quick ? 5 : 15}
+sessions per cell, one at a time.
 
 ${markdownTable(["stored messages", "supabase store ms", "redis store ms"], growthRows)}
 
@@ -468,7 +554,10 @@ Process start (\`deno run\`, modules cached) to the first 200 answer, three runs
 Resident size of the function process (Supabase store, concurrency 16): ${
     fixed(rssStart, 1)
   } MiB at start,
-${rssAt.map(([n, r]) => `${fixed(r, 1)} MiB after ${n} requests`).join(", ")}.
+${
+    rssAt.map(([n, r]) => `${fixed(r, 1)} MiB after ${n} requests`).join(", ")
+  }. V8 heap in use after a full
+garbage collection at the same points: ${heapAt.map((h) => `${fixed(h, 1)} MiB`).join(", ")}.
 `;
   await Deno.writeTextFile(`${root}docs/benchmarks.md`, doc);
   console.log(doc);

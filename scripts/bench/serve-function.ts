@@ -22,7 +22,17 @@ const deps = buildDependencies(config, {
     if (level !== "info") console.error(JSON.stringify({ level, event, ...fields }));
   },
 });
-const handler = createAgentChatHandler(deps);
+const agentChat = createAgentChatHandler(deps);
+// Benchmarks only: GET /__heap answers the V8 heap in use after a full GC
+// (the process runs with --expose-gc), to tell a leak from heap growth.
+const gc = (globalThis as { gc?: () => void }).gc;
+const handler = (request: Request, info: Deno.ServeHandlerInfo<Deno.NetAddr>) => {
+  if (gc && request.method === "GET" && new URL(request.url).pathname === "/__heap") {
+    gc();
+    return Response.json(Deno.memoryUsage());
+  }
+  return agentChat(request, info);
+};
 const server = Deno.serve({
   port: Number(Deno.env.get("PORT") ?? 0),
   hostname: "127.0.0.1",

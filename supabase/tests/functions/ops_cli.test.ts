@@ -165,8 +165,11 @@ Deno.test("ops report: a self-contained HTML page whose charts draw in headless 
     const png = await Deno.readFile(shot);
     assertEquals([...png.slice(1, 4)].map((b) => String.fromCharCode(b)).join(""), "PNG");
     assert(png.length > 20_000, `a screenshot with content (${png.length} bytes) in ${shot}`);
-    console.log(`report screenshot: ${shot}`);
   } finally {
     await sql.end();
+    // AGENT_CHAT_KEEP_SCREENSHOT=1 keeps the page and its screenshot to look at.
+    if (Deno.env.get("AGENT_CHAT_KEEP_SCREENSHOT") === "1") {
+      console.log(`report screenshot: ${dir}/report.png`);
+    } else await Deno.remove(dir, { recursive: true });
   }
 });

@@ -16,6 +16,16 @@ interface Tally {
   failed: number;
 }
 
+// The child running now (pg_prove or deno test): stopped with us on Ctrl-C.
+let current: Deno.ChildProcess | null = null;
+for (const signal of ["SIGINT", "SIGTERM"] as const) {
+  Deno.addSignalListener(signal, () => {
+    try {
+      current?.kill("SIGTERM");
+    } catch { /* already gone */ }
+  });
+}
+
 async function streamed(
   cmd: string,
   args: string[],
@@ -29,6 +39,7 @@ async function streamed(
     stderr: "inherit",
     stdin: "null",
   }).spawn();
+  current = child;
   let text = "";
   const decoder = new TextDecoder();
   for await (const chunk of child.stdout) {
@@ -37,6 +48,7 @@ async function streamed(
     await Deno.stdout.write(chunk);
   }
   const status = await child.status;
+  current = null;
   return { code: status.code, text };
 }
 

@@ -16,12 +16,13 @@ export async function startTestStack(
   options: { fast?: boolean; log?: (line: string) => void } = {},
 ): Promise<TestStack> {
   const cleanups: Array<() => Promise<void>> = [];
-  let stopped = false;
-  const stop = async () => {
-    if (stopped) return;
-    stopped = true;
-    for (const fn of cleanups.reverse()) await fn().catch(() => {});
-  };
+  // One stop, however many callers (the signal handler and the normal exit
+  // path may both ask): each waits for the same cleanup to finish.
+  let stopping: Promise<void> | undefined;
+  const stop = () =>
+    stopping ??= (async () => {
+      for (const fn of cleanups.reverse()) await fn().catch(() => {});
+    })();
   const onSignal = () => {
     stop().finally(() => Deno.exit(130));
   };
