@@ -286,13 +286,13 @@ Deno.test("streams: a client that disconnects aborts the upstream call, and that
     controller.abort();
     await reader.cancel().catch(() => {});
     let rows: Array<Record<string, unknown>> = [];
-    for (let i = 0; i < 100 && rows.length === 0; i++) {
+    for (let i = 0; i < 250 && rows.length === 0; i++) {
       await new Promise((r) => setTimeout(r, 20));
       rows = await h.usageRows("disconnect-test-0001");
     }
     assertEquals(rows.length, 1);
     assertEquals(rows[0]!.error_code, "client_closed");
-    for (let i = 0; i < 100 && h.openai.aborted === 0; i++) {
+    for (let i = 0; i < 250 && h.openai.aborted === 0; i++) {
       await new Promise((r) => setTimeout(r, 20));
     }
     assertEquals(h.openai.aborted, 1);
