@@ -362,7 +362,7 @@ async function main() {
       { kind: "cut", afterChunks: 1 },
     ];
     const rounds = full ? 5 : 2;
-    const outcomes: Array<{ ok: boolean; ms: number }> = [];
+    const outcomes: Array<{ ok: boolean; ms: number; what: string }> = [];
     for (let r = 0; r < rounds; r++) {
       for (const b of behaviours) {
         await script(b);
@@ -376,7 +376,13 @@ async function main() {
             parseSse(res.text).at(-1)?.data.error.code === "openai_error"
           : res.status === 502 &&
             (res.body?.error as { code?: string } | undefined)?.code === "openai_error";
-        outcomes.push({ ok: ok && res.ms < 10_000, ms: res.ms });
+        outcomes.push({
+          ok: ok && res.ms < 10_000,
+          ms: res.ms,
+          what: `${b.kind}${"status" in b ? ` ${b.status}` : ""} → ${res.status} in ${
+            res.ms.toFixed(0)
+          } ms ${res.text.slice(0, 60)}`,
+        });
       }
     }
     record(
@@ -384,7 +390,9 @@ async function main() {
       "502 openai_error (or an SSE error event) within 10 s",
       outcomes.length,
       outcomes.filter((o) => o.ok).length,
-      `slowest ${Math.max(...outcomes.map((o) => o.ms)).toFixed(0)} ms`,
+      `slowest ${Math.max(...outcomes.map((o) => o.ms)).toFixed(0)} ms ${
+        outcomes.filter((o) => !o.ok).slice(0, 2).map((o) => o.what).join("; ")
+      }`,
     );
     const after = [];
     for (let i = 0; i < 5; i++) {

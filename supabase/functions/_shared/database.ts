@@ -147,15 +147,24 @@ const CASTS: Record<string, string> = {
  * service-only: the URL's user must be allowed to execute them (the
  * `postgres` user of SUPABASE_DB_URL is, as their owner).
  */
-export function createPostgresDatabase(sql: Sql, timeoutMs: number): TurnDatabase {
+export function createPostgresDatabase(connect: () => Sql, timeoutMs: number): TurnDatabase {
+  let sql = connect();
+  // A call that times out may sit on a connection that will never answer
+  // (a socket left half-open by a database restart or a network cut). The
+  // pool it came from is replaced, so later calls start on fresh
+  // connections instead of queueing behind it.
+  function replacePool(stale: Sql) {
+    if (sql !== stale) return;
+    sql = connect();
+    stale.end({ timeout: 0 }).catch(() => {});
+  }
   async function call<T>(fn: string, args: Record<string, unknown>): Promise<T> {
-    const query = sql.unsafe(callSql(fn, args, CASTS));
-    // A call waiting on a database that went away gives up after timeoutMs
-    // rather than holding the request; the driver reconnects on its own.
+    const pool = sql;
+    const query = pool.unsafe(callSql(fn, args, CASTS));
     let timer: ReturnType<typeof setTimeout> | undefined;
     const timeout = new Promise<never>((_, reject) => {
       timer = setTimeout(() => {
-        query.cancel();
+        replacePool(pool);
         reject(new DatabaseError(`${fn}: no answer within ${timeoutMs} ms`));
       }, timeoutMs);
     });

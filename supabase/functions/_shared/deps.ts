@@ -16,14 +16,16 @@ import { createUsageLogger, edgeRuntimeLifetime, type ExtendLifetime } from "./u
 
 export function createDatabase(config: Config): TurnDatabase {
   if (config.database.transport === "postgres") {
-    const sql = postgres(config.database.url, {
-      prepare: false, // safe behind Supavisor's transaction mode
-      max: 4,
-      idle_timeout: 30,
-      connect_timeout: 5,
-      onnotice: () => {},
-    });
-    return createPostgresDatabase(sql, config.databaseTimeoutMs);
+    const url = config.database.url;
+    const connect = () =>
+      postgres(url, {
+        prepare: false, // safe behind Supavisor's transaction mode
+        max: 4,
+        idle_timeout: 30,
+        connect_timeout: 5,
+        onnotice: () => {},
+      });
+    return createPostgresDatabase(connect, config.databaseTimeoutMs);
   }
   const client = createClient(config.supabaseUrl!, config.serviceRoleKey!, {
     auth: { persistSession: false, autoRefreshToken: false, detectSessionInUrl: false },

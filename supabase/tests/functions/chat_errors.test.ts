@@ -1,6 +1,7 @@
 /** The error contract of ../shared/DESIGN.md, end to end, with the usage row each outcome leaves. */
 import { assert, assertEquals, assertMatch } from "./assert.ts";
-import { type Harness, startHarness } from "../support/function-harness.ts";
+import { type Harness, startHarness, testUrls } from "../support/function-harness.ts";
+import { startTcpProxy } from "../support/tcp-proxy.ts";
 import { parseSse } from "../support/sse.ts";
 import { createUsageLogger } from "../../functions/_shared/usage.ts";
 
@@ -393,3 +394,40 @@ for (const store of ["supabase", "redis"] as const) {
       for (let i = 0; i < 16; i++) assert(seen.includes(`turn ${i}`), `turn ${i} kept`);
     }));
 }
+
+Deno.test("database half-open: calls time out as 503 within the bound, then fresh connections answer again", async () => {
+  const { databaseUrl } = testUrls();
+  const target = new URL(databaseUrl);
+  const proxy = startTcpProxy({ hostname: target.hostname, port: Number(target.port) });
+  const viaProxy = new URL(databaseUrl);
+  viaProxy.port = String(proxy.port);
+  try {
+    await withHarness({
+      transport: "postgres",
+      env: { AI_AGENT_DATABASE_URL: viaProxy.href, AI_AGENT_DB_TIMEOUT_MS: "500" },
+    }, async (h) => {
+      const m = await h.member();
+      const ok = await h.call({ message: "before", org_id: m.orgId }, { token: m.token });
+      assertEquals(ok.status, 200);
+      await ok.body?.cancel();
+      proxy.blackhole();
+      const started = performance.now();
+      // Enough at once to leave every pooled connection stuck on a dead socket.
+      const during = await Promise.all(
+        Array.from(
+          { length: 6 },
+          (_, i) => h.call({ message: `during ${i}`, org_id: m.orgId }, { token: m.token }),
+        ),
+      );
+      for (const res of during) await expectError(res, 503, "session_store_error");
+      assert(performance.now() - started < 3000, "bounded by AI_AGENT_DB_TIMEOUT_MS");
+      proxy.restore();
+      // The swallowed connections never answer; the function must not keep using them.
+      const after = await h.call({ message: "after", org_id: m.orgId }, { token: m.token });
+      assertEquals(after.status, 200);
+      await after.body?.cancel();
+    });
+  } finally {
+    await proxy.stop();
+  }
+});
