@@ -36,9 +36,24 @@ async function run(cmd: string, args: string[], env: Record<string, string> = {}
   return text;
 }
 
+/** pgbench with a script file for `seconds`, up to 2 threads; returns its output. */
+function pgbench(
+  bin: string,
+  pgUrl: string,
+  clients: number,
+  script: string,
+  extra: string[] = [],
+) {
+  const u = new URL(pgUrl);
+  return run(`${bin}/pgbench`, [
+    ...["-n", "-h", u.hostname, "-p", u.port, "-U", "postgres"],
+    ...["-c", String(clients), "-j", String(Math.min(clients, 2)), "-T", String(seconds)],
+    ...["-f", script, ...extra, "postgres"],
+  ], { PGOPTIONS: "--client-min-messages=warning" });
+}
+
 // ---------------------------------------------------------------- begin turn
 async function benchBeginTurn(pgUrl: string, bin: string) {
-  const u = new URL(pgUrl);
   const rows: Array<Array<string | number>> = [];
   const results: Record<string, { rate: number; p50: number; p99: number }> = {};
   for (const scenario of ["hot org", "many orgs"] as const) {
@@ -58,26 +73,10 @@ select public.agent_begin_turn(${org}, ${user}, '10.1.0.' || :ip, 'app', null, 1
     );
     for (const clients of [1, 16, 64]) {
       const logDir = await Deno.makeTempDir({ dir: work });
-      const out = await run(`${bin}/pgbench`, [
-        "-n",
-        "-h",
-        u.hostname,
-        "-p",
-        u.port,
-        "-U",
-        "postgres",
-        "-c",
-        String(clients),
-        "-j",
-        String(Math.min(clients, 2)),
-        "-T",
-        String(seconds),
-        "-f",
-        script,
+      const out = await pgbench(bin, pgUrl, clients, script, [
         "-l",
         `--log-prefix=${logDir}/tx`,
-        "postgres",
-      ], { PGOPTIONS: "--client-min-messages=warning" });
+      ]);
       const rate = Number(/tps = ([\d.]+)/.exec(out)?.[1] ?? NaN);
       const latencies: number[] = [];
       for await (const f of Deno.readDir(logDir)) {
@@ -119,24 +118,7 @@ select public.agent_begin_turn(${org}, ${user}, '10.1.0.' || :ip, 'app', null, 1
 select bench_naive_upsert('org:hot', 'user:' || :u, 'ip:10.1.0.' || :ip);
 `,
   );
-  const out = await run(`${bin}/pgbench`, [
-    "-n",
-    "-h",
-    u.hostname,
-    "-p",
-    u.port,
-    "-U",
-    "postgres",
-    "-c",
-    "16",
-    "-j",
-    "2",
-    "-T",
-    String(seconds),
-    "-f",
-    naive,
-    "postgres",
-  ]);
+  const out = await pgbench(bin, pgUrl, 16, naive);
   const naiveRate = Number(/tps = ([\d.]+)/.exec(out)?.[1] ?? NaN);
   rows.push(["naive 3-counter upsert (reference, hot org)", 16, Math.round(naiveRate), "", ""]);
   log(`naive three-counter upsert @16: ${Math.round(naiveRate)}/s`);

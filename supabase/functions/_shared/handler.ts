@@ -253,6 +253,16 @@ export function createAgentChatHandler(deps: AgentChatDeps) {
     if (usage && !saved.usageLogged) await deps.usage.record(usage);
   }
 
+  /** What the client learns about an answer besides its text: the same in JSON and in SSE. */
+  function answerSummary(answer: ModelAnswer, trace: Trace) {
+    const { prompt_tokens, completion_tokens, total_tokens } = answer.usage;
+    return {
+      usage: { prompt_tokens, completion_tokens, total_tokens },
+      model: answer.model,
+      request_id: trace.requestId,
+    };
+  }
+
   function modelError(error: unknown): AgentError {
     return new AgentError("openai_error", "the assistant could not answer, try again", {
       detail: error instanceof ModelError ? error.message : describe(error),
@@ -283,13 +293,7 @@ export function createAgentChatHandler(deps: AgentChatDeps) {
     return jsonResponse(200, {
       session_id: key.sessionId,
       message: answer.text,
-      usage: {
-        prompt_tokens: answer.usage.prompt_tokens,
-        completion_tokens: answer.usage.completion_tokens,
-        total_tokens: answer.usage.total_tokens,
-      },
-      model: answer.model,
-      request_id: trace.requestId,
+      ...answerSummary(answer, trace),
     }, headers);
   }
 
@@ -350,13 +354,7 @@ export function createAgentChatHandler(deps: AgentChatDeps) {
           request.signal.removeEventListener("abort", onClientGone);
           controller.enqueue(sse("done", {
             session_id: key.sessionId,
-            usage: {
-              prompt_tokens: event.answer.usage.prompt_tokens,
-              completion_tokens: event.answer.usage.completion_tokens,
-              total_tokens: event.answer.usage.total_tokens,
-            },
-            model: event.answer.model,
-            request_id: trace.requestId,
+            ...answerSummary(event.answer, trace),
           }));
           controller.close();
         } catch (error) {
