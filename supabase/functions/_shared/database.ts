@@ -1,5 +1,6 @@
 /**
- * The three Postgres functions the request path calls, behind one narrow
+ * The Postgres functions the request path calls (begin turn, end or finish
+ * turn, log usage), behind one narrow
  * interface with two transports: the Data API (supabase-js `rpc`, default on
  * hosted Supabase) and a direct Postgres connection (`postgres`, without
  * prepared statements so it is safe behind the transaction pooler). Both

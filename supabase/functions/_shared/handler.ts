@@ -65,6 +65,16 @@ interface Trace {
   clientMetadata?: Record<string, unknown> | undefined;
 }
 
+/** A request that passed admission, with the messages for the model and the response headers. */
+interface AdmittedTurn {
+  request: Request;
+  body: ChatRequest;
+  trace: Trace;
+  key: SessionKey;
+  messages: ChatMessage[];
+  headers: Record<string, string>;
+}
+
 const encoder = new TextEncoder();
 
 export function createAgentChatHandler(deps: AgentChatDeps) {
@@ -269,14 +279,8 @@ export function createAgentChatHandler(deps: AgentChatDeps) {
     });
   }
 
-  async function answerJson(
-    request: Request,
-    body: ChatRequest,
-    trace: Trace,
-    key: SessionKey,
-    messages: ChatMessage[],
-    headers: Record<string, string>,
-  ): Promise<Response> {
+  async function answerJson(turn: AdmittedTurn): Promise<Response> {
+    const { request, body, trace, key, messages, headers } = turn;
     let answer: ModelAnswer;
     try {
       answer = await deps.model.complete(messages, request.signal);
@@ -297,14 +301,8 @@ export function createAgentChatHandler(deps: AgentChatDeps) {
     }, headers);
   }
 
-  async function answerStream(
-    request: Request,
-    body: ChatRequest,
-    trace: Trace,
-    key: SessionKey,
-    messages: ChatMessage[],
-    headers: Record<string, string>,
-  ): Promise<Response> {
+  async function answerStream(turn: AdmittedTurn): Promise<Response> {
+    const { request, body, trace, key, messages, headers } = turn;
     const upstream = new AbortController();
     const onClientGone = () => upstream.abort();
     request.signal.addEventListener("abort", onClientGone, { once: true });
@@ -419,9 +417,8 @@ export function createAgentChatHandler(deps: AgentChatDeps) {
       const caller = await deps.authenticate(request.headers);
       const { key, history } = await admit(request, body, caller, trace, info);
       const headers = { ...cors, ...rateLimitHeaders(trace.rateLimit!), "x-request-id": requestId };
-      return body.stream
-        ? await answerStream(request, body, trace, key, history, headers)
-        : await answerJson(request, body, trace, key, history, headers);
+      const turn = { request, body, trace, key, messages: history, headers };
+      return body.stream ? await answerStream(turn) : await answerJson(turn);
     } catch (error) {
       return await fail(trace, error, cors);
     }

@@ -1,6 +1,7 @@
 /**
  * Where a conversation's messages live. The Supabase store reads history in
- * the begin-turn call and writes through `agent_end_turn`; the Redis store
+ * the begin-turn call and writes through `agent_finish_turn` (the turn and its usage
+ * row) or `agent_end_turn`; the Redis store
  * keeps `agent-chat:{<session id>}:owner` and `agent-chat:{<session id>}:messages`
  * (one hash slot per session) and does every read and write in one Lua script.
  */
