@@ -17,9 +17,9 @@ import { createAuthStandIn } from "../supabase/tests/support/auth-stand-in.ts";
 import { startGateway } from "../supabase/tests/support/gateway.ts";
 import { createOpenAIStandIn } from "../supabase/tests/support/openai-stand-in.ts";
 import { MissingToolError } from "../supabase/tests/support/tools.ts";
-import { loadConfig } from "../supabase/functions/_shared/config.ts";
-import { buildDependencies } from "../supabase/functions/_shared/deps.ts";
-import { createAgentChatHandler } from "../supabase/functions/_shared/handler.ts";
+import { loadConfig } from "../supabase/functions/agent-chat/config.ts";
+import { buildDependencies } from "../supabase/functions/agent-chat/deps.ts";
+import { createAgentChatHandler } from "../supabase/functions/agent-chat/handler.ts";
 import { localDir, signingKey, stateFile } from "./local-stack.ts";
 
 const port = Number(Deno.env.get("AGENT_CHAT_DEV_PORT") ?? 54321);
@@ -61,6 +61,7 @@ try {
     SUPABASE_URL: gateway.url,
     SUPABASE_SERVICE_ROLE_KEY: secretKey,
     SUPABASE_JWT_SECRET: auth.jwtSecret,
+    SUPABASE_JWT_ISSUER: auth.issuer,
     AI_AGENT_REDIS_URL: redis.url,
     AI_AGENT_TRUSTED_PROXY_HOPS: "1",
     ...(openai ? { OPENAI_API_KEY: "sk-local-stand-in", OPENAI_BASE_URL: openai.baseURL } : {}),

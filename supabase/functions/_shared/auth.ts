@@ -1,11 +1,13 @@
 /**
- * Who is calling. User mode: a Supabase user JWT verified here (JWKS for
- * ES256/RS256, cached by jose; the legacy HS256 secret for older projects).
- * Service mode: the service-role key or a secret API key, compared in
- * constant time. Nothing is read from a token before it is verified.
+ * Owns who is calling, from the headers alone. User mode: a Supabase user
+ * JWT verified here (JWKS for ES256/RS256, cached by jose; the legacy HS256
+ * secret for older projects), with the project's issuer and an `exp`
+ * required. Service mode: the service-role key or a secret API key, compared
+ * in constant time. Nothing is read from a token before it is verified.
  */
 import { createRemoteJWKSet, type JWTPayload, jwtVerify } from "jose";
 import { AgentError } from "./errors.ts";
+import { isUuid } from "./ids.ts";
 
 export type Caller =
   | { mode: "user"; userId: string }
@@ -15,6 +17,8 @@ export interface AuthOptions {
   jwksUrl: string | undefined;
   jwtSecret: string | undefined;
   serviceKeys: string[];
+  /** Expected `iss` of user tokens: the project's Auth URL (`SUPABASE_URL/auth/v1`). */
+  issuer: string;
   /** Expected `aud` of user tokens. */
   audience?: string;
   /** Injected for tests; defaults to fetch. */
@@ -57,7 +61,12 @@ export function createAuthenticator(options: AuthOptions) {
       throw new AgentError("unauthorized", "invalid token");
     }
     // Only the algorithm picks the key; the claims are read after verification.
-    const verifyOptions = { audience, clockTolerance: 5 };
+    const verifyOptions = {
+      audience,
+      issuer: options.issuer,
+      requiredClaims: ["exp", "sub"],
+      clockTolerance: 5,
+    };
     try {
       if (alg === "HS256") {
         if (!hmacKey) throw new AgentError("unauthorized", "invalid token");
@@ -86,8 +95,8 @@ export function createAuthenticator(options: AuthOptions) {
   // passed verification are cached, so a forged one is never looked up here.
   const verified = new Map<string, { userId: string; until: number }>();
   const MAX_CACHED = 10_000;
-  function remember(token: string, userId: string, exp: number | undefined) {
-    const until = Math.min((exp ?? 0) * 1000, Date.now() + 5 * 60_000);
+  function remember(token: string, userId: string, exp: number) {
+    const until = Math.min(exp * 1000, Date.now() + 5 * 60_000);
     if (until <= Date.now()) return;
     if (verified.size >= MAX_CACHED) verified.delete(verified.keys().next().value!);
     verified.set(token, { userId, until });
@@ -114,11 +123,11 @@ export function createAuthenticator(options: AuthOptions) {
     if (payload.role !== "authenticated" || typeof payload.sub !== "string" || !payload.sub) {
       throw new AgentError("unauthorized", "token is not a signed-in user's");
     }
-    if (!/^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/i.test(payload.sub)) {
+    if (!isUuid(payload.sub)) {
       throw new AgentError("unauthorized", "token subject is not a user id");
     }
     const userId = payload.sub.toLowerCase();
-    remember(bearer, userId, payload.exp);
+    remember(bearer, userId, payload.exp!);
     return { mode: "user", userId };
   };
 }

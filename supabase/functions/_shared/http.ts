@@ -1,48 +1,48 @@
-/** Response helpers: JSON bodies, the error contract, CORS and request ids. */
-import { AgentError } from "./errors.ts";
-import type { RateLimitDecision } from "./rate-limit.ts";
-
-const REQUEST_ID = /^[A-Za-z0-9._:-]{8,128}$/;
-
-/** Honour a sane `x-request-id` from the caller, else make one. */
-export function requestIdFrom(headers: Headers): string {
-  const given = headers.get("x-request-id");
-  return given && REQUEST_ID.test(given) ? given : crypto.randomUUID();
-}
-
-export function corsHeaders(allowedOrigins: string, origin: string | null): Record<string, string> {
-  const allowed = allowedOrigins.split(",").map((s) => s.trim());
-  const value = allowed.includes("*")
-    ? "*"
-    : origin && allowed.includes(origin)
-    ? origin
-    : allowed[0] ?? "";
-  return {
-    "access-control-allow-origin": value,
-    "access-control-allow-headers":
-      "authorization, x-client-info, apikey, content-type, x-request-id",
-    "access-control-allow-methods": "POST, OPTIONS",
-    "access-control-expose-headers":
-      "x-request-id, retry-after, ratelimit, ratelimit-policy, ratelimit-limit, ratelimit-remaining, ratelimit-reset",
-    "access-control-max-age": "86400",
-    ...(value === "*" ? {} : { vary: "Origin" }),
-  };
-}
-
 /**
- * RateLimit headers (IETF draft "RateLimit header fields for HTTP"), naming
- * the scope that decided: the refusing one on 429, the tightest otherwise.
+ * Owns the HTTP surface every function shares: request ids, CORS (the
+ * Supabase SDK's own header list), JSON bodies and the error body shape.
  */
-export function rateLimitHeaders(d: RateLimitDecision): Record<string, string> {
-  const headers: Record<string, string> = {
-    "ratelimit-policy": `"${d.scope}";q=${d.limit};w=${d.windowSeconds}`,
-    "ratelimit": `"${d.scope}";r=${d.remaining};t=${d.resetSeconds}`,
-    "ratelimit-limit": String(d.limit),
-    "ratelimit-remaining": String(d.remaining),
-    "ratelimit-reset": String(d.resetSeconds),
+import { corsHeaders as supabaseCors } from "@supabase/supabase-js/cors";
+import type { AgentError } from "./errors.ts";
+
+const CLIENT_REQUEST_ID = /^[A-Za-z0-9._:-]{8,128}$/;
+
+/** The server's request id, always its own, plus a sane client `x-request-id` to echo back. */
+export function requestIds(headers: Headers): { requestId: string; clientRequestId?: string } {
+  const given = headers.get("x-request-id");
+  const requestId = crypto.randomUUID();
+  return given && CLIENT_REQUEST_ID.test(given)
+    ? { requestId, clientRequestId: given }
+    : { requestId };
+}
+
+export interface CorsOptions {
+  /** Comma-separated origins, or "*". */
+  allowedOrigins: string;
+  /** Request headers this function reads beyond the SDK's. */
+  extraAllowHeaders?: string[];
+  /** Response headers the browser may read. */
+  exposeHeaders?: string[];
+  methods?: string;
+}
+
+/** A CORS header builder: the SDK's allow-list, extended only where the function needs more. */
+export function createCors(options: CorsOptions) {
+  const allowed = options.allowedOrigins.split(",").map((s) => s.trim()).filter(Boolean);
+  const base: Record<string, string> = {
+    "access-control-allow-headers": [
+      supabaseCors["Access-Control-Allow-Headers"],
+      ...(options.extraAllowHeaders ?? []),
+    ].join(", "),
+    "access-control-allow-methods": options.methods ?? "POST, OPTIONS",
+    "access-control-expose-headers": (options.exposeHeaders ?? []).join(", "),
+    "access-control-max-age": "86400",
   };
-  if (!d.allowed) headers["retry-after"] = String(Math.max(1, d.retryAfterSeconds));
-  return headers;
+  return function corsHeaders(origin: string | null): Record<string, string> {
+    if (allowed.includes("*")) return { ...base, "access-control-allow-origin": "*" };
+    const value = origin && allowed.includes(origin) ? origin : allowed[0] ?? "";
+    return { ...base, "access-control-allow-origin": value, vary: "Origin" };
+  };
 }
 
 export function jsonResponse(
@@ -56,6 +56,7 @@ export function jsonResponse(
   });
 }
 
+/** `{ "error": { code, message, request_id } }` with the error's own headers. */
 export function errorResponse(
   error: AgentError,
   requestId: string,

@@ -1,10 +1,10 @@
 /**
  * agent-chat Edge Function entrypoint: read config, build dependencies,
- * serve the handler. Everything else lives in ../_shared/.
+ * serve the handler (./handler.ts lists the request's steps).
  */
-import { loadConfig } from "../_shared/config.ts";
-import { buildDependencies } from "../_shared/deps.ts";
-import { createAgentChatHandler } from "../_shared/handler.ts";
+import { loadConfig } from "./config.ts";
+import { buildDependencies } from "./deps.ts";
+import { createAgentChatHandler } from "./handler.ts";
 
 const config = loadConfig(Deno.env.toObject());
 const handler = createAgentChatHandler(buildDependencies(config));

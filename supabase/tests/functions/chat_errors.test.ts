@@ -3,7 +3,7 @@ import { assert, assertEquals, assertMatch } from "./assert.ts";
 import { type Harness, startHarness, testUrls } from "../support/function-harness.ts";
 import { startTcpProxy } from "../support/tcp-proxy.ts";
 import { parseSse } from "../support/sse.ts";
-import { createUsageLogger } from "../../functions/_shared/usage.ts";
+import { createUsageLogger } from "../../functions/agent-chat/usage.ts";
 
 async function withHarness(
   options: Parameters<typeof startHarness>[0],
@@ -40,8 +40,8 @@ Deno.test("method and preflight: OPTIONS answers CORS, GET is 405", () =>
     await expectError(get, 405, "method_not_allowed");
   }));
 
-Deno.test("invalid bodies are 400 invalid_request and each leaves one usage row", () =>
-  withHarness({}, async (h) => {
+Deno.test("invalid bodies are 400 invalid_request; the first is a row, the rest one aggregated row", () =>
+  withHarness({ env: { AI_AGENT_REFUSAL_LOG_INTERVAL_SECONDS: "1" } }, async (h) => {
     const m = await h.member();
     const cases: Array<[string, unknown]> = [
       ["bad json", "{not json"],
@@ -54,17 +54,35 @@ Deno.test("invalid bodies are 400 invalid_request and each leaves one usage row"
       ["bad channel", { message: "hi", org_id: m.orgId, channel: "WhatsApp!" }],
       ["huge metadata", { message: "hi", org_id: m.orgId, metadata: { blob: "x".repeat(3000) } }],
       ["huge body", { message: "hi", org_id: m.orgId, pad: "x".repeat(40_000) }],
+      ["lone surrogate", `{"message":"hi \\ud800","org_id":"${m.orgId}"}`],
+      ["surrogate key", `{"message":"hi","org_id":"${m.orgId}","metadata":{"\\udc00":1}}`],
     ];
+    const ids: string[] = [];
     for (const [name, body] of cases) {
       const res = await h.call(body, { token: m.token });
       const err = await expectError(res, 400, "invalid_request");
       assert(!/at \w+ \(|\.ts:\d+/.test(err.error.message), `${name}: no stack trace`);
-      const rows = await h.usageRows(err.error.request_id);
-      assertEquals(rows.length, 1, name);
-      assertEquals(rows[0]!.error_code, "invalid_request");
+      ids.push(err.error.request_id);
     }
+    const first = await h.usageRows(ids[0]!);
+    assertEquals(first.length, 1);
+    assertEquals(first[0]!.error_code, "invalid_request");
+    for (const id of ids.slice(1)) assertEquals((await h.usageRows(id)).length, 0);
+    const aggregated = await waitForRows(h, m.userId, "invalid_request", 2);
+    assertEquals(aggregated.map((r) => r.event_count), [1, cases.length - 1]);
     assertEquals(h.openai.requests.length, 0);
   }));
+
+/** The usage rows of one user and code, once there are `n` (bounded wait). */
+async function waitForRows(h: Harness, userId: string, code: string, n: number) {
+  let rows: Array<Record<string, unknown>> = [];
+  for (let i = 0; i < 150 && rows.length < n; i++) {
+    await new Promise((r) => setTimeout(r, 20));
+    rows = await h.sql`select * from public.agent_usage_events
+                       where user_id = ${userId} and error_code = ${code} order by id`;
+  }
+  return rows;
+}
 
 Deno.test("authentication: missing, forged, foreign and expired tokens are 401; HS256 legacy tokens work", () =>
   withHarness({}, async (h) => {
@@ -164,8 +182,11 @@ Deno.test("opt-outs: org-wide, member and channel opt-outs are 403 opt_out; expi
     const other = await h.member(m.orgId);
     await h.sql`insert into public.agent_opt_outs (org_id, user_id, channel, reason, created_by)
                 values (${m.orgId}, ${m.userId}, 'whatsapp', 'asked to stop', 'test')`;
+    // Only a server-side caller may speak for the whatsapp channel.
     await expectError(
-      await h.call({ message: "hi", org_id: m.orgId, channel: "whatsapp" }, { token: m.token }),
+      await h.call({ message: "hi", org_id: m.orgId, channel: "whatsapp", user_id: m.userId }, {
+        token: h.secretKey,
+      }),
       403,
       "opt_out",
     );
@@ -289,7 +310,8 @@ Deno.test("streams: a client that disconnects aborts the upstream call, and that
     let rows: Array<Record<string, unknown>> = [];
     for (let i = 0; i < 250 && rows.length === 0; i++) {
       await new Promise((r) => setTimeout(r, 20));
-      rows = await h.usageRows("disconnect-test-0001");
+      rows = await h.sql`select * from public.agent_usage_events
+                         where metadata->>'client_request_id' = 'disconnect-test-0001'`;
     }
     assertEquals(rows.length, 1);
     assertEquals(rows[0]!.error_code, "client_closed");
@@ -334,10 +356,9 @@ Deno.test("usage: a failing usage insert never fails the request; AI_AGENT_USAGE
   await withHarness({
     store: "redis",
     adjust: (deps) => {
-      deps.db = { ...deps.db, logUsage: () => Promise.reject(new Error("insert refused")) };
       deps.usage = createUsageLogger({
         enabled: true,
-        db: deps.db,
+        db: { logUsage: () => Promise.reject(new Error("insert refused")) },
         log: deps.log,
         extendLifetime: undefined,
       });

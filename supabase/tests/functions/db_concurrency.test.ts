@@ -5,7 +5,7 @@
 import postgres from "postgres";
 import { assertEquals } from "./assert.ts";
 import { testUrls } from "../support/function-harness.ts";
-import { sqlLiteral } from "../../functions/_shared/database.ts";
+import { sqlLiteral } from "../../functions/agent-chat/database.ts";
 
 const CONNECTIONS = 64;
 

@@ -7,7 +7,11 @@
 import postgres from "postgres";
 import { assertEquals } from "./assert.ts";
 import { testUrls } from "../support/function-harness.ts";
-import type { BeginTurnArgs, EndTurnArgs, UsageEvent } from "../../functions/_shared/database.ts";
+import type {
+  BeginTurnArgs,
+  EndTurnArgs,
+  UsageEvent,
+} from "../../functions/agent-chat/database.ts";
 
 const begin: Required<BeginTurnArgs> = {
   p_org_id: "",
@@ -43,6 +47,7 @@ const usage: Required<UsageEvent> = {
   cached_prompt_tokens: null,
   completion_tokens: null,
   total_tokens: null,
+  event_count: 1,
   latency_ms: 0,
   success: true,
   error_code: null,

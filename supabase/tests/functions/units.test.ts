@@ -1,8 +1,8 @@
 /** Unit tests of the pure modules: configuration, client IP, request body, secrets. */
 import { assert, assertEquals, assertMatch } from "./assert.ts";
-import { ConfigError, loadConfig } from "../../functions/_shared/config.ts";
+import { ConfigError, loadConfig } from "../../functions/agent-chat/config.ts";
 import { clientIpFrom, normalizeIp } from "../../functions/_shared/client-ip.ts";
-import { chatRequestSchema, parseChatRequest } from "../../functions/_shared/request.ts";
+import { chatRequestSchema, parseChatRequest } from "../../functions/agent-chat/request.ts";
 import { secretsEqual } from "../../functions/_shared/auth.ts";
 import { AgentError } from "../../functions/_shared/errors.ts";
 
@@ -32,7 +32,10 @@ Deno.test("config: defaults, per-scope limits falling back to the shared max, em
   assertEquals(c.rateLimit, { org: 40, user: 40, ip: 100, windowSeconds: 60 });
   assertEquals(c.model, "gpt-4.1-mini");
   assertEquals(c.sessionStore, "supabase");
-  assertEquals(c.database, { transport: "rpc" });
+  assertEquals(c.database, { transport: "rpc", url: "https://abc.supabase.co", key: "key" });
+  assertEquals(c.jwtIssuer, "https://abc.supabase.co/auth/v1");
+  assertEquals(c.userChannels, ["app", "web"]);
+  assertEquals(c.bodyTimeoutMs, 10_000);
   assertEquals(c.jwksUrl, "https://abc.supabase.co/auth/v1/.well-known/jwks.json");
   assertEquals(c.trustedProxyHops, 1);
   assertEquals(c.usageLogEnabled, true);
@@ -127,15 +130,16 @@ Deno.test("client ip: the N-th X-Forwarded-For entry from the right, validated; 
 });
 
 Deno.test("request body: trimmed, bounded, strict; service fields typed", () => {
-  const schema = chatRequestSchema(10);
+  const rules = { schema: chatRequestSchema(10), userChannels: ["app", "web"] };
+  const user = { mode: "user" as const, userId: crypto.randomUUID() };
   const org = crypto.randomUUID();
-  const ok = parseChatRequest(JSON.stringify({ message: "  hi  ", org_id: org }), schema);
+  const ok = parseChatRequest(JSON.stringify({ message: "  hi  ", org_id: org }), user, rules);
   assertEquals(ok.message, "hi");
   assertEquals(ok.channel, "app");
   assertEquals(ok.stream, false);
   const bad = (body: unknown) => {
     try {
-      parseChatRequest(JSON.stringify(body), schema);
+      parseChatRequest(JSON.stringify(body), user, rules);
       return "";
     } catch (error) {
       assert(error instanceof AgentError);
@@ -150,6 +154,37 @@ Deno.test("request body: trimmed, bounded, strict; service fields typed", () => 
   assertMatch(bad({ message: 5, org_id: org }), /message/);
   assertMatch(bad({ message: "a\u0000b", org_id: org }), /NUL/);
   assertMatch(bad({ message: "hi", org_id: org, metadata: { k: "\u0000" } }), /NUL/);
+  // Unpaired surrogates anywhere (Postgres refuses them in jsonb and text).
+  const raw = (text: string) => {
+    try {
+      parseChatRequest(text, user, rules);
+      return "";
+    } catch (error) {
+      assert(error instanceof AgentError);
+      return `${error.code}: ${error.message}`;
+    }
+  };
+  assertMatch(raw(`{"message":"a\\ud800b","org_id":"${org}"}`), /invalid_request: body.message/);
+  assertMatch(
+    raw(`{"message":"hi","org_id":"${org}","metadata":{"k\\udfff":1}}`),
+    /invalid_request: body.metadata \(a key\)/,
+  );
+  assertMatch(
+    raw(`{"message":"hi","org_id":"${org}","metadata":{"k":["\\ud83d"]}}`),
+    /invalid_request: body.metadata.k.0/,
+  );
+  assertMatch(raw(`{"message":"hi","org_id":"${org}","channel":"\\udc00"}`), /invalid_request/);
+  // A paired surrogate (an emoji) is fine; any UUID shape Supabase issues is accepted.
+  assertEquals(raw(`{"message":"hi \\ud83d\\ude00","org_id":"${org}"}`), "");
+  assertEquals(
+    parseChatRequest(
+      JSON.stringify({ message: "hi", org_id: "00000000-0000-0000-0000-00000000000A" }),
+      user,
+      rules,
+    )
+      .orgId,
+    "00000000-0000-0000-0000-00000000000a",
+  );
 });
 
 Deno.test("secrets compare equal only when identical", () => {

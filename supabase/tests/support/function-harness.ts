@@ -11,9 +11,9 @@ import { type AuthStandIn, createAuthStandIn } from "./auth-stand-in.ts";
 import { type Gateway, startGateway } from "./gateway.ts";
 import { createOpenAIStandIn, type OpenAIStandIn } from "./openai-stand-in.ts";
 import { createUpstashStandIn, type UpstashStandIn } from "./upstash-stand-in.ts";
-import { loadConfig } from "../../functions/_shared/config.ts";
-import { buildDependencies } from "../../functions/_shared/deps.ts";
-import { type AgentChatDeps, createAgentChatHandler } from "../../functions/_shared/handler.ts";
+import { loadConfig } from "../../functions/agent-chat/config.ts";
+import { buildDependencies } from "../../functions/agent-chat/deps.ts";
+import { type AgentChatDeps, createAgentChatHandler } from "../../functions/agent-chat/handler.ts";
 import type { Logger } from "../../functions/_shared/log.ts";
 
 export interface HarnessOptions {
@@ -82,6 +82,7 @@ export async function startHarness(options: HarnessOptions = {}): Promise<Harnes
     SUPABASE_URL: gateway.url,
     SUPABASE_SERVICE_ROLE_KEY: secretKey,
     SUPABASE_JWT_SECRET: auth.jwtSecret,
+    SUPABASE_JWT_ISSUER: auth.issuer,
     AI_AGENT_SESSION_STORE: store,
     AI_AGENT_RATE_LIMIT_MAX_REQUESTS: "1000",
     // A CDN in front of the gateway: the client is the second entry from the right.

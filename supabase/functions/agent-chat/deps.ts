@@ -1,24 +1,28 @@
 /**
- * Builds the handler's dependencies from the configuration, once per
- * isolate: one database transport, one Redis client, one OpenAI client.
+ * Owns building the handler's dependencies from the configuration, once per
+ * isolate: one database transport, one Redis client, one OpenAI client, one
+ * usage logger and one refusal ledger.
  */
 import { createClient } from "@supabase/supabase-js";
 import postgres from "postgres";
-import { createAuthenticator } from "./auth.ts";
+import { createAuthenticator } from "../_shared/auth.ts";
+import { consoleLogger, type Logger } from "../_shared/log.ts";
 import type { Config } from "./config.ts";
 import { createPostgresDatabase, createRpcDatabase, type TurnDatabase } from "./database.ts";
 import type { AgentChatDeps } from "./handler.ts";
-import { consoleLogger, type Logger } from "./log.ts";
 import { createOpenAIModel } from "./model.ts";
 import { connectRedis } from "./redis-client.ts";
+import { createRefusalLedger } from "./refusals.ts";
 import { createRedisSessionStore, createSupabaseSessionStore } from "./session-store.ts";
 import { createUsageLogger, edgeRuntimeLifetime, type ExtendLifetime } from "./usage.ts";
 
-export function createDatabase(config: Config): TurnDatabase {
-  if (config.database.transport === "postgres") {
-    const url = config.database.url;
+export function createDatabase(
+  config: Pick<Config, "database" | "databaseTimeoutMs">,
+): TurnDatabase {
+  const { database } = config;
+  if (database.transport === "postgres") {
     const connect = () =>
-      postgres(url, {
+      postgres(database.url, {
         prepare: false, // safe behind Supavisor's transaction mode
         max: 4,
         idle_timeout: 30,
@@ -27,7 +31,7 @@ export function createDatabase(config: Config): TurnDatabase {
       });
     return createPostgresDatabase(connect, config.databaseTimeoutMs);
   }
-  const client = createClient(config.supabaseUrl!, config.serviceRoleKey!, {
+  const client = createClient(database.url, database.key, {
     auth: { persistSession: false, autoRefreshToken: false, detectSessionInUrl: false },
     global: { headers: { "x-client-info": "agent-chat" } },
   });
@@ -39,32 +43,31 @@ export function buildDependencies(
   overrides: { log?: Logger; extendLifetime?: ExtendLifetime | undefined } = {},
 ): AgentChatDeps & { close(): Promise<void> } {
   const log = overrides.log ?? consoleLogger;
+  const extendLifetime = "extendLifetime" in overrides
+    ? overrides.extendLifetime
+    : edgeRuntimeLifetime();
   const db = createDatabase(config);
-  const redis = config.sessionStore === "redis" && config.redis
-    ? connectRedis(config.redis.url, config.redis.token)
-    : undefined;
+  const redis = config.redis ? connectRedis(config.redis.url, config.redis.token) : undefined;
   const limits = { ttlSeconds: config.sessionTtlSeconds, maxMessages: config.sessionMaxMessages };
-  const sessions = redis
-    ? createRedisSessionStore(redis, limits)
-    : createSupabaseSessionStore(db, limits);
-  return {
-    settings: {
-      model: config.model,
-      sessionStore: config.sessionStore,
-      sessionMaxMessages: config.sessionMaxMessages,
-      rateLimit: config.rateLimit,
-      trustedProxyHops: config.trustedProxyHops,
-      maxMessageChars: config.maxMessageChars,
-      maxBodyBytes: config.maxBodyBytes,
-      allowedOrigins: config.allowedOrigins,
-    },
+  const usage = createUsageLogger({ enabled: config.usageLogEnabled, db, log, extendLifetime });
+  // Refusal rows go through whichever usage logger the deps hold (tests may swap it).
+  const refusals = createRefusalLedger({
+    intervalMs: config.refusalLogIntervalSeconds * 1000,
+    ipLimit: config.ipRefusalLimit,
+    write: (event) => deps.usage.record(event),
+  });
+  const deps: AgentChatDeps & { close(): Promise<void> } = {
+    settings: { ...config, transport: config.database.transport },
     authenticate: createAuthenticator({
       jwksUrl: config.jwksUrl,
       jwtSecret: config.jwtSecret,
+      issuer: config.jwtIssuer,
       serviceKeys: config.serviceKeys,
     }),
     db,
-    sessions,
+    sessions: redis
+      ? createRedisSessionStore(redis, limits)
+      : createSupabaseSessionStore(db, limits),
     model: createOpenAIModel({
       // Only a loopback stand-in may go without a key (checked by loadConfig).
       apiKey: config.openai.apiKey ?? "local-stand-in",
@@ -75,18 +78,15 @@ export function buildDependencies(
       timeoutMs: config.openai.timeoutMs,
       maxRetries: config.openai.maxRetries,
     }),
-    usage: createUsageLogger({
-      enabled: config.usageLogEnabled,
-      db,
-      log,
-      extendLifetime: "extendLifetime" in overrides
-        ? overrides.extendLifetime
-        : edgeRuntimeLifetime(),
-    }),
+    usage,
+    refusals,
     log,
+    extendLifetime,
     close: async () => {
+      await refusals.close();
       await redis?.close();
       await db.close();
     },
   };
+  return deps;
 }

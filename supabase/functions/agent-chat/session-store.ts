@@ -1,9 +1,11 @@
 /**
- * Where a conversation's messages live. The Supabase store reads history in
- * the begin-turn call and writes through `agent_finish_turn` (the turn and its usage
- * row) or `agent_end_turn`; the Redis store
- * keeps `agent-chat:{<session id>}:owner` and `agent-chat:{<session id>}:messages`
- * (one hash slot per session) and does every read and write in one Lua script.
+ * Owns where a conversation's messages live. The Supabase store reads
+ * history in the begin-turn call and writes through `agent_finish_turn` (the
+ * turn and its usage row) or `agent_end_turn`; the Redis store keeps
+ * `agent-chat:{<session id>}:owner` and `agent-chat:{<session id>}:messages`
+ * (one hash slot per session), reads them before the begin-turn call (so a
+ * foreign session is refused before any bucket is charged) and does every
+ * read and write in one Lua script.
  */
 import type { ChatMessage, TurnDatabase, UsageEvent } from "./database.ts";
 
@@ -14,10 +16,18 @@ export interface SessionKey {
   channel: string;
 }
 
+/** What a store knows about a session before the begin-turn call, and how it gets the history. */
+export interface SessionPlan {
+  /** The begin-turn arguments about the session. */
+  beginTurn: { p_session_id: string | null; p_load_history: boolean };
+  /** false: the session is someone else's (known before the begin-turn call). */
+  owned: boolean;
+  /** The stored history, from the begin-turn result or the store's own read. */
+  history(begin: { history?: ChatMessage[] | null }): ChatMessage[];
+}
+
 export interface SessionStore {
-  /** true: history arrives with the begin-turn call, `load` is not called. */
-  readonly historyFromBeginTurn: boolean;
-  load(key: SessionKey): Promise<{ owned: boolean; history: ChatMessage[] }>;
+  plan(key: SessionKey, isNew: boolean): Promise<SessionPlan>;
   /**
    * Appends one turn. A store that can write `usage` in the same round trip
    * does so and says `usageLogged: true`; otherwise the caller logs it.
@@ -37,8 +47,12 @@ export interface SessionLimits {
 
 export function createSupabaseSessionStore(db: TurnDatabase, limits: SessionLimits): SessionStore {
   return {
-    historyFromBeginTurn: true,
-    load: () => Promise.reject(new Error("the supabase store loads history in agent_begin_turn")),
+    plan: (key, isNew) =>
+      Promise.resolve({
+        beginTurn: { p_session_id: key.sessionId, p_load_history: !isNew },
+        owned: true,
+        history: (begin) => begin.history ?? [],
+      }),
     async append(key, user, assistant, usage) {
       const args = {
         p_session_id: key.sessionId,
@@ -117,18 +131,23 @@ export function createRedisSessionStore(
   limits: SessionLimits,
 ): SessionStore {
   const owner = (k: SessionKey) => `${k.orgId}:${k.userId}`;
+  const plan = (owned: boolean, history: ChatMessage[]): SessionPlan => ({
+    beginTurn: { p_session_id: null, p_load_history: false },
+    owned,
+    history: () => history,
+  });
   return {
-    historyFromBeginTurn: false,
-    async load(key) {
+    async plan(key, isNew) {
+      if (isNew) return plan(true, []);
       const result = await redis.run("load", sessionKeys(key.sessionId), [
         owner(key),
         String(limits.maxMessages),
       ]) as [number, unknown[]];
-      if (Number(result[0]) !== 1) return { owned: false, history: [] };
+      if (Number(result[0]) !== 1) return plan(false, []);
       const history = (result[1] ?? []).map(parseMessage).filter((m): m is ChatMessage =>
         m !== null
       );
-      return { owned: true, history };
+      return plan(true, history);
     },
     async append(key, user, assistant) {
       const result = await redis.run("append", sessionKeys(key.sessionId), [

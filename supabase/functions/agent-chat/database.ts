@@ -1,13 +1,52 @@
 /**
- * The Postgres functions the request path calls (begin turn, end or finish
- * turn, log usage), behind one narrow
- * interface with two transports: the Data API (supabase-js `rpc`, default on
+ * Owns the calls to Postgres on the request path (begin turn, end or finish
+ * turn, log usage), behind one narrow interface with two transports: the Data API (supabase-js `rpc`, default on
  * hosted Supabase) and a direct Postgres connection (`postgres`, without
  * prepared statements so it is safe behind the transaction pooler). Both
  * send the same named arguments and return the same JSON.
  */
 import type { SupabaseClient } from "@supabase/supabase-js";
 import type { Sql } from "postgres";
+
+export interface DatabaseEnv {
+  SUPABASE_URL?: string | undefined;
+  SUPABASE_DB_URL?: string | undefined;
+  AI_AGENT_DATABASE_URL?: string | undefined;
+  AI_AGENT_DB_TRANSPORT?: "rpc" | "postgres" | undefined;
+}
+
+export type DatabaseConnection =
+  | { transport: "rpc"; url: string; key: string }
+  | { transport: "postgres"; url: string };
+
+/**
+ * The transport rule: a direct URL (AI_AGENT_DATABASE_URL, or SUPABASE_DB_URL
+ * when AI_AGENT_DB_TRANSPORT=postgres) means the direct transport; otherwise
+ * the Data API at SUPABASE_URL with a service key.
+ */
+export function resolveDatabase(
+  e: DatabaseEnv,
+  serviceKeys: string[],
+  problems: string[],
+): DatabaseConnection {
+  const direct = e.AI_AGENT_DATABASE_URL ??
+    (e.AI_AGENT_DB_TRANSPORT === "postgres" ? e.SUPABASE_DB_URL : undefined);
+  if (e.AI_AGENT_DB_TRANSPORT === "postgres" || (e.AI_AGENT_DB_TRANSPORT === undefined && direct)) {
+    if (!direct) {
+      problems.push(
+        "AI_AGENT_DB_TRANSPORT=postgres needs AI_AGENT_DATABASE_URL or SUPABASE_DB_URL",
+      );
+    }
+    return { transport: "postgres", url: direct ?? "" };
+  }
+  if (!e.SUPABASE_URL) problems.push("SUPABASE_URL: required for the Data API transport");
+  if (serviceKeys.length === 0) {
+    problems.push(
+      "SUPABASE_SERVICE_ROLE_KEY or SUPABASE_SECRET_KEYS: required for the Data API transport",
+    );
+  }
+  return { transport: "rpc", url: e.SUPABASE_URL ?? "", key: serviceKeys[0] ?? "" };
+}
 
 export interface BeginTurnArgs {
   p_org_id: string;
@@ -37,9 +76,14 @@ export interface EndTurnArgs {
 export type BeginTurnResult =
   | { outcome: "ok"; rate_limit: unknown; session_exists: boolean; history: ChatMessage[] }
   | { outcome: "rate_limit"; rate_limit: unknown }
-  | { outcome: "opt_out"; opt_out_scope: "org" | "user"; opt_out_channel: string | null }
-  | { outcome: "forbidden" }
-  | { outcome: "session_not_found" };
+  | {
+    outcome: "opt_out";
+    opt_out_scope: "org" | "user";
+    opt_out_channel: string | null;
+    rate_limit?: unknown;
+  }
+  | { outcome: "forbidden"; rate_limit?: unknown }
+  | { outcome: "session_not_found"; rate_limit?: unknown };
 
 export interface ChatMessage {
   role: "user" | "assistant";
@@ -61,6 +105,8 @@ export interface UsageEvent {
   success: boolean;
   error_code: string | null;
   error_message: string | null;
+  /** Requests this row stands for: 1, or more on an aggregated refusal row. */
+  event_count: number;
   metadata: Record<string, unknown>;
 }
 

@@ -7,7 +7,53 @@
  */
 import { Redis as UpstashRedis } from "@upstash/redis";
 import { Redis as IORedis } from "ioredis";
+import { isLoopback } from "../_shared/env.ts";
 import { APPEND_SCRIPT, LOAD_SCRIPT, type RedisScriptRunner } from "./session-store.ts";
+
+export interface RedisEnv {
+  AI_AGENT_REDIS_URL?: string | undefined;
+  UPSTASH_REDIS_REST_URL?: string | undefined;
+  AI_AGENT_REDIS_TOKEN?: string | undefined;
+  UPSTASH_REDIS_REST_TOKEN?: string | undefined;
+  AI_AGENT_REDIS_ALLOW_INSECURE: boolean;
+}
+
+/**
+ * The Redis URL rules: https:// needs a token; redis:// and http:// send
+ * data in clear text, so only to loopback unless explicitly allowed.
+ */
+export function resolveRedis(
+  e: RedisEnv,
+  problems: string[],
+): { url: string; token: string | undefined } | undefined {
+  const url = e.AI_AGENT_REDIS_URL ?? e.UPSTASH_REDIS_REST_URL;
+  const token = e.AI_AGENT_REDIS_TOKEN ?? e.UPSTASH_REDIS_REST_TOKEN;
+  if (!url) {
+    problems.push("AI_AGENT_REDIS_URL: required when AI_AGENT_SESSION_STORE=redis");
+    return undefined;
+  }
+  let u: URL;
+  try {
+    u = new URL(url);
+  } catch {
+    problems.push("AI_AGENT_REDIS_URL: not a URL");
+    return undefined;
+  }
+  const clearText = u.protocol === "redis:" || u.protocol === "http:";
+  if (!["https:", "rediss:", "redis:", "http:"].includes(u.protocol)) {
+    problems.push("AI_AGENT_REDIS_URL: use https:// (Upstash REST), rediss:// or redis://");
+  } else if (u.protocol === "https:" && !token) {
+    problems.push(
+      "AI_AGENT_REDIS_TOKEN (or UPSTASH_REDIS_REST_TOKEN): required for an https:// (Upstash REST) URL",
+    );
+  } else if (clearText && !isLoopback(u.hostname) && !e.AI_AGENT_REDIS_ALLOW_INSECURE) {
+    problems.push(
+      `AI_AGENT_REDIS_URL: ${u.protocol}// sends data in clear text; use rediss:// or https:// (Upstash), ` +
+        "or set AI_AGENT_REDIS_ALLOW_INSECURE=true",
+    );
+  }
+  return { url, token };
+}
 
 export interface RedisConnection extends RedisScriptRunner {
   close(): Promise<void>;

@@ -1,0 +1,67 @@
+/**
+ * Owns the primitives for reading configuration from environment variables
+ * with zod: empty string = unset, defaults stated in the schema, and every
+ * problem collected into one error that names the variable.
+ */
+import { z } from "zod";
+
+const unsetIfEmpty = (v: unknown) => (typeof v === "string" && v.trim() === "" ? undefined : v);
+
+const integer = (min: number, max: number) => z.coerce.number().int().min(min).max(max);
+
+/** An integer in [min, max] with a default. */
+export function int(min: number, max: number, fallback: number) {
+  return z.preprocess(unsetIfEmpty, integer(min, max).default(fallback));
+}
+
+/** An integer in [min, max], or undefined when unset. */
+export function optionalInt(min: number, max: number) {
+  return z.preprocess(unsetIfEmpty, integer(min, max).optional());
+}
+
+export function bool(fallback: boolean) {
+  return z.preprocess(
+    unsetIfEmpty,
+    z.enum(["true", "false", "1", "0", "yes", "no"]).optional().transform((v) =>
+      v === undefined ? fallback : ["true", "1", "yes"].includes(v)
+    ),
+  );
+}
+
+/** A string with a default. */
+export function text(fallback: string) {
+  return z.preprocess(unsetIfEmpty, z.string().default(fallback));
+}
+
+/** A string, or undefined when unset. */
+export function optionalText() {
+  return z.preprocess(unsetIfEmpty, z.string().optional());
+}
+
+export function url() {
+  return z.preprocess(unsetIfEmpty, z.url().optional());
+}
+
+export function oneOf<const T extends readonly [string, ...string[]]>(
+  values: T,
+  fallback: T[number],
+) {
+  return z.preprocess(unsetIfEmpty, z.enum(values).default(fallback as never));
+}
+
+export class ConfigError extends Error {
+  constructor(readonly problems: string[]) {
+    super(`invalid configuration:\n  - ${problems.join("\n  - ")}`);
+    this.name = "ConfigError";
+  }
+}
+
+/** The problems zod found, each naming its variable. */
+export function problemsOf(error: z.ZodError): string[] {
+  return error.issues.map((i) => `${i.path.join(".")}: ${i.message}`);
+}
+
+export function isLoopback(hostname: string): boolean {
+  const h = hostname.replace(/^\[|\]$/g, "");
+  return h === "localhost" || h === "::1" || /^127\./.test(h);
+}

@@ -1,0 +1,130 @@
+/**
+ * Owns admission: who the turn is for, from where, in which session, and the
+ * one begin-turn decision (membership, opt-outs, rate limits, history).
+ * Returns the admitted turn as a value, or throws the refusal as an AgentError
+ * whose `facts` say what was known when it was refused.
+ */
+import type { Caller } from "../_shared/auth.ts";
+import { AgentError, describe } from "../_shared/errors.ts";
+import type { BeginTurnResult, ChatMessage, TurnDatabase } from "./database.ts";
+import { decisionFromDatabase, type RateLimitDecision, rateLimitHeaders } from "./rate-limit.ts";
+import type { ChatRequest } from "./request.ts";
+import type { SessionKey, SessionStore } from "./session-store.ts";
+
+export interface AdmissionSettings {
+  rateLimit: { org: number; user: number; ip: number; windowSeconds: number };
+  sessionMaxMessages: number;
+}
+
+export interface AdmissionDeps {
+  settings: AdmissionSettings;
+  db: Pick<TurnDatabase, "beginTurn">;
+  sessions: Pick<SessionStore, "plan">;
+}
+
+export interface AdmittedTurn {
+  key: SessionKey;
+  clientIp: string | undefined;
+  /** History plus the new user message: what the model is sent. */
+  messages: ChatMessage[];
+  rateLimit: RateLimitDecision;
+}
+
+/** Who the turn is for and from where: the token's user, or what a service caller asserted. */
+export function identify(
+  caller: Caller,
+  body: ChatRequest,
+  connectionIp: string | undefined,
+): { userId: string; clientIp: string | undefined } {
+  if (caller.mode === "user") return { userId: caller.userId, clientIp: connectionIp };
+  return { userId: body.userId!, clientIp: body.clientIp };
+}
+
+export function sessionKeyFor(
+  body: ChatRequest,
+  userId: string,
+): { key: SessionKey; isNew: boolean } {
+  const isNew = body.sessionId === undefined;
+  const sessionId = body.sessionId ?? crypto.randomUUID();
+  return { key: { sessionId, orgId: body.orgId, userId, channel: body.channel }, isNew };
+}
+
+export async function admit(
+  deps: AdmissionDeps,
+  body: ChatRequest,
+  who: { userId: string; clientIp: string | undefined },
+  session: { key: SessionKey; isNew: boolean },
+): Promise<AdmittedTurn> {
+  const plan = await storeCall(() => deps.sessions.plan(session.key, session.isNew));
+  if (!plan.owned) throw new AgentError("session_not_found", "session not found");
+  const { rateLimit: limits, sessionMaxMessages } = deps.settings;
+  const begin = await storeCall(() =>
+    deps.db.beginTurn({
+      p_org_id: body.orgId,
+      p_user_id: who.userId,
+      p_client_ip: who.clientIp ?? null,
+      p_channel: body.channel,
+      ...plan.beginTurn,
+      p_org_limit: limits.org,
+      p_user_limit: limits.user,
+      p_ip_limit: limits.ip,
+      p_window_seconds: limits.windowSeconds,
+      p_max_messages: sessionMaxMessages,
+    })
+  );
+  const rateLimit = decide(begin, limits.windowSeconds);
+  const history = plan.history(begin as { history?: ChatMessage[] });
+  return {
+    key: session.key,
+    clientIp: who.clientIp,
+    messages: [...history, { role: "user", content: body.message }],
+    rateLimit,
+  };
+}
+
+/** The begin-turn outcome as the admitted decision, or the refusal it means. */
+function decide(begin: BeginTurnResult, windowSeconds: number): RateLimitDecision {
+  const rl = "rate_limit" in begin && begin.rate_limit
+    ? decisionFromDatabase(begin.rate_limit, windowSeconds)
+    : undefined;
+  const headers = rl ? rateLimitHeaders(rl) : {};
+  switch (begin.outcome) {
+    case "ok":
+      return rl!;
+    case "rate_limit":
+      throw new AgentError("rate_limit", `rate limit reached for the ${rl!.scope} bucket`, {
+        headers,
+        scope: rl!.scope,
+      });
+    case "opt_out":
+      throw new AgentError("opt_out", "the assistant is turned off for this account", {
+        headers,
+        detail: `opt-out scope ${begin.opt_out_scope}${
+          begin.opt_out_channel ? ` channel ${begin.opt_out_channel}` : ""
+        }`,
+      });
+    case "forbidden":
+      throw new AgentError("forbidden", "not a member of this organization", { headers });
+    case "session_not_found":
+      throw new AgentError("session_not_found", "session not found", { headers });
+    default:
+      throw new AgentError("internal_error", "internal error", {
+        detail: "unexpected begin-turn outcome",
+      });
+  }
+}
+
+/** A failed call to a store is a 503: the client may try again. */
+export async function storeCall<T>(call: () => Promise<T>): Promise<T> {
+  try {
+    return await call();
+  } catch (error) {
+    throw storeError(error);
+  }
+}
+
+export function storeError(cause: unknown): AgentError {
+  return new AgentError("session_store_error", "the conversation store is unavailable, try again", {
+    detail: describe(cause),
+  });
+}

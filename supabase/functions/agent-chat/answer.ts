@@ -1,0 +1,223 @@
+/**
+ * Owns the answer to an admitted turn, as JSON or as Server-Sent Events, and
+ * the one usage row of its model call: whatever happens after admission
+ * (model failure, save failure, ownership race, client gone), exactly one row
+ * is written, with the tokens the upstream reported or an estimate.
+ */
+import { AgentError, describe } from "../_shared/errors.ts";
+import { errorResponse, jsonResponse } from "../_shared/http.ts";
+import type { AdmittedTurn } from "./admission.ts";
+import { storeError } from "./admission.ts";
+import type { ModelAnswer, ModelClient, StreamEvent, TokenUsage } from "./model.ts";
+import type { ChatRequest } from "./request.ts";
+import type { SessionStore } from "./session-store.ts";
+import { type SSEWriter, streamSSE } from "./sse.ts";
+import { estimateUsage } from "./token-estimate.ts";
+import { type Outcome, type RequestFacts, usageEvent, type UsageLogger } from "./usage.ts";
+
+export interface AnswerDeps {
+  settings: { model: string; sessionStore: string; systemPrompt: string };
+  model: ModelClient;
+  sessions: Pick<SessionStore, "append">;
+  usage: UsageLogger;
+  now: () => number;
+  /** Keeps the isolate alive for work that outlives the response (a stream). */
+  extendLifetime?: ((p: Promise<unknown>) => void) | undefined;
+}
+
+export interface TurnContext {
+  facts: RequestFacts;
+  body: ChatRequest;
+  turn: AdmittedTurn;
+  /** Aborted when the client goes away (the request's signal). */
+  clientSignal: AbortSignal;
+  headers: Record<string, string>;
+  /** Called once with the request's final status and outcome (the log line). */
+  finished(status: number, outcome: Outcome): void;
+}
+
+/** Writes the usage row of this turn and reports the outcome; called exactly once per turn. */
+async function meter(deps: AnswerDeps, ctx: TurnContext, status: number, outcome: Outcome) {
+  await deps.usage.record(
+    usageEvent(deps.settings, ctx.facts, outcome, deps.now() - ctx.facts.started),
+  );
+  ctx.finished(status, outcome);
+}
+
+async function estimate(deps: AnswerDeps, ctx: TurnContext, text: string): Promise<TokenUsage> {
+  const system = { content: deps.settings.systemPrompt };
+  return await estimateUsage([system, ...ctx.turn.messages], text);
+}
+
+function modelError(error: unknown): AgentError {
+  return new AgentError("openai_error", "the assistant could not answer, try again", {
+    detail: describe(error),
+  });
+}
+
+/** Saves the turn; returns the refusal when it could not be saved. The row is written either way. */
+async function persist(deps: AnswerDeps, ctx: TurnContext, answer: ModelAnswer) {
+  const outcome: Outcome = { model: answer.model, usage: answer.usage };
+  const success = usageEvent(deps.settings, ctx.facts, outcome, deps.now() - ctx.facts.started);
+  let failure: AgentError | undefined;
+  try {
+    const usage = deps.usage.enabled ? success : undefined;
+    const saved = await deps.sessions.append(ctx.turn.key, ctx.body.message, answer.text, usage);
+    if (saved.owned) {
+      if (!saved.usageLogged) await deps.usage.record(success);
+      ctx.finished(200, outcome);
+      return undefined;
+    }
+    failure = new AgentError("session_not_found", "session not found");
+  } catch (error) {
+    failure = storeError(error);
+  }
+  await meter(deps, ctx, failure.status, { ...outcome, error: failure });
+  return failure;
+}
+
+function summary(answer: ModelAnswer, ctx: TurnContext) {
+  const { prompt_tokens, completion_tokens, total_tokens } = answer.usage;
+  return {
+    usage: { prompt_tokens, completion_tokens, total_tokens },
+    model: answer.model,
+    request_id: ctx.facts.requestId,
+  };
+}
+
+export async function answerJson(deps: AnswerDeps, ctx: TurnContext): Promise<Response> {
+  let answer: ModelAnswer;
+  try {
+    answer = await deps.model.complete(ctx.turn.messages, ctx.clientSignal);
+  } catch (error) {
+    if (ctx.clientSignal.aborted) {
+      const usage = await estimate(deps, ctx, "");
+      const closed = {
+        code: "client_closed" as const,
+        detail: "client went away during the model call",
+      };
+      await meter(deps, ctx, 499, { usage, estimated: true, error: closed });
+      return new Response(null, { status: 499 });
+    }
+    const failure = modelError(error);
+    await meter(deps, ctx, failure.status, { error: failure });
+    return errorResponse(failure, ctx.facts.requestId, ctx.headers);
+  }
+  const failure = await persist(deps, ctx, answer);
+  if (failure) return errorResponse(failure, ctx.facts.requestId, ctx.headers);
+  return jsonResponse(200, {
+    session_id: ctx.turn.key.sessionId,
+    message: answer.text,
+    ...summary(answer, ctx),
+  }, ctx.headers);
+}
+
+/**
+ * The first model event decides the status: an upstream that fails at once
+ * is a 502 JSON error, not a 200 stream.
+ */
+export async function answerStream(deps: AnswerDeps, ctx: TurnContext): Promise<Response> {
+  const upstream = new AbortController();
+  const stopUpstream = () => upstream.abort();
+  ctx.clientSignal.addEventListener("abort", stopUpstream, { once: true });
+  const events = deps.model.stream(ctx.turn.messages, upstream.signal)[Symbol.asyncIterator]();
+  let first: IteratorResult<StreamEvent>;
+  try {
+    first = await events.next();
+  } catch (error) {
+    ctx.clientSignal.removeEventListener("abort", stopUpstream);
+    return await streamFailedAtOnce(deps, ctx, error);
+  }
+  ctx.clientSignal.removeEventListener("abort", stopUpstream);
+  const { response, done } = streamSSE(ctx.headers, (sse) => {
+    sse.signal.addEventListener("abort", stopUpstream, { once: true });
+    return relay(deps, ctx, sse, first, events);
+  });
+  deps.extendLifetime?.(done);
+  return response;
+}
+
+async function streamFailedAtOnce(deps: AnswerDeps, ctx: TurnContext, error: unknown) {
+  if (ctx.clientSignal.aborted) {
+    const usage = await estimate(deps, ctx, "");
+    const closed = {
+      code: "client_closed" as const,
+      detail: "client went away before the first event",
+    };
+    await meter(deps, ctx, 499, { usage, estimated: true, error: closed });
+    return new Response(null, { status: 499 });
+  }
+  const failure = modelError(error);
+  await meter(deps, ctx, failure.status, { error: failure });
+  return errorResponse(failure, ctx.facts.requestId, ctx.headers);
+}
+
+/** Relays model events to the client; ends with `done` or `error`, and meters once. */
+async function relay(
+  deps: AnswerDeps,
+  ctx: TurnContext,
+  sse: SSEWriter,
+  first: IteratorResult<StreamEvent>,
+  events: AsyncIterator<StreamEvent>,
+): Promise<void> {
+  sse.write("session", { session_id: ctx.turn.key.sessionId, request_id: ctx.facts.requestId });
+  let text = "";
+  let next: IteratorResult<StreamEvent> | undefined = first;
+  try {
+    while (true) {
+      const item: IteratorResult<StreamEvent> = next ?? await events.next();
+      next = undefined;
+      if (item.done) {
+        throw new AgentError("openai_error", "the assistant could not answer", {
+          detail: "openai stream ended without an answer",
+        });
+      }
+      if (item.value.type === "delta") {
+        text += item.value.text;
+        sse.write("delta", { text: item.value.text });
+        continue;
+      }
+      return await finishStream(deps, ctx, sse, item.value.answer);
+    }
+  } catch (error) {
+    await streamCutShort(deps, ctx, sse, error, text);
+  } finally {
+    await events.return?.().catch(() => {});
+  }
+}
+
+async function finishStream(
+  deps: AnswerDeps,
+  ctx: TurnContext,
+  sse: SSEWriter,
+  answer: ModelAnswer,
+) {
+  // Saved and metered before the final event, so a client that has it can rely on both.
+  const failure = await persist(deps, ctx, answer);
+  if (failure) sse.write("error", errorBody(failure, ctx));
+  else sse.write("done", { session_id: ctx.turn.key.sessionId, ...summary(answer, ctx) });
+  sse.close();
+}
+
+async function streamCutShort(
+  deps: AnswerDeps,
+  ctx: TurnContext,
+  sse: SSEWriter,
+  error: unknown,
+  text: string,
+) {
+  const usage = await estimate(deps, ctx, text);
+  if (sse.signal.aborted) {
+    const closed = { code: "client_closed" as const, detail: "client closed the stream" };
+    await meter(deps, ctx, 499, { usage, estimated: true, error: closed });
+    return;
+  }
+  const failure = error instanceof AgentError ? error : modelError(error);
+  await meter(deps, ctx, failure.status, { usage, estimated: true, error: failure });
+  sse.write("error", errorBody(failure, ctx));
+  sse.close();
+}
+
+function errorBody(error: AgentError, ctx: TurnContext) {
+  return { error: { code: error.code, message: error.message, request_id: ctx.facts.requestId } };
+}

@@ -1,0 +1,44 @@
+/**
+ * Owns what a request leaves in the function's log: one structured JSON line
+ * per request (for Supabase's Logs Explorer), with the internal detail of
+ * server-side failures, and the facts a refusal is recorded with.
+ */
+import type { AgentError } from "../_shared/errors.ts";
+import type { Logger } from "../_shared/log.ts";
+import type { Outcome, RequestFacts } from "./usage.ts";
+
+export function requestLogLine(
+  settings: { sessionStore: string; transport: string },
+  facts: RequestFacts,
+  status: number,
+  outcome: Outcome,
+  now: number,
+): Parameters<Logger> {
+  const level = status >= 500 ? "error" : status >= 400 && status !== 499 ? "warn" : "info";
+  return [level, "request", {
+    request_id: facts.requestId,
+    status,
+    code: outcome.error?.code ?? "ok",
+    latency_ms: Math.round(now - facts.started),
+    store: settings.sessionStore,
+    transport: settings.transport,
+    stream: facts.stream ?? false,
+    org_id: facts.orgId ?? null,
+    user_id: facts.userId ?? null,
+    client_ip: facts.clientIp ?? null,
+    ...(facts.clientRequestId ? { client_request_id: facts.clientRequestId } : {}),
+    ...(outcome.usage ? { total_tokens: outcome.usage.total_tokens } : {}),
+    ...(status >= 500 && outcome.error ? { detail: outcome.error.detail } : {}),
+  }];
+}
+
+/**
+ * A refusal's row never names an org the caller was refused for
+ * (`forbidden`): it goes to metadata.requested_org_id, so refused outsiders
+ * cannot put rows into another tenant's reports.
+ */
+export function refusalFacts(facts: RequestFacts, refusal: AgentError): RequestFacts {
+  const scoped = refusal.options.scope ? { ...facts, refusedScope: refusal.options.scope } : facts;
+  if (refusal.code !== "forbidden" || !facts.orgId) return scoped;
+  return { ...scoped, orgId: null, requestedOrgId: facts.orgId };
+}

@@ -1,0 +1,124 @@
+/**
+ * Owns the usage row: what one request is recorded as (`usageEvent`) and how
+ * it is written (`createUsageLogger`): one insert, handed to
+ * `EdgeRuntime.waitUntil` when the runtime has it, awaited otherwise. Every
+ * string is made storable first, so no client input can make the insert
+ * fail; a failed insert never fails the request, it becomes a log line.
+ */
+import { describe, type OutcomeCode } from "../_shared/errors.ts";
+import type { Logger } from "../_shared/log.ts";
+import { storable } from "../_shared/text.ts";
+import type { TurnDatabase, UsageEvent } from "./database.ts";
+import type { TokenUsage } from "./model.ts";
+import type { RateLimitDecision } from "./rate-limit.ts";
+
+/** Keeps the isolate alive until `promise` settles (EdgeRuntime.waitUntil). */
+export type ExtendLifetime = (promise: Promise<unknown>) => void;
+
+export function edgeRuntimeLifetime(): ExtendLifetime | undefined {
+  const runtime = (globalThis as { EdgeRuntime?: { waitUntil?: (p: Promise<unknown>) => void } })
+    .EdgeRuntime;
+  return typeof runtime?.waitUntil === "function" ? (p) => runtime.waitUntil!(p) : undefined;
+}
+
+/** What a request is known to be about when its row is written. */
+export interface RequestFacts {
+  requestId: string;
+  clientRequestId?: string | undefined;
+  started: number;
+  orgId?: string | null | undefined;
+  /** The org a refused non-member named: kept out of `org_id` so it cannot poison that org's reports. */
+  requestedOrgId?: string | undefined;
+  userId?: string | undefined;
+  sessionId?: string | undefined;
+  channel?: string | undefined;
+  clientIp?: string | undefined;
+  stream?: boolean | undefined;
+  rateLimit?: RateLimitDecision | undefined;
+  /** The bucket scope that refused the request, when a limit did. */
+  refusedScope?: string | undefined;
+  clientMetadata?: Record<string, unknown> | undefined;
+}
+
+export interface Outcome {
+  model?: string | undefined;
+  usage?: TokenUsage | undefined;
+  /** The usage is an estimate (the upstream never reported it). */
+  estimated?: boolean | undefined;
+  error?: { code: OutcomeCode; detail: string } | undefined;
+}
+
+export interface UsageSettings {
+  model: string;
+  sessionStore: string;
+}
+
+export function usageEvent(
+  settings: UsageSettings,
+  facts: RequestFacts,
+  outcome: Outcome,
+  latencyMs: number,
+): UsageEvent {
+  const u = outcome.usage;
+  return {
+    request_id: facts.requestId,
+    org_id: facts.orgId ?? null,
+    user_id: facts.userId ?? null,
+    session_id: facts.sessionId ?? null,
+    channel: facts.channel ?? null,
+    model: outcome.model ?? settings.model,
+    prompt_tokens: u?.prompt_tokens ?? null,
+    cached_prompt_tokens: u?.cached_prompt_tokens ?? null,
+    completion_tokens: u?.completion_tokens ?? null,
+    total_tokens: u?.total_tokens ?? null,
+    latency_ms: Math.max(0, Math.round(latencyMs)),
+    success: !outcome.error,
+    error_code: outcome.error?.code ?? null,
+    error_message: outcome.error?.detail ?? null,
+    event_count: 1,
+    metadata: metadataOf(settings, facts, outcome),
+  };
+}
+
+function metadataOf(settings: UsageSettings, facts: RequestFacts, outcome: Outcome) {
+  const rl = facts.rateLimit;
+  const scope = facts.refusedScope ?? rl?.scope;
+  return {
+    store: settings.sessionStore,
+    stream: facts.stream ?? false,
+    ...(facts.clientIp ? { client_ip: facts.clientIp } : {}),
+    ...(scope ? { rate_limit: { scope, remaining: rl?.remaining ?? 0 } } : {}),
+    ...(outcome.estimated ? { tokens_estimated: true } : {}),
+    ...(facts.clientRequestId ? { client_request_id: facts.clientRequestId } : {}),
+    ...(facts.requestedOrgId ? { requested_org_id: facts.requestedOrgId } : {}),
+    ...(facts.clientMetadata ? { client: facts.clientMetadata } : {}),
+  };
+}
+
+export interface UsageLogger {
+  readonly enabled: boolean;
+  record(event: UsageEvent): Promise<void>;
+}
+
+export function createUsageLogger(options: {
+  enabled: boolean;
+  db: Pick<TurnDatabase, "logUsage">;
+  log: Logger;
+  extendLifetime: ExtendLifetime | undefined;
+}): UsageLogger {
+  return {
+    enabled: options.enabled,
+    async record(event) {
+      if (!options.enabled) return;
+      const insert = options.db.logUsage(storable(event)).catch((error) => {
+        options.log("error", "usage_log_failed", {
+          request_id: event.request_id,
+          error_code: event.error_code,
+          detail: describe(error),
+        });
+      });
+      if (options.extendLifetime) options.extendLifetime(insert);
+      else await insert;
+    },
+  };
+}
