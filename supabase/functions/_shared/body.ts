@@ -20,16 +20,17 @@ export async function readBody(request: Request, limits: BodyLimits): Promise<st
     timedOut = true;
     reader.cancel().catch(() => {});
   }, limits.timeoutMs);
+  const late = () =>
+    new AgentError("invalid_request", `the body did not arrive within ${limits.timeoutMs} ms`, {
+      status: 408,
+    });
   try {
-    return decode(await readAll(reader, limits.maxBytes));
+    const bytes = await readAll(reader, limits.maxBytes);
+    // A cancelled read ends like a finished one: what arrived is not the whole body.
+    if (timedOut) throw late();
+    return decode(bytes);
   } catch (error) {
-    if (timedOut) {
-      throw new AgentError(
-        "invalid_request",
-        `the body did not arrive within ${limits.timeoutMs} ms`,
-        { status: 408 },
-      );
-    }
+    if (timedOut) throw late();
     if (error instanceof AgentError) throw error;
     throw new AgentError("invalid_request", "could not read the request body");
   } finally {
