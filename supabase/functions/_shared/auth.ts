@@ -21,8 +21,6 @@ export interface AuthOptions {
   issuer: string;
   /** Expected `aud` of user tokens. */
   audience?: string;
-  /** Injected for tests; defaults to fetch. */
-  fetchJwks?: (url: string) => Promise<Response>;
 }
 
 const encoder = new TextEncoder();
@@ -36,7 +34,10 @@ export function secretsEqual(a: string, b: string): boolean {
   return diff === 0;
 }
 
-export function createAuthenticator(options: AuthOptions) {
+type Verify = (token: string) => Promise<JWTPayload>;
+
+/** Verifies a user token with the key its algorithm names; claims are read only after. */
+function createVerifier(options: AuthOptions): Verify {
   const jwks = options.jwksUrl
     ? createRemoteJWKSet(new URL(options.jwksUrl), {
       cacheMaxAge: 10 * 60_000,
@@ -44,90 +45,97 @@ export function createAuthenticator(options: AuthOptions) {
     })
     : undefined;
   const hmacKey = options.jwtSecret ? encoder.encode(options.jwtSecret) : undefined;
-  const audience = options.audience ?? "authenticated";
+  const claims = {
+    audience: options.audience ?? "authenticated",
+    issuer: options.issuer,
+    requiredClaims: ["exp", "sub"],
+    clockTolerance: 5,
+  };
+  return async (token) => {
+    const alg = algorithmOf(token);
+    try {
+      if (alg === "HS256" && hmacKey) {
+        return (await jwtVerify(token, hmacKey, { ...claims, algorithms: ["HS256"] })).payload;
+      }
+      if (alg !== "HS256" && jwks) {
+        return (await jwtVerify(token, jwks, { ...claims, algorithms: ["ES256", "RS256"] }))
+          .payload;
+      }
+    } catch (error) {
+      throw verificationError(error);
+    }
+    throw new AgentError("unauthorized", "invalid token");
+  };
+}
 
-  function isServiceKey(token: string): boolean {
+function algorithmOf(token: string): string {
+  const header = token.split(".")[0] ?? "";
+  try {
+    return String(JSON.parse(atob(header.replace(/-/g, "+").replace(/_/g, "/"))).alg ?? "");
+  } catch {
+    throw new AgentError("unauthorized", "invalid token");
+  }
+}
+
+function verificationError(error: unknown): AgentError {
+  const code = (error as { code?: string }).code ?? "";
+  if (code === "ERR_JWT_EXPIRED") return new AgentError("unauthorized", "token expired");
+  if (code === "ERR_JWKS_TIMEOUT" || error instanceof TypeError) {
+    return new AgentError("internal_error", "could not verify the token now", {
+      detail: String(error),
+    });
+  }
+  return new AgentError("unauthorized", "invalid token");
+}
+
+/**
+ * Verified user tokens, until they expire (at most 5 minutes): a client
+ * sends the same token with every request, and an ES256 verification costs
+ * more CPU than the rest of the request's own work. Only tokens that passed
+ * verification are cached, so a forged one is never looked up here.
+ */
+function createTokenCache(maxEntries = 10_000) {
+  const verified = new Map<string, { userId: string; until: number }>();
+  return {
+    get(token: string): string | undefined {
+      const hit = verified.get(token);
+      if (hit && hit.until > Date.now()) return hit.userId;
+      if (hit) verified.delete(token);
+      return undefined;
+    },
+    set(token: string, userId: string, exp: number) {
+      const until = Math.min(exp * 1000, Date.now() + 5 * 60_000);
+      if (until <= Date.now()) return;
+      if (verified.size >= maxEntries) verified.delete(verified.keys().next().value!);
+      verified.set(token, { userId, until });
+    },
+  };
+}
+
+export function createAuthenticator(options: AuthOptions) {
+  const verify = createVerifier(options);
+  const cache = createTokenCache();
+  const isServiceKey = (token: string) => {
     let match = false;
     for (const key of options.serviceKeys) match = secretsEqual(token, key) || match;
     return match;
-  }
-
-  async function verifyUserToken(token: string): Promise<JWTPayload> {
-    const header = token.split(".")[0] ?? "";
-    let alg = "";
-    try {
-      alg = JSON.parse(atob(header.replace(/-/g, "+").replace(/_/g, "/"))).alg ?? "";
-    } catch {
-      throw new AgentError("unauthorized", "invalid token");
-    }
-    // Only the algorithm picks the key; the claims are read after verification.
-    const verifyOptions = {
-      audience,
-      issuer: options.issuer,
-      requiredClaims: ["exp", "sub"],
-      clockTolerance: 5,
-    };
-    try {
-      if (alg === "HS256") {
-        if (!hmacKey) throw new AgentError("unauthorized", "invalid token");
-        return (await jwtVerify(token, hmacKey, { ...verifyOptions, algorithms: ["HS256"] }))
-          .payload;
-      }
-      if (!jwks) throw new AgentError("unauthorized", "invalid token");
-      return (await jwtVerify(token, jwks, { ...verifyOptions, algorithms: ["ES256", "RS256"] }))
-        .payload;
-    } catch (error) {
-      if (error instanceof AgentError) throw error;
-      const code = (error as { code?: string }).code ?? "";
-      if (code === "ERR_JWT_EXPIRED") throw new AgentError("unauthorized", "token expired");
-      if (code === "ERR_JWKS_TIMEOUT" || error instanceof TypeError) {
-        throw new AgentError("internal_error", "could not verify the token now", {
-          detail: String(error),
-        });
-      }
-      throw new AgentError("unauthorized", "invalid token");
-    }
-  }
-
-  // Verified user tokens, until they expire (at most 5 minutes): a client
-  // sends the same token with every request, and an ES256 verification
-  // costs more CPU than the rest of the request's own work. Only tokens that
-  // passed verification are cached, so a forged one is never looked up here.
-  const verified = new Map<string, { userId: string; until: number }>();
-  const MAX_CACHED = 10_000;
-  function remember(token: string, userId: string, exp: number) {
-    const until = Math.min(exp * 1000, Date.now() + 5 * 60_000);
-    if (until <= Date.now()) return;
-    if (verified.size >= MAX_CACHED) verified.delete(verified.keys().next().value!);
-    verified.set(token, { userId, until });
-  }
-
+  };
   return async function authenticate(headers: Headers): Promise<Caller> {
-    const authorization = headers.get("authorization") ?? "";
-    const bearer = /^Bearer\s+(\S+)$/i.exec(authorization)?.[1];
+    const bearer = /^Bearer\s+(\S+)$/i.exec(headers.get("authorization") ?? "")?.[1];
     const apikey = headers.get("apikey") ?? undefined;
-    if (!bearer && !apikey) throw new AgentError("unauthorized", "missing Authorization header");
-    if (bearer && isServiceKey(bearer)) return { mode: "service" };
-    if (!bearer && apikey && isServiceKey(apikey)) return { mode: "service" };
-    if (!bearer) throw new AgentError("unauthorized", "missing Authorization header");
-    const cached = verified.get(bearer);
-    if (cached) {
-      if (cached.until > Date.now()) return { mode: "user", userId: cached.userId };
-      verified.delete(bearer);
-    }
-    const payload = await verifyUserToken(bearer);
-    if (payload.role === "service_role") {
-      // A verified service-role JWT (legacy service key minted by this project).
+    if (bearer ? isServiceKey(bearer) : apikey !== undefined && isServiceKey(apikey)) {
       return { mode: "service" };
     }
-    if (payload.role !== "authenticated" || typeof payload.sub !== "string" || !payload.sub) {
+    if (!bearer) throw new AgentError("unauthorized", "missing Authorization header");
+    const cached = cache.get(bearer);
+    if (cached) return { mode: "user", userId: cached };
+    const payload = await verify(bearer);
+    if (payload.role === "service_role") return { mode: "service" };
+    if (payload.role !== "authenticated" || !isUuid(payload.sub)) {
       throw new AgentError("unauthorized", "token is not a signed-in user's");
     }
-    if (!isUuid(payload.sub)) {
-      throw new AgentError("unauthorized", "token subject is not a user id");
-    }
     const userId = payload.sub.toLowerCase();
-    remember(bearer, userId, payload.exp!);
+    cache.set(bearer, userId, payload.exp!);
     return { mode: "user", userId };
   };
 }

@@ -16,14 +16,13 @@ import { AgentError, asAgentError } from "../_shared/errors.ts";
 import { createCors, errorResponse, requestIds } from "../_shared/http.ts";
 import type { Logger } from "../_shared/log.ts";
 import { type AdmissionDeps, admit, identify, sessionKeyFor } from "./admission.ts";
-import { type AnswerDeps, answerJson, answerStream, type TurnContext } from "./answer.ts";
+import { type AnswerDeps, answerJson, answerStream } from "./answer.ts";
 import type { Config } from "./config.ts";
 import { RATE_LIMIT_HEADER_NAMES, rateLimitHeaders } from "./rate-limit.ts";
-import type { RefusalLedger } from "./refusals.ts";
+import { recordRefusal, type RefusalLedger } from "./refusals.ts";
 import { chatRequestSchema, parseChatRequest } from "./request.ts";
-import { refusalFacts, requestLogLine } from "./request-log.ts";
-import type { Outcome, RequestFacts } from "./usage.ts";
-import { usageEvent } from "./usage.ts";
+import { requestLogLine } from "./request-log.ts";
+import { type Outcome, type RequestFacts, turnFacts } from "./usage.ts";
 
 export type HandlerSettings =
   & Pick<
@@ -66,10 +65,8 @@ export function createAgentChatHandler(deps: AgentChatDeps) {
   const { settings } = deps;
   const now = deps.now ?? (() => performance.now());
   const answerDeps: AnswerDeps = { ...deps, now };
-  const rules = {
-    schema: chatRequestSchema(settings.maxMessageChars),
-    userChannels: settings.userChannels,
-  };
+  const rules = { schema: chatRequestSchema(settings.maxMessageChars), ...settings };
+  const bodyLimits = { maxBytes: settings.maxBodyBytes, timeoutMs: settings.bodyTimeoutMs };
   const cors = createCors({
     allowedOrigins: settings.allowedOrigins,
     extraAllowHeaders: ["x-request-id", "idempotency-key"],
@@ -80,12 +77,12 @@ export function createAgentChatHandler(deps: AgentChatDeps) {
 
   return async function handle(request: Request, info?: ConnInfo): Promise<Response> {
     const { requestId, clientRequestId } = requestIds(request.headers);
-    const base = {
-      ...cors(request.headers.get("origin")),
-      "x-request-id": requestId,
-      ...(clientRequestId ? { "x-client-request-id": clientRequestId } : {}),
-    };
-    if (request.method === "OPTIONS") return new Response(null, { status: 204, headers: base });
+    const headers = responseHeaders(
+      cors(request.headers.get("origin")),
+      requestId,
+      clientRequestId,
+    );
+    if (request.method === "OPTIONS") return new Response(null, { status: 204, headers });
     const connectionIp = clientIpFrom(request.headers, settings.trustedProxyHops, peerOf(info));
     let facts: RequestFacts = {
       requestId,
@@ -95,51 +92,42 @@ export function createAgentChatHandler(deps: AgentChatDeps) {
     };
     let caller: Caller | undefined;
     try {
-      if (deps.refusals.blocked(connectionIp)) {
-        throw floodRefusal(settings.refusalLogIntervalSeconds);
-      }
+      if (deps.refusals.blocked(connectionIp)) throw floodRefusal(settings);
       if (request.method !== "POST") throw notPost();
       caller = await deps.authenticate(request.headers);
       if (caller.mode === "user") facts = { ...facts, userId: caller.userId };
-      const limits = { maxBytes: settings.maxBodyBytes, timeoutMs: settings.bodyTimeoutMs };
-      const body = parseChatRequest(await readBody(request, limits), caller, rules);
+      const body = parseChatRequest(await readBody(request, bodyLimits), caller, rules);
       const who = identify(caller, body, connectionIp);
       const session = sessionKeyFor(body, who.userId);
-      facts = {
-        ...facts,
-        ...who,
-        orgId: body.orgId,
-        sessionId: session.key.sessionId,
-        channel: body.channel,
-        stream: body.stream,
-        clientMetadata: body.metadata,
-      };
+      facts = turnFacts(facts, body, who, session.key.sessionId);
       const turn = await admit(deps, body, who, session);
-      facts = { ...facts, rateLimit: turn.rateLimit };
-      const ctx: TurnContext = {
-        facts,
+      const admitted = { ...facts, rateLimit: turn.rateLimit };
+      return await (body.stream ? answerStream : answerJson)(answerDeps, {
+        facts: admitted,
         body,
         turn,
         clientSignal: request.signal,
-        headers: { ...base, ...rateLimitHeaders(turn.rateLimit) },
-        finished: (status, outcome) => log(facts, status, outcome),
-      };
-      return await (body.stream ? answerStream : answerJson)(answerDeps, ctx);
+        headers: { ...headers, ...rateLimitHeaders(turn.rateLimit) },
+        finished: (status, outcome) => log(admitted, status, outcome),
+      });
     } catch (error) {
       const refusal = asAgentError(error);
-      const refused = refusalFacts(facts, refusal);
-      const outcome: Outcome = { error: refusal };
-      if (!caller) deps.refusals.anonymous(refusal.code, connectionIp);
-      else {
-        const event = usageEvent(settings, refused, outcome, now() - facts.started);
-        const key = `${refused.userId ?? caller.mode}:${refusal.code}:${
-          refusal.options.scope ?? ""
-        }`;
-        await deps.refusals.refused(key, event);
-      }
-      log(refused, refusal.status, outcome);
-      return errorResponse(refusal, requestId, base);
+      const refused = await recordRefusal(deps, caller, facts, refusal, now());
+      log(refused, refusal.status, { error: refusal });
+      return errorResponse(refusal, requestId, headers);
     }
+  };
+}
+
+function responseHeaders(
+  cors: Record<string, string>,
+  requestId: string,
+  clientRequestId: string | undefined,
+): Record<string, string> {
+  return {
+    ...cors,
+    "x-request-id": requestId,
+    ...(clientRequestId ? { "x-client-request-id": clientRequestId } : {}),
   };
 }
 
@@ -151,9 +139,9 @@ function notPost(): AgentError {
   return new AgentError("method_not_allowed", "use POST", { headers: { allow: "POST, OPTIONS" } });
 }
 
-function floodRefusal(intervalSeconds: number): AgentError {
+function floodRefusal(settings: HandlerSettings): AgentError {
   return new AgentError("rate_limit", "too many refused requests from this address", {
-    headers: { "retry-after": String(intervalSeconds) },
+    headers: { "retry-after": String(settings.refusalLogIntervalSeconds) },
     scope: "ip",
   });
 }

@@ -15,7 +15,10 @@
  * Rows per isolate per interval: at most 1 anonymous row, plus at most 2 per
  * refused key, with at most `maxKeys` keys (the rest fold into one overflow key).
  */
+import type { Caller } from "../_shared/auth.ts";
+import type { AgentError } from "../_shared/errors.ts";
 import type { UsageEvent } from "./database.ts";
+import { type RequestFacts, usageEvent, type UsageSettings } from "./usage.ts";
 
 export interface RefusalLedgerOptions {
   intervalMs: number;
@@ -43,75 +46,78 @@ export interface RefusalLedger {
 
 const TOP_IPS = 10;
 
-export function createRefusalLedger(options: RefusalLedgerOptions): RefusalLedger {
-  const now = options.now ?? Date.now;
-  const maxKeys = options.maxKeys ?? 10_000;
-  let windowStart = now();
-  let byCode = new Map<string, number>();
-  let byIp = new Map<string, number>();
-  let keyed = new Map<string, Counted>();
-  let timer: ReturnType<typeof setTimeout> | undefined;
+/** What one interval has counted. */
+class RefusalWindow {
+  readonly byCode = new Map<string, number>();
+  readonly byIp = new Map<string, number>();
+  readonly keyed = new Map<string, Counted>();
+  constructor(readonly start: number, readonly maxKeys: number) {}
 
-  function schedule() {
-    if (timer !== undefined) return;
-    timer = setTimeout(() => {
-      timer = undefined;
-      void flush();
-    }, options.intervalMs);
-    Deno.unrefTimer(timer);
+  /** A bounded map key: known keys, new ones while there is room, else `overflow`. */
+  slot<T>(map: Map<string, T>, key: string, overflow: string): string {
+    return map.has(key) || map.size < this.maxKeys ? key : overflow;
   }
 
-  function rollIfDue(): Promise<void> | undefined {
-    return now() - windowStart >= options.intervalMs ? flush() : undefined;
+  countAnonymous(code: string, ip: string) {
+    const address = this.slot(this.byIp, ip, "other");
+    this.byCode.set(code, (this.byCode.get(code) ?? 0) + 1);
+    this.byIp.set(address, (this.byIp.get(address) ?? 0) + 1);
   }
 
-  function rowsToWrite(from: number, to: number): UsageEvent[] {
+  rows(end: number): UsageEvent[] {
     const window = {
-      window_start: new Date(from).toISOString(),
-      window_end: new Date(to).toISOString(),
+      window_start: new Date(this.start).toISOString(),
+      window_end: new Date(end).toISOString(),
     };
     const rows: UsageEvent[] = [];
-    const anonymous = [...byCode.values()].reduce((a, b) => a + b, 0);
-    if (anonymous > 0) rows.push(anonymousRow(anonymous, byCode, byIp, window));
-    for (const { first, more } of keyed.values()) {
+    const anonymous = [...this.byCode.values()].reduce((a, b) => a + b, 0);
+    if (anonymous > 0) rows.push(anonymousRow(anonymous, this.byCode, this.byIp, window));
+    for (const { first, more } of this.keyed.values()) {
       if (more > 0) rows.push(aggregatedRow(first, more, window));
     }
     return rows;
   }
+}
+
+export function createRefusalLedger(options: RefusalLedgerOptions): RefusalLedger {
+  const now = options.now ?? Date.now;
+  const maxKeys = options.maxKeys ?? 10_000;
+  let current = new RefusalWindow(now(), maxKeys);
+  let timer: ReturnType<typeof setTimeout> | undefined;
 
   async function flush(): Promise<void> {
-    const rows = rowsToWrite(windowStart, now());
-    windowStart = now();
-    byCode = new Map();
-    byIp = new Map();
-    keyed = new Map();
-    if (timer !== undefined) clearTimeout(timer);
+    const rows = current.rows(now());
+    current = new RefusalWindow(now(), maxKeys);
+    clearTimeout(timer);
     timer = undefined;
     await Promise.all(rows.map((row) => options.write(row)));
   }
+  // Counted refusals are written when the interval ends, by timer or by the next refusal.
+  function counted() {
+    timer ??= setTimeout(() => void flush(), options.intervalMs);
+    Deno.unrefTimer(timer);
+  }
+  const rollIfDue = () => now() - current.start >= options.intervalMs ? flush() : undefined;
 
   return {
     blocked(ip) {
       void rollIfDue();
-      return (byIp.get(ip ?? "unknown") ?? 0) >= options.ipLimit;
+      return (current.byIp.get(ip ?? "unknown") ?? 0) >= options.ipLimit;
     },
     anonymous(code, ip) {
       void rollIfDue();
-      const address = byIp.has(ip ?? "unknown") || byIp.size < maxKeys ? ip ?? "unknown" : "other";
-      byCode.set(code, (byCode.get(code) ?? 0) + 1);
-      byIp.set(address, (byIp.get(address) ?? 0) + 1);
-      schedule();
+      current.countAnonymous(code, ip ?? "unknown");
+      counted();
     },
     async refused(key, event) {
       await rollIfDue();
-      const k = keyed.has(key) || keyed.size < maxKeys ? key : "overflow";
-      const seen = keyed.get(k);
+      const k = current.slot(current.keyed, key, "overflow");
+      const seen = current.keyed.get(k);
       if (seen) {
         seen.more++;
-        schedule();
-        return;
+        return counted();
       }
-      keyed.set(k, { first: event, more: 0 });
+      current.keyed.set(k, { first: event, more: 0 });
       await options.write(event);
     },
     flush,
@@ -172,4 +178,34 @@ function aggregatedRow(
       ...window,
     },
   };
+}
+
+/**
+ * Records a refusal before admission: anonymous ones are only counted; an
+ * authenticated caller's go through the keyed ledger. Returns the facts the
+ * refusal is logged with. A refusal's row never names an org the caller was
+ * refused for (`forbidden`): it goes to metadata.requested_org_id, so refused
+ * outsiders cannot put rows into another tenant's reports.
+ */
+export async function recordRefusal(
+  deps: { settings: UsageSettings; refusals: RefusalLedger },
+  caller: Caller | undefined,
+  facts: RequestFacts,
+  refusal: AgentError,
+  now: number,
+): Promise<RequestFacts> {
+  let refused: RequestFacts = refusal.options.scope
+    ? { ...facts, refusedScope: refusal.options.scope }
+    : facts;
+  if (refusal.code === "forbidden" && facts.orgId) {
+    refused = { ...refused, orgId: null, requestedOrgId: facts.orgId };
+  }
+  if (!caller) {
+    deps.refusals.anonymous(refusal.code, facts.clientIp);
+    return refused;
+  }
+  const event = usageEvent(deps.settings, refused, { error: refusal }, now - facts.started);
+  const key = `${refused.userId ?? caller.mode}:${refusal.code}:${refusal.options.scope ?? ""}`;
+  await deps.refusals.refused(key, event);
+  return refused;
 }

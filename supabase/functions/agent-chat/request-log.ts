@@ -1,9 +1,8 @@
 /**
  * Owns what a request leaves in the function's log: one structured JSON line
  * per request (for Supabase's Logs Explorer), with the internal detail of
- * server-side failures, and the facts a refusal is recorded with.
+ * server-side failures.
  */
-import type { AgentError } from "../_shared/errors.ts";
 import type { Logger } from "../_shared/log.ts";
 import type { Outcome, RequestFacts } from "./usage.ts";
 
@@ -30,15 +29,4 @@ export function requestLogLine(
     ...(outcome.usage ? { total_tokens: outcome.usage.total_tokens } : {}),
     ...(status >= 500 && outcome.error ? { detail: outcome.error.detail } : {}),
   }];
-}
-
-/**
- * A refusal's row never names an org the caller was refused for
- * (`forbidden`): it goes to metadata.requested_org_id, so refused outsiders
- * cannot put rows into another tenant's reports.
- */
-export function refusalFacts(facts: RequestFacts, refusal: AgentError): RequestFacts {
-  const scoped = refusal.options.scope ? { ...facts, refusedScope: refusal.options.scope } : facts;
-  if (refusal.code !== "forbidden" || !facts.orgId) return scoped;
-  return { ...scoped, orgId: null, requestedOrgId: facts.orgId };
 }

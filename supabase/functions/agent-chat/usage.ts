@@ -40,6 +40,29 @@ export interface RequestFacts {
   clientMetadata?: Record<string, unknown> | undefined;
 }
 
+/** The facts of a request once its body is read: who, which org, session and channel. */
+export function turnFacts(
+  facts: RequestFacts,
+  body: {
+    orgId: string;
+    channel: string;
+    stream: boolean;
+    metadata?: Record<string, unknown> | undefined;
+  },
+  who: { userId: string; clientIp: string | undefined },
+  sessionId: string,
+): RequestFacts {
+  return {
+    ...facts,
+    ...who,
+    orgId: body.orgId,
+    sessionId,
+    channel: body.channel,
+    stream: body.stream,
+    clientMetadata: body.metadata,
+  };
+}
+
 export interface Outcome {
   model?: string | undefined;
   usage?: TokenUsage | undefined;
