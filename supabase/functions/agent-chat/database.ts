@@ -205,9 +205,7 @@ export function createPostgresDatabase(connect: () => Sql, timeoutMs: number): T
     sql = connect();
     stale.end({ timeout: 0 }).catch(() => {});
   }
-  async function call<T>(fn: string, args: Record<string, unknown>): Promise<T> {
-    const pool = sql;
-    const query = pool.unsafe(callSql(fn, args, CASTS));
+  async function attempt<T>(pool: Sql, text: string, fn: string): Promise<T> {
     let timer: ReturnType<typeof setTimeout> | undefined;
     const timeout = new Promise<never>((_, reject) => {
       timer = setTimeout(() => {
@@ -216,14 +214,26 @@ export function createPostgresDatabase(connect: () => Sql, timeoutMs: number): T
       }, timeoutMs);
     });
     try {
-      const rows = await Promise.race([query, timeout]);
+      const rows = await Promise.race([pool.unsafe(text), timeout]);
       return (rows[0] as unknown as { result: T } | undefined)?.result as T;
-    } catch (error) {
-      if (error instanceof DatabaseError) throw error;
-      const e = error as { message?: string; code?: string };
-      throw new DatabaseError(e.message ?? String(error), e.code);
     } finally {
       clearTimeout(timer);
+    }
+  }
+  async function call<T>(fn: string, args: Record<string, unknown>): Promise<T> {
+    const text = callSql(fn, args, CASTS);
+    const pool = sql;
+    try {
+      return await attempt<T>(pool, text, fn);
+    } catch (error) {
+      if (!diedBeforeRunning(error)) throw asDatabaseError(error);
+      // A pooled connection a restart killed: the statement never ran; once more on a fresh pool.
+      replacePool(pool);
+      try {
+        return await attempt<T>(sql, text, fn);
+      } catch (again) {
+        throw asDatabaseError(again);
+      }
     }
   }
   return {
@@ -235,4 +245,32 @@ export function createPostgresDatabase(connect: () => Sql, timeoutMs: number): T
     },
     close: () => sql.end({ timeout: 1 }),
   };
+}
+
+/**
+ * Errors of a connection that was already dead when the call was sent (the
+ * server restarted or terminated the session): the single-statement call did
+ * not run, or ran in a transaction the server rolled back, so it is safe to
+ * send once more.
+ */
+const DEAD_CONNECTION = new Set([
+  "CONNECTION_CLOSED",
+  "CONNECTION_ENDED",
+  "CONNECTION_DESTROYED",
+  "ECONNRESET",
+  "EPIPE",
+  "57P01", // admin_shutdown: terminating connection due to administrator command
+  "57P02", // crash_shutdown
+]);
+
+function diedBeforeRunning(error: unknown): boolean {
+  const e = error as { code?: string; errno?: string } | undefined;
+  return !(error instanceof DatabaseError) &&
+    (DEAD_CONNECTION.has(e?.code ?? "") || DEAD_CONNECTION.has(e?.errno ?? ""));
+}
+
+function asDatabaseError(error: unknown): DatabaseError {
+  if (error instanceof DatabaseError) return error;
+  const e = error as { message?: string; code?: string };
+  return new DatabaseError(e.message ?? String(error), e.code);
 }
