@@ -160,8 +160,11 @@ export function sqlLiteral(value: unknown): string {
   }
   const text = typeof value === "string" ? value : JSON.stringify(value);
   if (text.includes("\0")) throw new DatabaseError("text with a NUL character cannot be stored");
-  return `E'${text.replace(/\\/g, "\\\\").replace(/'/g, "''")}'`;
+  return `E'${text.replace(/[\\']/g, escapeChar)}'`;
 }
+
+/** One pass over the text: a backslash and a quote are each doubled. */
+const escapeChar = (c: string) => c + c;
 
 function callSql(fn: string, args: Record<string, unknown>, casts: Record<string, string>): string {
   const list = Object.entries(args).map(([name, value]) =>
