@@ -1,7 +1,7 @@
 -- Per-scope limits decided together: a refused request consumes no bucket;
 -- the ip: bucket is skipped when the IP is unknown.
 begin;
-\ir _helpers.sql
+\ir ../support/pgtap-helpers.psql
 select plan(9);
 
 -- setup

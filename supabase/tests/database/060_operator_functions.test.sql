@@ -1,6 +1,6 @@
 -- Operator functions: clear a bucket, expire an opt-out, show a session, purge.
 begin;
-\ir _helpers.sql
+\ir ../support/pgtap-helpers.psql
 select plan(13);
 
 -- setup

@@ -9,7 +9,7 @@ import { run } from "./tools.ts";
 
 const root = new URL("../../../", import.meta.url).pathname;
 export const migrationsDir = `${root}supabase/migrations`;
-const bootstrapFile = new URL("./bootstrap.sql", import.meta.url).pathname;
+const bootstrapFile = new URL("./bootstrap.psql", import.meta.url).pathname;
 
 export class MigrationError extends Error {}
 
