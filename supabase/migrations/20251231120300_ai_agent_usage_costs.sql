@@ -82,8 +82,11 @@ grant execute on function ops.is_served_outcome(boolean, text) to service_role;
 
 -- ---------------------------------------------------------------------------
 -- Usage report: the one query behind the health view, the CLI and the HTML
--- report. Buckets start at p_from, so a one-bucket report over any period is
--- one row.
+-- report. Buckets are aligned to clock boundaries (date_bin from 2000-01-01
+-- 00:00 UTC: quarter hours, hours, days), so a bucket starts at the same
+-- instant whenever the report is asked for; only rows in [p_from, p_to) are
+-- counted, so the first and last bucket may be partial. A null p_bucket
+-- gives one row for the whole period (bucket_start = p_from).
 -- ---------------------------------------------------------------------------
 create function ops.usage_report(
   p_from timestamptz,
@@ -114,7 +117,10 @@ stable
 set search_path = ''
 as $$
   select
-    date_bin(p_bucket, e.created_at, p_from) as bucket_start,
+    case
+      when p_bucket is null then p_from
+      else date_bin(p_bucket, e.created_at, timestamptz '2000-01-01 00:00:00+00')
+    end as bucket_start,
     case when p_by_org then e.org_id end as org_id,
     count(*) as requests,
     count(*) filter (where ops.is_served_outcome(e.success, e.error_code)) as served,
@@ -144,14 +150,19 @@ as $$
   order by 1, 2;
 $$;
 comment on function ops.usage_report(timestamptz, timestamptz, interval, uuid, boolean) is
-  'Requests, success rate (answered / served), latency percentiles of answered requests, tokens and estimated cost per time bucket (buckets start at p_from), optionally for one org or per org.';
+  'Requests, success rate (answered / served), latency percentiles of answered requests, tokens and estimated cost per time bucket, optionally for one org or per org. Buckets start on clock boundaries (date_bin from 2000-01-01 00:00 UTC) and do not move between calls; p_bucket null = one row for the whole period, starting at p_from.';
 revoke execute on function ops.usage_report(timestamptz, timestamptz, interval, uuid, boolean) from public, anon, authenticated;
 grant execute on function ops.usage_report(timestamptz, timestamptz, interval, uuid, boolean) to service_role;
 
+-- Whole quarter hours from 24 hours before the current one, which is last
+-- and still filling.
 create view ops.health_15m with (security_invoker = true) as
-  select * from ops.usage_report(now() - interval '24 hours', now() + interval '1 second', interval '15 minutes');
+  select * from ops.usage_report(
+    date_bin(interval '15 minutes', now(), timestamptz '2000-01-01 00:00:00+00') - interval '24 hours',
+    now() + interval '1 second',
+    interval '15 minutes');
 comment on view ops.health_15m is
-  'The last 24 hours in 15-minute buckets: requests, success rate, p50/p95/p99 latency, tokens, estimated cost.';
+  'The last 24 hours in 15-minute buckets on clock boundaries (:00, :15, :30, :45; the current one last): requests, success rate, p50/p95/p99 latency, tokens, estimated cost.';
 grant select on ops.health_15m to service_role;
 
 create view ops.monthly_cost with (security_invoker = true) as
