@@ -133,9 +133,8 @@ export const commands: Record<string, { usage: string; run(ctx: CommandContext):
         "usage [--since 24h | --from <iso> --to <iso>] [--org <uuid>] [--bucket 1 hour] [--by-org]",
       async run(ctx) {
         const { from, to } = period(ctx);
-        const bucket = typeof ctx.flags.bucket === "string"
-          ? ctx.flags.bucket
-          : `${Math.ceil((to.getTime() - from.getTime()) / 1000)} seconds`;
+        // No --bucket: one row for the whole period (a null bucket).
+        const bucket = typeof ctx.flags.bucket === "string" ? ctx.flags.bucket : null;
         const rows = await ctx
           .sql`select * from ops.usage_report(${from}, ${to}, ${bucket}::interval,
         ${optionalUuid(ctx.flags.org, "--org")}::uuid, ${ctx.flags["by-org"] === true})`;
@@ -200,9 +199,8 @@ export const commands: Record<string, { usage: string; run(ctx: CommandContext):
         const org = optionalUuid(ctx.flags.org, "--org");
         const series = await ctx
           .sql`select * from ops.usage_report(${from}, ${to}, ${bucket}::interval, ${org}::uuid, false)`;
-        const byOrg = await ctx.sql`select * from ops.usage_report(${from}, ${to}, ${`${
-          Math.ceil(span / 1000)
-        } seconds`}::interval, ${org}::uuid, true)`;
+        const byOrg = await ctx
+          .sql`select * from ops.usage_report(${from}, ${to}, null, ${org}::uuid, true)`;
         const alerts = await ctx.sql`select * from ops.open_alerts`;
         const html = renderReport({
           from,

@@ -2,7 +2,7 @@
 -- RLS everywhere, pinned search_path, security_invoker views, service-only
 -- functions.
 begin;
-\ir _helpers.sql
+\ir ../support/pgtap-helpers.psql
 select plan(10);
 
 -- test: every table of ours has RLS

@@ -1,7 +1,7 @@
 -- What members, strangers and anon can read: a member its own sessions and
 -- their messages, nothing else.
 begin;
-\ir _helpers.sql
+\ir ../support/pgtap-helpers.psql
 select plan(9);
 
 -- setup

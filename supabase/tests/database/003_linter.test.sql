@@ -1,7 +1,7 @@
 -- The checks of Supabase's database linter (splinter) that apply to this
 -- schema, written here as queries over the catalog: none may find anything.
 begin;
-\ir _helpers.sql
+\ir ../support/pgtap-helpers.psql
 select plan(7);
 
 -- 0001 unindexed foreign keys: every foreign key has an index that starts with its columns.

@@ -1,7 +1,7 @@
 -- The sliding window: N admissions per W seconds, refused after, room again
 -- as the clock moves; never more than N in any W seconds.
 begin;
-\ir _helpers.sql
+\ir ../support/pgtap-helpers.psql
 select plan(12);
 
 -- setup

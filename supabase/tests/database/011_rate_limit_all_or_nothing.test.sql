@@ -1,7 +1,7 @@
 -- Per-scope limits decided together: a refused request consumes no bucket;
 -- the ip: bucket is skipped when the IP is unknown.
 begin;
-\ir _helpers.sql
+\ir ../support/pgtap-helpers.psql
 select plan(9);
 
 -- setup
@@ -29,7 +29,7 @@ create temp table t_org_refused as
 select tests.begin_turn(org, bob, null, '2026-03-01 10:00:04+00', 3, 2, 10) as r from t_ctx;
 select is((select r -> 'rate_limit' ->> 'scope' from t_org_refused), 'org', 'then the org bucket refuses');
 select is((select slot_total from ops.rate_limits, t_ctx where bucket_key = 'user:' || bob), 1,
-  'and bob''s user bucket, counted before the org was checked, was put back');
+  'and bob''s user bucket is not charged either: a refusal writes no bucket');
 select is((select count(*)::int from ops.rate_limits
            where bucket_key like 'ip:%' and bucket_key <> 'ip:198.51.100.7' and updated_at >= '2026-03-01 10:00:00+00'
              and updated_at < '2026-03-01 10:01:00+00'), 0,

@@ -1,7 +1,7 @@
 -- Opt-outs: org-wide, one member, one channel; expiry honoured; expired
 -- rows kept; nothing consumed when refused.
 begin;
-\ir _helpers.sql
+\ir ../support/pgtap-helpers.psql
 select plan(10);
 
 -- setup

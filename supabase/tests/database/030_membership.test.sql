@@ -1,6 +1,6 @@
 -- A user may act only for an org it belongs to; a stranger consumes nothing.
 begin;
-\ir _helpers.sql
+\ir ../support/pgtap-helpers.psql
 select plan(4);
 
 -- setup

@@ -1,7 +1,7 @@
 -- Sessions: created on the first turn, appended, trimmed to the cap, TTL
 -- refreshed, history returned oldest first, ownership for good.
 begin;
-\ir _helpers.sql
+\ir ../support/pgtap-helpers.psql
 select plan(13);
 
 -- setup

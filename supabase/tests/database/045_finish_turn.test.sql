@@ -1,6 +1,6 @@
 -- agent_finish_turn: the turn and its usage row in one call; nothing logged for another owner's session.
 begin;
-\ir _helpers.sql
+\ir ../support/pgtap-helpers.psql
 select plan(5);
 
 -- setup

@@ -1,6 +1,6 @@
 -- Usage rows, prices, the cost and health arithmetic.
 begin;
-\ir _helpers.sql
+\ir ../support/pgtap-helpers.psql
 select plan(14);
 
 -- setup

@@ -1,6 +1,6 @@
 -- Operator functions: clear a bucket, expire an opt-out, show a session, purge.
 begin;
-\ir _helpers.sql
+\ir ../support/pgtap-helpers.psql
 select plan(13);
 
 -- setup
@@ -9,7 +9,7 @@ grant select on t_ctx to service_role;
 select tests.add_member(org, alice) from t_ctx;
 select tests.begin_turn(org, alice, '10.0.0.1', '2026-05-01 00:00:00+00', p_user_limit => 1) from t_ctx;
 
--- test: clear a bucket (the guide's query only selected)
+-- test: clear a bucket
 select is((select tests.begin_turn(org, alice, '10.0.0.1', '2026-05-01 00:00:01+00', p_user_limit => 1) ->> 'outcome' from t_ctx),
   'rate_limit', 'the user bucket is full');
 select is((select ops.clear_rate_limit('user:' || alice) from t_ctx), 1, 'clear_rate_limit deletes the bucket');

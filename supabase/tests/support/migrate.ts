@@ -9,7 +9,7 @@ import { run } from "./tools.ts";
 
 const root = new URL("../../../", import.meta.url).pathname;
 export const migrationsDir = `${root}supabase/migrations`;
-const bootstrapFile = new URL("./bootstrap.sql", import.meta.url).pathname;
+const bootstrapFile = new URL("./bootstrap.psql", import.meta.url).pathname;
 
 export class MigrationError extends Error {}
 
@@ -19,9 +19,9 @@ async function psql(url: string, args: string[]): Promise<string> {
   return res.stdout;
 }
 
-export async function listMigrations(): Promise<string[]> {
+export async function listMigrations(dir = migrationsDir): Promise<string[]> {
   const files: string[] = [];
-  for await (const entry of Deno.readDir(migrationsDir)) {
+  for await (const entry of Deno.readDir(dir)) {
     if (entry.isFile && /^\d{14}_.+\.sql$/.test(entry.name)) files.push(entry.name);
   }
   return files.sort();
@@ -29,11 +29,12 @@ export async function listMigrations(): Promise<string[]> {
 
 export async function migrate(
   url: string,
-  options: { pgCron: boolean; log?: (line: string) => void } = {
+  options: { pgCron: boolean; log?: (line: string) => void; migrationsDir?: string } = {
     pgCron: false,
   },
 ): Promise<string[]> {
   const log = options.log ?? (() => {});
+  const dir = options.migrationsDir ?? migrationsDir;
   const bootstrapped =
     (await psql(url, ["-Atc", "select to_regnamespace('auth') is not null"])).trim() === "t";
   if (!bootstrapped) {
@@ -49,13 +50,23 @@ export async function migrate(
     ]);
     log("bootstrapped Supabase roles, auth schema and extensions");
   }
-  const applied = new Set(
-    (await psql(url, ["-Atc", "select version from supabase_migrations.schema_migrations"])).split(
-      "\n",
-    ).filter(Boolean),
+  const applied = new Map(
+    (await psql(url, ["-Atc", "select version, name from supabase_migrations.schema_migrations"]))
+      .split("\n").filter(Boolean).map((line) => line.split("|") as [string, string]),
   );
+  const files = await listMigrations(dir);
+  // As `supabase db push` does: a database that applied migrations this
+  // folder no longer has (a squash, another branch) is not migrated further.
+  const stale = [...applied].filter(([version, name]) => !files.includes(`${version}_${name}.sql`));
+  if (stale.length > 0) {
+    throw new MigrationError(
+      `the database applied migrations that are not in ${dir}: ${
+        stale.map(([v, n]) => `${v}_${n}`).join(", ")
+      }. Recreate it (for npm run dev: delete .local/postgres).`,
+    );
+  }
   const done: string[] = [];
-  for (const file of await listMigrations()) {
+  for (const file of files) {
     const version = file.slice(0, 14);
     if (applied.has(version)) continue;
     const name = file.slice(15, -4);
@@ -63,7 +74,7 @@ export async function migrate(
       await psql(url, [
         "--single-transaction",
         "-f",
-        `${migrationsDir}/${file}`,
+        `${dir}/${file}`,
         "-c",
         `insert into supabase_migrations.schema_migrations (version, name) values ('${version}', '${name}')`,
       ]);

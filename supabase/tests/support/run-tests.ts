@@ -59,32 +59,23 @@ async function runPgTap(url: string): Promise<Tally> {
       "pg_prove not found. Install the Debian packages: apt-get install postgresql-15-pgtap libtap-parser-sourcehandler-pgtap-perl",
     );
   }
-  const files: string[] = [];
-  for await (const e of Deno.readDir(`${root}supabase/tests/database`)) {
-    if (e.isFile && e.name.endsWith(".test.sql")) files.push(`supabase/tests/database/${e.name}`);
-  }
-  files.sort();
+  // Exactly the command `supabase test db` runs, connected through the same
+  // PG* variables: every .sql/.pg file under supabase/tests is a pgTAP test.
   const u = new URL(url);
-  const res = await streamed(pgProve, [
-    "--ext",
-    ".sql",
-    "-h",
-    u.hostname,
-    "-p",
-    u.port,
-    "-U",
-    "postgres",
-    "-d",
-    "postgres",
-    ...files,
-  ], { PGOPTIONS: "--client-min-messages=warning" });
+  const res = await streamed(pgProve, ["--ext", ".pg", "--ext", ".sql", "-r", "supabase/tests"], {
+    PGHOST: u.hostname,
+    PGPORT: u.port,
+    PGUSER: "postgres",
+    PGDATABASE: "postgres",
+    PGOPTIONS: "--client-min-messages=warning",
+  });
   const ran = Number(/Tests=(\d+)/.exec(res.text)?.[1] ?? 0);
   let failedSubtests = 0;
   for (const m of res.text.matchAll(/Failed (\d+)\/\d+ subtests/g)) failedSubtests += Number(m[1]);
   // A file that died before printing a plan has no "Failed n/m" line.
   let failed = failedSubtests;
   if (res.code !== 0 && failed === 0) failed = 1;
-  if (ran === 0 && files.length > 0 && failed === 0) failed = 1;
+  if (ran === 0 && failed === 0) failed = 1;
   return { passed: ran - failedSubtests, failed };
 }
 

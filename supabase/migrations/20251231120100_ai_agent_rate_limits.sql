@@ -1,16 +1,20 @@
--- agent-chat: a leaner ops.consume_rate_limits.
+-- agent-chat: the rate-limit decision, ops.consume_rate_limits.
 --
--- Same algorithm, guarantee and result as before (20 slots of W/20 per
--- bucket; never more than N admissions in any W-second span), in about a
--- third of the CPU: every bucket is locked and evaluated first, and rows
--- are written only when all of them allow, so a refusal writes nothing and
--- there is nothing to put back. The per-bucket helper and its composite
--- type go. The updated_at index goes too: it made every counter update a
--- non-HOT update; the nightly purge scans this small table instead.
+-- Algorithm: sliding window over sub-windows ("slots"). A bucket's window of
+-- W seconds is cut into 20 slots of W/20 each; its row in ops.rate_limits
+-- keeps, per recent slot, how many requests it admitted. A request is
+-- admitted when the admissions counted in every slot that overlaps
+-- (now - W, now] are fewer than the limit N.
+--
+-- Guarantee: never more than N admissions in any W-second interval, under
+-- any concurrency (the rows are locked in one global order for the decision).
+-- The price of the bounded row size: a request can be refused up to one
+-- slot (W/20) earlier than an exact sliding log would refuse it.
+-- All-or-nothing: the org:, user: and ip: buckets are decided together.
+-- Every bucket is locked and evaluated first, and rows are written only when
+-- all of them allow, so a refused request writes nothing.
 
-drop index if exists ops.rate_limits_updated_at_idx;
-
-create or replace function ops.consume_rate_limits(
+create function ops.consume_rate_limits(
   p_bucket_keys text[],
   p_limits integer[],
   p_window_seconds integer,
@@ -191,5 +195,5 @@ $$;
 comment on function ops.consume_rate_limits(text[], integer[], integer, timestamptz) is
   'All-or-nothing sliding-window decision over several buckets: locks them in a fixed order, admits only if every bucket has room, then counts the request in each. Never more than N admissions in any W seconds per bucket; a refusal writes nothing.';
 
-drop function if exists ops.rate_limit_peek(text, integer, integer, timestamptz);
-drop type if exists ops.rate_limit_state;
+revoke execute on function ops.consume_rate_limits(text[], integer[], integer, timestamptz) from public, anon, authenticated;
+grant execute on function ops.consume_rate_limits(text[], integer[], integer, timestamptz) to service_role;

@@ -1,49 +1,71 @@
--- agent-chat: recorded alerts, the scheduled check, and nightly purge.
+-- agent-chat: alerts and the schedules.
 --
--- ops.evaluate_alerts (previous migration) says which conditions are true at
--- a moment. ops.check_alerts records them: one open event per condition
--- (kind + subject + window), kept up to date while it holds, resolved when it
--- clears. pg_cron runs the check every minute and the purge nightly when the
--- extension is enabled; without it, call the functions from any scheduler.
+-- ops.evaluate_alerts says which conditions are true at a moment.
+-- ops.check_alerts records them in ops.alert_events: one open event per
+-- condition (kind + subject + window), kept up to date while it holds,
+-- resolved when it clears. pg_cron runs the check every minute and the purge
+-- (ops.purge_expired, with the operator functions) nightly when the extension
+-- is enabled; without it, call the functions from any scheduler.
 
-create table ops.alert_settings (
-  id boolean primary key default true check (id),
-  min_requests integer not null default 10 check (min_requests > 0),
-  success_threshold numeric(5, 4) not null default 0.98 check (success_threshold > 0 and success_threshold <= 1),
-  webhook_url text check (webhook_url is null or webhook_url ~ '^https://'),
-  updated_at timestamptz not null default now()
-);
-comment on table ops.alert_settings is
-  'One row: the success-rate threshold and minimum traffic for the success-rate alert, and an optional https webhook that receives raised and resolved alerts through pg_net when that extension is enabled.';
-comment on column ops.alert_settings.min_requests is 'Served requests a 15-minute window needs before its success rate can alert (no paging on 1 failure out of 2).';
-insert into ops.alert_settings default values;
-alter table ops.alert_settings enable row level security;
-revoke all on ops.alert_settings from public, anon, authenticated;
-grant select, update on ops.alert_settings to service_role;
+-- ---------------------------------------------------------------------------
+-- Alert conditions, evaluated live.
+-- ---------------------------------------------------------------------------
+create function ops.evaluate_alerts(
+  p_now timestamptz default now(),
+  p_min_requests integer default 10,
+  p_success_threshold numeric default 0.98
+)
+returns table (
+  kind text,
+  subject text,
+  window_start timestamptz,
+  window_end timestamptz,
+  observed numeric,
+  threshold numeric,
+  details jsonb
+)
+language sql
+stable
+set search_path = ''
+as $$
+  -- Success rate over the trailing 15 minutes (evaluated every minute by
+  -- the scheduled check, this covers any 15-minute window to the minute).
+  select 'success_rate', 'global', p_now - interval '15 minutes', p_now,
+         round(w.succeeded::numeric / w.served, 4), p_success_threshold,
+         jsonb_build_object('served', w.served, 'succeeded', w.succeeded, 'failures_by_code', w.codes)
+  from (
+    select
+      count(*) filter (where ops.is_served_outcome(e.success, e.error_code)) as served,
+      count(*) filter (where e.success) as succeeded,
+      (select coalesce(jsonb_object_agg(x.code, x.n), '{}'::jsonb)
+       from (select e2.error_code as code, count(*) as n
+             from public.agent_usage_events e2
+             where e2.created_at > p_now - interval '15 minutes' and e2.created_at <= p_now
+               and not e2.success and ops.is_served_outcome(e2.success, e2.error_code)
+             group by 1) x) as codes
+    from public.agent_usage_events e
+    where e.created_at > p_now - interval '15 minutes' and e.created_at <= p_now
+  ) w
+  where w.served >= p_min_requests and w.succeeded::numeric / w.served < p_success_threshold
+  union all
+  select 'budget',
+         case when b.org_id is null then 'global' else 'org:' || b.org_id end,
+         date_trunc('month', p_now), p_now,
+         s.estimated_usd, b.monthly_usd,
+         jsonb_build_object('org_id', b.org_id, 'budget_usd', b.monthly_usd, 'spent_usd', s.estimated_usd)
+  from ops.budgets b
+  join ops.month_to_date_spend(p_now) s on s.org_id is not distinct from b.org_id
+  where s.estimated_usd > b.monthly_usd;
+$$;
+comment on function ops.evaluate_alerts(timestamptz, integer, numeric) is
+  'Alert conditions true at p_now: success rate below 98% over the trailing 15 minutes (with at least p_min_requests served), and month-to-date estimated spend over a global or per-org budget.';
+revoke execute on function ops.evaluate_alerts(timestamptz, integer, numeric) from public, anon, authenticated;
+grant execute on function ops.evaluate_alerts(timestamptz, integer, numeric) to service_role;
 
-create table ops.alert_events (
-  id bigint generated always as identity primary key,
-  kind text not null check (kind in ('success_rate', 'budget')),
-  subject text not null,
-  window_start timestamptz not null,
-  observed numeric not null,
-  threshold numeric not null,
-  details jsonb not null default '{}'::jsonb,
-  raised_at timestamptz not null,
-  last_seen_at timestamptz not null,
-  resolved_at timestamptz
-);
-comment on table ops.alert_events is
-  'Alerts raised by ops.check_alerts: kind success_rate (subject global) or budget (subject global or org:<id>). One open row per kind, subject and window; resolved_at is set when the condition clears. Rows are history: never deleted by the purge.';
-comment on column ops.alert_events.window_start is
-  'success_rate: when the alert was first seen (its window is the trailing 15 minutes at each check); budget: the first day of the month.';
-comment on column ops.alert_events.observed is 'Latest observed value: success rate (0..1) or month-to-date USD.';
-comment on column ops.alert_events.last_seen_at is 'Last check at which the condition still held.';
-create unique index alert_events_one_open_idx on ops.alert_events (kind, subject) where resolved_at is null;
-create index alert_events_raised_at_idx on ops.alert_events (raised_at desc);
-alter table ops.alert_events enable row level security;
-revoke all on ops.alert_events from public, anon, authenticated;
-grant select, insert, update on ops.alert_events to service_role;
+create view ops.active_alerts with (security_invoker = true) as
+  select * from ops.evaluate_alerts();
+comment on view ops.active_alerts is 'Alert conditions true right now (see ops.evaluate_alerts).';
+grant select on ops.active_alerts to service_role;
 
 -- Forwarding: a no-op unless pg_net is installed and a webhook is set.
 -- Called through dynamic SQL so this migration does not depend on pg_net.
@@ -67,6 +89,8 @@ end;
 $$;
 comment on function ops.forward_alert(ops.alert_events, text) is
   'POSTs {state: raised|resolved, alert} to ops.alert_settings.webhook_url through pg_net (net.http_post) when both exist; otherwise does nothing.';
+revoke execute on function ops.forward_alert(ops.alert_events, text) from public, anon, authenticated;
+grant execute on function ops.forward_alert(ops.alert_events, text) to service_role;
 
 create function ops.check_alerts(p_now timestamptz default now())
 returns jsonb
@@ -133,6 +157,8 @@ end;
 $$;
 comment on function ops.check_alerts(timestamptz) is
   'Records alert conditions true at p_now into ops.alert_events (raise once, refresh while true, resolve when cleared) and forwards changes to the webhook. pg_cron runs it every minute when enabled; otherwise call it from any scheduler.';
+revoke execute on function ops.check_alerts(timestamptz) from public, anon, authenticated;
+grant execute on function ops.check_alerts(timestamptz) to service_role;
 
 create view ops.open_alerts with (security_invoker = true) as
   select a.id, a.kind, a.subject, a.observed, a.threshold, a.raised_at, a.last_seen_at, a.details
@@ -140,11 +166,6 @@ create view ops.open_alerts with (security_invoker = true) as
   where a.resolved_at is null
   order by a.raised_at;
 comment on view ops.open_alerts is 'Alerts raised by ops.check_alerts that have not cleared yet.';
-
-revoke execute on function ops.forward_alert(ops.alert_events, text) from public, anon, authenticated;
-revoke execute on function ops.check_alerts(timestamptz) from public, anon, authenticated;
-grant execute on function ops.forward_alert(ops.alert_events, text) to service_role;
-grant execute on function ops.check_alerts(timestamptz) to service_role;
 grant select on ops.open_alerts to service_role;
 
 -- Schedules, only where pg_cron is enabled (Database → Extensions on hosted

@@ -1,0 +1,206 @@
+-- agent-chat: the usage log's insert, prices, and the reports built on the
+-- usage log (cost per month, month-to-date spend, requests, success rate and
+-- latency per time bucket). Only service_role may execute or read them.
+
+-- ---------------------------------------------------------------------------
+-- public.agent_log_usage: the single insert per request.
+-- ---------------------------------------------------------------------------
+create function public.agent_log_usage(p_event jsonb)
+returns void
+language sql
+set search_path = ''
+as $$
+  insert into public.agent_usage_events (
+    request_id, org_id, user_id, session_id, channel, model,
+    prompt_tokens, cached_prompt_tokens, completion_tokens, total_tokens,
+    latency_ms, success, error_code, error_message, metadata, created_at
+  )
+  select
+    left(e.request_id, 128), e.org_id, e.user_id, e.session_id, left(e.channel, 64), left(e.model, 128),
+    e.prompt_tokens, e.cached_prompt_tokens, e.completion_tokens, e.total_tokens,
+    e.latency_ms, coalesce(e.success, false), left(e.error_code, 64), left(e.error_message, 2000),
+    coalesce(e.metadata, '{}'::jsonb), coalesce(e.created_at, now())
+  from jsonb_to_record(p_event) as e (
+    request_id text, org_id uuid, user_id uuid, session_id uuid, channel text, model text,
+    prompt_tokens integer, cached_prompt_tokens integer, completion_tokens integer, total_tokens integer,
+    latency_ms integer, success boolean, error_code text, error_message text, metadata jsonb,
+    created_at timestamptz
+  );
+$$;
+comment on function public.agent_log_usage(jsonb) is
+  'agent-chat: inserts one row into public.agent_usage_events from a JSON object with the table''s column names. service_role only.';
+revoke execute on function public.agent_log_usage(jsonb) from public, anon, authenticated;
+grant execute on function public.agent_log_usage(jsonb) to service_role;
+
+-- ---------------------------------------------------------------------------
+-- Prices
+-- ---------------------------------------------------------------------------
+-- Price of one event, or NULL when no price row matches its model.
+create function ops.event_cost_usd(
+  p_model text,
+  p_created_at timestamptz,
+  p_prompt_tokens integer,
+  p_cached_prompt_tokens integer,
+  p_completion_tokens integer
+)
+returns numeric
+language sql
+stable
+set search_path = ''
+as $$
+  select (
+      greatest(coalesce(p_prompt_tokens, 0) - coalesce(p_cached_prompt_tokens, 0), 0) * p.input_usd_per_million
+    + coalesce(p_cached_prompt_tokens, 0) * p.cached_input_usd_per_million
+    + coalesce(p_completion_tokens, 0) * p.output_usd_per_million
+  ) / 1000000
+  from ops.model_prices p
+  where (p.model = p_model or starts_with(p_model, p.model || '-'))
+    and p.effective_from <= p_created_at
+  order by length(p.model) desc, p.effective_from desc
+  limit 1;
+$$;
+comment on function ops.event_cost_usd(text, timestamptz, integer, integer, integer) is
+  'Estimated USD cost of one usage event from ops.model_prices; NULL when the model has no price.';
+revoke execute on function ops.event_cost_usd(text, timestamptz, integer, integer, integer) from public, anon, authenticated;
+grant execute on function ops.event_cost_usd(text, timestamptz, integer, integer, integer) to service_role;
+
+-- ---------------------------------------------------------------------------
+-- Outcomes: which error codes are the service's fault.
+-- ---------------------------------------------------------------------------
+create function ops.is_served_outcome(p_success boolean, p_error_code text)
+returns boolean
+language sql
+immutable
+set search_path = ''
+as $$
+  select p_success or coalesce(p_error_code, 'internal_error') in ('openai_error', 'session_store_error', 'internal_error');
+$$;
+comment on function ops.is_served_outcome(boolean, text) is
+  'True for requests the service tried to answer (success, openai_error, session_store_error, internal_error). Refusals caused by the client (rate_limit, opt_out, invalid_request, unauthorized, forbidden, session_not_found) do not count against the success rate.';
+revoke execute on function ops.is_served_outcome(boolean, text) from public, anon, authenticated;
+grant execute on function ops.is_served_outcome(boolean, text) to service_role;
+
+-- ---------------------------------------------------------------------------
+-- Usage report: the one query behind the health view, the CLI and the HTML
+-- report. Buckets are aligned to clock boundaries (date_bin from 2000-01-01
+-- 00:00 UTC: quarter hours, hours, days), so a bucket starts at the same
+-- instant whenever the report is asked for; only rows in [p_from, p_to) are
+-- counted, so the first and last bucket may be partial. A null p_bucket
+-- gives one row for the whole period (bucket_start = p_from).
+-- ---------------------------------------------------------------------------
+create function ops.usage_report(
+  p_from timestamptz,
+  p_to timestamptz,
+  p_bucket interval default '15 minutes',
+  p_org_id uuid default null,
+  p_by_org boolean default false
+)
+returns table (
+  bucket_start timestamptz,
+  org_id uuid,
+  requests bigint,
+  served bigint,
+  succeeded bigint,
+  refused bigint,
+  success_rate numeric,
+  latency_p50_ms numeric,
+  latency_p95_ms numeric,
+  latency_p99_ms numeric,
+  prompt_tokens bigint,
+  completion_tokens bigint,
+  total_tokens bigint,
+  estimated_usd numeric,
+  unpriced_events bigint
+)
+language sql
+stable
+set search_path = ''
+as $$
+  select
+    case
+      when p_bucket is null then p_from
+      else date_bin(p_bucket, e.created_at, timestamptz '2000-01-01 00:00:00+00')
+    end as bucket_start,
+    case when p_by_org then e.org_id end as org_id,
+    count(*) as requests,
+    count(*) filter (where ops.is_served_outcome(e.success, e.error_code)) as served,
+    count(*) filter (where e.success) as succeeded,
+    count(*) filter (where not ops.is_served_outcome(e.success, e.error_code)) as refused,
+    round(
+      count(*) filter (where e.success)::numeric
+        / nullif(count(*) filter (where ops.is_served_outcome(e.success, e.error_code)), 0),
+      4
+    ) as success_rate,
+    round((percentile_cont(0.50) within group (order by e.latency_ms) filter (where e.success))::numeric, 1),
+    round((percentile_cont(0.95) within group (order by e.latency_ms) filter (where e.success))::numeric, 1),
+    round((percentile_cont(0.99) within group (order by e.latency_ms) filter (where e.success))::numeric, 1),
+    coalesce(sum(e.prompt_tokens), 0)::bigint,
+    coalesce(sum(e.completion_tokens), 0)::bigint,
+    coalesce(sum(e.total_tokens), 0)::bigint,
+    round(coalesce(sum(c.usd), 0), 6) as estimated_usd,
+    count(*) filter (where c.usd is null and coalesce(e.total_tokens, 0) > 0) as unpriced_events
+  from public.agent_usage_events e
+  cross join lateral (
+    select ops.event_cost_usd(e.model, e.created_at, e.prompt_tokens, e.cached_prompt_tokens, e.completion_tokens) as usd
+  ) c
+  where e.created_at >= p_from
+    and e.created_at < p_to
+    and (p_org_id is null or e.org_id = p_org_id)
+  group by 1, 2
+  order by 1, 2;
+$$;
+comment on function ops.usage_report(timestamptz, timestamptz, interval, uuid, boolean) is
+  'Requests, success rate (answered / served), latency percentiles of answered requests, tokens and estimated cost per time bucket, optionally for one org or per org. Buckets start on clock boundaries (date_bin from 2000-01-01 00:00 UTC) and do not move between calls; p_bucket null = one row for the whole period, starting at p_from.';
+revoke execute on function ops.usage_report(timestamptz, timestamptz, interval, uuid, boolean) from public, anon, authenticated;
+grant execute on function ops.usage_report(timestamptz, timestamptz, interval, uuid, boolean) to service_role;
+
+-- Whole quarter hours from 24 hours before the current one, which is last
+-- and still filling.
+create view ops.health_15m with (security_invoker = true) as
+  select * from ops.usage_report(
+    date_bin(interval '15 minutes', now(), timestamptz '2000-01-01 00:00:00+00') - interval '24 hours',
+    now() + interval '1 second',
+    interval '15 minutes');
+comment on view ops.health_15m is
+  'The last 24 hours in 15-minute buckets on clock boundaries (:00, :15, :30, :45; the current one last): requests, success rate, p50/p95/p99 latency, tokens, estimated cost.';
+grant select on ops.health_15m to service_role;
+
+create view ops.monthly_cost with (security_invoker = true) as
+  select
+    date_trunc('month', e.created_at) as month,
+    e.org_id,
+    e.model,
+    count(*) as requests,
+    coalesce(sum(e.prompt_tokens), 0)::bigint as prompt_tokens,
+    coalesce(sum(e.cached_prompt_tokens), 0)::bigint as cached_prompt_tokens,
+    coalesce(sum(e.completion_tokens), 0)::bigint as completion_tokens,
+    round(coalesce(sum(ops.event_cost_usd(e.model, e.created_at, e.prompt_tokens, e.cached_prompt_tokens, e.completion_tokens)), 0), 6) as estimated_usd,
+    count(*) filter (
+      where ops.event_cost_usd(e.model, e.created_at, e.prompt_tokens, e.cached_prompt_tokens, e.completion_tokens) is null
+    ) as unpriced_events
+  from public.agent_usage_events e
+  where e.success is true
+  group by 1, 2, 3;
+comment on view ops.monthly_cost is
+  'Estimated monthly cost of successful requests by org and model, priced from ops.model_prices. unpriced_events > 0 means a model has no price row.';
+grant select on ops.monthly_cost to service_role;
+
+-- Month-to-date spend per org (org_id) and in total (org_id NULL).
+create function ops.month_to_date_spend(p_now timestamptz default now())
+returns table (org_id uuid, estimated_usd numeric)
+language sql
+stable
+set search_path = ''
+as $$
+  select e.org_id,
+         round(coalesce(sum(ops.event_cost_usd(e.model, e.created_at, e.prompt_tokens, e.cached_prompt_tokens, e.completion_tokens)), 0), 6)
+  from public.agent_usage_events e
+  where e.success is true
+    and e.created_at >= date_trunc('month', p_now)
+    and e.created_at <= p_now
+  group by grouping sets ((e.org_id), ());
+$$;
+comment on function ops.month_to_date_spend(timestamptz) is
+  'Estimated spend of successful requests since the start of p_now''s month (UTC): one row per org and one with org_id NULL for the total.';
+revoke execute on function ops.month_to_date_spend(timestamptz) from public, anon, authenticated;
+grant execute on function ops.month_to_date_spend(timestamptz) to service_role;
