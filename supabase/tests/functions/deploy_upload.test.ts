@@ -71,7 +71,8 @@ Deno.test("functions deploy uploads index.ts, its deno.json and every module it 
         assert(deploy.files.has(target), `${path} imports ${m[1]}, which was not uploaded`);
       }
     }
-    assert(deploy.files.has("supabase/functions/_shared/handler.ts"));
+    assert(deploy.files.has("supabase/functions/agent-chat/handler.ts"));
+    assert(deploy.files.has("supabase/functions/_shared/auth.ts"));
     for (const path of deploy.files.keys()) {
       assert(!path.includes("/tests/"), `a test file was uploaded: ${path}`);
     }
