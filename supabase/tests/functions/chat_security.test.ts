@@ -901,40 +901,53 @@ Deno.test("raw bytes: invalid UTF-8, overlong and CESU-8 encodings are 400; a BO
 for (const store of STORES) {
   for (const stream of [false, true]) {
     Deno.test(`metering (${store}, ${stream ? "SSE" : "JSON"}): the session taken over while the model answers: 404, one row with the reported tokens`, () =>
-      withHarness({ store }, async (h) => {
-        const a = await h.member();
-        const b = await h.member(a.orgId);
-        const session = crypto.randomUUID();
-        h.openai.script({ kind: "reply", text: "slow answer", latencyMs: 800 });
-        const pending = h.call({ message: "first", org_id: a.orgId, session_id: session, stream }, {
-          token: a.token,
-          headers: { "x-request-id": "metering-race-a-0001" },
-        });
-        await waitFor(() => h.openai.requests.length, (n) => n >= 1);
-        // B claims the session id while A's model call is in flight.
-        const taken = await h.call({ message: "mine now", org_id: a.orgId, session_id: session }, {
-          token: b.token,
-        });
-        assertEquals(await statusOf(taken), 200);
-        const res = await pending;
-        let requestId: string;
-        if (stream) {
-          assertEquals(res.status, 200);
-          const last = parseSse(await res.text()).at(-1)!;
-          assertEquals(last.event, "error");
-          assertEquals(last.data.error.code, "session_not_found");
-          requestId = last.data.error.request_id;
-        } else {
-          requestId = (await expectError(res, 404, "session_not_found")).error.request_id;
-        }
-        const rows = await h.usageRows(requestId);
-        assertEquals(rows.length, 1, "exactly one row");
-        assertEquals(requestLines(h, "metering-race-a-0001").length, 1, "one log line");
-        assertEquals(rows[0]!.error_code, "session_not_found");
-        assert(Number(rows[0]!.total_tokens) > 0, "the answered call's tokens are metered");
-        assertEquals((rows[0]!.metadata as Meta).tokens_estimated, undefined);
-        assertEquals(rows[0]!.org_id, a.orgId);
-      }));
+      withGatedUpstream(
+        1,
+        (upstream) =>
+          withHarness({ store, env: { OPENAI_BASE_URL: upstream.baseURL } }, async (h) => {
+            const a = await h.member();
+            const b = await h.member(a.orgId);
+            const session = crypto.randomUUID();
+            const pending = h.call({
+              message: "first",
+              org_id: a.orgId,
+              session_id: session,
+              stream,
+            }, {
+              token: a.token,
+              headers: { "x-request-id": "metering-race-a-0001" },
+            });
+            await waitFor(() => upstream.requests, (n) => n >= 1);
+            // B claims the session id while A's model call is held upstream.
+            const taken = await h.call({
+              message: "mine now",
+              org_id: a.orgId,
+              session_id: session,
+            }, {
+              token: b.token,
+            });
+            assertEquals(await statusOf(taken), 200);
+            upstream.release();
+            const res = await pending;
+            let requestId: string;
+            if (stream) {
+              assertEquals(res.status, 200);
+              const last = parseSse(await res.text()).at(-1)!;
+              assertEquals(last.event, "error");
+              assertEquals(last.data.error.code, "session_not_found");
+              requestId = last.data.error.request_id;
+            } else {
+              requestId = (await expectError(res, 404, "session_not_found")).error.request_id;
+            }
+            const rows = await h.usageRows(requestId);
+            assertEquals(rows.length, 1, "exactly one row");
+            assertEquals(requestLines(h, "metering-race-a-0001").length, 1, "one log line");
+            assertEquals(rows[0]!.error_code, "session_not_found");
+            assertEquals(rows[0]!.total_tokens, 22, "the answered call's reported tokens");
+            assertEquals((rows[0]!.metadata as Meta).tokens_estimated, undefined);
+            assertEquals(rows[0]!.org_id, a.orgId);
+          }),
+      ));
   }
 
   Deno.test(`metering (${store}): a stream cut short records estimated tokens, flagged, in one row`, () =>
@@ -956,21 +969,26 @@ for (const store of STORES) {
 }
 
 Deno.test("metering (redis via Upstash): the store failing after the model answered is 503 with one row carrying the tokens", () =>
-  withHarness({ store: "redis", redisVia: "upstash" }, async (h) => {
-    const m = await h.member();
-    h.openai.script({ kind: "reply", text: "answer", latencyMs: 600 });
-    const pending = h.call({ message: "hi", org_id: m.orgId }, { token: m.token });
-    await waitFor(() => h.openai.requests.length, (n) => n >= 1);
-    // Redis (behind Upstash) goes away during the model call.
-    const upstash = h.upstash!;
-    const stopUpstash = upstash.stop;
-    upstash.stop = () => Promise.resolve();
-    await stopUpstash();
-    const body = await expectError(await pending, 503, "session_store_error");
-    const rows = await h.usageRows(body.error.request_id);
-    assertEquals(rows.length, 1);
-    assert(Number(rows[0]!.total_tokens) > 0);
-  }));
+  withGatedUpstream(1, (upstream) =>
+    withHarness({
+      store: "redis",
+      redisVia: "upstash",
+      env: { OPENAI_BASE_URL: upstream.baseURL },
+    }, async (h) => {
+      const m = await h.member();
+      const pending = h.call({ message: "hi", org_id: m.orgId }, { token: m.token });
+      await waitFor(() => upstream.requests, (n) => n >= 1);
+      // Redis (behind Upstash) goes away while the model call is held.
+      const upstash = h.upstash!;
+      const stopUpstash = upstash.stop;
+      upstash.stop = () => Promise.resolve();
+      await stopUpstash();
+      upstream.release();
+      const body = await expectError(await pending, 503, "session_store_error");
+      const rows = await h.usageRows(body.error.request_id);
+      assertEquals(rows.length, 1);
+      assertEquals(rows[0]!.total_tokens, 22);
+    })));
 
 for (const transport of ["rpc", "postgres"] as const) {
   Deno.test(`metering (${transport} transport): a save that times out but commits later must not meter the call twice`, () =>
@@ -1105,19 +1123,21 @@ Deno.test("metering: an upstream that never reports usage is metered with estima
 // ---------------------------------------------------------------------------
 
 /**
- * An OpenAI-compatible upstream that holds every answer until `release()`,
- * then answers (JSON or SSE, with usage) and counts the answers whose
- * connection the caller had already closed.
+ * An OpenAI-compatible upstream that holds its first `hold` answers until
+ * `release()` (later requests are answered at once), answers JSON or SSE
+ * with usage, and counts the held answers whose caller had already gone.
  */
-function gatedUpstream() {
+function gatedUpstream(hold = Infinity) {
   let open!: () => void;
   const gate = new Promise<void>((r) => (open = r));
   const state = { requests: 0, dropped: 0 };
   const server = Deno.serve({ port: 0, hostname: "127.0.0.1", onListen: () => {} }, async (req) => {
     const body = await req.json();
     state.requests++;
-    req.signal.addEventListener("abort", () => state.dropped++, { once: true });
-    await gate;
+    if (state.requests <= hold) {
+      req.signal.addEventListener("abort", () => state.dropped++, { once: true });
+      await gate;
+    }
     const usage = { prompt_tokens: 20, completion_tokens: 2, total_tokens: 22 };
     const base = { id: "chatcmpl-gated", created: 1, model: body.model };
     if (!body.stream) {
@@ -1156,6 +1176,20 @@ function gatedUpstream() {
   };
 }
 
+/** Runs `fn` with a gated upstream as the harness's OpenAI; always released and stopped. */
+async function withGatedUpstream(
+  hold: number,
+  fn: (upstream: ReturnType<typeof gatedUpstream>) => Promise<void>,
+) {
+  const upstream = gatedUpstream(hold);
+  try {
+    await fn(upstream);
+  } finally {
+    upstream.release();
+    await upstream.stop();
+  }
+}
+
 /** Starts a request whose client can be made to go away; waits for its log line after. */
 function abortable(h: Harness, m: Member, body: Record<string, unknown>, clientRequestId: string) {
   const controller = new AbortController();
@@ -1183,36 +1217,33 @@ async function closedRows(h: Harness, clientRequestId: string) {
 
 for (const store of STORES) {
   for (const stream of [false, true]) {
-    Deno.test(`client gone (${store}, ${stream ? "before the first SSE event" : "during the JSON call"}): client_closed, one row, upstream dropped`, async () => {
-      const upstream = gatedUpstream();
-      try {
-        await withHarness({ store, env: { OPENAI_BASE_URL: upstream.baseURL } }, async (h) => {
-          const m = await h.member();
-          const id = `gone-${store}-${stream}-${crypto.randomUUID().slice(0, 8)}`;
-          const { controller, response } = abortable(h, m, {
-            message: "hi",
-            org_id: m.orgId,
-            stream,
-          }, id);
-          await waitFor(() => upstream.requests, (n) => n >= 1);
-          controller.abort();
-          await response;
-          // The upstream answers only once the function has logged the request.
-          const rows = await closedRows(h, id);
-          upstream.release();
-          assertEquals(rows.length, 1);
-          assertEquals(rows[0]!.error_code, "client_closed");
-          assertEquals((rows[0]!.metadata as Meta).tokens_estimated, true);
-          assert(Number(rows[0]!.prompt_tokens) > 0, "the prompt sent upstream is metered");
-          // Its answer finds the connection closed: the function dropped the call.
-          const dropped = await waitFor(() => upstream.dropped, (n) => n >= 1);
-          assertEquals(dropped, 1, "the upstream call was dropped");
-        });
-      } finally {
-        upstream.release();
-        await upstream.stop();
-      }
-    });
+    Deno.test(`client gone (${store}, ${stream ? "before the first SSE event" : "during the JSON call"}): client_closed, one row, upstream dropped`, () =>
+      withGatedUpstream(
+        1,
+        (upstream) =>
+          withHarness({ store, env: { OPENAI_BASE_URL: upstream.baseURL } }, async (h) => {
+            const m = await h.member();
+            const id = `gone-${store}-${stream}-${crypto.randomUUID().slice(0, 8)}`;
+            const { controller, response } = abortable(h, m, {
+              message: "hi",
+              org_id: m.orgId,
+              stream,
+            }, id);
+            await waitFor(() => upstream.requests, (n) => n >= 1);
+            controller.abort();
+            await response;
+            // The upstream answers only once the function has logged the request.
+            const rows = await closedRows(h, id);
+            upstream.release();
+            assertEquals(rows.length, 1);
+            assertEquals(rows[0]!.error_code, "client_closed");
+            assertEquals((rows[0]!.metadata as Meta).tokens_estimated, true);
+            assert(Number(rows[0]!.prompt_tokens) > 0, "the prompt sent upstream is metered");
+            // Its answer finds the connection closed: the function dropped the call.
+            const dropped = await waitFor(() => upstream.dropped, (n) => n >= 1);
+            assertEquals(dropped, 1, "the upstream call was dropped");
+          }),
+      ));
   }
 
   Deno.test(`client gone (${store}, mid-stream): client_closed, one row with the streamed text estimated`, () =>
