@@ -2,7 +2,7 @@
  * Owns reading a request body: bounded in bytes and in time, decoded as
  * strict UTF-8. A body that is too large is refused without reading the rest.
  */
-import { AgentError } from "./errors.ts";
+import { AgentError, describe } from "./errors.ts";
 
 export interface BodyLimits {
   maxBytes: number;
@@ -32,7 +32,10 @@ export async function readBody(request: Request, limits: BodyLimits): Promise<st
   } catch (error) {
     if (timedOut) throw late();
     if (error instanceof AgentError) throw error;
-    throw new AgentError("invalid_request", "could not read the request body");
+    // A body stream fails only when its connection does: the client went away.
+    throw new AgentError("client_closed", "the client went away during the body upload", {
+      detail: describe(error),
+    });
   } finally {
     clearTimeout(timer);
   }

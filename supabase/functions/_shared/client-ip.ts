@@ -40,3 +40,22 @@ export function clientIpFrom(
   if (entries.length < trustedHops) return undefined;
   return normalizeIp(entries[entries.length - trustedHops]);
 }
+
+/**
+ * The block one subscriber controls, for per-address limits: an IPv4 address
+ * itself, an IPv6 address's /64 (a single host can rotate through the 2^64
+ * interface ids of its prefix). `unknown` when there is no address.
+ */
+export function addressBlock(ip: string | undefined): string {
+  if (!ip) return "unknown";
+  if (!ip.includes(":")) return ip;
+  const mapped = /^::ffff:(\d+\.\d+\.\d+\.\d+)$/i.exec(ip);
+  if (mapped) return mapped[1]!;
+  const [head = "", tail = ""] = ip.split("::");
+  const left = head ? head.split(":") : [];
+  const right = tail ? tail.split(":") : [];
+  const groups = ip.includes("::")
+    ? [...left, ...Array(Math.max(0, 8 - left.length - right.length)).fill("0"), ...right]
+    : left;
+  return `${groups.slice(0, 4).map((g) => g.replace(/^0+(?=.)/, "")).join(":")}::/64`;
+}

@@ -17,10 +17,9 @@ export type ErrorCode =
   | "openai_error"
   | "session_store_error"
   | "assistant_disabled"
-  | "internal_error";
-
-/** Outcomes that are logged but never sent as an error body (the client is gone). */
-export type OutcomeCode = ErrorCode | "client_closed";
+  | "internal_error"
+  /** The client went away: logged and metered, never sent (nobody is there to read it). */
+  | "client_closed";
 
 export const STATUS_BY_CODE: Record<ErrorCode, number> = {
   invalid_request: 400,
@@ -31,6 +30,7 @@ export const STATUS_BY_CODE: Record<ErrorCode, number> = {
   session_not_found: 404,
   method_not_allowed: 405,
   request_in_progress: 409,
+  client_closed: 499,
   idempotency_mismatch: 422,
   rate_limit: 429,
   internal_error: 500,

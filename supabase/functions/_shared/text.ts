@@ -7,21 +7,28 @@ export function isStorable(text: string): boolean {
   return text.isWellFormed() && !text.includes("\0");
 }
 
-/** The path of the first string (key or value) Postgres could not store, if any. */
+/** JSON nested deeper than this is refused: no caller's body needs it, and walking it costs stack. */
+export const MAX_JSON_DEPTH = 32;
+
+/**
+ * What is wrong with the first string (key or value) Postgres could not store,
+ * or the first value nested deeper than MAX_JSON_DEPTH, with its path.
+ * Iterative: a hostile body cannot exhaust the stack.
+ */
 export function findUnstorable(value: unknown, path = "body"): string | undefined {
-  if (typeof value === "string") return isStorable(value) ? undefined : path;
-  if (Array.isArray(value)) {
-    for (let i = 0; i < value.length; i++) {
-      const found = findUnstorable(value[i], `${path}.${i}`);
-      if (found) return found;
+  const unicode = "text must be valid Unicode without NUL characters";
+  const pending: [unknown, string, number][] = [[value, path, 0]];
+  while (pending.length > 0) {
+    const [v, at, depth] = pending.pop()!;
+    if (typeof v === "string") {
+      if (!isStorable(v)) return `${at}: ${unicode}`;
+      continue;
     }
-    return undefined;
-  }
-  if (value !== null && typeof value === "object") {
-    for (const [k, v] of Object.entries(value)) {
-      if (!isStorable(k)) return `${path} (a key)`;
-      const found = findUnstorable(v, `${path}.${k}`);
-      if (found) return found;
+    if (v === null || typeof v !== "object") continue;
+    if (depth >= MAX_JSON_DEPTH) return `${at}: nested deeper than ${MAX_JSON_DEPTH} levels`;
+    for (const [k, child] of Object.entries(v)) {
+      if (!isStorable(k)) return `${at} (a key): ${unicode}`;
+      pending.push([child, `${at}.${k}`, depth + 1]);
     }
   }
   return undefined;

@@ -8,7 +8,13 @@ import { AgentError, describe } from "../_shared/errors.ts";
 import { errorResponse, jsonResponse } from "../_shared/http.ts";
 import type { AdmittedTurn } from "./admission.ts";
 import { storeError } from "./admission.ts";
-import type { ModelAnswer, ModelClient, StreamEvent, TokenUsage } from "./model.ts";
+import {
+  type ModelAnswer,
+  type ModelClient,
+  ModelError,
+  type StreamEvent,
+  type TokenUsage,
+} from "./model.ts";
 import type { ChatRequest } from "./request.ts";
 import type { SessionStore } from "./session-store.ts";
 import { type SSEWriter, streamSSE } from "./sse.ts";
@@ -55,9 +61,52 @@ function modelError(error: unknown): AgentError {
   });
 }
 
-/** Saves the turn; returns the refusal when it could not be saved. The row is written either way. */
+/** `usage` plus the prompts of `n` more attempts (a retried call sends the same prompt). */
+function withPrompts(usage: TokenUsage, prompt: number, n: number): TokenUsage {
+  const extra = prompt * n;
+  return {
+    ...usage,
+    prompt_tokens: usage.prompt_tokens + extra,
+    total_tokens: usage.total_tokens + extra,
+  };
+}
+
+/**
+ * What an answered call is metered as: the reported usage (estimated when the
+ * upstream reported none), plus the prompt of every earlier attempt that may
+ * have been billed (same prompt; its completion, never received, is unknown).
+ */
+async function billed(deps: AnswerDeps, ctx: TurnContext, answer: ModelAnswer): Promise<Outcome> {
+  const usage = answer.usage ?? await estimate(deps, ctx, answer.text);
+  const n = answer.unsettledAttempts;
+  return {
+    model: answer.model,
+    usage: withPrompts(usage, usage.prompt_tokens, n),
+    estimated: !answer.usage || n > 0,
+    attempts: n + 1,
+  };
+}
+
+/** A failed model call, metered with the prompts of the attempts that may have been billed. */
+async function failed(
+  deps: AnswerDeps,
+  ctx: TurnContext,
+  error: unknown,
+  failure: AgentError,
+): Promise<Outcome> {
+  const n = error instanceof ModelError ? error.unsettledAttempts : 0;
+  if (n === 0) return { error: failure };
+  const { prompt_tokens } = await estimate(deps, ctx, "");
+  const none = { prompt_tokens: 0, completion_tokens: 0, total_tokens: 0, cached_prompt_tokens: 0 };
+  return { usage: withPrompts(none, prompt_tokens, n), estimated: true, attempts: n, error: failure };
+}
+
+/**
+ * Saves the turn and writes its row either way. Returns what was billed, and
+ * the refusal when the turn could not be saved.
+ */
 async function persist(deps: AnswerDeps, ctx: TurnContext, answer: ModelAnswer) {
-  const outcome: Outcome = { model: answer.model, usage: answer.usage };
+  const outcome = await billed(deps, ctx, answer);
   const success = usageEvent(deps.settings, ctx.facts, outcome, deps.now() - ctx.facts.started);
   let failure: AgentError | undefined;
   try {
@@ -66,18 +115,19 @@ async function persist(deps: AnswerDeps, ctx: TurnContext, answer: ModelAnswer) 
     if (saved.owned) {
       if (!saved.usageLogged) await deps.usage.record(success);
       ctx.finished(200, outcome);
-      return undefined;
+      return { outcome, failure };
     }
     failure = new AgentError("session_not_found", "session not found");
   } catch (error) {
     failure = storeError(error);
   }
   await meter(deps, ctx, failure.status, { ...outcome, error: failure });
-  return failure;
+  return { outcome, failure };
 }
 
-function summary(answer: ModelAnswer, ctx: TurnContext) {
-  const { prompt_tokens, completion_tokens, total_tokens } = answer.usage;
+/** The answer's own usage for the client (as reported, else estimated); retries are not its tokens. */
+function summary(answer: ModelAnswer, billed: Outcome, ctx: TurnContext) {
+  const { prompt_tokens, completion_tokens, total_tokens } = answer.usage ?? billed.usage!;
   return {
     usage: { prompt_tokens, completion_tokens, total_tokens },
     model: answer.model,
@@ -85,30 +135,45 @@ function summary(answer: ModelAnswer, ctx: TurnContext) {
   };
 }
 
+/**
+ * The client left before the model was called (during admission): nothing
+ * was sent upstream, so nothing is billed.
+ */
+async function goneBeforeCall(deps: AnswerDeps, ctx: TurnContext): Promise<Response | undefined> {
+  if (!ctx.clientSignal.aborted) return undefined;
+  const closed = { code: "client_closed" as const, detail: "client went away during admission" };
+  await meter(deps, ctx, 499, { error: closed });
+  return new Response(null, { status: 499 });
+}
+
+/** The model call failed before any answer reached the client: 499 if it left, else 502. */
+async function callFailed(deps: AnswerDeps, ctx: TurnContext, error: unknown, during: string) {
+  if (ctx.clientSignal.aborted) {
+    const usage = await estimate(deps, ctx, "");
+    const closed = { code: "client_closed" as const, detail: `client went away ${during}` };
+    await meter(deps, ctx, 499, { usage, estimated: true, error: closed });
+    return new Response(null, { status: 499 });
+  }
+  const failure = modelError(error);
+  await meter(deps, ctx, failure.status, await failed(deps, ctx, error, failure));
+  return errorResponse(failure, ctx.facts.requestId, ctx.headers);
+}
+
 export async function answerJson(deps: AnswerDeps, ctx: TurnContext): Promise<Response> {
+  const gone = await goneBeforeCall(deps, ctx);
+  if (gone) return gone;
   let answer: ModelAnswer;
   try {
     answer = await deps.model.complete(ctx.turn.messages, ctx.clientSignal);
   } catch (error) {
-    if (ctx.clientSignal.aborted) {
-      const usage = await estimate(deps, ctx, "");
-      const closed = {
-        code: "client_closed" as const,
-        detail: "client went away during the model call",
-      };
-      await meter(deps, ctx, 499, { usage, estimated: true, error: closed });
-      return new Response(null, { status: 499 });
-    }
-    const failure = modelError(error);
-    await meter(deps, ctx, failure.status, { error: failure });
-    return errorResponse(failure, ctx.facts.requestId, ctx.headers);
+    return await callFailed(deps, ctx, error, "during the model call");
   }
-  const failure = await persist(deps, ctx, answer);
+  const { outcome, failure } = await persist(deps, ctx, answer);
   if (failure) return errorResponse(failure, ctx.facts.requestId, ctx.headers);
   return jsonResponse(200, {
     session_id: ctx.turn.key.sessionId,
     message: answer.text,
-    ...summary(answer, ctx),
+    ...summary(answer, outcome, ctx),
   }, ctx.headers);
 }
 
@@ -117,6 +182,8 @@ export async function answerJson(deps: AnswerDeps, ctx: TurnContext): Promise<Re
  * is a 502 JSON error, not a 200 stream.
  */
 export async function answerStream(deps: AnswerDeps, ctx: TurnContext): Promise<Response> {
+  const gone = await goneBeforeCall(deps, ctx);
+  if (gone) return gone;
   const upstream = new AbortController();
   const stopUpstream = () => upstream.abort();
   ctx.clientSignal.addEventListener("abort", stopUpstream, { once: true });
@@ -125,31 +192,16 @@ export async function answerStream(deps: AnswerDeps, ctx: TurnContext): Promise<
   try {
     first = await events.next();
   } catch (error) {
+    return await callFailed(deps, ctx, error, "before the first event");
+  } finally {
     ctx.clientSignal.removeEventListener("abort", stopUpstream);
-    return await streamFailedAtOnce(deps, ctx, error);
   }
-  ctx.clientSignal.removeEventListener("abort", stopUpstream);
   const { response, done } = streamSSE(ctx.headers, (sse) => {
     sse.signal.addEventListener("abort", stopUpstream, { once: true });
     return relay(deps, ctx, sse, first, events);
   });
   deps.extendLifetime?.(done);
   return response;
-}
-
-async function streamFailedAtOnce(deps: AnswerDeps, ctx: TurnContext, error: unknown) {
-  if (ctx.clientSignal.aborted) {
-    const usage = await estimate(deps, ctx, "");
-    const closed = {
-      code: "client_closed" as const,
-      detail: "client went away before the first event",
-    };
-    await meter(deps, ctx, 499, { usage, estimated: true, error: closed });
-    return new Response(null, { status: 499 });
-  }
-  const failure = modelError(error);
-  await meter(deps, ctx, failure.status, { error: failure });
-  return errorResponse(failure, ctx.facts.requestId, ctx.headers);
 }
 
 /** Relays model events to the client; ends with `done` or `error`, and meters once. */
@@ -193,9 +245,9 @@ async function finishStream(
   answer: ModelAnswer,
 ) {
   // Saved and metered before the final event, so a client that has it can rely on both.
-  const failure = await persist(deps, ctx, answer);
+  const { outcome, failure } = await persist(deps, ctx, answer);
   if (failure) sse.write("error", errorBody(failure, ctx));
-  else sse.write("done", { session_id: ctx.turn.key.sessionId, ...summary(answer, ctx) });
+  else sse.write("done", { session_id: ctx.turn.key.sessionId, ...summary(answer, outcome, ctx) });
   sse.close();
 }
 

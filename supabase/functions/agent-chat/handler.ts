@@ -92,7 +92,8 @@ export function createAgentChatHandler(deps: AgentChatDeps) {
     };
     let caller: Caller | undefined;
     try {
-      if (deps.refusals.blocked(connectionIp)) throw floodRefusal(settings);
+      const blockedFor = deps.refusals.blockedFor(connectionIp);
+      if (blockedFor > 0) throw floodRefusal(blockedFor);
       if (request.method !== "POST") throw notPost();
       caller = await deps.authenticate(request.headers);
       if (caller.mode === "user") facts = { ...facts, userId: caller.userId };
@@ -114,6 +115,7 @@ export function createAgentChatHandler(deps: AgentChatDeps) {
       const refusal = asAgentError(error);
       const refused = await recordRefusal(deps, caller, facts, refusal, now());
       log(refused, refusal.status, { error: refusal });
+      if (refusal.code === "client_closed") return new Response(null, { status: 499 });
       return errorResponse(refusal, requestId, headers);
     }
   };
@@ -139,9 +141,9 @@ function notPost(): AgentError {
   return new AgentError("method_not_allowed", "use POST", { headers: { allow: "POST, OPTIONS" } });
 }
 
-function floodRefusal(settings: HandlerSettings): AgentError {
+function floodRefusal(retryAfterSeconds: number): AgentError {
   return new AgentError("rate_limit", "too many refused requests from this address", {
-    headers: { "retry-after": String(settings.refusalLogIntervalSeconds) },
+    headers: { "retry-after": String(retryAfterSeconds) },
     scope: "ip",
   });
 }

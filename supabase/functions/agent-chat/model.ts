@@ -1,10 +1,12 @@
 /**
  * The model behind the assistant, through the official `openai` SDK (which
- * honours OPENAI_BASE_URL, timeouts and retries). One narrow interface for
- * the handler: a whole answer, or a stream of text deltas and final usage.
+ * honours OPENAI_BASE_URL and timeouts; retries are counted in
+ * model-retry.ts). One narrow interface for the handler: a whole answer, or
+ * a stream of text deltas and final usage.
  */
 import OpenAI from "openai";
 import type { ChatMessage } from "./database.ts";
+import { RetriesExhausted, withRetries } from "./model-retry.ts";
 
 export interface TokenUsage {
   prompt_tokens: number;
@@ -15,8 +17,11 @@ export interface TokenUsage {
 
 export interface ModelAnswer {
   text: string;
-  usage: TokenUsage;
+  /** As the upstream reported it; undefined when it did not (some proxies never do). */
+  usage: TokenUsage | undefined;
   model: string;
+  /** Earlier attempts of this call that may have been billed (timed out or cut off). */
+  unsettledAttempts: number;
 }
 
 export interface ModelClient {
@@ -28,7 +33,7 @@ export interface ModelClient {
 export type StreamEvent = { type: "delta"; text: string } | { type: "done"; answer: ModelAnswer };
 
 export class ModelError extends Error {
-  constructor(message: string, readonly status?: number) {
+  constructor(message: string, readonly status?: number, readonly unsettledAttempts = 0) {
     super(message);
     this.name = "ModelError";
   }
@@ -44,24 +49,28 @@ export interface ModelOptions {
   maxRetries: number;
 }
 
-function usageOf(raw: OpenAI.CompletionUsage | null | undefined): TokenUsage {
+function usageOf(raw: OpenAI.CompletionUsage | null | undefined): TokenUsage | undefined {
+  if (!raw) return undefined;
   return {
-    prompt_tokens: raw?.prompt_tokens ?? 0,
-    completion_tokens: raw?.completion_tokens ?? 0,
-    total_tokens: raw?.total_tokens ?? 0,
-    cached_prompt_tokens: raw?.prompt_tokens_details?.cached_tokens ?? 0,
+    prompt_tokens: raw.prompt_tokens ?? 0,
+    completion_tokens: raw.completion_tokens ?? 0,
+    total_tokens: raw.total_tokens ?? 0,
+    cached_prompt_tokens: raw.prompt_tokens_details?.cached_tokens ?? 0,
   };
 }
 
-function wrap(error: unknown): ModelError {
-  if (error instanceof ModelError) return error;
-  if (error instanceof OpenAI.APIError) {
+function wrap(thrown: unknown, unsettled = 0): ModelError {
+  if (thrown instanceof RetriesExhausted) return wrap(thrown.cause, thrown.unsettled);
+  if (thrown instanceof ModelError) return thrown;
+  if (thrown instanceof OpenAI.APIError) {
     return new ModelError(
-      `openai ${error.status ?? "connection"}: ${error.message}`.slice(0, 1000),
-      error.status,
+      `openai ${thrown.status ?? "connection"}: ${thrown.message}`.slice(0, 1000),
+      thrown.status,
+      unsettled,
     );
   }
-  return new ModelError(error instanceof Error ? `${error.name}: ${error.message}` : String(error));
+  const message = thrown instanceof Error ? `${thrown.name}: ${thrown.message}` : String(thrown);
+  return new ModelError(message, undefined, unsettled);
 }
 
 export function createOpenAIModel(options: ModelOptions): ModelClient {
@@ -69,7 +78,7 @@ export function createOpenAIModel(options: ModelOptions): ModelClient {
     apiKey: options.apiKey,
     baseURL: options.baseURL,
     timeout: options.timeoutMs,
-    maxRetries: options.maxRetries,
+    maxRetries: 0,
   });
   const prompt = (messages: ChatMessage[]) => [
     { role: "system" as const, content: options.systemPrompt },
@@ -79,14 +88,16 @@ export function createOpenAIModel(options: ModelOptions): ModelClient {
   return {
     async complete(messages, signal) {
       try {
-        const res = await client.chat.completions.create({
-          model: options.model,
-          messages: prompt(messages),
-          max_completion_tokens: options.maxOutputTokens,
-        }, { signal });
+        const { value: res, unsettled } = await withRetries(() =>
+          client.chat.completions.create({
+            model: options.model,
+            messages: prompt(messages),
+            max_completion_tokens: options.maxOutputTokens,
+          }, { signal }), options.maxRetries, signal);
         const text = res.choices?.[0]?.message?.content;
         if (typeof text !== "string") throw new ModelError("openai answer has no message content");
-        return { text, usage: usageOf(res.usage), model: res.model ?? options.model };
+        const model = res.model ?? options.model;
+        return { text, usage: usageOf(res.usage), model, unsettledAttempts: unsettled };
       } catch (error) {
         throw wrap(error);
       }
@@ -96,14 +107,18 @@ export function createOpenAIModel(options: ModelOptions): ModelClient {
       let usage: TokenUsage | undefined;
       let model = options.model;
       let finished = false;
+      let unsettledAttempts = 0;
       try {
-        const stream = await client.chat.completions.create({
-          model: options.model,
-          messages: prompt(messages),
-          max_completion_tokens: options.maxOutputTokens,
-          stream: true,
-          stream_options: { include_usage: true },
-        }, { signal });
+        // Like the SDK, only the opening request is retried, never a stream under way.
+        const { value: stream, unsettled } = await withRetries(() =>
+          client.chat.completions.create({
+            model: options.model,
+            messages: prompt(messages),
+            max_completion_tokens: options.maxOutputTokens,
+            stream: true,
+            stream_options: { include_usage: true },
+          }, { signal }), options.maxRetries, signal);
+        unsettledAttempts = unsettled;
         for await (const chunk of stream) {
           if (chunk.model) model = chunk.model;
           if (chunk.usage) usage = usageOf(chunk.usage);
@@ -119,7 +134,7 @@ export function createOpenAIModel(options: ModelOptions): ModelClient {
         throw wrap(error);
       }
       if (!finished) throw new ModelError("openai stream ended before the answer finished");
-      yield { type: "done", answer: { text, usage: usage ?? usageOf(undefined), model } };
+      yield { type: "done", answer: { text, usage, model, unsettledAttempts } };
     },
   };
 }

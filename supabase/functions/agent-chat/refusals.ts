@@ -8,14 +8,19 @@
  *   error_code `anonymous_refusals`, event_count = how many). An IP with
  *   `ipLimit` anonymous refusals in the current interval is answered 429 at
  *   once, before any other work, until the interval ends.
- * - Authenticated refusals before admission are keyed (user, code, scope):
- *   the first per key and interval is written as its own row, later ones are
- *   counted and written as one aggregated row when the interval ends.
+ * - Authenticated refusals are keyed (user, code, scope): the first per key
+ *   and interval is written as its own row, later ones are counted and
+ *   written as one aggregated row when the interval ends. Accounts are cheap,
+ *   so one address block gets at most `ipLimit` such first rows per
+ *   interval; past that its refusals are only counted, under one key per
+ *   block and code, written when the interval ends.
  *
- * Rows per isolate per interval: at most 1 anonymous row, plus at most 2 per
- * refused key, with at most `maxKeys` keys (the rest fold into one overflow key).
+ * Addresses are counted by block (IPv4 address, IPv6 /64). Rows per isolate
+ * per interval: at most 1 anonymous row, plus at most 2 per refused key, with
+ * at most `maxKeys` keys (the rest fold into one overflow key).
  */
 import type { Caller } from "../_shared/auth.ts";
+import { addressBlock } from "../_shared/client-ip.ts";
 import type { AgentError } from "../_shared/errors.ts";
 import type { UsageEvent } from "./database.ts";
 import { type RequestFacts, usageEvent, type UsageSettings } from "./usage.ts";
@@ -30,15 +35,26 @@ export interface RefusalLedgerOptions {
 
 interface Counted {
   first: UsageEvent;
+  /** false: `first` was only counted (its address block was past its allowance). */
+  written: boolean;
+  /** Refusals counted but not written yet. */
   more: number;
 }
 
 export interface RefusalLedger {
-  /** true: this IP is over its anonymous-refusal limit for the current interval. */
-  blocked(ip: string | undefined): boolean;
+  /**
+   * Seconds until this address block may be served again: it is over its
+   * anonymous-refusal limit for the current interval. 0 when it is not.
+   * An unknown address is never blocked (that would block everyone behind a
+   * misconfigured proxy).
+   */
+  blockedFor(ip: string | undefined): number;
   anonymous(code: string, ip: string | undefined): void;
-  /** Writes the first refusal of its key this interval; counts the rest. */
-  refused(key: string, event: UsageEvent): Promise<void>;
+  /**
+   * Writes the first refusal of its key this interval; counts the rest, and
+   * every refusal of an address block past its first-row allowance.
+   */
+  refused(key: string, event: UsageEvent, ip: string | undefined): Promise<void>;
   /** Writes what is counted and starts a new interval. */
   flush(): Promise<void>;
   close(): Promise<void>;
@@ -51,6 +67,8 @@ class RefusalWindow {
   readonly byCode = new Map<string, number>();
   readonly byIp = new Map<string, number>();
   readonly keyed = new Map<string, Counted>();
+  /** Rows written for authenticated refusals, per address block. */
+  readonly firstRows = new Map<string, number>();
   constructor(readonly start: number, readonly maxKeys: number) {}
 
   /** A bounded map key: known keys, new ones while there is room, else `overflow`. */
@@ -58,8 +76,8 @@ class RefusalWindow {
     return map.has(key) || map.size < this.maxKeys ? key : overflow;
   }
 
-  countAnonymous(code: string, ip: string) {
-    const address = this.slot(this.byIp, ip, "other");
+  countAnonymous(code: string, block: string) {
+    const address = this.slot(this.byIp, block, "other");
     this.byCode.set(code, (this.byCode.get(code) ?? 0) + 1);
     this.byIp.set(address, (this.byIp.get(address) ?? 0) + 1);
   }
@@ -72,8 +90,8 @@ class RefusalWindow {
     const rows: UsageEvent[] = [];
     const anonymous = [...this.byCode.values()].reduce((a, b) => a + b, 0);
     if (anonymous > 0) rows.push(anonymousRow(anonymous, this.byCode, this.byIp, window));
-    for (const { first, more } of this.keyed.values()) {
-      if (more > 0) rows.push(aggregatedRow(first, more, window));
+    for (const counted of this.keyed.values()) {
+      if (counted.more > 0) rows.push(aggregatedRow(counted, window));
     }
     return rows;
   }
@@ -99,25 +117,44 @@ export function createRefusalLedger(options: RefusalLedgerOptions): RefusalLedge
   }
   const rollIfDue = () => now() - current.start >= options.intervalMs ? flush() : undefined;
 
+  /** Counts a refusal under `key`; true when it is the key's first this interval. */
+  function count(key: string, event: UsageEvent): boolean {
+    const k = current.slot(current.keyed, key, "overflow");
+    const seen = current.keyed.get(k);
+    if (!seen) {
+      current.keyed.set(k, { first: event, written: false, more: 1 });
+      counted();
+      return true;
+    }
+    seen.more++;
+    counted();
+    return false;
+  }
+
   return {
-    blocked(ip) {
+    blockedFor(ip) {
       void rollIfDue();
-      return (current.byIp.get(ip ?? "unknown") ?? 0) >= options.ipLimit;
+      const block = addressBlock(ip);
+      if (block === "unknown" || (current.byIp.get(block) ?? 0) < options.ipLimit) return 0;
+      return Math.max(1, Math.ceil((current.start + options.intervalMs - now()) / 1000));
     },
     anonymous(code, ip) {
       void rollIfDue();
-      current.countAnonymous(code, ip ?? "unknown");
+      current.countAnonymous(code, addressBlock(ip));
       counted();
     },
-    async refused(key, event) {
+    async refused(key, event, ip) {
       await rollIfDue();
-      const k = current.slot(current.keyed, key, "overflow");
-      const seen = current.keyed.get(k);
-      if (seen) {
-        seen.more++;
-        return counted();
-      }
-      current.keyed.set(k, { first: event, more: 0 });
+      const block = addressBlock(ip);
+      const rows = current.firstRows.get(block) ?? 0;
+      // Past the block's allowance, every refusal is only counted, per block and code.
+      const allowed = block === "unknown" || rows < options.ipLimit;
+      const first = count(allowed ? key : `${block}:${event.error_code}`, event);
+      if (!first || !allowed) return;
+      const entry = current.keyed.get(current.slot(current.keyed, key, "overflow"))!;
+      entry.written = true;
+      entry.more = 0;
+      current.firstRows.set(block, rows + 1);
       await options.write(event);
     },
     flush,
@@ -160,8 +197,7 @@ function anonymousRow(
 }
 
 function aggregatedRow(
-  first: UsageEvent,
-  more: number,
+  { first, written, more }: Counted,
   window: { window_start: string; window_end: string },
 ): UsageEvent {
   return {
@@ -169,7 +205,9 @@ function aggregatedRow(
     request_id: crypto.randomUUID(),
     session_id: null,
     latency_ms: 0,
-    error_message: `${more} more like request ${first.request_id}`,
+    error_message: written
+      ? `${more} more like request ${first.request_id}`
+      : `${more} refusals like request ${first.request_id} (address over its row allowance)`,
     event_count: more,
     metadata: {
       ...first.metadata,
@@ -206,6 +244,6 @@ export async function recordRefusal(
   }
   const event = usageEvent(deps.settings, refused, { error: refusal }, now - facts.started);
   const key = `${refused.userId ?? caller.mode}:${refusal.code}:${refusal.options.scope ?? ""}`;
-  await deps.refusals.refused(key, event);
+  await deps.refusals.refused(key, event, facts.clientIp);
   return refused;
 }

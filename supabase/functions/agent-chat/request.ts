@@ -108,12 +108,7 @@ function parseJson(text: string): Record<string, unknown> {
     throw new AgentError("invalid_request", "body must be a JSON object");
   }
   const unstorable = findUnstorable(json);
-  if (unstorable) {
-    throw new AgentError(
-      "invalid_request",
-      `${unstorable}: text must be valid Unicode without NUL characters`,
-    );
-  }
+  if (unstorable) throw new AgentError("invalid_request", unstorable.slice(0, 300));
   return json as Record<string, unknown>;
 }
 

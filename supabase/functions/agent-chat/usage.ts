@@ -5,7 +5,7 @@
  * string is made storable first, so no client input can make the insert
  * fail; a failed insert never fails the request, it becomes a log line.
  */
-import { describe, type OutcomeCode } from "../_shared/errors.ts";
+import { describe, type ErrorCode } from "../_shared/errors.ts";
 import type { Logger } from "../_shared/log.ts";
 import { storable } from "../_shared/text.ts";
 import type { TurnDatabase, UsageEvent } from "./database.ts";
@@ -66,9 +66,11 @@ export function turnFacts(
 export interface Outcome {
   model?: string | undefined;
   usage?: TokenUsage | undefined;
-  /** The usage is an estimate (the upstream never reported it). */
+  /** The usage is an estimate (the upstream never reported it, or not for every attempt). */
   estimated?: boolean | undefined;
-  error?: { code: OutcomeCode; detail: string } | undefined;
+  /** Model calls made for this turn, when more than one (retries are billed too). */
+  attempts?: number | undefined;
+  error?: { code: ErrorCode; detail: string } | undefined;
 }
 
 export interface UsageSettings {
@@ -112,6 +114,7 @@ function metadataOf(settings: UsageSettings, facts: RequestFacts, outcome: Outco
     ...(facts.clientIp ? { client_ip: facts.clientIp } : {}),
     ...(scope ? { rate_limit: { scope, remaining: rl?.remaining ?? 0 } } : {}),
     ...(outcome.estimated ? { tokens_estimated: true } : {}),
+    ...(outcome.attempts && outcome.attempts > 1 ? { model_attempts: outcome.attempts } : {}),
     ...(facts.clientRequestId ? { client_request_id: facts.clientRequestId } : {}),
     ...(facts.requestedOrgId ? { requested_org_id: facts.requestedOrgId } : {}),
     ...(facts.clientMetadata ? { client: facts.clientMetadata } : {}),

@@ -34,6 +34,7 @@ export function answerOf(text: string): ModelAnswer {
     text,
     model: "gpt-fake",
     usage: { prompt_tokens: 11, completion_tokens: 7, total_tokens: 18, cached_prompt_tokens: 0 },
+    unsettledAttempts: 0,
   };
 }
 
