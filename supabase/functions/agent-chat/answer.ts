@@ -98,7 +98,12 @@ async function failed(
   if (n === 0) return { error: failure };
   const { prompt_tokens } = await estimate(deps, ctx, "");
   const none = { prompt_tokens: 0, completion_tokens: 0, total_tokens: 0, cached_prompt_tokens: 0 };
-  return { usage: withPrompts(none, prompt_tokens, n), estimated: true, attempts: n, error: failure };
+  return {
+    usage: withPrompts(none, prompt_tokens, n),
+    estimated: true,
+    attempts: n,
+    error: failure,
+  };
 }
 
 /**

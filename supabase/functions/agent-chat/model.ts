@@ -80,20 +80,21 @@ export function createOpenAIModel(options: ModelOptions): ModelClient {
     timeout: options.timeoutMs,
     maxRetries: 0,
   });
-  const prompt = (messages: ChatMessage[]) => [
-    { role: "system" as const, content: options.systemPrompt },
-    ...messages,
-  ];
+  const params = (messages: ChatMessage[]) => ({
+    model: options.model,
+    messages: [{ role: "system" as const, content: options.systemPrompt }, ...messages],
+    max_completion_tokens: options.maxOutputTokens,
+  });
+  const retried = <T>(call: () => Promise<T>, signal: AbortSignal) =>
+    withRetries(call, options.maxRetries, signal);
 
   return {
     async complete(messages, signal) {
       try {
-        const { value: res, unsettled } = await withRetries(() =>
-          client.chat.completions.create({
-            model: options.model,
-            messages: prompt(messages),
-            max_completion_tokens: options.maxOutputTokens,
-          }, { signal }), options.maxRetries, signal);
+        const { value: res, unsettled } = await retried(
+          () => client.chat.completions.create(params(messages), { signal }),
+          signal,
+        );
         const text = res.choices?.[0]?.message?.content;
         if (typeof text !== "string") throw new ModelError("openai answer has no message content");
         const model = res.model ?? options.model;
@@ -103,38 +104,46 @@ export function createOpenAIModel(options: ModelOptions): ModelClient {
       }
     },
     async *stream(messages, signal) {
-      let text = "";
-      let usage: TokenUsage | undefined;
-      let model = options.model;
-      let finished = false;
-      let unsettledAttempts = 0;
       try {
         // Like the SDK, only the opening request is retried, never a stream under way.
-        const { value: stream, unsettled } = await withRetries(() =>
-          client.chat.completions.create({
-            model: options.model,
-            messages: prompt(messages),
-            max_completion_tokens: options.maxOutputTokens,
-            stream: true,
-            stream_options: { include_usage: true },
-          }, { signal }), options.maxRetries, signal);
-        unsettledAttempts = unsettled;
-        for await (const chunk of stream) {
-          if (chunk.model) model = chunk.model;
-          if (chunk.usage) usage = usageOf(chunk.usage);
-          const choice = chunk.choices?.[0];
-          if (choice?.finish_reason) finished = true;
-          const delta = choice?.delta?.content;
-          if (delta) {
-            text += delta;
-            yield { type: "delta", text: delta };
-          }
-        }
+        const { value: chunks, unsettled } = await retried(
+          () =>
+            client.chat.completions.create({
+              ...params(messages),
+              stream: true,
+              stream_options: { include_usage: true },
+            }, { signal }),
+          signal,
+        );
+        yield* relayChunks(chunks, options.model, unsettled);
       } catch (error) {
         throw wrap(error);
       }
-      if (!finished) throw new ModelError("openai stream ended before the answer finished");
-      yield { type: "done", answer: { text, usage, model, unsettledAttempts } };
     },
   };
+}
+
+/** The SDK's chunks as text deltas, then one `done` with the whole answer. */
+async function* relayChunks(
+  chunks: AsyncIterable<OpenAI.ChatCompletionChunk>,
+  requested: string,
+  unsettledAttempts: number,
+): AsyncGenerator<StreamEvent> {
+  let text = "";
+  let usage: TokenUsage | undefined;
+  let model = requested;
+  let finished = false;
+  for await (const chunk of chunks) {
+    if (chunk.model) model = chunk.model;
+    if (chunk.usage) usage = usageOf(chunk.usage);
+    const choice = chunk.choices?.[0];
+    if (choice?.finish_reason) finished = true;
+    const delta = choice?.delta?.content;
+    if (delta) {
+      text += delta;
+      yield { type: "delta", text: delta };
+    }
+  }
+  if (!finished) throw new ModelError("openai stream ended before the answer finished");
+  yield { type: "done", answer: { text, usage, model, unsettledAttempts } };
 }

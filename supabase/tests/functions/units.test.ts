@@ -1,7 +1,10 @@
 /** Unit tests of the pure modules: configuration, client IP, request body, secrets. */
 import { assert, assertEquals, assertMatch } from "./assert.ts";
 import { ConfigError, loadConfig } from "../../functions/agent-chat/config.ts";
-import { clientIpFrom, normalizeIp } from "../../functions/_shared/client-ip.ts";
+import { addressBlock, clientIpFrom, normalizeIp } from "../../functions/_shared/client-ip.ts";
+import { findUnstorable, MAX_JSON_DEPTH } from "../../functions/_shared/text.ts";
+import { createRefusalLedger } from "../../functions/agent-chat/refusals.ts";
+import type { UsageEvent } from "../../functions/agent-chat/database.ts";
 import { chatRequestSchema, parseChatRequest } from "../../functions/agent-chat/request.ts";
 import { secretsEqual } from "../../functions/_shared/auth.ts";
 import { AgentError } from "../../functions/_shared/errors.ts";
@@ -208,4 +211,86 @@ Deno.test("supabase/config.toml is valid for the Supabase CLI and leaves JWT che
   }).output();
   const text2 = new TextDecoder().decode(out.stdout) + new TextDecoder().decode(out.stderr);
   assert(!/failed to read config|Invalid TOML|failed to parse/i.test(text2), text2);
+});
+
+Deno.test("address blocks: IPv4 itself, IPv6 by /64, mapped IPv4 as IPv4, none as unknown", () => {
+  assertEquals(addressBlock("203.0.113.7"), "203.0.113.7");
+  assertEquals(addressBlock("2001:db8:1:2:aaaa::1"), "2001:db8:1:2::/64");
+  assertEquals(addressBlock("2001:db8:1:2:ffff:0:0:9"), "2001:db8:1:2::/64");
+  assertEquals(addressBlock("2001:db8::1"), "2001:db8:0:0::/64");
+  assertEquals(addressBlock("::1"), "0:0:0:0::/64");
+  assertEquals(addressBlock("::ffff:198.51.100.1"), "198.51.100.1");
+  assertEquals(addressBlock(undefined), "unknown");
+});
+
+Deno.test("findUnstorable: deep nesting is refused without recursion; bad keys and values named", () => {
+  const deep = JSON.parse("[".repeat(100_000) + "]".repeat(100_000));
+  assertMatch(findUnstorable({ a: deep }) ?? "", /nested deeper than 32 levels/);
+  let fits: unknown = "ok";
+  for (let i = 1; i < MAX_JSON_DEPTH; i++) fits = [fits];
+  assertEquals(findUnstorable(fits), undefined);
+  assertMatch(findUnstorable({ m: { ["\ud800"]: 1 } }) ?? "", /body\.m \(a key\)/);
+  assertMatch(findUnstorable({ m: ["x", "a\0b"] }) ?? "", /body\.m\.1: text must be valid/);
+});
+
+function refusal(userId: string): UsageEvent {
+  return {
+    request_id: crypto.randomUUID(),
+    org_id: null,
+    user_id: userId,
+    session_id: null,
+    channel: null,
+    model: null,
+    prompt_tokens: null,
+    cached_prompt_tokens: null,
+    completion_tokens: null,
+    total_tokens: null,
+    latency_ms: 1,
+    success: false,
+    error_code: "forbidden",
+    error_message: "x",
+    event_count: 1,
+    metadata: {},
+  };
+}
+
+Deno.test("refusal ledger: one address block gets ipLimit first rows, the rest are counted into one", async () => {
+  const written: UsageEvent[] = [];
+  let clock = 0;
+  const ledger = createRefusalLedger({
+    intervalMs: 60_000,
+    ipLimit: 3,
+    now: () => clock,
+    write: (e) => Promise.resolve(void written.push(e)),
+  });
+  for (let i = 0; i < 10; i++) {
+    await ledger.refused(`u${i}:forbidden:`, refusal(`u${i}`), `2001:db8:7:7::${i + 1}`);
+  }
+  assertEquals(written.length, 3, "first rows while the block has allowance");
+  clock = 61_000;
+  await ledger.flush();
+  assertEquals(written.length, 4);
+  assertEquals(written[3]!.event_count, 7, "the other seven in one row");
+  assertEquals(ledger.blockedFor("2001:db8:7:7::99"), 0, "authenticated refusals never block");
+  await ledger.close();
+});
+
+Deno.test("refusal ledger: a blocked block waits for the rest of the interval, an unknown address never", () => {
+  let clock = 1_000;
+  const ledger = createRefusalLedger({
+    intervalMs: 60_000,
+    ipLimit: 2,
+    now: () => clock,
+    write: () => Promise.resolve(),
+  });
+  for (let i = 0; i < 2; i++) {
+    ledger.anonymous("unauthorized", `2001:db8:5:5::${i}`);
+    ledger.anonymous("unauthorized", undefined);
+    ledger.anonymous("unauthorized", undefined);
+  }
+  clock = 21_000;
+  assertEquals(ledger.blockedFor("2001:db8:5:5:1::1"), 40, "40 s of the 60 s interval left");
+  assertEquals(ledger.blockedFor(undefined), 0);
+  assertEquals(ledger.blockedFor("2001:db8:5:6::1"), 0, "another /64");
+  return ledger.close();
 });
