@@ -9,12 +9,16 @@
  */
 import postgres from "postgres";
 import { Redis } from "ioredis";
-import { startPostgres } from "../supabase/tests/support/postgres.ts";
-import { startRedis } from "../supabase/tests/support/redis.ts";
-import { migrate } from "../supabase/tests/support/migrate.ts";
 import { findPostgresTools, MissingToolError, which } from "../supabase/tests/support/tools.ts";
-import { createAuthStandIn, newSigningKey } from "../supabase/tests/support/auth-stand-in.ts";
-import { cpuMs, postgresPids, residentMiB, type Service, spawnService } from "./bench/processes.ts";
+import { createAuthStandIn, newSigningKey } from "../supabase/tests/stand-ins/auth.ts";
+import {
+  functionProcess,
+  type LocalStack,
+  type Service,
+  standInsProcess,
+  startLocalStack,
+} from "../supabase/tests/support/local-stack.ts";
+import { cpuMs, postgresPids, residentMiB } from "./bench/processes.ts";
 import { fixed, machineFacts, markdownTable, median, percentile } from "./bench/stats.ts";
 
 const quick = Deno.args.includes("--quick");
@@ -22,7 +26,8 @@ const seconds = quick ? 2 : 5;
 const root = new URL("../", import.meta.url).pathname;
 const wrkScript = `${root}scripts/bench/wrk-chat.lua`;
 const work = await Deno.makeTempDir({ prefix: "agent-chat-bench-" });
-const cleanups: Array<() => Promise<void>> = [];
+let stack: LocalStack | undefined;
+const forwarderProcess = `${root}scripts/bench/forwarder.ts`;
 const log = (s: string) => console.error(`[bench] ${s}`);
 
 const HOT_ORG = "00000000-0000-4000-8000-000000000001";
@@ -209,13 +214,15 @@ async function main() {
     }
   }
   const tools = await findPostgresTools();
-  const pg = await startPostgres({ fast: false, extraSettings: { max_connections: "300" } });
-  cleanups.push(() => pg.stop());
-  await migrate(pg.url, { pgCron: false });
-  const redis = await startRedis();
-  cleanups.push(() => redis.stop());
+  stack = await startLocalStack({
+    pgCron: false,
+    postgres: { fast: false, extraSettings: { max_connections: "300" } },
+  });
+  stack.defer(() => Deno.remove(work, { recursive: true }));
+  const { postgres: pg, redis } = stack;
+  const spawnService = stack.spawn;
   const sql = postgres(pg.url, { max: 4, onnotice: () => {} });
-  cleanups.push(() => sql.end({ timeout: 1 }));
+  stack.defer(() => sql.end({ timeout: 1 }));
   log(`postgres ${pg.url} redis ${redis.url}`);
 
   await sql`insert into auth.users (id) select ('00000000-0000-4000-9000-' || lpad(i::text, 12, '0'))::uuid from generate_series(1, 1000) i`;
@@ -231,10 +238,10 @@ async function main() {
   // Stand-ins, users and tokens for HTTP runs: 20 orgs x 10 members.
   const signingKey = await newSigningKey();
   const auth = await createAuthStandIn({ signingKey });
-  const standIns = await spawnService("serve-stand-ins.ts", {
+  const standIns = await spawnService(standInsProcess, {
     AGENT_CHAT_SIGNING_KEY: JSON.stringify(signingKey),
   });
-  cleanups.push(() => standIns.stop());
+  stack.defer(() => standIns.stop());
   const lines: string[] = [];
   for (let i = 1; i <= 200; i++) {
     const org = manyOrg(((i - 1) % 20) + 1);
@@ -251,16 +258,16 @@ async function main() {
   // End to end, against the bare forwarder.
   const e2eRows: Array<Array<string | number>> = [];
   const e2e: Record<string, WrkResult> = {};
-  const forwarder = await spawnService("forwarder.ts", { OPENAI_BASE_URL: `${standIns.url}/v1` });
-  cleanups.push(() => forwarder.stop());
+  const forwarder = await spawnService(forwarderProcess, { OPENAI_BASE_URL: `${standIns.url}/v1` });
+  stack.defer(() => forwarder.stop());
   const targets: Array<[string, string]> = [["bare forwarder", forwarder.url]];
   const functions: Record<string, Service> = {};
   for (const store of ["supabase", "redis"] as const) {
     functions[store] = await spawnService(
-      "serve-function.ts",
+      functionProcess,
       functionEnv(store, pg.url, redis.url, standIns),
     );
-    cleanups.push(() => functions[store]!.stop());
+    stack.defer(() => functions[store]!.stop());
     targets.push([`agent-chat (${store} store)`, functions[store]!.url]);
   }
   // Where the CPU goes at concurrency 16: per request, in each process.
@@ -315,7 +322,7 @@ async function main() {
   const growthRows: Array<Array<string | number>> = [];
   const growth: Record<string, Record<number, number>> = { supabase: {}, redis: {} };
   const ioredis = new Redis(redis.url);
-  cleanups.push(() => Promise.resolve(ioredis.disconnect()));
+  stack.defer(() => Promise.resolve(ioredis.disconnect()));
   const growthUser = manyUser(1);
   const growthOrg = manyOrg(1);
   const growthToken = lines[0]!.split(" ")[0]!;
@@ -373,7 +380,7 @@ async function main() {
   for (let i = 0; i < 3; i++) {
     const started = performance.now();
     const svc = await spawnService(
-      "serve-function.ts",
+      functionProcess,
       functionEnv("supabase", pg.url, redis.url, standIns),
     );
     while (true) {
@@ -392,14 +399,13 @@ async function main() {
   // heap to a working size over the first ~20,000 requests (seen on this
   // machine); flat means no growth from 20,000 to 40,000.
   const mem = await spawnService(
-    "serve-function.ts",
+    functionProcess,
     functionEnv("supabase", pg.url, redis.url, standIns),
-    60_000,
-    ["--v8-flags=--expose-gc"],
+    { denoFlags: ["--v8-flags=--expose-gc"] },
   );
   const heapMiB = async () =>
     (await (await fetch(`${mem.url}/__heap`)).json()).heapUsed / 1024 / 1024;
-  cleanups.push(() => mem.stop());
+  stack.defer(() => mem.stop());
   const rssStart = await residentMiB(mem.pid);
   let served = 0;
   const rssAt: Array<[number, number]> = [];
@@ -551,6 +557,6 @@ try {
   console.error(error instanceof MissingToolError ? `error: ${error.message}` : error);
   Deno.exitCode = 1;
 } finally {
-  for (const fn of cleanups.reverse()) await fn().catch(() => {});
+  await stack?.stop();
   await Deno.remove(work, { recursive: true }).catch(() => {});
 }

@@ -8,7 +8,7 @@ import { parseArgs } from "node:util";
 import postgres from "postgres";
 import { commands } from "./ops/commands.ts";
 import { UsageError } from "./ops/format.ts";
-import { readState } from "./local-stack.ts";
+import { readState } from "./dev-state.ts";
 
 function help(): string {
   return [

@@ -6,13 +6,16 @@
  * The CI profile runs the same checks with fewer requests.
  */
 import postgres from "postgres";
-import { startPostgres } from "../supabase/tests/support/postgres.ts";
-import { startRedis } from "../supabase/tests/support/redis.ts";
-import { migrate } from "../supabase/tests/support/migrate.ts";
-import { createAuthStandIn, newSigningKey } from "../supabase/tests/support/auth-stand-in.ts";
+import { createAuthStandIn, newSigningKey } from "../supabase/tests/stand-ins/auth.ts";
 import { MissingToolError } from "../supabase/tests/support/tools.ts";
 import { parseSse } from "../supabase/tests/support/sse.ts";
-import { type Service, spawnService } from "./bench/processes.ts";
+import {
+  functionProcess,
+  type LocalStack,
+  type Service,
+  standInsProcess,
+  startLocalStack,
+} from "../supabase/tests/support/local-stack.ts";
 import { markdownTable } from "./bench/stats.ts";
 import { buildCorpus } from "./reliability/corpus.ts";
 
@@ -25,7 +28,7 @@ const CONCURRENCY = 64;
 const USER_LIMIT = 12;
 const root = new URL("../", import.meta.url).pathname;
 const log = (s: string) => console.error(`[reliability] ${s}`);
-const cleanups: Array<() => Promise<void>> = [];
+let stack: LocalStack | undefined;
 const DOCUMENTED = new Set([200, 400, 401, 403, 404, 405, 429, 502, 503]);
 
 interface Check {
@@ -101,20 +104,18 @@ async function send(
 }
 
 async function main() {
-  const pg = await startPostgres({ fast: true });
-  cleanups.push(() => pg.stop());
-  await migrate(pg.url, { pgCron: false });
-  const redis = await startRedis({ durable: true });
-  cleanups.push(() => redis.stop());
+  stack = await startLocalStack({ pgCron: false, redis: { durable: true } });
+  const { postgres: pg, redis } = stack;
+  const spawnService = stack.spawn;
   const sql = postgres(pg.url, { max: 4, onnotice: () => {} });
-  cleanups.push(() => sql.end({ timeout: 1 }));
+  stack.defer(() => sql.end({ timeout: 1 }));
 
   const signingKey = await newSigningKey();
   const auth = await createAuthStandIn({ signingKey });
-  const standIns = await spawnService("serve-stand-ins.ts", {
+  const standIns = await spawnService(standInsProcess, {
     AGENT_CHAT_SIGNING_KEY: JSON.stringify(signingKey),
   });
-  cleanups.push(() => standIns.stop());
+  stack.defer(() => standIns.stop());
   const script = (...b: unknown[]) =>
     fetch(`${standIns.url}/script`, { method: "POST", body: JSON.stringify(b) }).then((r) =>
       r.text()
@@ -160,10 +161,10 @@ async function main() {
   const functions: Record<string, Service> = {};
   const roomy: Record<string, Service> = {};
   for (const store of ["supabase", "redis"] as const) {
-    functions[store] = await spawnService("serve-function.ts", env(store));
-    cleanups.push(() => functions[store]!.stop());
-    roomy[store] = await spawnService("serve-function.ts", env(store, 100_000));
-    cleanups.push(() => roomy[store]!.stop());
+    functions[store] = await spawnService(functionProcess, env(store));
+    stack.defer(() => functions[store]!.stop());
+    roomy[store] = await spawnService(functionProcess, env(store, 100_000));
+    stack.defer(() => roomy[store]!.stop());
   }
 
   // ------------------------------------------------------------ load
@@ -506,7 +507,7 @@ try {
   console.error(error instanceof MissingToolError ? `error: ${error.message}` : error);
   failed = true;
 } finally {
-  for (const fn of cleanups.reverse()) await fn().catch(() => {});
+  await stack?.stop();
 }
 const held = checks.every((c) => c.held === c.tried);
 const table = markdownTable(

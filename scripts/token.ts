@@ -6,8 +6,8 @@
  */
 import { parseArgs } from "node:util";
 import postgres from "postgres";
-import { createAuthStandIn } from "../supabase/tests/support/auth-stand-in.ts";
-import { readState, signingKey } from "./local-stack.ts";
+import { createAuthStandIn } from "../supabase/tests/stand-ins/auth.ts";
+import { readState, signingKey } from "./dev-state.ts";
 
 const uuid = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/i;
 const { values } = parseArgs({

@@ -7,7 +7,7 @@
  * `deno task check` type-checks index.ts against that deno.json alone.
  */
 import { assert, assertEquals } from "./assert.ts";
-import { createManagementApiStandIn } from "../support/management-api-stand-in.ts";
+import { createManagementApiStandIn } from "../stand-ins/management-api.ts";
 
 const root = new URL("../../../", import.meta.url).pathname;
 

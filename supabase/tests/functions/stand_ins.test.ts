@@ -4,10 +4,10 @@ import { Redis as UpstashRedis } from "@upstash/redis";
 import { createClient } from "@supabase/supabase-js";
 import postgres from "postgres";
 import { assert, assertEquals, assertMatch } from "./assert.ts";
-import { createOpenAIStandIn } from "../support/openai-stand-in.ts";
-import { createUpstashStandIn } from "../support/upstash-stand-in.ts";
-import { createAuthStandIn } from "../support/auth-stand-in.ts";
-import { startGateway } from "../support/gateway.ts";
+import { createOpenAIStandIn } from "../stand-ins/openai.ts";
+import { createUpstashStandIn } from "../stand-ins/upstash.ts";
+import { createAuthStandIn } from "../stand-ins/auth.ts";
+import { startGateway } from "../stand-ins/gateway.ts";
 import { testUrls } from "../support/function-harness.ts";
 
 Deno.test("openai stand-in: JSON, SSE with a usage chunk, errors, malformed, cut, hang; records requests", async () => {

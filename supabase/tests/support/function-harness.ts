@@ -1,20 +1,18 @@
 /**
  * Everything an end-to-end test of agent-chat needs, over real connections:
- * the gateway (Auth + PostgREST stand-ins) in front of the real test
- * database, the OpenAI stand-in, optionally the Upstash stand-in in front of
- * the real Redis, and the function itself built by `loadConfig` +
- * `buildDependencies` exactly as index.ts does, served at
- * /functions/v1/agent-chat.
+ * the local stack's platform (gateway with the Auth and PostgREST stand-ins,
+ * the OpenAI stand-in, optionally the Upstash stand-in in front of the real
+ * Redis, and the function built as index.ts builds it) in front of the test
+ * run's database.
  */
 import postgres from "postgres";
-import { type AuthStandIn, createAuthStandIn } from "./auth-stand-in.ts";
-import { type Gateway, startGateway } from "./gateway.ts";
-import { createOpenAIStandIn, type OpenAIStandIn } from "./openai-stand-in.ts";
-import { createUpstashStandIn, type UpstashStandIn } from "./upstash-stand-in.ts";
-import { loadConfig } from "../../functions/agent-chat/config.ts";
-import { buildDependencies } from "../../functions/agent-chat/deps.ts";
-import { type AgentChatDeps, createAgentChatHandler } from "../../functions/agent-chat/handler.ts";
+import type { AuthStandIn } from "../stand-ins/auth.ts";
+import type { Gateway } from "../stand-ins/gateway.ts";
+import type { OpenAIStandIn } from "../stand-ins/openai.ts";
+import type { UpstashStandIn } from "../stand-ins/upstash.ts";
+import type { AgentChatDeps } from "../../functions/agent-chat/handler.ts";
 import type { Logger } from "../../functions/_shared/log.ts";
+import { startPlatform } from "./local-stack.ts";
 
 export interface HarnessOptions {
   store?: "supabase" | "redis";
@@ -69,41 +67,33 @@ export function testUrls(): { databaseUrl: string; redisUrl: string } {
 
 export async function startHarness(options: HarnessOptions = {}): Promise<Harness> {
   const { databaseUrl, redisUrl } = testUrls();
-  const secretKey = `sb_secret_${crypto.randomUUID().replaceAll("-", "")}`;
-  const auth = await createAuthStandIn();
-  const gateway = startGateway({ databaseUrl, auth, secretKeys: [secretKey] });
-  const openai = createOpenAIStandIn();
   const store = options.store ?? "supabase";
-  const upstash = store === "redis" && options.redisVia === "upstash"
-    ? createUpstashStandIn({ redisUrl })
-    : undefined;
-  const sql = postgres(databaseUrl, { max: 4, onnotice: () => {} });
-  const env: Record<string, string> = {
-    SUPABASE_URL: gateway.url,
-    SUPABASE_SERVICE_ROLE_KEY: secretKey,
-    SUPABASE_JWT_SECRET: auth.jwtSecret,
-    SUPABASE_JWT_ISSUER: auth.issuer,
-    AI_AGENT_SESSION_STORE: store,
-    AI_AGENT_RATE_LIMIT_MAX_REQUESTS: "1000",
-    // A CDN in front of the gateway: the client is the second entry from the right.
-    AI_AGENT_TRUSTED_PROXY_HOPS: "2",
-    OPENAI_API_KEY: "sk-test",
-    OPENAI_BASE_URL: openai.baseURL,
-    AI_AGENT_OPENAI_TIMEOUT_MS: "3000",
-    AI_AGENT_OPENAI_MAX_RETRIES: "0",
-    ...(options.transport === "postgres" ? { AI_AGENT_DATABASE_URL: databaseUrl } : {}),
-    ...(store === "redis"
-      ? upstash
-        ? { AI_AGENT_REDIS_URL: upstash.url, AI_AGENT_REDIS_TOKEN: upstash.token }
-        : { AI_AGENT_REDIS_URL: redisUrl }
-      : {}),
-    ...options.env,
-  };
   const logs: Harness["logs"] = [];
   const log: Logger = (level, event, fields) => logs.push({ level, event, fields });
-  const deps = buildDependencies(loadConfig(env), { log, extendLifetime: undefined });
-  options.adjust?.(deps);
-  gateway.setFunction(createAgentChatHandler(deps));
+  const platform = await startPlatform({
+    databaseUrl,
+    ...(store === "redis" && options.redisVia === "upstash" ? { upstashFor: redisUrl } : {}),
+    env: {
+      AI_AGENT_SESSION_STORE: store,
+      AI_AGENT_RATE_LIMIT_MAX_REQUESTS: "1000",
+      // A CDN in front of the gateway: the client is the second entry from the right.
+      AI_AGENT_TRUSTED_PROXY_HOPS: "2",
+      OPENAI_API_KEY: "sk-test",
+      AI_AGENT_OPENAI_TIMEOUT_MS: "3000",
+      AI_AGENT_OPENAI_MAX_RETRIES: "0",
+      ...(options.transport === "postgres" ? { AI_AGENT_DATABASE_URL: databaseUrl } : {}),
+      ...(store === "redis" && options.redisVia !== "upstash"
+        ? { AI_AGENT_REDIS_URL: redisUrl }
+        : {}),
+      ...options.env,
+    },
+    log,
+    extendLifetime: undefined,
+    ...(options.adjust ? { adjust: options.adjust } : {}),
+  });
+  const { gateway, auth, upstash, secretKey } = platform;
+  const openai = platform.openai!;
+  const sql = postgres(databaseUrl, { max: 4, onnotice: () => {} });
 
   return {
     url: gateway.functionUrl,
@@ -138,10 +128,7 @@ export async function startHarness(options: HarnessOptions = {}): Promise<Harnes
       return await sql`select * from public.agent_usage_events where request_id = ${requestId} order by id`;
     },
     async stop() {
-      await deps.close();
-      await gateway.stop();
-      await openai.stop();
-      await upstash?.stop();
+      await platform.stop();
       await sql.end({ timeout: 1 });
     },
   };

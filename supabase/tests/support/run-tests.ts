@@ -5,7 +5,7 @@
  *
  *   --only db | functions   run one half
  */
-import { startTestStack } from "./stack.ts";
+import { type LocalStack, startLocalStack } from "./local-stack.ts";
 import { MissingToolError, which } from "./tools.ts";
 
 const root = new URL("../../../", import.meta.url).pathname;
@@ -16,14 +16,16 @@ interface Tally {
   failed: number;
 }
 
-// The child running now (pg_prove or deno test): stopped with us on Ctrl-C.
+// The child running now (pg_prove or deno test): stopped first when the
+// stack stops (on Ctrl-C, before Postgres and Redis go).
 let current: Deno.ChildProcess | null = null;
-for (const signal of ["SIGINT", "SIGTERM"] as const) {
-  Deno.addSignalListener(signal, () => {
-    try {
-      current?.kill("SIGTERM");
-    } catch { /* already gone */ }
-  });
+async function stopCurrent() {
+  const child = current;
+  if (!child) return;
+  try {
+    child.kill("SIGTERM");
+  } catch { /* already gone */ }
+  await child.status;
 }
 
 async function streamed(
@@ -96,9 +98,10 @@ async function runDenoTests(env: Record<string, string>): Promise<Tally> {
 
 let tally: Tally = { passed: 0, failed: 0 };
 let code = 0;
-let stack: Awaited<ReturnType<typeof startTestStack>> | null = null;
+let stack: LocalStack | null = null;
 try {
-  stack = await startTestStack({ log: (l) => console.log(`[harness] ${l}`) });
+  stack = await startLocalStack({ log: (l) => console.log(`[harness] ${l}`) });
+  stack.defer(stopCurrent);
   console.log(`[harness] postgres ${stack.postgres.url}  redis ${stack.redis.url}`);
   if (only !== "functions") {
     const t = await runPgTap(stack.postgres.url);

@@ -3,8 +3,8 @@
  * the OpenAI stand-in (answering at once unless scripted) and the Auth JWKS,
  * signing with the key in AGENT_CHAT_SIGNING_KEY. Prints `{"port": n}`.
  */
-import { createOpenAIStandIn } from "../../supabase/tests/support/openai-stand-in.ts";
-import { createAuthStandIn } from "../../supabase/tests/support/auth-stand-in.ts";
+import { createOpenAIStandIn } from "./openai.ts";
+import { createAuthStandIn } from "./auth.ts";
 
 const auth = await createAuthStandIn({
   signingKey: JSON.parse(Deno.env.get("AGENT_CHAT_SIGNING_KEY")!),

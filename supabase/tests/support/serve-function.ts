@@ -4,9 +4,9 @@
  * `EdgeRuntime.waitUntil` (usage inserts leave the critical path). Prints one
  * line `{"port": n}` when it listens. Configuration comes from the environment.
  */
-import { loadConfig } from "../../supabase/functions/agent-chat/config.ts";
-import { buildDependencies } from "../../supabase/functions/agent-chat/deps.ts";
-import { createAgentChatHandler } from "../../supabase/functions/agent-chat/handler.ts";
+import { loadConfig } from "../../functions/agent-chat/config.ts";
+import { buildDependencies } from "../../functions/agent-chat/deps.ts";
+import { createAgentChatHandler } from "../../functions/agent-chat/handler.ts";
 
 const pending = new Set<Promise<unknown>>();
 (globalThis as Record<string, unknown>).EdgeRuntime = {

@@ -7,8 +7,8 @@
  * Like the real gateway it appends the caller's address to X-Forwarded-For,
  * so the function sees one trusted hop.
  */
-import type { AuthStandIn } from "./auth-stand-in.ts";
-import { createPostgrestStandIn, type PostgrestStandIn } from "./postgrest-stand-in.ts";
+import type { AuthStandIn } from "./auth.ts";
+import { createPostgrestStandIn, type PostgrestStandIn } from "./postgrest.ts";
 
 export type FunctionHandler = (
   request: Request,

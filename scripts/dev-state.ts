@@ -1,0 +1,59 @@
+/**
+ * What the running `npm run dev` stack leaves for the other commands
+ * (`deno task token`, `deno task ops`, a second `npm run dev`): its state
+ * file .local/dev.json, and the Auth signing key in .local/auth-key.json so
+ * tokens survive restarts. AGENT_CHAT_LOCAL_DIR moves the folder.
+ */
+import type { JWK } from "jose";
+import { newSigningKey } from "../supabase/tests/stand-ins/auth.ts";
+
+export const root = new URL("../", import.meta.url).pathname;
+export const localDir = Deno.env.get("AGENT_CHAT_LOCAL_DIR") || `${root}.local`;
+export const stateFile = `${localDir}/dev.json`;
+
+export interface DevState {
+  databaseUrl: string;
+  redisUrl: string;
+  functionUrl: string;
+  secretKey: string;
+  pid: number;
+}
+
+export async function signingKey(): Promise<JWK> {
+  const path = `${localDir}/auth-key.json`;
+  try {
+    return JSON.parse(await Deno.readTextFile(path));
+  } catch {
+    await Deno.mkdir(localDir, { recursive: true });
+    const key = await newSigningKey();
+    await Deno.writeTextFile(path, JSON.stringify(key), { mode: 0o600 });
+    return key;
+  }
+}
+
+export async function readState(): Promise<DevState | undefined> {
+  try {
+    return JSON.parse(await Deno.readTextFile(stateFile));
+  } catch {
+    return undefined;
+  }
+}
+
+/** The state of a dev stack whose process is still alive, if there is one. */
+export async function runningState(): Promise<DevState | undefined> {
+  const state = await readState();
+  if (!state || !Number.isInteger(state.pid)) return undefined;
+  const exists = (path: string) => Deno.stat(path).then(() => true, () => false);
+  if (await exists("/proc/self")) {
+    // A stale file from a stack that was killed names a process that is gone.
+    return await exists(`/proc/${state.pid}`) ? state : undefined;
+  }
+  // No /proc (macOS): ask the gateway itself.
+  try {
+    await fetch(state.functionUrl, { method: "OPTIONS", signal: AbortSignal.timeout(1000) })
+      .then((r) => r.body?.cancel());
+    return state;
+  } catch {
+    return undefined;
+  }
+}
