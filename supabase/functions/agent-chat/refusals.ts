@@ -82,6 +82,25 @@ class RefusalWindow {
     this.byIp.set(address, (this.byIp.get(address) ?? 0) + 1);
   }
 
+  /**
+   * Counts an authenticated refusal. Returns true when it must be written now:
+   * the first of its key, while its address block has first rows left. Past
+   * the block's allowance, refusals are only counted, per block and code.
+   */
+  countRefusal(key: string, event: UsageEvent, block: string, ipLimit: number): boolean {
+    const rows = this.firstRows.get(block) ?? 0;
+    const allowed = block === "unknown" || rows < ipLimit;
+    const k = this.slot(this.keyed, allowed ? key : `${block}:${event.error_code}`, "overflow");
+    const seen = this.keyed.get(k);
+    if (seen) {
+      seen.more++;
+      return false;
+    }
+    this.keyed.set(k, { first: event, written: allowed, more: allowed ? 0 : 1 });
+    if (allowed) this.firstRows.set(block, rows + 1);
+    return allowed;
+  }
+
   rows(end: number): UsageEvent[] {
     const window = {
       window_start: new Date(this.start).toISOString(),
@@ -117,20 +136,6 @@ export function createRefusalLedger(options: RefusalLedgerOptions): RefusalLedge
   }
   const rollIfDue = () => now() - current.start >= options.intervalMs ? flush() : undefined;
 
-  /** Counts a refusal under `key`; true when it is the key's first this interval. */
-  function count(key: string, event: UsageEvent): boolean {
-    const k = current.slot(current.keyed, key, "overflow");
-    const seen = current.keyed.get(k);
-    if (!seen) {
-      current.keyed.set(k, { first: event, written: false, more: 1 });
-      counted();
-      return true;
-    }
-    seen.more++;
-    counted();
-    return false;
-  }
-
   return {
     blockedFor(ip) {
       void rollIfDue();
@@ -145,17 +150,11 @@ export function createRefusalLedger(options: RefusalLedgerOptions): RefusalLedge
     },
     async refused(key, event, ip) {
       await rollIfDue();
-      const block = addressBlock(ip);
-      const rows = current.firstRows.get(block) ?? 0;
-      // Past the block's allowance, every refusal is only counted, per block and code.
-      const allowed = block === "unknown" || rows < options.ipLimit;
-      const first = count(allowed ? key : `${block}:${event.error_code}`, event);
-      if (!first || !allowed) return;
-      const entry = current.keyed.get(current.slot(current.keyed, key, "overflow"))!;
-      entry.written = true;
-      entry.more = 0;
-      current.firstRows.set(block, rows + 1);
-      await options.write(event);
+      if (current.countRefusal(key, event, addressBlock(ip), options.ipLimit)) {
+        await options.write(event);
+      } else {
+        counted();
+      }
     },
     flush,
     close: flush,
