@@ -8,6 +8,7 @@ import { AgentError, describe } from "../_shared/errors.ts";
 import { errorResponse, jsonResponse } from "../_shared/http.ts";
 import type { AdmittedTurn } from "./admission.ts";
 import { storeError } from "./admission.ts";
+import { settle, type StoredAnswer } from "./idempotency.ts";
 import type { ModelAnswer, ModelClient, StreamEvent, TokenUsage } from "./model.ts";
 import type { ChatRequest } from "./request.ts";
 import type { SessionStore } from "./session-store.ts";
@@ -38,9 +39,9 @@ export interface TurnContext {
 
 /** Writes the usage row of this turn and reports the outcome; called exactly once per turn. */
 async function meter(deps: AnswerDeps, ctx: TurnContext, status: number, outcome: Outcome) {
-  await deps.usage.record(
-    usageEvent(deps.settings, ctx.facts, outcome, deps.now() - ctx.facts.started),
-  );
+  const event = usageEvent(deps.settings, ctx.facts, outcome, deps.now() - ctx.facts.started);
+  // A failed attempt releases its Idempotency-Key, so the retry runs.
+  await deps.usage.record(settle(event, ctx.turn.idempotency));
   ctx.finished(status, outcome);
 }
 
@@ -58,7 +59,11 @@ function modelError(error: unknown): AgentError {
 /** Saves the turn; returns the refusal when it could not be saved. The row is written either way. */
 async function persist(deps: AnswerDeps, ctx: TurnContext, answer: ModelAnswer) {
   const outcome: Outcome = { model: answer.model, usage: answer.usage };
-  const success = usageEvent(deps.settings, ctx.facts, outcome, deps.now() - ctx.facts.started);
+  const success = settle(
+    usageEvent(deps.settings, ctx.facts, outcome, deps.now() - ctx.facts.started),
+    ctx.turn.idempotency,
+    answerBody(answer, ctx),
+  );
   let failure: AgentError | undefined;
   try {
     const usage = deps.usage.enabled ? success : undefined;
@@ -74,6 +79,11 @@ async function persist(deps: AnswerDeps, ctx: TurnContext, answer: ModelAnswer) 
   }
   await meter(deps, ctx, failure.status, { ...outcome, error: failure });
   return failure;
+}
+
+/** The JSON body of an answered turn; also what its Idempotency-Key stores. */
+function answerBody(answer: ModelAnswer, ctx: TurnContext): StoredAnswer {
+  return { session_id: ctx.turn.key.sessionId, message: answer.text, ...summary(answer, ctx) };
 }
 
 function summary(answer: ModelAnswer, ctx: TurnContext) {
@@ -105,11 +115,7 @@ export async function answerJson(deps: AnswerDeps, ctx: TurnContext): Promise<Re
   }
   const failure = await persist(deps, ctx, answer);
   if (failure) return errorResponse(failure, ctx.facts.requestId, ctx.headers);
-  return jsonResponse(200, {
-    session_id: ctx.turn.key.sessionId,
-    message: answer.text,
-    ...summary(answer, ctx),
-  }, ctx.headers);
+  return jsonResponse(200, answerBody(answer, ctx), ctx.headers);
 }
 
 /**
