@@ -61,9 +61,11 @@ export function parseIdempotencyKey(headers: Headers): string | undefined {
   const raw = headers.get(IDEMPOTENCY_HEADER);
   if (raw === null) return undefined;
   const value = raw.trim();
-  const key = value.length >= 2 && value.startsWith('"') && value.endsWith('"')
+  const key = !value.startsWith('"')
+    ? value
+    : value.length >= 2 && value.endsWith('"')
     ? unquote(value.slice(1, -1))
-    : value;
+    : undefined;
   if (key === undefined || key.length < 1 || key.length > MAX_KEY_LENGTH || !PRINTABLE.test(key)) {
     throw new AgentError(
       "invalid_request",

@@ -48,7 +48,17 @@ Deno.test("key rules: 1-255 printable ASCII, bare or as a quoted sf-string; anyt
   const f = createFakes();
   const handle = createAgentChatHandler(f.deps);
   for (
-    const bad of ["", "   ", "k".repeat(256), "caf\u00e9", '""', '"a"b"', '"a\\b"', '"trailing\\"']
+    const bad of [
+      "",
+      "   ",
+      "k".repeat(256),
+      "caf\u00e9",
+      '""',
+      '"open',
+      '"a"b"',
+      '"a\\b"',
+      '"trailing\\"',
+    ]
   ) {
     const body = await expectError(
       await handle(chatRequest(hi, keyed(bad))),
