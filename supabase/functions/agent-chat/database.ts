@@ -91,7 +91,7 @@ export type BeginTurnResult =
   | { outcome: "session_not_found"; rate_limit?: unknown }
   | { outcome: "replay"; response: StoredAnswer }
   | { outcome: "idempotency_mismatch" }
-  | { outcome: "request_in_progress"; retry_after_seconds?: number };
+  | { outcome: "request_in_progress"; retry_after_seconds?: number; request_id?: string };
 
 export interface ChatMessage {
   role: "user" | "assistant";

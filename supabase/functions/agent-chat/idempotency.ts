@@ -144,6 +144,7 @@ export function idempotencyRefusal(
   begin: { outcome: "idempotency_mismatch" } | {
     outcome: "request_in_progress";
     retry_after_seconds?: number;
+    request_id?: string;
   },
 ): AgentError {
   if (begin.outcome === "idempotency_mismatch") {
@@ -156,7 +157,10 @@ export function idempotencyRefusal(
   return new AgentError(
     "request_in_progress",
     "a request with this Idempotency-Key is still running; retry after a moment",
-    { headers: { "retry-after": String(retryAfter) } },
+    {
+      headers: { "retry-after": String(retryAfter) },
+      detail: `Idempotency-Key held by request ${begin.request_id ?? "unknown"}`,
+    },
   );
 }
 

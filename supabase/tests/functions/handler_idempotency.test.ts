@@ -150,13 +150,15 @@ Deno.test("422 idempotency_mismatch and 409 request_in_progress with Retry-After
   const handle = createAgentChatHandler(f.deps);
   f.begin = () => Promise.resolve({ outcome: "idempotency_mismatch" });
   await expectError(await handle(chatRequest(hi, keyed("k1"))), 422, "idempotency_mismatch");
-  f.begin = () => Promise.resolve({ outcome: "request_in_progress", retry_after_seconds: 1 });
+  f.begin = () =>
+    Promise.resolve({ outcome: "request_in_progress", retry_after_seconds: 1, request_id: "r-1" });
   const res = await handle(chatRequest(hi, keyed("k1")));
   assertEquals(res.headers.get("retry-after"), "1");
   await expectError(res, 409, "request_in_progress");
   assertEquals(f.modelCalls, 0);
   assertEquals(f.usage.map((u) => u.error_code), ["idempotency_mismatch", "request_in_progress"]);
   assertEquals(f.usage.map((u) => u.idempotency), [undefined, undefined], "they hold no key");
+  assertEquals(f.usage[1]!.error_message, "Idempotency-Key held by request r-1");
 });
 
 Deno.test("settlement: an answered turn completes its key with the JSON body it sent", async () => {
