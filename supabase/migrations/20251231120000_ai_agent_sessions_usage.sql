@@ -7,6 +7,7 @@
 --   20251231120300_ai_agent_usage_costs         agent_log_usage, prices, cost and health reports
 --   20251231120400_ai_agent_alerts              alert conditions, the recorded check, schedules
 --   20251231120500_ai_agent_operator_functions  buckets, opt-outs, sessions, purge
+--   20251231120600_ai_agent_idempotency         Idempotency-Key claims, replays and settlement
 --
 -- Deny by default: every table has RLS; anon and authenticated get only the
 -- reads a policy allows; service_role, the Edge Function's role, gets what

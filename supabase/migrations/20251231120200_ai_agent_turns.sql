@@ -19,13 +19,17 @@ create function public.agent_begin_turn(
   p_window_seconds integer default 60,
   p_max_messages integer default 20,
   p_load_history boolean default true,
-  p_now timestamptz default now()
+  p_now timestamptz default now(),
+  p_idempotency_key text default null,
+  p_request_hash text default null,
+  p_request_id text default null
 )
 returns jsonb
 language plpgsql
 set search_path = ''
 as $$
 declare
+  v_idempotency jsonb;
   v_opt_out public.agent_opt_outs%rowtype;
   v_session public.agent_sessions%rowtype;
   v_decision jsonb;
@@ -36,6 +40,12 @@ begin
   end if;
   if p_max_messages is null or p_max_messages < 0 then
     raise exception 'max_messages must be zero or more' using errcode = '22023';
+  end if;
+  -- 0. Idempotency-Key, before any check or bucket: a replay, a different body
+  -- or a duplicate still running ends here (20251231120600_ai_agent_idempotency).
+  if p_idempotency_key is not null then
+    v_idempotency := ops.idempotency_check(p_user_id, p_idempotency_key, p_request_hash, p_now);
+    if v_idempotency is not null then return v_idempotency; end if;
   end if;
   -- This transaction only writes rate-limit counters. Not waiting for the
   -- WAL flush at commit shortens how long the hot org row stays locked; a
@@ -99,6 +109,10 @@ begin
     return jsonb_build_object('outcome', 'rate_limit', 'rate_limit', v_decision);
   end if;
 
+  -- Admitted: the Idempotency-Key is this attempt's until it settles.
+  if p_idempotency_key is not null then
+    perform ops.idempotency_claim(p_user_id, p_idempotency_key, p_request_hash, p_org_id, p_request_id, p_now);
+  end if;
   return jsonb_build_object(
     'outcome', 'ok',
     'rate_limit', v_decision,
@@ -107,11 +121,11 @@ begin
   );
 end;
 $$;
-comment on function public.agent_begin_turn(uuid, uuid, text, text, uuid, integer, integer, integer, integer, integer, boolean, timestamptz) is
+comment on function public.agent_begin_turn(uuid, uuid, text, text, uuid, integer, integer, integer, integer, integer, boolean, timestamptz, text, text, text) is
   'agent-chat, before the model: opt-out check, membership check, session ownership, all-or-nothing rate limit over org:/user:/ip:, and (Supabase store) the session history. Returns {outcome: ok|opt_out|forbidden|session_not_found|rate_limit, rate_limit, history}. service_role only.';
 
-revoke execute on function public.agent_begin_turn(uuid, uuid, text, text, uuid, integer, integer, integer, integer, integer, boolean, timestamptz) from public, anon, authenticated;
-grant execute on function public.agent_begin_turn(uuid, uuid, text, text, uuid, integer, integer, integer, integer, integer, boolean, timestamptz) to service_role;
+revoke execute on function public.agent_begin_turn(uuid, uuid, text, text, uuid, integer, integer, integer, integer, integer, boolean, timestamptz, text, text, text) from public, anon, authenticated;
+grant execute on function public.agent_begin_turn(uuid, uuid, text, text, uuid, integer, integer, integer, integer, integer, boolean, timestamptz, text, text, text) to service_role;
 
 -- ---------------------------------------------------------------------------
 -- public.agent_end_turn: store one answered turn.

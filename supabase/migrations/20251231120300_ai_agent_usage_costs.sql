@@ -7,9 +7,12 @@
 -- ---------------------------------------------------------------------------
 create function public.agent_log_usage(p_event jsonb)
 returns void
-language sql
+language plpgsql
 set search_path = ''
 as $$
+begin
+  -- An Idempotency-Key's attempt settles with its usage row (20251231120600_ai_agent_idempotency).
+  if p_event ? 'idempotency' then perform ops.idempotency_settle(p_event); end if;
   insert into public.agent_usage_events (
     request_id, org_id, user_id, session_id, channel, model,
     prompt_tokens, cached_prompt_tokens, completion_tokens, total_tokens,
@@ -26,7 +29,7 @@ as $$
     latency_ms integer, success boolean, error_code text, error_message text, metadata jsonb,
     created_at timestamptz
   );
-$$;
+end $$;
 comment on function public.agent_log_usage(jsonb) is
   'agent-chat: inserts one row into public.agent_usage_events from a JSON object with the table''s column names. service_role only.';
 revoke execute on function public.agent_log_usage(jsonb) from public, anon, authenticated;

@@ -7,6 +7,12 @@
 import type { Caller } from "../_shared/auth.ts";
 import { AgentError, describe } from "../_shared/errors.ts";
 import type { BeginTurnResult, ChatMessage, TurnDatabase } from "./database.ts";
+import {
+  claimArgs,
+  type IdempotencyClaim,
+  idempotencyRefusal,
+  type StoredAnswer,
+} from "./idempotency.ts";
 import { decisionFromDatabase, type RateLimitDecision, rateLimitHeaders } from "./rate-limit.ts";
 import type { ChatRequest } from "./request.ts";
 import type { SessionKey, SessionStore } from "./session-store.ts";
@@ -28,6 +34,8 @@ export interface AdmittedTurn {
   /** History plus the new user message: what the model is sent. */
   messages: ChatMessage[];
   rateLimit: RateLimitDecision;
+  /** The Idempotency-Key this turn holds until its usage row settles it. */
+  idempotency?: IdempotencyClaim | undefined;
 }
 
 /** Who the turn is for and from where: the token's user, or what a service caller asserted. */
@@ -54,7 +62,8 @@ export async function admit(
   body: ChatRequest,
   who: { userId: string; clientIp: string | undefined },
   session: { key: SessionKey; isNew: boolean },
-): Promise<AdmittedTurn> {
+  idempotency?: IdempotencyClaim,
+): Promise<AdmittedTurn | { replay: StoredAnswer }> {
   const plan = await storeCall(() => deps.sessions.plan(session.key, session.isNew));
   if (!plan.owned) throw new AgentError("session_not_found", "session not found");
   const { rateLimit: limits, sessionMaxMessages } = deps.settings;
@@ -70,8 +79,10 @@ export async function admit(
       p_ip_limit: limits.ip,
       p_window_seconds: limits.windowSeconds,
       p_max_messages: sessionMaxMessages,
+      ...claimArgs(idempotency),
     })
   );
+  if (begin.outcome === "replay") return { replay: begin.response };
   const rateLimit = decide(begin, limits.windowSeconds);
   const history = plan.history(begin as { history?: ChatMessage[] });
   return {
@@ -79,6 +90,7 @@ export async function admit(
     clientIp: who.clientIp,
     messages: [...history, { role: "user", content: body.message }],
     rateLimit,
+    idempotency,
   };
 }
 
@@ -107,6 +119,9 @@ function decide(begin: BeginTurnResult, windowSeconds: number): RateLimitDecisio
       throw new AgentError("forbidden", "not a member of this organization", { headers });
     case "session_not_found":
       throw new AgentError("session_not_found", "session not found", { headers });
+    case "idempotency_mismatch":
+    case "request_in_progress":
+      throw idempotencyRefusal(begin);
     default:
       throw new AgentError("internal_error", "internal error", {
         detail: "unexpected begin-turn outcome",

@@ -8,6 +8,7 @@ import { AgentError, describe } from "../_shared/errors.ts";
 import { errorResponse, jsonResponse } from "../_shared/http.ts";
 import type { AdmittedTurn } from "./admission.ts";
 import { storeError } from "./admission.ts";
+import { settle, type StoredAnswer } from "./idempotency.ts";
 import {
   type ModelAnswer,
   type ModelClient,
@@ -44,9 +45,9 @@ export interface TurnContext {
 
 /** Writes the usage row of this turn and reports the outcome; called exactly once per turn. */
 async function meter(deps: AnswerDeps, ctx: TurnContext, status: number, outcome: Outcome) {
-  await deps.usage.record(
-    usageEvent(deps.settings, ctx.facts, outcome, deps.now() - ctx.facts.started),
-  );
+  const event = usageEvent(deps.settings, ctx.facts, outcome, deps.now() - ctx.facts.started);
+  // A failed attempt releases its Idempotency-Key, so the retry runs.
+  await deps.usage.record(settle(event, ctx.turn.idempotency));
   ctx.finished(status, outcome);
 }
 
@@ -112,7 +113,11 @@ async function failed(
  */
 async function persist(deps: AnswerDeps, ctx: TurnContext, answer: ModelAnswer) {
   const outcome = await billed(deps, ctx, answer);
-  const success = usageEvent(deps.settings, ctx.facts, outcome, deps.now() - ctx.facts.started);
+  const success = settle(
+    usageEvent(deps.settings, ctx.facts, outcome, deps.now() - ctx.facts.started),
+    ctx.turn.idempotency,
+    answerBody(answer, outcome, ctx),
+  );
   let failure: AgentError | undefined;
   try {
     const usage = deps.usage.enabled ? success : undefined;
@@ -128,6 +133,15 @@ async function persist(deps: AnswerDeps, ctx: TurnContext, answer: ModelAnswer) 
   }
   await meter(deps, ctx, failure.status, { ...outcome, error: failure });
   return { outcome, failure };
+}
+
+/** The JSON body of an answered turn; also what its Idempotency-Key stores. */
+function answerBody(answer: ModelAnswer, billed: Outcome, ctx: TurnContext): StoredAnswer {
+  return {
+    session_id: ctx.turn.key.sessionId,
+    message: answer.text,
+    ...summary(answer, billed, ctx),
+  };
 }
 
 /** The answer's own usage for the client (as reported, else estimated); retries are not its tokens. */
@@ -175,11 +189,7 @@ export async function answerJson(deps: AnswerDeps, ctx: TurnContext): Promise<Re
   }
   const { outcome, failure } = await persist(deps, ctx, answer);
   if (failure) return errorResponse(failure, ctx.facts.requestId, ctx.headers);
-  return jsonResponse(200, {
-    session_id: ctx.turn.key.sessionId,
-    message: answer.text,
-    ...summary(answer, outcome, ctx),
-  }, ctx.headers);
+  return jsonResponse(200, answerBody(answer, outcome, ctx), ctx.headers);
 }
 
 /**

@@ -7,6 +7,7 @@
  */
 import type { SupabaseClient } from "@supabase/supabase-js";
 import type { Sql } from "postgres";
+import type { IdempotencySettlement, StoredAnswer } from "./idempotency.ts";
 
 export interface DatabaseEnv {
   SUPABASE_URL?: string | undefined;
@@ -60,6 +61,10 @@ export interface BeginTurnArgs {
   p_window_seconds: number;
   p_max_messages: number;
   p_load_history: boolean;
+  /** Idempotency-Key (idempotency.ts): sent only when the request carries one. */
+  p_idempotency_key?: string;
+  p_request_hash?: string;
+  p_request_id?: string;
 }
 
 export interface EndTurnArgs {
@@ -83,7 +88,10 @@ export type BeginTurnResult =
     rate_limit?: unknown;
   }
   | { outcome: "forbidden"; rate_limit?: unknown }
-  | { outcome: "session_not_found"; rate_limit?: unknown };
+  | { outcome: "session_not_found"; rate_limit?: unknown }
+  | { outcome: "replay"; response: StoredAnswer }
+  | { outcome: "idempotency_mismatch" }
+  | { outcome: "request_in_progress"; retry_after_seconds?: number; request_id?: string };
 
 export interface ChatMessage {
   role: "user" | "assistant";
@@ -108,6 +116,8 @@ export interface UsageEvent {
   /** Requests this row stands for: 1, or more on an aggregated refusal row. */
   event_count: number;
   metadata: Record<string, unknown>;
+  /** Settles the attempt's Idempotency-Key; not a column (idempotency.ts). */
+  idempotency?: IdempotencySettlement;
 }
 
 /** What the handler needs from Postgres; tests swap the transport, not this. */
@@ -120,6 +130,8 @@ export interface TurnDatabase {
     usage: UsageEvent,
   ): Promise<{ outcome: "ok" | "session_not_found"; usage_logged: boolean }>;
   logUsage(event: UsageEvent): Promise<void>;
+  /** The Idempotency-Key settlement alone, when the usage log is off. */
+  settleIdempotency(event: UsageEvent): Promise<void>;
   close(): Promise<void>;
 }
 
@@ -142,6 +154,9 @@ export function createRpcDatabase(client: SupabaseClient, timeoutMs: number): Tu
     finishTurn: (args, usage) => call("agent_finish_turn", { ...args, p_usage: usage }),
     logUsage: async (event) => {
       await call("agent_log_usage", { p_event: event });
+    },
+    settleIdempotency: async (event) => {
+      await call("agent_settle_idempotency", { p_event: event });
     },
     close: () => Promise.resolve(),
   };
@@ -245,6 +260,9 @@ export function createPostgresDatabase(connect: () => Sql, timeoutMs: number): T
     finishTurn: (args, usage) => call("agent_finish_turn", { ...args, p_usage: usage }),
     logUsage: async (event) => {
       await call("agent_log_usage", { p_event: event });
+    },
+    settleIdempotency: async (event) => {
+      await call("agent_settle_idempotency", { p_event: event });
     },
     close: () => sql.end({ timeout: 1 }),
   };

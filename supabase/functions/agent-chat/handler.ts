@@ -18,6 +18,7 @@ import type { Logger } from "../_shared/log.ts";
 import { type AdmissionDeps, admit, identify, sessionKeyFor } from "./admission.ts";
 import { type AnswerDeps, answerJson, answerStream } from "./answer.ts";
 import type { Config } from "./config.ts";
+import { idempotencyClaim, replayAnswer, REPLAYED_HEADER } from "./idempotency.ts";
 import { RATE_LIMIT_HEADER_NAMES, rateLimitHeaders } from "./rate-limit.ts";
 import { recordRefusal, type RefusalLedger } from "./refusals.ts";
 import { chatRequestSchema, parseChatRequest } from "./request.ts";
@@ -31,6 +32,7 @@ export type HandlerSettings =
     | "systemPrompt"
     | "sessionStore"
     | "sessionMaxMessages"
+    | "sessionTtlSeconds"
     | "rateLimit"
     | "trustedProxyHops"
     | "maxMessageChars"
@@ -70,7 +72,12 @@ export function createAgentChatHandler(deps: AgentChatDeps) {
   const cors = createCors({
     allowedOrigins: settings.allowedOrigins,
     extraAllowHeaders: ["x-request-id", "idempotency-key"],
-    exposeHeaders: ["x-request-id", "x-client-request-id", ...RATE_LIMIT_HEADER_NAMES],
+    exposeHeaders: [
+      "x-request-id",
+      "x-client-request-id",
+      REPLAYED_HEADER,
+      ...RATE_LIMIT_HEADER_NAMES,
+    ],
   });
   const log = (facts: RequestFacts, status: number, outcome: Outcome) =>
     deps.log(...requestLogLine(settings, facts, status, outcome, now()));
@@ -101,7 +108,11 @@ export function createAgentChatHandler(deps: AgentChatDeps) {
       const who = identify(caller, body, connectionIp);
       const session = sessionKeyFor(body, who.userId);
       facts = turnFacts(facts, body, who, session.key.sessionId);
-      const turn = await admit(deps, body, who, session);
+      const key = await idempotencyClaim(request.headers, body, requestId, settings);
+      const turn = await admit(deps, body, who, session, key);
+      if ("replay" in turn) {
+        return replayAnswer(turn.replay, body, headers, (s, o) => log(facts, s, o));
+      }
       const admitted = { ...facts, rateLimit: turn.rateLimit };
       return await (body.stream ? answerStream : answerJson)(answerDeps, {
         facts: admitted,

@@ -27,6 +27,7 @@ export function requestLogLine(
     client_ip: facts.clientIp ?? null,
     ...(facts.clientRequestId ? { client_request_id: facts.clientRequestId } : {}),
     ...(outcome.usage ? { total_tokens: outcome.usage.total_tokens } : {}),
+    ...(outcome.replayed ? { idempotent_replayed: true } : {}),
     ...(status >= 500 && outcome.error ? { detail: outcome.error.detail } : {}),
   }];
 }

@@ -71,6 +71,8 @@ export interface Outcome {
   /** Model calls made for this turn, when more than one (retries are billed too). */
   attempts?: number | undefined;
   error?: { code: ErrorCode; detail: string } | undefined;
+  /** The stored answer of an Idempotency-Key was sent again (no model call, no row). */
+  replayed?: boolean | undefined;
 }
 
 export interface UsageSettings {
@@ -128,15 +130,20 @@ export interface UsageLogger {
 
 export function createUsageLogger(options: {
   enabled: boolean;
-  db: Pick<TurnDatabase, "logUsage">;
+  db: Pick<TurnDatabase, "logUsage"> & Partial<Pick<TurnDatabase, "settleIdempotency">>;
   log: Logger;
   extendLifetime: ExtendLifetime | undefined;
 }): UsageLogger {
   return {
     enabled: options.enabled,
     async record(event) {
-      if (!options.enabled) return;
-      const insert = options.db.logUsage(storable(event)).catch((error) => {
+      // With the log off, an Idempotency-Key is still settled, without a row.
+      if (!options.enabled && !event.idempotency) return;
+      const row = storable(event);
+      const call = options.enabled
+        ? options.db.logUsage(row)
+        : options.db.settleIdempotency?.(row) ?? Promise.resolve();
+      const insert = call.catch((error) => {
         options.log("error", "usage_log_failed", {
           request_id: event.request_id,
           error_code: event.error_code,

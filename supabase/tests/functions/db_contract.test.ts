@@ -25,6 +25,9 @@ const begin: Required<BeginTurnArgs> = {
   p_window_seconds: 0,
   p_max_messages: 0,
   p_load_history: false,
+  p_idempotency_key: "",
+  p_request_hash: "",
+  p_request_id: "",
 };
 const end: Required<EndTurnArgs> = {
   p_session_id: "",
@@ -36,7 +39,8 @@ const end: Required<EndTurnArgs> = {
   p_ttl_seconds: 0,
   p_max_messages: 0,
 };
-const usage: Required<UsageEvent> = {
+// `idempotency` is not a column: agent_log_usage settles the key with it.
+const usage: Required<Omit<UsageEvent, "idempotency">> = {
   request_id: "",
   org_id: null,
   user_id: null,
