@@ -12,6 +12,12 @@
 -- Deny by default: every table has RLS; anon and authenticated get only the
 -- reads a policy allows; service_role, the Edge Function's role, gets what
 -- it needs. Only service_role may execute the functions of later files.
+-- Supabase's default privileges in schema public grant anon and
+-- authenticated everything on every new table, sequence and function: each
+-- object here revokes them right after it is created (sequences included:
+-- setval on an identity sequence would stop every insert), and
+-- supabase/tests/database/004_privileges_inventory.test.sql compares every
+-- privilege the two roles hold on the project's schemas with an allow-list.
 
 create extension if not exists pgcrypto with schema extensions;
 
@@ -105,6 +111,7 @@ create policy agent_session_messages_select_own on public.agent_session_messages
     )
   );
 revoke all on public.agent_sessions, public.agent_session_messages from anon, authenticated;
+revoke all on sequence public.agent_session_messages_id_seq from anon, authenticated;
 grant select on public.agent_sessions, public.agent_session_messages to authenticated;
 
 -- ---------------------------------------------------------------------------
@@ -119,12 +126,16 @@ create table public.agent_opt_outs (
   created_by text,
   created_at timestamptz not null default now(),
   expires_at timestamptz,
-  expired_by text
+  expired_by text,
+  -- The request's channel format (request.ts CHANNEL_PATTERN): a row with
+  -- 'SMS' or ' sms' could never match a request and would be a silent no-op.
+  constraint agent_opt_outs_channel_format check (channel is null or channel ~ '^[a-z][a-z0-9_-]{0,31}$')
 );
 comment on table public.agent_opt_outs is
   'Opt-out registry. A row is active while expires_at is null or in the future. Rows are expired, never deleted, so the audit trail stays.';
 comment on column public.agent_opt_outs.user_id is 'NULL = the whole organization.';
-comment on column public.agent_opt_outs.channel is 'NULL = every channel; otherwise only requests on this channel are refused.';
+comment on column public.agent_opt_outs.channel is
+  'NULL = every channel; otherwise only requests on this channel are refused. Lowercase, as requests carry it (ops.add_opt_out normalises case).';
 comment on column public.agent_opt_outs.expires_at is 'NULL = until expired by an operator (ops.expire_opt_out).';
 comment on column public.agent_opt_outs.expired_by is 'Who expired the opt-out through ops.expire_opt_out.';
 create index agent_opt_outs_lookup_idx on public.agent_opt_outs (org_id, user_id, channel);
@@ -133,9 +144,10 @@ alter table public.agent_opt_outs enable row level security;
 revoke all on public.agent_opt_outs from anon, authenticated;
 
 -- ---------------------------------------------------------------------------
--- Usage log: one row per request, every outcome. No foreign keys and no
--- checks beyond success being known, so the insert cannot fail because the
--- session lives in Redis or was never saved.
+-- Usage log: one row per request, every outcome, or one row standing for
+-- several refusals of one kind (event_count). No foreign keys and no checks
+-- beyond success being known and the count being positive, so the insert
+-- cannot fail because the session lives in Redis or was never saved.
 -- ---------------------------------------------------------------------------
 create table public.agent_usage_events (
   id bigint generated always as identity primary key,
@@ -153,23 +165,33 @@ create table public.agent_usage_events (
   success boolean not null,
   error_code text,
   error_message text,
+  event_count integer not null default 1 check (event_count >= 1),
   metadata jsonb not null default '{}'::jsonb,
   created_at timestamptz not null default now()
 );
 comment on table public.agent_usage_events is
-  'One row per agent-chat request, whatever its outcome. Feeds the cost and health views in schema ops.';
+  'One row per agent-chat request, whatever its outcome; refusals past the first of their kind in an interval are aggregated into one row (event_count). Count requests with sum(event_count), never count(*). Feeds the cost and health views in schema ops.';
+comment on column public.agent_usage_events.request_id is
+  'The server''s request id (x-request-id of the answer). Unique among rows that are not aggregated, so a model call is metered once even when its row is written twice (a save that timed out but committed later).';
+comment on column public.agent_usage_events.event_count is
+  'Requests this row stands for: 1, or the number of refusals an aggregated row counts (metadata.aggregated = true).';
 comment on column public.agent_usage_events.success is 'true when the assistant answered and the turn was stored.';
 comment on column public.agent_usage_events.error_code is
-  'The client-facing error code (rate_limit, opt_out, openai_error, session_store_error, invalid_request, unauthorized, forbidden, session_not_found, internal_error); NULL on success.';
+  'The outcome code: the client-facing error code (rate_limit, opt_out, forbidden, session_not_found, budget_exceeded, assistant_disabled, invalid_request, unauthorized, method_not_allowed, openai_error, session_store_error, internal_error), client_closed (the client went away), or anonymous_refusals (the aggregated row of refusals before authentication); NULL on success.';
 comment on column public.agent_usage_events.error_message is 'Operator-only detail (upstream status, driver error). Never sent to the client.';
 comment on column public.agent_usage_events.cached_prompt_tokens is 'Prompt tokens OpenAI served from its prompt cache (billed at the cached-input price).';
 comment on column public.agent_usage_events.latency_ms is 'Time from request arrival to the last byte of the answer, in milliseconds.';
-comment on column public.agent_usage_events.metadata is 'Rate-limit bucket keys, the client IP, the session store, the auth mode, streaming.';
+comment on column public.agent_usage_events.metadata is
+  'Rate-limit scope, the client IP, the session store, streaming, tokens_estimated, requested_org_id (the org a refused non-member named), aggregated rows'' window and counts.';
 create index agent_usage_events_org_created_idx on public.agent_usage_events (org_id, created_at);
 create index agent_usage_events_created_idx on public.agent_usage_events (created_at);
 create index agent_usage_events_user_id_idx on public.agent_usage_events (user_id);
+-- Metered exactly once: the usage inserts are `on conflict do nothing`.
+create unique index agent_usage_events_request_id_idx on public.agent_usage_events (request_id)
+  where (metadata -> 'aggregated') is distinct from 'true'::jsonb;
 alter table public.agent_usage_events enable row level security;
 revoke all on public.agent_usage_events from anon, authenticated;
+revoke all on sequence public.agent_usage_events_id_seq from anon, authenticated;
 
 -- ---------------------------------------------------------------------------
 -- Rate-limit buckets: one row per bucket, written only by

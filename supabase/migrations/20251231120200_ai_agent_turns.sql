@@ -6,6 +6,27 @@
 
 -- ---------------------------------------------------------------------------
 -- public.agent_begin_turn: the one database round trip before the model.
+--
+-- Order: membership, opt-outs, session ownership, rate limits. Membership
+-- comes first so a non-member learns nothing about the org (not even that
+-- it opted out).
+--
+-- Refusals are limited too: a forbidden, opt_out or session_not_found
+-- outcome consumes one slot of the caller's user: bucket (and only that
+-- bucket: the org and the IP pay nothing for a refusal). So a signed-in user
+-- gets at most the user limit of refusals per window, whatever they send;
+-- past it the answer is rate_limit, which the function counts instead of
+-- logging one row each. A refusal returns the same rate_limit object as an
+-- admission (limit, remaining, reset), for the RateLimit headers.
+--
+-- Every outcome says whether the user is a member of the org (member), so
+-- the function names the org on the usage row only for members: an
+-- outsider's 403 or 429 never lands in another tenant's reports.
+--
+-- Session ownership: with the Supabase store the session row is read here;
+-- the Redis store knows ownership before this call and passes it as
+-- p_session_owned (false = someone else's), so both stores refuse in the
+-- same order and charge the same.
 -- ---------------------------------------------------------------------------
 create function public.agent_begin_turn(
   p_org_id uuid,
@@ -19,6 +40,7 @@ create function public.agent_begin_turn(
   p_window_seconds integer default 60,
   p_max_messages integer default 20,
   p_load_history boolean default true,
+  p_session_owned boolean default null,
   p_now timestamptz default now(),
   p_idempotency_key text default null,
   p_request_hash text default null,
@@ -32,6 +54,7 @@ declare
   v_idempotency jsonb;
   v_opt_out public.agent_opt_outs%rowtype;
   v_session public.agent_sessions%rowtype;
+  v_refusal jsonb;
   v_decision jsonb;
   v_history jsonb := '[]'::jsonb;
 begin
@@ -53,36 +76,48 @@ begin
   -- counts, which is an acceptable price for counters.
   perform set_config('synchronous_commit', 'off', true);
 
-  -- 1. Opt-outs: org-wide or this member; all channels or this one.
-  select o.* into v_opt_out
-  from public.agent_opt_outs o
-  where o.org_id = p_org_id
-    and (o.user_id is null or o.user_id = p_user_id)
-    and (o.channel is null or o.channel = p_channel)
-    and (o.expires_at is null or o.expires_at > p_now)
-  order by o.user_id nulls first, o.channel nulls first
-  limit 1;
-  if found then
-    return jsonb_build_object(
-      'outcome', 'opt_out',
-      'opt_out_scope', case when v_opt_out.user_id is null then 'org' else 'user' end,
-      'opt_out_channel', v_opt_out.channel
-    );
-  end if;
-
-  -- 2. Membership.
+  -- 1. Membership.
   if not exists (
     select 1 from public.org_memberships m where m.org_id = p_org_id and m.user_id = p_user_id
   ) then
-    return jsonb_build_object('outcome', 'forbidden');
+    v_refusal := jsonb_build_object('outcome', 'forbidden', 'member', false);
+  else
+    -- 2. Opt-outs: org-wide or this member; all channels or this one.
+    select o.* into v_opt_out
+    from public.agent_opt_outs o
+    where o.org_id = p_org_id
+      and (o.user_id is null or o.user_id = p_user_id)
+      and (o.channel is null or o.channel = p_channel)
+      and (o.expires_at is null or o.expires_at > p_now)
+    order by o.user_id nulls first, o.channel nulls first
+    limit 1;
+    if found then
+      v_refusal := jsonb_build_object(
+        'outcome', 'opt_out',
+        'member', true,
+        'opt_out_scope', case when v_opt_out.user_id is null then 'org' else 'user' end,
+        'opt_out_channel', v_opt_out.channel
+      );
+    -- 3. Session ownership: an id belongs to its first (org, user) for good.
+    elsif p_session_owned is false then
+      v_refusal := jsonb_build_object('outcome', 'session_not_found', 'member', true);
+    elsif p_session_id is not null then
+      select s.* into v_session from public.agent_sessions s where s.id = p_session_id;
+      if found and (v_session.org_id <> p_org_id or v_session.user_id <> p_user_id) then
+        v_refusal := jsonb_build_object('outcome', 'session_not_found', 'member', true);
+      end if;
+    end if;
   end if;
 
-  -- 3. Session ownership: an id belongs to its first (org, user) for good.
-  if p_session_id is not null then
-    select s.* into v_session from public.agent_sessions s where s.id = p_session_id;
-    if found and (v_session.org_id <> p_org_id or v_session.user_id <> p_user_id) then
-      return jsonb_build_object('outcome', 'session_not_found');
+  -- A refusal costs one slot of the user: bucket; past the limit it is rate_limit.
+  if v_refusal is not null then
+    v_decision := ops.consume_rate_limits(
+      array['user:' || p_user_id], array[p_user_limit], p_window_seconds, p_now);
+    if not (v_decision ->> 'allowed')::boolean then
+      return jsonb_build_object('outcome', 'rate_limit', 'member', v_refusal -> 'member',
+                                'rate_limit', v_decision);
     end if;
+    return v_refusal || jsonb_build_object('rate_limit', v_decision);
   end if;
 
   -- 4. History (read before the rate-limit locks, so they are held briefly), newest p_max_messages, oldest first; expired reads as empty.
@@ -106,7 +141,7 @@ begin
     p_now
   );
   if not (v_decision ->> 'allowed')::boolean then
-    return jsonb_build_object('outcome', 'rate_limit', 'rate_limit', v_decision);
+    return jsonb_build_object('outcome', 'rate_limit', 'member', true, 'rate_limit', v_decision);
   end if;
 
   -- Admitted: the Idempotency-Key is this attempt's until it settles.
@@ -115,17 +150,18 @@ begin
   end if;
   return jsonb_build_object(
     'outcome', 'ok',
+    'member', true,
     'rate_limit', v_decision,
     'session_exists', v_session.id is not null and v_session.expires_at > p_now,
     'history', v_history
   );
 end;
 $$;
-comment on function public.agent_begin_turn(uuid, uuid, text, text, uuid, integer, integer, integer, integer, integer, boolean, timestamptz, text, text, text) is
-  'agent-chat, before the model: opt-out check, membership check, session ownership, all-or-nothing rate limit over org:/user:/ip:, and (Supabase store) the session history. Returns {outcome: ok|opt_out|forbidden|session_not_found|rate_limit, rate_limit, history}. service_role only.';
+comment on function public.agent_begin_turn(uuid, uuid, text, text, uuid, integer, integer, integer, integer, integer, boolean, boolean, timestamptz, text, text, text) is
+  'agent-chat, before the model: membership, opt-outs, session ownership (p_session_owned from the Redis store, or the session row), all-or-nothing rate limit over org:/user:/ip:, and (Supabase store) the session history. A refusal (forbidden, opt_out, session_not_found) consumes one user: slot and is rate_limit past the user limit. With an Idempotency-Key (p_idempotency_key, checked before anything else): replay, idempotency_mismatch or request_in_progress. Returns {outcome: ok|opt_out|forbidden|session_not_found|rate_limit|replay|idempotency_mismatch|request_in_progress, member, rate_limit, history}. service_role only.';
 
-revoke execute on function public.agent_begin_turn(uuid, uuid, text, text, uuid, integer, integer, integer, integer, integer, boolean, timestamptz, text, text, text) from public, anon, authenticated;
-grant execute on function public.agent_begin_turn(uuid, uuid, text, text, uuid, integer, integer, integer, integer, integer, boolean, timestamptz, text, text, text) to service_role;
+revoke execute on function public.agent_begin_turn(uuid, uuid, text, text, uuid, integer, integer, integer, integer, integer, boolean, boolean, timestamptz, text, text, text) from public, anon, authenticated;
+grant execute on function public.agent_begin_turn(uuid, uuid, text, text, uuid, integer, integer, integer, integer, integer, boolean, boolean, timestamptz, text, text, text) to service_role;
 
 -- ---------------------------------------------------------------------------
 -- public.agent_end_turn: store one answered turn.

@@ -4,6 +4,13 @@
 
 -- ---------------------------------------------------------------------------
 -- public.agent_log_usage: the single insert per request.
+--
+-- Metered exactly once: a row whose request_id is already logged (and is not
+-- an aggregated row) is skipped (`on conflict do nothing` against the
+-- partial unique index on request_id). A save that timed out in the
+-- function but committed later writes its row through agent_finish_turn
+-- after the function logged the same request itself: the second row never
+-- lands, whichever comes first.
 -- ---------------------------------------------------------------------------
 create function public.agent_log_usage(p_event jsonb)
 returns void
@@ -16,22 +23,23 @@ begin
   insert into public.agent_usage_events (
     request_id, org_id, user_id, session_id, channel, model,
     prompt_tokens, cached_prompt_tokens, completion_tokens, total_tokens,
-    latency_ms, success, error_code, error_message, metadata, created_at
+    latency_ms, success, error_code, error_message, event_count, metadata, created_at
   )
   select
     left(e.request_id, 128), e.org_id, e.user_id, e.session_id, left(e.channel, 64), left(e.model, 128),
     e.prompt_tokens, e.cached_prompt_tokens, e.completion_tokens, e.total_tokens,
     e.latency_ms, coalesce(e.success, false), left(e.error_code, 64), left(e.error_message, 2000),
-    coalesce(e.metadata, '{}'::jsonb), coalesce(e.created_at, now())
+    greatest(coalesce(e.event_count, 1), 1), coalesce(e.metadata, '{}'::jsonb), coalesce(e.created_at, now())
   from jsonb_to_record(p_event) as e (
     request_id text, org_id uuid, user_id uuid, session_id uuid, channel text, model text,
     prompt_tokens integer, cached_prompt_tokens integer, completion_tokens integer, total_tokens integer,
-    latency_ms integer, success boolean, error_code text, error_message text, metadata jsonb,
-    created_at timestamptz
-  );
+    latency_ms integer, success boolean, error_code text, error_message text, event_count integer,
+    metadata jsonb, created_at timestamptz
+  )
+  on conflict do nothing;
 end $$;
 comment on function public.agent_log_usage(jsonb) is
-  'agent-chat: inserts one row into public.agent_usage_events from a JSON object with the table''s column names. service_role only.';
+  'agent-chat: inserts one row into public.agent_usage_events from a JSON object with the table''s column names (event_count defaults to 1). A request_id already logged is skipped, so a model call is metered once. service_role only.';
 revoke execute on function public.agent_log_usage(jsonb) from public, anon, authenticated;
 grant execute on function public.agent_log_usage(jsonb) to service_role;
 
@@ -84,6 +92,22 @@ revoke execute on function ops.is_served_outcome(boolean, text) from public, ano
 grant execute on function ops.is_served_outcome(boolean, text) to service_role;
 
 -- ---------------------------------------------------------------------------
+-- Billing: which rows cost money.
+-- ---------------------------------------------------------------------------
+create function ops.is_billed(p_prompt_tokens integer, p_completion_tokens integer, p_total_tokens integer)
+returns boolean
+language sql
+immutable
+set search_path = ''
+as $$
+  select coalesce(p_prompt_tokens, 0) > 0 or coalesce(p_completion_tokens, 0) > 0 or coalesce(p_total_tokens, 0) > 0;
+$$;
+comment on function ops.is_billed(integer, integer, integer) is
+  'True for a row that reports tokens: a model call was made and is billed, whatever happened after it (success, client_closed, a failed save, a session taken over). Cost views and budgets count every billed row, not only successes.';
+revoke execute on function ops.is_billed(integer, integer, integer) from public, anon, authenticated;
+grant execute on function ops.is_billed(integer, integer, integer) to service_role;
+
+-- ---------------------------------------------------------------------------
 -- Usage report: the one query behind the health view, the CLI and the HTML
 -- report. Buckets are aligned to clock boundaries (date_bin from 2000-01-01
 -- 00:00 UTC: quarter hours, hours, days), so a bucket starts at the same
@@ -125,13 +149,13 @@ as $$
       else date_bin(p_bucket, e.created_at, timestamptz '2000-01-01 00:00:00+00')
     end as bucket_start,
     case when p_by_org then e.org_id end as org_id,
-    count(*) as requests,
-    count(*) filter (where ops.is_served_outcome(e.success, e.error_code)) as served,
-    count(*) filter (where e.success) as succeeded,
-    count(*) filter (where not ops.is_served_outcome(e.success, e.error_code)) as refused,
+    sum(e.event_count)::bigint as requests,
+    coalesce(sum(e.event_count) filter (where ops.is_served_outcome(e.success, e.error_code)), 0)::bigint as served,
+    coalesce(sum(e.event_count) filter (where e.success), 0)::bigint as succeeded,
+    coalesce(sum(e.event_count) filter (where not ops.is_served_outcome(e.success, e.error_code)), 0)::bigint as refused,
     round(
-      count(*) filter (where e.success)::numeric
-        / nullif(count(*) filter (where ops.is_served_outcome(e.success, e.error_code)), 0),
+      coalesce(sum(e.event_count) filter (where e.success), 0)::numeric
+        / nullif(sum(e.event_count) filter (where ops.is_served_outcome(e.success, e.error_code)), 0),
       4
     ) as success_rate,
     round((percentile_cont(0.50) within group (order by e.latency_ms) filter (where e.success))::numeric, 1),
@@ -141,7 +165,7 @@ as $$
     coalesce(sum(e.completion_tokens), 0)::bigint,
     coalesce(sum(e.total_tokens), 0)::bigint,
     round(coalesce(sum(c.usd), 0), 6) as estimated_usd,
-    count(*) filter (where c.usd is null and coalesce(e.total_tokens, 0) > 0) as unpriced_events
+    count(*) filter (where c.usd is null and ops.is_billed(e.prompt_tokens, e.completion_tokens, e.total_tokens)) as unpriced_events
   from public.agent_usage_events e
   cross join lateral (
     select ops.event_cost_usd(e.model, e.created_at, e.prompt_tokens, e.cached_prompt_tokens, e.completion_tokens) as usd
@@ -153,7 +177,7 @@ as $$
   order by 1, 2;
 $$;
 comment on function ops.usage_report(timestamptz, timestamptz, interval, uuid, boolean) is
-  'Requests, success rate (answered / served), latency percentiles of answered requests, tokens and estimated cost per time bucket, optionally for one org or per org. Buckets start on clock boundaries (date_bin from 2000-01-01 00:00 UTC) and do not move between calls; p_bucket null = one row for the whole period, starting at p_from.';
+  'Requests (sum of event_count), success rate (answered / served), latency percentiles of answered requests, tokens and estimated cost of every billed row per time bucket, optionally for one org or per org. Buckets start on clock boundaries (date_bin from 2000-01-01 00:00 UTC) and do not move between calls; p_bucket null = one row for the whole period, starting at p_from.';
 revoke execute on function ops.usage_report(timestamptz, timestamptz, interval, uuid, boolean) from public, anon, authenticated;
 grant execute on function ops.usage_report(timestamptz, timestamptz, interval, uuid, boolean) to service_role;
 
@@ -173,7 +197,8 @@ create view ops.monthly_cost with (security_invoker = true) as
     date_trunc('month', e.created_at) as month,
     e.org_id,
     e.model,
-    count(*) as requests,
+    sum(e.event_count)::bigint as requests,
+    coalesce(sum(e.event_count) filter (where e.success), 0)::bigint as succeeded,
     coalesce(sum(e.prompt_tokens), 0)::bigint as prompt_tokens,
     coalesce(sum(e.cached_prompt_tokens), 0)::bigint as cached_prompt_tokens,
     coalesce(sum(e.completion_tokens), 0)::bigint as completion_tokens,
@@ -182,10 +207,10 @@ create view ops.monthly_cost with (security_invoker = true) as
       where ops.event_cost_usd(e.model, e.created_at, e.prompt_tokens, e.cached_prompt_tokens, e.completion_tokens) is null
     ) as unpriced_events
   from public.agent_usage_events e
-  where e.success is true
+  where ops.is_billed(e.prompt_tokens, e.completion_tokens, e.total_tokens)
   group by 1, 2, 3;
 comment on view ops.monthly_cost is
-  'Estimated monthly cost of successful requests by org and model, priced from ops.model_prices. unpriced_events > 0 means a model has no price row.';
+  'Estimated monthly cost of every billed request (any row with tokens: answered, client_closed, failed saves) by org and model, priced from ops.model_prices. requests = billed requests, succeeded = those answered and stored; unpriced_events > 0 means a model has no price row.';
 grant select on ops.monthly_cost to service_role;
 
 -- Month-to-date spend per org (org_id) and in total (org_id NULL).
@@ -198,12 +223,12 @@ as $$
   select e.org_id,
          round(coalesce(sum(ops.event_cost_usd(e.model, e.created_at, e.prompt_tokens, e.cached_prompt_tokens, e.completion_tokens)), 0), 6)
   from public.agent_usage_events e
-  where e.success is true
+  where ops.is_billed(e.prompt_tokens, e.completion_tokens, e.total_tokens)
     and e.created_at >= date_trunc('month', p_now)
     and e.created_at <= p_now
   group by grouping sets ((e.org_id), ());
 $$;
 comment on function ops.month_to_date_spend(timestamptz) is
-  'Estimated spend of successful requests since the start of p_now''s month (UTC): one row per org and one with org_id NULL for the total.';
+  'Estimated spend of every billed row (ops.is_billed) since the start of p_now''s month (UTC): one row per org and one with org_id NULL for the total.';
 revoke execute on function ops.month_to_date_spend(timestamptz) from public, anon, authenticated;
 grant execute on function ops.month_to_date_spend(timestamptz) to service_role;

@@ -35,10 +35,10 @@ as $$
          jsonb_build_object('served', w.served, 'succeeded', w.succeeded, 'failures_by_code', w.codes)
   from (
     select
-      count(*) filter (where ops.is_served_outcome(e.success, e.error_code)) as served,
-      count(*) filter (where e.success) as succeeded,
+      coalesce(sum(e.event_count) filter (where ops.is_served_outcome(e.success, e.error_code)), 0) as served,
+      coalesce(sum(e.event_count) filter (where e.success), 0) as succeeded,
       (select coalesce(jsonb_object_agg(x.code, x.n), '{}'::jsonb)
-       from (select e2.error_code as code, count(*) as n
+       from (select e2.error_code as code, sum(e2.event_count) as n
              from public.agent_usage_events e2
              where e2.created_at > p_now - interval '15 minutes' and e2.created_at <= p_now
                and not e2.success and ops.is_served_outcome(e2.success, e2.error_code)
@@ -58,7 +58,7 @@ as $$
   where s.estimated_usd > b.monthly_usd;
 $$;
 comment on function ops.evaluate_alerts(timestamptz, integer, numeric) is
-  'Alert conditions true at p_now: success rate below 98% over the trailing 15 minutes (with at least p_min_requests served), and month-to-date estimated spend over a global or per-org budget.';
+  'Alert conditions true at p_now: success rate below 98% over the trailing 15 minutes (with at least p_min_requests served; requests counted with sum(event_count)), and month-to-date estimated spend of every billed row over a global or per-org budget.';
 revoke execute on function ops.evaluate_alerts(timestamptz, integer, numeric) from public, anon, authenticated;
 grant execute on function ops.evaluate_alerts(timestamptz, integer, numeric) to service_role;
 

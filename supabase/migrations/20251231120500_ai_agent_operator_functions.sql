@@ -97,21 +97,24 @@ set search_path = ''
 as $$
 declare
   v_row public.agent_opt_outs;
+  -- Requests carry lowercase channels: 'SMS ' from a form means sms.
+  v_channel text := lower(btrim(p_channel));
 begin
   if p_org_id is null then
     raise exception 'org_id is required' using errcode = '22023';
   end if;
-  if p_channel is not null and p_channel !~ '^[a-z][a-z0-9_-]{0,31}$' then
-    raise exception 'channel must be a short lowercase token, got %', p_channel using errcode = '22023';
+  if v_channel is not null and v_channel !~ '^[a-z][a-z0-9_-]{0,31}$' then
+    raise exception 'channel must be a short lowercase token (letters, digits, _ and -, at most 32), got %', p_channel
+      using errcode = '22023';
   end if;
   insert into public.agent_opt_outs (org_id, user_id, channel, reason, created_by, expires_at)
-  values (p_org_id, p_user_id, p_channel, p_reason, coalesce(p_created_by, session_user::text), p_expires_at)
+  values (p_org_id, p_user_id, v_channel, p_reason, coalesce(p_created_by, session_user::text), p_expires_at)
   returning * into v_row;
   return v_row;
 end;
 $$;
 comment on function ops.add_opt_out(uuid, uuid, text, text, text, timestamptz) is
-  'Registers an opt-out: user NULL = whole org, channel NULL = every channel, expires_at NULL = until expired.';
+  'Registers an opt-out: user NULL = whole org, channel NULL = every channel (case and surrounding blanks are normalised: '' SMS'' is sms), expires_at NULL = until expired.';
 revoke execute on function ops.add_opt_out(uuid, uuid, text, text, text, timestamptz) from public, anon, authenticated;
 grant execute on function ops.add_opt_out(uuid, uuid, text, text, text, timestamptz) to service_role;
 

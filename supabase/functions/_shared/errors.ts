@@ -47,6 +47,8 @@ export interface AgentErrorOptions {
   status?: number;
   /** The bucket scope that refused (rate_limit). */
   scope?: string;
+  /** false: the caller is not a member of the org it named; its row must not name that org. */
+  member?: boolean;
 }
 
 /** `message` goes to the client; `detail` only to the usage row and the log line. */

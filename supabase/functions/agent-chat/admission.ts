@@ -65,7 +65,6 @@ export async function admit(
   idempotency?: IdempotencyClaim,
 ): Promise<AdmittedTurn | { replay: StoredAnswer }> {
   const plan = await storeCall(() => deps.sessions.plan(session.key, session.isNew));
-  if (!plan.owned) throw new AgentError("session_not_found", "session not found");
   const { rateLimit: limits, sessionMaxMessages } = deps.settings;
   const begin = await storeCall(() =>
     deps.db.beginTurn({
@@ -74,6 +73,7 @@ export async function admit(
       p_client_ip: who.clientIp ?? null,
       p_channel: body.channel,
       ...plan.beginTurn,
+      p_session_owned: plan.owned,
       p_org_limit: limits.org,
       p_user_limit: limits.user,
       p_ip_limit: limits.ip,
@@ -94,12 +94,17 @@ export async function admit(
   };
 }
 
-/** The begin-turn outcome as the admitted decision, or the refusal it means. */
+/**
+ * The begin-turn outcome as the admitted decision, or the refusal it means.
+ * A refusal of a non-member says so (`member: false`), so its row does not
+ * name the org.
+ */
 function decide(begin: BeginTurnResult, windowSeconds: number): RateLimitDecision {
   const rl = "rate_limit" in begin && begin.rate_limit
     ? decisionFromDatabase(begin.rate_limit, windowSeconds)
     : undefined;
   const headers = rl ? rateLimitHeaders(rl) : {};
+  const member = begin.member === false ? { member: false } : {};
   switch (begin.outcome) {
     case "ok":
       return rl!;
@@ -107,6 +112,7 @@ function decide(begin: BeginTurnResult, windowSeconds: number): RateLimitDecisio
       throw new AgentError("rate_limit", `rate limit reached for the ${rl!.scope} bucket`, {
         headers,
         scope: rl!.scope,
+        ...member,
       });
     case "opt_out":
       throw new AgentError("opt_out", "the assistant is turned off for this account", {
@@ -116,7 +122,10 @@ function decide(begin: BeginTurnResult, windowSeconds: number): RateLimitDecisio
         }`,
       });
     case "forbidden":
-      throw new AgentError("forbidden", "not a member of this organization", { headers });
+      throw new AgentError("forbidden", "not a member of this organization", {
+        headers,
+        member: false,
+      });
     case "session_not_found":
       throw new AgentError("session_not_found", "session not found", { headers });
     case "idempotency_mismatch":

@@ -61,6 +61,8 @@ export interface BeginTurnArgs {
   p_window_seconds: number;
   p_max_messages: number;
   p_load_history: boolean;
+  /** false: the session store knows the session is someone else's (refused in the database's order). */
+  p_session_owned: boolean | null;
   /** Idempotency-Key (idempotency.ts): sent only when the request carries one. */
   p_idempotency_key?: string;
   p_request_hash?: string;
@@ -78,20 +80,28 @@ export interface EndTurnArgs {
   p_max_messages: number;
 }
 
+/**
+ * `member`: whether the user is a member of the org, on every outcome (a
+ * non-member's usage row must not name the org). Refusals carry the
+ * rate-limit decision of the user: slot they consumed.
+ */
 export type BeginTurnResult =
-  | { outcome: "ok"; rate_limit: unknown; session_exists: boolean; history: ChatMessage[] }
-  | { outcome: "rate_limit"; rate_limit: unknown }
-  | {
-    outcome: "opt_out";
-    opt_out_scope: "org" | "user";
-    opt_out_channel: string | null;
-    rate_limit?: unknown;
-  }
-  | { outcome: "forbidden"; rate_limit?: unknown }
-  | { outcome: "session_not_found"; rate_limit?: unknown }
-  | { outcome: "replay"; response: StoredAnswer }
-  | { outcome: "idempotency_mismatch" }
-  | { outcome: "request_in_progress"; retry_after_seconds?: number; request_id?: string };
+  & { member?: boolean }
+  & (
+    | { outcome: "ok"; rate_limit: unknown; session_exists: boolean; history: ChatMessage[] }
+    | { outcome: "rate_limit"; rate_limit: unknown }
+    | {
+      outcome: "opt_out";
+      opt_out_scope: "org" | "user";
+      opt_out_channel: string | null;
+      rate_limit?: unknown;
+    }
+    | { outcome: "forbidden"; rate_limit?: unknown }
+    | { outcome: "session_not_found"; rate_limit?: unknown }
+    | { outcome: "replay"; response: StoredAnswer }
+    | { outcome: "idempotency_mismatch" }
+    | { outcome: "request_in_progress"; retry_after_seconds?: number; request_id?: string }
+  );
 
 export interface ChatMessage {
   role: "user" | "assistant";
@@ -199,6 +209,7 @@ const CASTS: Record<string, string> = {
   p_max_messages: "integer",
   p_ttl_seconds: "integer",
   p_load_history: "boolean",
+  p_session_owned: "boolean",
   p_usage: "jsonb",
   p_event: "jsonb",
 };

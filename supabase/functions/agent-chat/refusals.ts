@@ -221,7 +221,8 @@ function aggregatedRow(
  * Records a refusal before admission: anonymous ones are only counted; an
  * authenticated caller's go through the keyed ledger. Returns the facts the
  * refusal is logged with. A refusal's row never names an org the caller was
- * refused for (`forbidden`): it goes to metadata.requested_org_id, so refused
+ * refused for (`forbidden`, or any refusal of a non-member such as its 429):
+ * it goes to metadata.requested_org_id, so refused
  * outsiders cannot put rows into another tenant's reports.
  */
 export async function recordRefusal(
@@ -234,7 +235,7 @@ export async function recordRefusal(
   let refused: RequestFacts = refusal.options.scope
     ? { ...facts, refusedScope: refusal.options.scope }
     : facts;
-  if (refusal.code === "forbidden" && facts.orgId) {
+  if ((refusal.code === "forbidden" || refusal.options.member === false) && facts.orgId) {
     refused = { ...refused, orgId: null, requestedOrgId: facts.orgId };
   }
   if (!caller) {

@@ -3,9 +3,10 @@
  * history in the begin-turn call and writes through `agent_finish_turn` (the
  * turn and its usage row) or `agent_end_turn`; the Redis store keeps
  * `agent-chat:{<session id>}:owner` and `agent-chat:{<session id>}:messages`
- * (one hash slot per session), reads them before the begin-turn call (so a
- * foreign session is refused before any bucket is charged) and does every
- * read and write in one Lua script.
+ * (one hash slot per session), reads them before the begin-turn call (whose
+ * p_session_owned says what it found, so a foreign session is refused and
+ * charged exactly as with the Supabase store) and does every read and write
+ * in one Lua script.
  */
 import type { ChatMessage, TurnDatabase, UsageEvent } from "./database.ts";
 
@@ -20,7 +21,12 @@ export interface SessionKey {
 export interface SessionPlan {
   /** The begin-turn arguments about the session. */
   beginTurn: { p_session_id: string | null; p_load_history: boolean };
-  /** false: the session is someone else's (known before the begin-turn call). */
+  /**
+   * false: the store already knows the session is someone else's (Redis).
+   * Sent as p_session_owned: the begin-turn call refuses it in its order
+   * (membership, opt-outs, then the session) and charges it as the Supabase
+   * store's own ownership check is charged.
+   */
   owned: boolean;
   /** The stored history, from the begin-turn result or the store's own read. */
   history(begin: { history?: ChatMessage[] | null }): ChatMessage[];

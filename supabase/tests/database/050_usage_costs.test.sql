@@ -1,7 +1,7 @@
 -- Usage rows, prices, the cost and health arithmetic.
 begin;
 \ir ../support/pgtap-helpers.psql
-select plan(14);
+select plan(19);
 
 -- setup
 create temp table t_ctx as select gen_random_uuid() as org, gen_random_uuid() as org2;
@@ -24,7 +24,20 @@ select lives_ok($$
 $$, 'a failure row with an oversized message inserts (truncated)');
 select public.agent_log_usage(jsonb_build_object('request_id', 'rl', 'org_id', (select org from t_ctx),
   'success', false, 'error_code', 'rate_limit', 'latency_ms', 3, 'created_at', '2026-03-10 10:06:00+00'));
+-- 7 more rate-limit refusals, counted into one aggregated row
+select public.agent_log_usage(jsonb_build_object('request_id', 'rl-more', 'org_id', (select org from t_ctx),
+  'success', false, 'error_code', 'rate_limit', 'latency_ms', 0, 'event_count', 7,
+  'metadata', jsonb_build_object('aggregated', true, 'first_request_id', 'rl'), 'created_at', '2026-03-10 10:07:00+00'));
+-- a billed call that did not succeed: the client went away after the model answered
+select public.agent_log_usage(jsonb_build_object('request_id', 'gone', 'org_id', (select org from t_ctx),
+  'model', 'gpt-4.1-mini', 'prompt_tokens', 1000, 'completion_tokens', 500, 'total_tokens', 1500,
+  'success', false, 'error_code', 'client_closed', 'latency_ms', 900, 'created_at', '2026-03-10 10:08:00+00'));
 select tests.clear_authentication();
+select is((select event_count from public.agent_usage_events where request_id = 'rl'), 1, 'event_count defaults to 1');
+select is((select event_count from public.agent_usage_events where request_id = 'rl-more'), 7,
+  'an aggregated row keeps the count it stands for');
+select throws_ok($$ insert into public.agent_usage_events (success, event_count) values (false, 0) $$, '23514', null,
+  'event_count is at least 1');
 select is((select length(error_message) from public.agent_usage_events where request_id = 'bad'), 2000,
   'error_message is capped at 2000 characters');
 
@@ -38,16 +51,21 @@ values ('gpt-4.1-mini', '2026-03-10 10:05:30+00', 0.40, 0.10, 1.60);
 select is(ops.event_cost_usd('gpt-4.1-mini', '2026-03-10 10:06:00+00', 1000, 400, 500), 0.00108::numeric,
   'a newer price applies from its date: 600*0.40 + 400*0.10 + 500*1.60 per 1M');
 
--- test: monthly cost counts successful events only, priced by date
-select is((select requests from ops.monthly_cost, t_ctx where monthly_cost.org_id = t_ctx.org), 10::bigint,
-  'monthly cost counts the 10 successful events');
-select is((select estimated_usd from ops.monthly_cost, t_ctx where monthly_cost.org_id = t_ctx.org),
-  round(5 * 0.0009 + 5 * (1000 * 0.40 + 500 * 1.60) / 1000000, 6),
-  'five events at the old price, five at the new');
+-- test: monthly cost counts every billed event (tokens), priced by date
+select is((select sum(requests) from ops.monthly_cost, t_ctx where monthly_cost.org_id = t_ctx.org), 11::numeric,
+  'monthly cost counts the 10 answered events and the billed client_closed one, no refusal');
+select is((select sum(succeeded) from ops.monthly_cost, t_ctx where monthly_cost.org_id = t_ctx.org), 10::numeric,
+  'of which 10 succeeded');
+select is((select sum(estimated_usd) from ops.monthly_cost, t_ctx where monthly_cost.org_id = t_ctx.org),
+  round(5 * 0.0009 + 5 * (1000 * 0.40 + 500 * 1.60) / 1000000, 6) + round((1000 * 0.40 + 500 * 1.60) / 1000000, 6),
+  'five answered events at the old price, five and the billed failure at the new');
+select is((select estimated_usd from ops.month_to_date_spend('2026-03-31 00:00:00+00') s, t_ctx where s.org_id = t_ctx.org),
+  round(5 * 0.0009 + 6 * (1000 * 0.40 + 500 * 1.60) / 1000000, 6),
+  'month-to-date spend counts the billed failure too');
 
 -- test: usage report
-select is((select requests from ops.usage_report('2026-03-10', '2026-03-11', '1 day', (select org from t_ctx))), 12::bigint,
-  'all outcomes are requests');
+select is((select requests from ops.usage_report('2026-03-10', '2026-03-11', '1 day', (select org from t_ctx))), 20::bigint,
+  'all outcomes are requests, an aggregated row for its event_count (10 + 1 + 1 + 7 + 1)');
 select is((select success_rate from ops.usage_report('2026-03-10', '2026-03-11', '1 day', (select org from t_ctx))), round(10 / 11.0, 4),
   'success rate = answered / served; the rate-limit refusal does not count against it');
 select is((select latency_p50_ms from ops.usage_report('2026-03-10', '2026-03-11', '1 day', (select org from t_ctx))), 55.0,

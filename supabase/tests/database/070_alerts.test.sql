@@ -1,7 +1,7 @@
 -- Alerts: raised once, refreshed while true, resolved when clear, across a moving clock.
 begin;
 \ir ../support/pgtap-helpers.psql
-select plan(12);
+select plan(14);
 
 -- setup: a quiet far-future day, so no other row falls in these windows
 create temp table t_ctx as select gen_random_uuid() as org, timestamptz '2031-01-15 12:00:00+00' as t0;
@@ -15,6 +15,9 @@ from generate_series(1, 20) i;
 insert into public.agent_usage_events (request_id, org_id, success, error_code, latency_ms, created_at)
 select 'r' || i, (select org from t_ctx), false, 'rate_limit', 1, (select t0 from t_ctx) + interval '1 minute'
 from generate_series(1, 50) i;
+-- nor does a billed client_closed row
+insert into public.agent_usage_events (request_id, org_id, success, error_code, latency_ms, created_at, model, prompt_tokens, completion_tokens, total_tokens)
+select 'gone', org, false, 'client_closed', 400, t0 + interval '2 minutes', 'gpt-4.1-mini', 1000, 1000, 2000 from t_ctx;
 
 -- test: raised once (service role)
 select tests.authenticate_as_service_role();
@@ -22,6 +25,8 @@ select is((select ops.check_alerts(t0 + interval '11 minutes') ->> 'raised' from
 select is((select ops.check_alerts(t0 + interval '12 minutes') ->> 'raised' from t_ctx)::int, 0, 'and not raised again while it holds');
 select is((select count(*)::int from ops.alert_events where kind = 'success_rate' and resolved_at is null), 1, 'one open event');
 select is((select observed from ops.alert_events where kind = 'success_rate' and resolved_at is null), 0.85, 'observed 85%');
+select is((select (details ->> 'served')::int from ops.alert_events where kind = 'success_rate' and resolved_at is null), 20,
+  'served counts answered and failed calls, not the client_closed one');
 select is((select details -> 'failures_by_code' ->> 'openai_error' from ops.alert_events where kind = 'success_rate'), '3',
   'details say which codes failed');
 
@@ -32,7 +37,9 @@ select isnt((select resolved_at from ops.alert_events where kind = 'success_rate
 -- test: budget alerts
 insert into ops.budgets (org_id, monthly_usd) select org, 0.01 from t_ctx;
 select is((select ops.check_alerts(t0 + interval '30 minutes') ->> 'raised' from t_ctx)::int, 1,
-  'spend of 17 x (1000 in + 1000 out) = $0.0255 is over a $0.01 budget');
+  'spend of 21 billed calls x (1000 in + 1000 out) is over a $0.01 budget');
+select is((select observed from ops.open_alerts where kind = 'budget'), 21 * 0.0015,
+  'every billed row counts: 17 answered, 3 failed with tokens and the client_closed one, $0.0015 each');
 select is((select subject from ops.open_alerts where kind = 'budget'), (select 'org:' || org from t_ctx), 'named by org');
 update ops.budgets set monthly_usd = 100 where org_id = (select org from t_ctx);
 select is((select ops.check_alerts(t0 + interval '31 minutes') ->> 'resolved' from t_ctx)::int, 1, 'raising the budget resolves it');

@@ -25,6 +25,7 @@ const begin: Required<BeginTurnArgs> = {
   p_window_seconds: 0,
   p_max_messages: 0,
   p_load_history: false,
+  p_session_owned: null,
   p_idempotency_key: "",
   p_request_hash: "",
   p_request_id: "",

@@ -197,15 +197,15 @@ Deno.test("403/404 from the begin-turn decision; a non-member's row does not nam
     404,
     "session_not_found",
   );
-  // A store that knows the session is someone else's refuses before the begin-turn call.
+  // A store that knows the session is someone else's says so in the begin-turn
+  // call, which refuses it in its order (membership, opt-outs, session) and charges it.
   f.owned = false;
-  const begins = f.begins.length;
   await expectError(
     await handle(chatRequest({ ...hi, session_id: crypto.randomUUID() })),
     404,
     "session_not_found",
   );
-  assertEquals(f.begins.length, begins);
+  assertEquals(f.begins.at(-1)!.p_session_owned, false);
   assertEquals(f.modelCalls, 0);
 });
 

@@ -26,7 +26,7 @@ async function seed() {
   const session = crypto.randomUUID();
   await sql`select public.agent_end_turn(${session}::uuid, ${org}::uuid, ${user}::uuid, 'app', 'How much have I saved?', 'About 12,000.', 3600, 20)`;
   await sql`insert into public.agent_usage_events (request_id, org_id, user_id, model, prompt_tokens, completion_tokens, total_tokens, latency_ms, success, error_code, created_at)
-            select 'ops-' || i, ${org}::uuid, ${user}::uuid, 'gpt-4.1-mini', 500, 200, 700, 50 + i, i % 10 <> 0,
+            select 'ops-' || ${org}::text || '-' || i, ${org}::uuid, ${user}::uuid, 'gpt-4.1-mini', 500, 200, 700, 50 + i, i % 10 <> 0,
                    case when i % 10 = 0 then 'openai_error' end, now() - make_interval(mins => i * 5)
             from generate_series(1, 200) i`;
   return { sql, org, user, session };
