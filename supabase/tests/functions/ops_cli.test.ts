@@ -265,17 +265,38 @@ Deno.test("ops report: a self-contained HTML page whose charts draw in headless 
       "--window-size=1280,1600",
     ];
     const dom = await new Deno.Command(chromium, {
-      args: [...flags, "--dump-dom", `file://${file}`],
+      args: [...flags, "--dump-dom", `file://${file}#hover`],
       stdout: "piped",
       stderr: "null",
     }).output();
     const text = new TextDecoder().decode(dom.stdout);
     assertMatch(text, /data-charts-drawn="5"/);
-    const paths = [...text.matchAll(/class="series" data-points="(\d+)"/g)].map((m) =>
-      Number(m[1])
-    );
-    assert(paths.length >= 7, `every series drew a line (${paths.length})`);
-    assert(paths.every((n) => n > 10), "each line has a point per 15-minute bucket");
+    const attrs = (name: string) =>
+      [...text.matchAll(new RegExp(`${name}="([^"]*)"`, "g"))].map((m) => m[1]!.split("|"));
+    // Time axis: clock times (or days), at round steps.
+    for (const ticks of attrs("data-x-ticks")) {
+      assert(ticks.length >= 3, `x ticks ${ticks}`);
+      for (const t of ticks) assertMatch(t, /^(\d\d:\d\d|[A-Z][a-z]{2} \d{1,2}( \d\d:\d\d)?)$/);
+      const minutes = ticks.filter((t) => /^\d\d:\d\d$/.test(t)).map((t) => Number(t.slice(3)));
+      assert(minutes.every((m) => m % 15 === 0), `round times: ${ticks}`);
+    }
+    // Value axes: evenly spaced round numbers (1, 2, 2.5 or 5 × 10^k apart).
+    for (const ticks of attrs("data-y-ticks")) {
+      const values = ticks.map((t) =>
+        Number(t.replace(" %", "").replace("k", "e3").replace("M", "e6"))
+      );
+      assert(values.length >= 3 && values.every(Number.isFinite), `y ticks ${ticks}`);
+      const step = values[1]! - values[0]!;
+      const mantissa = step / 10 ** Math.floor(Math.log10(step));
+      assert([1, 2, 2.5, 5].some((m) => Math.abs(mantissa - m) < 1e-9), `round step: ${ticks}`);
+    }
+    const points = attrs("data-series-points").flat().map(Number);
+    assert(points.length >= 7, `every series has points (${points.length})`);
+    assert(points.every((n) => n > 10), "each line has a point per 15-minute bucket");
+    // Hover values: the legend shows the values under the cursor.
+    const legendValues = [...text.matchAll(/class="u-value">([^<]*)</g)].map((m) => m[1]!);
+    assert(legendValues.length >= 12, `legend values (${legendValues.length})`);
+    assert(legendValues.every((v) => v !== "–" && v !== "--"), `hover values: ${legendValues}`);
     const shot = `${dir}/report.png`;
     await new Deno.Command(chromium, {
       args: [...flags, `--screenshot=${shot}`, `file://${file}`],
