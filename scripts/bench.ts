@@ -8,6 +8,7 @@
  * processes, and drives load with wrk (HTTP) and pgbench (SQL).
  */
 import postgres from "postgres";
+import { commandLine } from "./cli.ts";
 import { Redis } from "ioredis";
 import { findPostgresTools, MissingToolError, which } from "../supabase/tests/support/tools.ts";
 import { createAuthStandIn, newSigningKey } from "../supabase/tests/stand-ins/auth.ts";
@@ -21,7 +22,15 @@ import {
 import { cpuMs, postgresPids, residentMiB } from "./bench/processes.ts";
 import { fixed, machineFacts, markdownTable, median, percentile } from "./bench/stats.ts";
 
-const quick = Deno.args.includes("--quick");
+const flags = commandLine({
+  usage: `usage: deno task bench [--quick] [--write-docs]   (npm run bench)
+
+Measures what docs/benchmarks.md reports on this machine and prints the tables.
+  --quick       shorter runs (a smoke check; figures are noisier)
+  --write-docs  rewrite the results in docs/benchmarks.md (default: .local/results/)`,
+  options: { quick: { type: "boolean" }, "write-docs": { type: "boolean" } },
+}, ({ values }) => ({ quick: values.quick === true, writeDocs: values["write-docs"] === true }));
+const quick = flags.quick;
 const seconds = quick ? 2 : 5;
 const root = new URL("../", import.meta.url).pathname;
 const wrkScript = `${root}scripts/bench/wrk-chat.lua`;

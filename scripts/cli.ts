@@ -46,9 +46,9 @@ function parseArgsMessage(error: unknown): string {
     case "ERR_PARSE_ARGS_UNKNOWN_OPTION":
       return `unknown option ${name}`;
     case "ERR_PARSE_ARGS_INVALID_OPTION_VALUE":
-      return /argument missing/.test(e.message ?? "")
-        ? `${name}: needs a value`
-        : `${name}: takes no value`;
+      return /does not take an argument/.test(e.message ?? "")
+        ? `${name}: takes no value`
+        : `${name}: needs a value`;
     case "ERR_PARSE_ARGS_UNEXPECTED_POSITIONAL":
       return `unexpected argument ${option || "(positional)"}`;
     default:
@@ -58,20 +58,16 @@ function parseArgsMessage(error: unknown): string {
 
 /**
  * Runs a command's main and exits with its code: 0, or what it returns;
- * UsageError → 2 with the usage hint; CliError or anything else → 1. One
- * line on stderr, no stack trace (set AGENT_CHAT_DEBUG=1 to see one).
+ * UsageError → 2; CliError or anything else → 1. One line on stderr, no
+ * stack trace (set AGENT_CHAT_DEBUG=1 to see one).
  */
-export async function runCommand(
-  usage: string,
-  main: () => Promise<number | void>,
-): Promise<never> {
+export async function runCommand(main: () => Promise<number | void>): Promise<never> {
   let code: number;
   try {
     code = (await main()) ?? 0;
   } catch (error) {
     code = exitCodeOf(error);
-    console.error(`error: ${messageOf(error)}`);
-    if (code === 2) console.error(usage.split("\n")[0]);
+    console.error(`error: ${messageOf(error)}${code === 2 ? " (--help for usage)" : ""}`);
     if (Deno.env.get("AGENT_CHAT_DEBUG") === "1") console.error(error);
   }
   Deno.exit(code);
@@ -125,12 +121,15 @@ export function numberFlag(
   const ok = value.trim() !== "" && Number.isFinite(n) && (!range.integer || Number.isInteger(n)) &&
     (range.min === undefined || n >= range.min) && (range.max === undefined || n <= range.max);
   if (!ok) {
-    const bounds = [
-      range.integer ? "an integer" : "a number",
-      range.min !== undefined ? `≥ ${range.min}` : "",
-      range.max !== undefined ? `≤ ${range.max}` : "",
-    ].filter(Boolean).join(" ");
-    throw new UsageError(`${name}: not ${bounds}: ${value}`);
+    const kind = range.integer ? "an integer" : "a number";
+    const bounds = range.min !== undefined && range.max !== undefined
+      ? ` from ${range.min} to ${range.max}`
+      : range.min !== undefined
+      ? ` of at least ${range.min}`
+      : range.max !== undefined
+      ? ` of at most ${range.max}`
+      : "";
+    throw new UsageError(`${name}: not ${kind}${bounds}: ${value}`);
   }
   return n;
 }
@@ -144,4 +143,26 @@ export function choiceFlag<T extends string>(
     throw new UsageError(`${name}: one of ${choices.join(", ")}, not ${value}`);
   }
   return value as T;
+}
+
+/**
+ * For a script's top level: parses Deno.args and reads the values with
+ * `read` (which may throw UsageError); `--help` prints the usage and exits
+ * 0, a bad invocation prints one line and exits 2.
+ */
+export function commandLine<O extends Options, T>(
+  spec: CommandSpec<O>,
+  read: (parsed: ReturnType<typeof parseCommand<O>>) => T,
+): T {
+  try {
+    const parsed = parseCommand(spec, Deno.args);
+    if (parsed.values.help) {
+      console.log(spec.usage);
+      Deno.exit(0);
+    }
+    return read(parsed);
+  } catch (error) {
+    console.error(`error: ${messageOf(error)} (--help for usage)`);
+    Deno.exit(2);
+  }
 }

@@ -124,4 +124,4 @@ Then:
 Ctrl-C stops everything (the database files stay in ${localDir}/).`);
 }
 
-await runCommand(usage, main);
+await runCommand(main);

@@ -1,97 +1,103 @@
 /**
- * Operator CLI: `deno task ops -- <command> [args] [--json] [--db <url>]`.
+ * Operator CLI: `deno task ops <command> [args] [--json] [--db <url>]`.
  * The database is --db, else DATABASE_URL, AI_AGENT_DATABASE_URL or
  * SUPABASE_DB_URL, else the running local stack (`npm run dev`).
- * Exit codes: 0 done, 1 failed, 2 bad arguments.
+ * Exit codes: 0 done, 1 failed, 2 bad arguments (see scripts/cli.ts).
  */
-import { parseArgs } from "node:util";
 import postgres from "postgres";
 import { commands } from "./ops/commands.ts";
-import { UsageError } from "./ops/format.ts";
+import { exitCodeOf, messageOf, parseCommand, UsageError } from "./cli.ts";
 import { readState } from "./dev-state.ts";
 
-function help(): string {
-  return [
-    "usage: deno task ops -- <command> [args] [--json] [--db <postgres url>]",
-    "",
-    ...Object.values(commands).map((c) => `  ${c.usage}`),
-  ].join("\n");
-}
+const options = {
+  json: { type: "boolean" },
+  db: { type: "string" },
+  org: { type: "string" },
+  user: { type: "string" },
+  channel: { type: "string" },
+  reason: { type: "string" },
+  by: { type: "string" },
+  expires: { type: "string" },
+  all: { type: "boolean" },
+  since: { type: "string" },
+  from: { type: "string" },
+  to: { type: "string" },
+  bucket: { type: "string" },
+  "by-org": { type: "boolean" },
+  check: { type: "boolean" },
+  "usage-retention": { type: "string" },
+  html: { type: "string" },
+} as const;
+
+const usage = [
+  "usage: deno task ops <command> [args] [--json] [--db <postgres url>]",
+  "",
+  ...Object.values(commands).map((c) => `  ${c.usage}`),
+  "",
+  "  --json   machine-readable output (numbers as JSON numbers)",
+  "  --db     the database (default: DATABASE_URL, AI_AGENT_DATABASE_URL, SUPABASE_DB_URL,",
+  "           or the running `npm run dev` stack)",
+].join("\n");
+
+/**
+ * numeric and bigint columns come from Postgres as strings (they may not fit
+ * a double); the figures operators read here do, so they are numbers.
+ */
+const numbers = {
+  numeric: { to: 1700, from: [1700, 20], serialize: (n: unknown) => String(n), parse: Number },
+};
 
 export async function runOps(
   argv: string[],
   out: (s: string) => void,
   err: (s: string) => void,
 ): Promise<number> {
+  let command;
   let parsed;
   try {
-    parsed = parseArgs({
-      args: argv.filter((a) => a !== "--"),
-      allowPositionals: true,
-      strict: true,
-      options: {
-        json: { type: "boolean" },
-        db: { type: "string" },
-        help: { type: "boolean", short: "h" },
-        org: { type: "string" },
-        user: { type: "string" },
-        channel: { type: "string" },
-        reason: { type: "string" },
-        by: { type: "string" },
-        expires: { type: "string" },
-        all: { type: "boolean" },
-        since: { type: "string" },
-        from: { type: "string" },
-        to: { type: "string" },
-        bucket: { type: "string" },
-        "by-org": { type: "boolean" },
-        check: { type: "boolean" },
-        "usage-retention": { type: "string" },
-        html: { type: "string" },
-      },
-    });
+    parsed = parseCommand({ usage, options, positionals: true }, argv);
+    const name = parsed.positionals[0];
+    if (name === undefined) {
+      if (parsed.values.help) return out(usage), 0;
+      throw new UsageError("a command is needed");
+    }
+    command = commands[name];
+    if (!command) throw new UsageError(`unknown command "${name}"`);
+    if (parsed.values.help) return out(`usage: deno task ops ${command.usage}`), 0;
   } catch (error) {
-    err(`error: ${(error as Error).message}\n\n${help()}`);
-    return 2;
-  }
-  const [name, ...args] = parsed.positionals;
-  if (parsed.values.help || !name) {
-    (name ? out : err)(help());
-    return name ? 0 : 2;
-  }
-  const command = commands[name];
-  if (!command) {
-    err(`error: unknown command "${name}"\n\n${help()}`);
-    return 2;
+    err(`error: ${messageOf(error)} (--help for usage)`);
+    return exitCodeOf(error);
   }
   const url = parsed.values.db ?? Deno.env.get("DATABASE_URL") ??
     Deno.env.get("AI_AGENT_DATABASE_URL") ??
     Deno.env.get("SUPABASE_DB_URL") ?? (await readState())?.databaseUrl;
   if (!url) {
     err(
-      "error: no database: pass --db <url>, set DATABASE_URL, or start the local stack with `npm run dev`",
+      "error: --db: no database: pass --db <url>, set DATABASE_URL, or start the local stack with `npm run dev`",
     );
     return 2;
   }
-  const sql = postgres(url, { max: 1, onnotice: () => {}, connect_timeout: 10, prepare: false });
+  const sql = postgres(url, {
+    max: 1,
+    onnotice: () => {},
+    connect_timeout: 10,
+    prepare: false,
+    types: numbers,
+  });
   try {
-    const { db: _db, json, ...flags } = parsed.values;
+    const { db: _db, json, help: _help, ...flags } = parsed.values;
     await command.run({
       sql,
-      args,
+      args: parsed.positionals.slice(1),
       flags: flags as Record<string, string | boolean>,
       json: json === true,
       out,
     });
     return 0;
   } catch (error) {
-    if (error instanceof UsageError) {
-      err(`error: ${error.message}\n  ${command.usage}`);
-      return 2;
-    }
-    const e = error as { message?: string; code?: string };
-    err(`error: ${e.message ?? String(error)}${e.code ? ` (${e.code})` : ""}`);
-    return 1;
+    const code = exitCodeOf(error);
+    err(`error: ${messageOf(error)}${code === 2 ? ` (ops ${parsed.positionals[0]} --help)` : ""}`);
+    return code;
   } finally {
     await sql.end({ timeout: 2 });
   }

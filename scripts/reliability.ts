@@ -6,6 +6,7 @@
  * The CI profile runs the same checks with fewer requests.
  */
 import postgres from "postgres";
+import { choiceFlag, commandLine } from "./cli.ts";
 import { createAuthStandIn, newSigningKey } from "../supabase/tests/stand-ins/auth.ts";
 import { MissingToolError } from "../supabase/tests/support/tools.ts";
 import { parseSse } from "../supabase/tests/support/sse.ts";
@@ -19,10 +20,19 @@ import {
 import { markdownTable } from "./bench/stats.ts";
 import { buildCorpus } from "./reliability/corpus.ts";
 
-const profileArg = Deno.args.includes("--profile")
-  ? Deno.args[Deno.args.indexOf("--profile") + 1]
-  : "full";
-const full = profileArg !== "ci";
+const flags = commandLine({
+  usage: `usage: deno task test:reliability [--profile ci|full] [--write-docs]
+
+Load, faults, upstream failures and bad input against agent-chat as its own process;
+exits 1 if any check did not hold.
+  --profile     ci (fewer requests, shorter outages) or full (default)
+  --write-docs  rewrite the results in docs/reliability.md (default: .local/results/)`,
+  options: { profile: { type: "string", default: "full" }, "write-docs": { type: "boolean" } },
+}, ({ values }) => ({
+  profile: choiceFlag(values.profile, "--profile", ["ci", "full"] as const),
+  writeDocs: values["write-docs"] === true,
+}));
+const full = flags.profile === "full";
 const LOAD_REQUESTS = full ? 2000 : 600;
 const CONCURRENCY = 64;
 const USER_LIMIT = 12;

@@ -3,8 +3,9 @@
  * run in Supabase Studio (ops.*), never the tables behind them.
  */
 import type postgres from "postgres";
-import { parseDuration, table, UsageError } from "./format.ts";
+import { table } from "./format.ts";
 import { renderReport } from "./report-html.ts";
+import { CliError, durationFlag, timestampFlag, UsageError, uuidFlag } from "../cli.ts";
 
 export interface CommandContext {
   sql: postgres.Sql;
@@ -14,17 +15,25 @@ export interface CommandContext {
   out: (text: string) => void;
 }
 
-const UUID = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/i;
-
 function uuidArg(value: unknown, name: string): string {
-  if (typeof value !== "string" || !UUID.test(value)) {
-    throw new UsageError(`${name} must be a UUID`);
-  }
-  return value;
+  if (typeof value !== "string") throw new UsageError(`${name}: missing (a UUID)`);
+  return uuidFlag(value, name);
 }
 
 function optionalUuid(value: unknown, name: string): string | null {
   return value === undefined ? null : uuidArg(value, name);
+}
+
+function optionalTimestamp(value: unknown, name: string): Date | null {
+  return typeof value === "string" ? timestampFlag(value, name) : null;
+}
+
+/** A Postgres interval an operator would type: "15 minutes", "1 hour", "1 day". */
+function intervalFlag(value: string, name: string): string {
+  if (!/^\d+\s*(minutes?|mins?|hours?|days?|weeks?)$/i.test(value.trim())) {
+    throw new UsageError(`${name}: not an interval: ${value} (use 15 minutes, 1 hour or 1 day)`);
+  }
+  return value;
 }
 
 function bucketKey(value: unknown): string {
@@ -41,13 +50,12 @@ function print(ctx: CommandContext, rows: Array<Record<string, unknown>>, column
 }
 
 function period(ctx: CommandContext): { from: Date; to: Date } {
-  const to = typeof ctx.flags.to === "string" ? new Date(ctx.flags.to) : new Date();
-  const from = typeof ctx.flags.from === "string" ? new Date(ctx.flags.from) : new Date(
-    to.getTime() - parseDuration(typeof ctx.flags.since === "string" ? ctx.flags.since : "24h"),
+  const to = optionalTimestamp(ctx.flags.to, "--to") ?? new Date();
+  const from = optionalTimestamp(ctx.flags.from, "--from") ?? new Date(
+    to.getTime() -
+      durationFlag(typeof ctx.flags.since === "string" ? ctx.flags.since : "24h", "--since"),
   );
-  if (Number.isNaN(from.getTime()) || Number.isNaN(to.getTime()) || from >= to) {
-    throw new UsageError("--from/--to must be ISO timestamps with from < to");
-  }
+  if (from >= to) throw new UsageError("--from: must be before --to");
   return { from, to };
 }
 
@@ -84,7 +92,7 @@ export const commands: Record<string, { usage: string; run(ctx: CommandContext):
           ${uuidArg(f.org, "--org")}::uuid, ${optionalUuid(f.user, "--user")}::uuid, ${
             str(f.channel)
           },
-          ${str(f.reason)}, ${str(f.by)}, ${str(f.expires)}::timestamptz)`;
+          ${str(f.reason)}, ${str(f.by)}, ${optionalTimestamp(f.expires, "--expires")})`;
           print(ctx, rows);
         } else if (action === "expire") {
           const rows = await ctx.sql`select * from ops.expire_opt_out(${
@@ -119,7 +127,7 @@ export const commands: Record<string, { usage: string; run(ctx: CommandContext):
           uuidArg(ctx.args[1], "session id")
         }::uuid) as s`;
         if (!row?.s) {
-          throw new UsageError("no such session (sessions in Redis are not in the database)");
+          throw new CliError("no such session (sessions in Redis are not in the database)");
         }
         if (ctx.json) return ctx.out(JSON.stringify(row.s, null, 2));
         const { messages, ...meta } = row.s as { messages: Array<Record<string, unknown>> };
@@ -134,7 +142,9 @@ export const commands: Record<string, { usage: string; run(ctx: CommandContext):
       async run(ctx) {
         const { from, to } = period(ctx);
         // No --bucket: one row for the whole period (a null bucket).
-        const bucket = typeof ctx.flags.bucket === "string" ? ctx.flags.bucket : null;
+        const bucket = typeof ctx.flags.bucket === "string"
+          ? intervalFlag(ctx.flags.bucket, "--bucket")
+          : null;
         const rows = await ctx
           .sql`select * from ops.usage_report(${from}, ${to}, ${bucket}::interval,
         ${optionalUuid(ctx.flags.org, "--org")}::uuid, ${ctx.flags["by-org"] === true})`;
@@ -176,7 +186,7 @@ export const commands: Record<string, { usage: string; run(ctx: CommandContext):
         "purge [--usage-retention 90d]   delete expired session messages, empty buckets, old usage rows",
       async run(ctx) {
         const retention = typeof ctx.flags["usage-retention"] === "string"
-          ? `${parseDuration(ctx.flags["usage-retention"]) / 1000} seconds`
+          ? `${durationFlag(ctx.flags["usage-retention"], "--usage-retention") / 1000} seconds`
           : null;
         const [row] = await ctx
           .sql`select ops.purge_expired(now(), ${retention}::interval) as result`;
@@ -188,7 +198,9 @@ export const commands: Record<string, { usage: string; run(ctx: CommandContext):
         "report --html <file> [--since 7d] [--org <uuid>]   a self-contained HTML page of charts",
       async run(ctx) {
         const file = ctx.flags.html;
-        if (typeof file !== "string") throw new UsageError("report needs --html <file>");
+        if (typeof file !== "string") {
+          throw new UsageError("--html: missing (report --html <file>)");
+        }
         const { from, to } = period({ ...ctx, flags: { since: "7d", ...ctx.flags } });
         const span = to.getTime() - from.getTime();
         const bucket = span <= 2 * 86_400_000

@@ -24,12 +24,3 @@ export function table(rows: Array<Record<string, unknown>>, columns?: string[]):
       .trimEnd();
   return [line(cols), line(widths.map((w) => "-".repeat(w))), ...cells.map(line)].join("\n");
 }
-
-/** "24h", "7d", "90m" → milliseconds. */
-export function parseDuration(text: string): number {
-  const m = /^(\d+)\s*(m|h|d)$/.exec(text.trim());
-  if (!m) throw new UsageError(`not a duration: ${text} (use 90m, 24h or 7d)`);
-  return Number(m[1]) * { m: 60_000, h: 3_600_000, d: 86_400_000 }[m[2] as "m" | "h" | "d"];
-}
-
-export class UsageError extends Error {}

@@ -1,10 +1,16 @@
 /**
  * The operator report: one self-contained HTML page (no network) with line
  * charts of requests, success rate, latency percentiles, tokens and cost over
- * time, a per-org table and the open alerts. The data is embedded as JSON and
- * drawn to inline SVG by a small script; when it is done the body carries
- * `data-charts-drawn="<n>"`, which the browser test reads.
+ * time, a per-org table and the open alerts. The charts are uPlot (a small,
+ * maintained time-series library) read from its npm package when the report
+ * is written and inlined into the page: round ticks, UTC time labels, and the
+ * values under the cursor in each chart's legend. The buckets come
+ * clock-aligned from SQL. When every chart is drawn the body carries
+ * `data-charts-drawn="<n>"`; each chart records its tick labels in
+ * `data-x-ticks`/`data-y-ticks` (the browser test reads both).
  */
+import uPlotScript from "uplot/dist/uPlot.iife.min.js" with { type: "text" };
+import uPlotStyle from "uplot/dist/uPlot.min.css" with { type: "text" };
 
 export interface ReportInput {
   from: Date;
@@ -91,17 +97,19 @@ export function renderReport(input: ReportInput): string {
   h1 { font-size: 20px; margin: 0 0 4px; } .meta { color: #6b7280; margin-bottom: 16px; }
   .grid { display: grid; grid-template-columns: repeat(auto-fill, minmax(520px, 1fr)); gap: 16px; }
   .card { background: #fff; border: 1px solid #e5e7eb; border-radius: 8px; padding: 12px; }
-  .card h2 { font-size: 14px; margin: 0 0 8px; } svg { width: 100%; height: 200px; }
-  .legend span { margin-right: 12px; font-size: 12px; } .legend i { display: inline-block; width: 10px; height: 10px; margin-right: 4px; }
+  .card h2 { font-size: 14px; margin: 0 0 8px; } .chart { min-height: 260px; }
   table { border-collapse: collapse; width: 100%; font-size: 12px; } th, td { text-align: left; padding: 4px 6px; border-bottom: 1px solid #e5e7eb; }
   .alert { color: #b91c1c; } .empty { color: #6b7280; }
+  .u-legend { font-size: 12px; } .u-legend th { font-weight: 500; }
 </style>
+<style>${uPlotStyle}</style>
+<script>${uPlotScript.replace(/<\/script/gi, "<\\/script")}</script>
 </head>
 <body>
 <h1>agent-chat: usage and health</h1>
 <div class="meta">${escapeHtml(scope)} · ${escapeHtml(input.from.toISOString())} → ${
     escapeHtml(input.to.toISOString())
-  } · buckets of ${escapeHtml(input.bucket)} · generated ${
+  } · buckets of ${escapeHtml(input.bucket)} · times in UTC · generated ${
     escapeHtml(input.generatedAt.toISOString())
   }</div>
 <div class="card"><h2 class="${
@@ -135,57 +143,74 @@ ${
 <script>
 (function () {
   var data = JSON.parse(document.getElementById("report-data").textContent);
-  var NS = "http://www.w3.org/2000/svg", W = 520, H = 200, L = 56, R = 10, T = 10, B = 28;
-  function el(name, attrs, text) {
-    var e = document.createElementNS(NS, name);
-    for (var k in attrs) e.setAttribute(k, attrs[k]);
-    if (text !== undefined) e.textContent = text;
-    return e;
+  var pts = data.points;
+  var utc = function (seconds) { return uPlot.tzDate(new Date(seconds * 1000), "Etc/UTC"); };
+  var hhmm = uPlot.fmtDate("{HH}:{mm}"), day = uPlot.fmtDate("{MMM} {D}"), full = uPlot.fmtDate("{YYYY}-{MM}-{DD} {HH}:{mm}");
+  var spanDays = pts.length ? (pts[pts.length - 1].t - pts[0].t) / 86400000 : 0;
+  // Time ticks: "14:00" within a day, "Nov 25" on day steps, "Nov 25 14:00" across days.
+  function timeTicks(u, splits, axis, space, incr) {
+    return splits.map(function (s) {
+      var d = utc(s);
+      if (incr >= 86400) return day(d);
+      return spanDays >= 1 && d.getHours() === 0 && d.getMinutes() === 0 ? day(d) + " " + hhmm(d) : hhmm(d);
+    });
   }
-  function fmt(v) {
-    if (v === 0) return "0";
-    if (Math.abs(v) >= 1000) return (v / 1000).toFixed(1) + "k";
-    return Math.abs(v) < 1 ? Number(v.toPrecision(2)).toString() : (Math.round(v * 100) / 100).toString();
+  function number(v) {
+    if (v === null || v === undefined) return "–";
+    var a = Math.abs(v);
+    if (a >= 1e6) return +(v / 1e6).toPrecision(3) + "M";
+    if (a >= 1e3) return +(v / 1e3).toPrecision(3) + "k";
+    return a !== 0 && a < 1 ? String(+v.toPrecision(3)) : String(+v.toFixed(2));
   }
-  var drawn = 0, pts = data.points;
+  var formats = {
+    success_rate: function (v) { return v === null || v === undefined ? "–" : (v * 100).toFixed(1) + " %"; },
+    usd: function (v) { return v === null || v === undefined ? "–" : "$" + v.toFixed(v < 1 ? 4 : 2); },
+  };
+  var xs = pts.map(function (p) { return p.t / 1000; });
+  var drawn = 0, plots = [];
   data.charts.forEach(function (chart) {
     var card = document.createElement("div"); card.className = "card";
     var h = document.createElement("h2"); h.textContent = chart.title; card.appendChild(h);
-    var svg = el("svg", { viewBox: "0 0 " + W + " " + H, "class": "chart", "data-chart": chart.id, role: "img", "aria-label": chart.title });
-    var values = [];
-    chart.series.forEach(function (s) { pts.forEach(function (p) { if (p[s[0]] !== null) values.push(p[s[0]]); }); });
-    var t0 = pts.length ? pts[0].t : 0, t1 = pts.length ? pts[pts.length - 1].t : 1;
-    if (t1 === t0) t1 = t0 + 1;
-    var lo = chart.min !== undefined ? chart.min : 0;
-    var hi = chart.max !== undefined ? chart.max : Math.max.apply(null, values.concat([lo + 1e-9]));
-    var x = function (t) { return L + (t - t0) / (t1 - t0) * (W - L - R); };
-    var y = function (v) { return H - B - (v - lo) / (hi - lo) * (H - T - B); };
-    for (var i = 0; i <= 4; i++) {
-      var v = lo + (hi - lo) * i / 4;
-      svg.appendChild(el("line", { x1: L, x2: W - R, y1: y(v), y2: y(v), stroke: "#e5e7eb" }));
-      svg.appendChild(el("text", { x: L - 6, y: y(v) + 4, "text-anchor": "end", "font-size": 10, fill: "#6b7280" }, fmt(v)));
-    }
-    [t0, t1].forEach(function (t, j) {
-      svg.appendChild(el("text", { x: x(t), y: H - 8, "text-anchor": j ? "end" : "start", "font-size": 10, fill: "#6b7280" },
-        new Date(t).toISOString().slice(5, 16).replace("T", " ")));
-    });
-    var legend = document.createElement("div"); legend.className = "legend";
-    chart.series.forEach(function (s) {
-      var d = "", n = 0;
-      pts.forEach(function (p) {
-        if (p[s[0]] === null) return;
-        d += (n++ ? "L" : "M") + x(p.t).toFixed(1) + "," + y(p[s[0]]).toFixed(1);
-      });
-      if (n === 1) d += "h2";
-      if (n) svg.appendChild(el("path", { d: d, fill: "none", stroke: s[1], "stroke-width": 2, "class": "series", "data-points": n }));
-      var item = document.createElement("span"); var sw = document.createElement("i"); sw.style.background = s[1];
-      item.appendChild(sw); item.appendChild(document.createTextNode(s[0])); legend.appendChild(item);
-    });
-    if (!values.length) svg.appendChild(el("text", { x: W / 2, y: H / 2, "text-anchor": "middle", fill: "#6b7280" }, "no data"));
-    card.appendChild(svg); card.appendChild(legend);
+    var box = document.createElement("div"); box.className = "chart"; box.setAttribute("data-chart", chart.id);
+    card.appendChild(box);
     document.getElementById("charts").appendChild(card);
+    var fmt = formats[chart.series[0][0]] || number;
+    var yTicks = function (u, splits) {
+      var labels = splits.map(chart.id === "success" ? function (v) { return Math.round(v * 100) + " %"; } : number);
+      box.setAttribute("data-y-ticks", labels.join("|"));
+      return labels;
+    };
+    var xTicks = function (u, splits, axis, space, incr) {
+      var labels = timeTicks(u, splits, axis, space, incr);
+      box.setAttribute("data-x-ticks", labels.join("|"));
+      return labels;
+    };
+    var opts = {
+      width: Math.max(320, box.clientWidth || 520),
+      height: 220,
+      tzDate: utc,
+      cursor: { drag: { x: false, y: false } },
+      legend: { live: true },
+      scales: { x: { time: true }, y: chart.max !== undefined ? { range: [chart.min, chart.max] } : { range: function (u, lo, hi) { return [0, hi > 0 ? hi * 1.1 : 1]; } } },
+      axes: [
+        { values: xTicks, space: 70 },
+        { values: yTicks, size: 56, space: 30 },
+      ],
+      series: [{ label: "time (UTC)", value: function (u, s) { return s === null || s === undefined ? "–" : full(utc(s)); } }].concat(chart.series.map(function (s) {
+        return { label: s[0], stroke: s[1], width: 2, spanGaps: false, points: { show: pts.length < 60 }, value: function (u, v) { return fmt(v); } };
+      })),
+    };
+    var series = [xs].concat(chart.series.map(function (s) { return pts.map(function (p) { return p[s[0]]; }); }));
+    var plot = new uPlot(opts, series, box);
+    box.setAttribute("data-series-points", chart.series.map(function (s) {
+      return pts.filter(function (p) { return p[s[0]] !== null; }).length;
+    }).join("|"));
+    if (!pts.length) { var e = document.createElement("p"); e.className = "empty"; e.textContent = "no data"; card.appendChild(e); }
+    plots.push(plot);
     drawn++;
   });
+  // #hover puts the cursor mid-chart, so a page dump shows the legends' hover values.
+  if (location.hash === "#hover") plots.forEach(function (u) { u.setCursor({ left: u.bbox.width / 2 / devicePixelRatio, top: 10 }); });
   document.body.setAttribute("data-charts-drawn", String(drawn));
 })();
 </script>

@@ -1,9 +1,39 @@
-/** The operator CLI against the real test database, and its HTML report in headless Chromium. */
+/**
+ * The command-line tools: the operator CLI against the real test database,
+ * its HTML report in headless Chromium, and the conventions every CLI keeps
+ * (--help, unknown options, --json numbers, flag errors), spawned as users run them.
+ */
 import postgres from "postgres";
 import { assert, assertEquals, assertMatch } from "./assert.ts";
 import { testUrls } from "../support/function-harness.ts";
 import { which } from "../support/tools.ts";
 import { runOps } from "../../../scripts/ops.ts";
+
+const root = new URL("../../../", import.meta.url).pathname;
+
+/** Runs `deno run scripts/<script> ...args` as a user would. */
+async function cli(
+  script: string,
+  args: string[],
+  env: Record<string, string> = {},
+): Promise<{ code: number; out: string; err: string; ms: number }> {
+  const started = performance.now();
+  const r = await new Deno.Command(Deno.execPath(), {
+    args: ["run", "--allow-all", "--no-check", `scripts/${script}`, ...args],
+    cwd: root,
+    env: { NO_COLOR: "1", ...env },
+    stdin: "null",
+    stdout: "piped",
+    stderr: "piped",
+  }).output();
+  const text = (b: Uint8Array) => new TextDecoder().decode(b);
+  return {
+    code: r.code,
+    out: text(r.stdout),
+    err: text(r.stderr),
+    ms: performance.now() - started,
+  };
+}
 
 async function ops(...argv: string[]): Promise<{ code: number; out: string; err: string }> {
   let out = "";
@@ -84,8 +114,10 @@ Deno.test("ops CLI: buckets, clear-bucket, opt-out add/list/expire, session show
     r = await ops("usage", "--since", "24h", "--org", org, "--json");
     assertEquals(r.code, 0, r.err);
     const [u] = JSON.parse(r.out);
-    assertEquals(Number(u.requests), 200);
-    assertEquals(Number(u.success_rate), 0.9);
+    assertEquals(u.requests, 200, "--json prints numbers, not numeric strings");
+    assertEquals(u.success_rate, 0.9);
+    assertEquals(typeof u.latency_p50_ms, "number");
+    assertEquals(typeof u.total_tokens, "number");
     r = await ops("usage", "--since", "24h", "--org", org, "--bucket", "1 hour");
     assertMatch(r.out, /success_rate/);
 
@@ -108,14 +140,102 @@ Deno.test("ops CLI: bad arguments are clear errors with exit code 2; database er
   assertMatch(r.err, /unknown command/);
   r = await ops("opt-out", "add", "--org", "not-a-uuid");
   assertEquals(r.code, 2);
-  assertMatch(r.err, /--org must be a UUID/);
+  assertMatch(r.err, /^error: --org: not a UUID/);
+  r = await ops("opt-out", "add", "--org", crypto.randomUUID(), "--expires", "tomorrow");
+  assertEquals(r.code, 2);
+  assertMatch(r.err, /^error: --expires: not an ISO timestamp: tomorrow/);
   r = await ops("usage", "--since", "forever");
   assertEquals(r.code, 2);
+  assertMatch(r.err, /^error: --since: /);
+  r = await ops("usage", "--bucket", "weekly");
+  assertEquals(r.code, 2);
+  assertMatch(r.err, /^error: --bucket: /);
   r = await ops("opt-out", "expire", crypto.randomUUID());
   assertEquals(r.code, 1);
   assertMatch(r.err, /no opt-out with id/);
   r = await ops("usage", "--bogus-flag");
   assertEquals(r.code, 2);
+  assertEquals(r.err.trim().split("\n").length, 1, r.err);
+  assertMatch(r.err, /unknown option --bogus-flag/);
+});
+
+const commands: Array<[string, string[]]> = [
+  ["ops.ts", []],
+  ...["buckets", "clear-bucket", "opt-out", "session", "usage", "alerts", "purge", "report"]
+    .map((c): [string, string[]] => ["ops.ts", [c]]),
+  ["ops.ts", ["opt-out", "add"]],
+  ["token.ts", []],
+  ["dev.ts", []],
+  ["bench.ts", []],
+  ["reliability.ts", []],
+];
+
+Deno.test("CLIs: --help exits 0 on every command and subcommand and prints its usage", async () => {
+  const results = await Promise.all(commands.map(([s, a]) => cli(s, [...a, "--help"])));
+  results.forEach((r, i) => {
+    const name = commands[i]!.join(" ");
+    assertEquals(r.code, 0, `${name} --help: ${r.err}`);
+    assertMatch(r.out, /usage: /, name);
+    assertEquals(r.err, "", name);
+  });
+});
+
+Deno.test("CLIs: an unknown option is one line naming it, exit 2, no stack trace", async () => {
+  const results = await Promise.all(commands.map(([s, a]) => cli(s, [...a, "--frobnicate"])));
+  results.forEach((r, i) => {
+    const name = commands[i]!.join(" ");
+    assertEquals(r.code, 2, `${name}: ${r.err}`);
+    assertEquals(r.err.trim().split("\n").length, 1, `${name}: ${r.err}`);
+    assertMatch(r.err, /^error: unknown option --frobnicate/, name);
+  });
+});
+
+Deno.test("CLIs: bad values name the flag; failures are one line without a stack trace", async () => {
+  const local = await Deno.makeTempDir({ prefix: "agent-chat-cli-" });
+  try {
+    const cases: Array<[string, string[], number, RegExp]> = [
+      ["token.ts", ["--hours", "forever"], 2, /^error: --hours: /],
+      ["token.ts", ["--user", "bob"], 2, /^error: --user: not a UUID/],
+      ["token.ts", [], 1, /^error: the local stack is not running/],
+      ["reliability.ts", ["--profile", "huge"], 2, /^error: --profile: /],
+    ];
+    const results = await Promise.all(
+      cases.map(([s, a]) => cli(s, a, { AGENT_CHAT_LOCAL_DIR: local })),
+    );
+    results.forEach((r, i) => {
+      const [script, args, code, pattern] = cases[i]!;
+      const name = `${script} ${args.join(" ")}`;
+      assertEquals(r.code, code, `${name}: ${r.err}`);
+      assertMatch(r.err, pattern, name);
+      assertEquals(r.err.trim().split("\n").length, 1, `${name}: ${r.err}`);
+    });
+  } finally {
+    await Deno.remove(local, { recursive: true });
+  }
+});
+
+Deno.test("dev: a second start says where the running stack is, at once, and leaves it alone", async () => {
+  const local = await Deno.makeTempDir({ prefix: "agent-chat-dev-" });
+  try {
+    // A running stack as `npm run dev` leaves it: this test process stands in for it.
+    const state = JSON.stringify({
+      databaseUrl: "postgres://postgres@127.0.0.1:1/postgres",
+      redisUrl: "redis://127.0.0.1:1",
+      functionUrl: "http://127.0.0.1:54321/functions/v1/agent-chat",
+      secretKey: "sb_secret_x",
+      pid: Deno.pid,
+    });
+    await Deno.writeTextFile(`${local}/dev.json`, state);
+    const r = await cli("dev.ts", [], { AGENT_CHAT_LOCAL_DIR: local });
+    assertEquals(r.code, 0, r.err);
+    assertMatch(r.out, /already running at http:\/\/127\.0\.0\.1:54321\/functions\/v1\/agent-chat/);
+    assert(r.ms < 10_000, `answered in ${r.ms.toFixed(0)} ms`);
+    assertEquals(await Deno.readTextFile(`${local}/dev.json`), state, "state file untouched");
+    const entries = [...Deno.readDirSync(local)].map((e) => e.name);
+    assertEquals(entries, ["dev.json"], "started nothing");
+  } finally {
+    await Deno.remove(local, { recursive: true });
+  }
 });
 
 Deno.test("ops report: a self-contained HTML page whose charts draw in headless Chromium", async () => {
@@ -145,17 +265,38 @@ Deno.test("ops report: a self-contained HTML page whose charts draw in headless 
       "--window-size=1280,1600",
     ];
     const dom = await new Deno.Command(chromium, {
-      args: [...flags, "--dump-dom", `file://${file}`],
+      args: [...flags, "--dump-dom", `file://${file}#hover`],
       stdout: "piped",
       stderr: "null",
     }).output();
     const text = new TextDecoder().decode(dom.stdout);
     assertMatch(text, /data-charts-drawn="5"/);
-    const paths = [...text.matchAll(/class="series" data-points="(\d+)"/g)].map((m) =>
-      Number(m[1])
-    );
-    assert(paths.length >= 7, `every series drew a line (${paths.length})`);
-    assert(paths.every((n) => n > 10), "each line has a point per 15-minute bucket");
+    const attrs = (name: string) =>
+      [...text.matchAll(new RegExp(`${name}="([^"]*)"`, "g"))].map((m) => m[1]!.split("|"));
+    // Time axis: clock times (or days), at round steps.
+    for (const ticks of attrs("data-x-ticks")) {
+      assert(ticks.length >= 3, `x ticks ${ticks}`);
+      for (const t of ticks) assertMatch(t, /^(\d\d:\d\d|[A-Z][a-z]{2} \d{1,2}( \d\d:\d\d)?)$/);
+      const minutes = ticks.filter((t) => /^\d\d:\d\d$/.test(t)).map((t) => Number(t.slice(3)));
+      assert(minutes.every((m) => m % 15 === 0), `round times: ${ticks}`);
+    }
+    // Value axes: evenly spaced round numbers (1, 2, 2.5 or 5 × 10^k apart).
+    for (const ticks of attrs("data-y-ticks")) {
+      const values = ticks.map((t) =>
+        Number(t.replace(" %", "").replace("k", "e3").replace("M", "e6"))
+      );
+      assert(values.length >= 3 && values.every(Number.isFinite), `y ticks ${ticks}`);
+      const step = values[1]! - values[0]!;
+      const mantissa = step / 10 ** Math.floor(Math.log10(step));
+      assert([1, 2, 2.5, 5].some((m) => Math.abs(mantissa - m) < 1e-9), `round step: ${ticks}`);
+    }
+    const points = attrs("data-series-points").flat().map(Number);
+    assert(points.length >= 7, `every series has points (${points.length})`);
+    assert(points.every((n) => n > 10), "each line has a point per 15-minute bucket");
+    // Hover values: the legend shows the values under the cursor.
+    const legendValues = [...text.matchAll(/class="u-value">([^<]*)</g)].map((m) => m[1]!);
+    assert(legendValues.length >= 12, `legend values (${legendValues.length})`);
+    assert(legendValues.every((v) => v !== "–" && v !== "--"), `hover values: ${legendValues}`);
     const shot = `${dir}/report.png`;
     await new Deno.Command(chromium, {
       args: [...flags, `--screenshot=${shot}`, `file://${file}`],

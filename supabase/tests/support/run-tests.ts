@@ -4,12 +4,24 @@
  * `N passed, N failed`. Exits non-zero on any failure.
  *
  *   --only db | functions   run one half
+ *   <files or folders>      the Deno tests to run (default supabase/tests/functions/)
  */
 import { type LocalStack, startLocalStack } from "./local-stack.ts";
 import { MissingToolError, which } from "./tools.ts";
+import { choiceFlag, commandLine } from "../../../scripts/cli.ts";
 
 const root = new URL("../../../", import.meta.url).pathname;
-const only = Deno.args.includes("--only") ? Deno.args[Deno.args.indexOf("--only") + 1] : null;
+const { only, paths } = commandLine({
+  usage: `usage: deno task test [--only db|functions] [test files or folders]
+
+Starts a throwaway PostgreSQL and Redis, runs the pgTAP tests with pg_prove (as
+\`supabase test db\` does), then the Deno tests, and prints "N passed, N failed".`,
+  options: { only: { type: "string" } },
+  positionals: true,
+}, ({ values, positionals }) => ({
+  only: values.only === undefined ? null : choiceFlag(values.only, "--only", ["db", "functions"]),
+  paths: positionals.length > 0 ? positionals : ["supabase/tests/functions/"],
+}));
 
 interface Tally {
   passed: number;
@@ -88,7 +100,7 @@ async function runDenoTests(env: Record<string, string>): Promise<Tally> {
     "test",
     "--allow-all",
     "--no-check",
-    "supabase/tests/functions/",
+    ...paths,
   ], env);
   const m = /(?:ok|FAILED) \| (\d+) passed(?: \((\d+) steps?\))? \| (\d+) failed/.exec(res.text);
   if (!m) return { passed: 0, failed: 1 };
