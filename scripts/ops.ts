@@ -27,6 +27,10 @@ const options = {
   check: { type: "boolean" },
   "usage-retention": { type: "string" },
   html: { type: "string" },
+  message: { type: "string" },
+  mode: { type: "string" },
+  note: { type: "string" },
+  until: { type: "string" },
 } as const;
 
 const usage = [

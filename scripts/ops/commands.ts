@@ -2,52 +2,20 @@
  * The operator commands. Each one calls the SQL functions operators can also
  * run in Supabase Studio (ops.*), never the tables behind them.
  */
-import type postgres from "postgres";
 import { table } from "./format.ts";
 import { renderReport } from "./report-html.ts";
-import { CliError, durationFlag, timestampFlag, UsageError, uuidFlag } from "../cli.ts";
-
-export interface CommandContext {
-  sql: postgres.Sql;
-  args: string[];
-  flags: Record<string, string | boolean>;
-  json: boolean;
-  out: (text: string) => void;
-}
-
-function uuidArg(value: unknown, name: string): string {
-  if (typeof value !== "string") throw new UsageError(`${name}: missing (a UUID)`);
-  return uuidFlag(value, name);
-}
-
-function optionalUuid(value: unknown, name: string): string | null {
-  return value === undefined ? null : uuidArg(value, name);
-}
-
-function optionalTimestamp(value: unknown, name: string): Date | null {
-  return typeof value === "string" ? timestampFlag(value, name) : null;
-}
-
-/** A Postgres interval an operator would type: "15 minutes", "1 hour", "1 day". */
-function intervalFlag(value: string, name: string): string {
-  if (!/^\d+\s*(minutes?|mins?|hours?|days?|weeks?)$/i.test(value.trim())) {
-    throw new UsageError(`${name}: not an interval: ${value} (use 15 minutes, 1 hour or 1 day)`);
-  }
-  return value;
-}
-
-function bucketKey(value: unknown): string {
-  if (typeof value !== "string" || !/^(org|user|ip):.+$/.test(value)) {
-    throw new UsageError(
-      "a bucket key looks like org:<uuid>, user:<uuid> or ip:<address> (org:* lists)",
-    );
-  }
-  return value;
-}
-
-function print(ctx: CommandContext, rows: Array<Record<string, unknown>>, columns?: string[]) {
-  ctx.out(ctx.json ? JSON.stringify(rows, null, 2) : table(rows, columns));
-}
+import { CliError, durationFlag, UsageError } from "../cli.ts";
+import {
+  bucketKey,
+  type Command,
+  type CommandContext,
+  intervalFlag,
+  optionalTimestamp,
+  optionalUuid,
+  print,
+  uuidArg,
+} from "./args.ts";
+import { alertCommand, policyCommands } from "./policy-commands.ts";
 
 function period(ctx: CommandContext): { from: Date; to: Date } {
   const to = optionalTimestamp(ctx.flags.to, "--to") ?? new Date();
@@ -59,177 +27,159 @@ function period(ctx: CommandContext): { from: Date; to: Date } {
   return { from, to };
 }
 
-export const commands: Record<string, { usage: string; run(ctx: CommandContext): Promise<void> }> =
-  {
-    buckets: {
-      usage:
-        "buckets <key>            show a rate-limit bucket (user:<uuid>, org:<uuid>, ip:<addr>, or a prefix like org:*)",
-      async run(ctx) {
-        const key = bucketKey(ctx.args[0]);
-        const rows = await ctx.sql`select * from ops.bucket_status(${key})`;
-        print(ctx, rows);
-      },
+export const commands: Record<string, Command> = {
+  buckets: {
+    usage:
+      "buckets <key>            show a rate-limit bucket (user:<uuid>, org:<uuid>, ip:<addr>, or a prefix like org:*)",
+    async run(ctx) {
+      const key = bucketKey(ctx.args[0]);
+      const rows = await ctx.sql`select * from ops.bucket_status(${key})`;
+      print(ctx, rows);
     },
-    "clear-bucket": {
-      usage: "clear-bucket <key>       empty a bucket so its owner is let through now",
-      async run(ctx) {
-        const key = bucketKey(ctx.args[0]);
-        if (key.endsWith("*")) throw new UsageError("clear-bucket takes one key, not a prefix");
-        const [row] = await ctx.sql`select ops.clear_rate_limit(${key}) as cleared`;
-        print(ctx, [{ bucket_key: key, cleared: row!.cleared === 1 }]);
-      },
+  },
+  "clear-bucket": {
+    usage: "clear-bucket <key>       empty a bucket so its owner is let through now",
+    async run(ctx) {
+      const key = bucketKey(ctx.args[0]);
+      if (key.endsWith("*")) throw new UsageError("clear-bucket takes one key, not a prefix");
+      const [row] = await ctx.sql`select ops.clear_rate_limit(${key}) as cleared`;
+      print(ctx, [{ bucket_key: key, cleared: row!.cleared === 1 }]);
     },
-    "opt-out": {
-      usage:
-        "opt-out add --org <uuid> [--user <uuid>] [--channel <c>] [--reason <text>] [--by <who>] [--expires <iso>]\n" +
-        "  opt-out expire <id> [--by <who>]\n  opt-out list [--org <uuid>] [--all]",
-      async run(ctx) {
-        const [action, id] = ctx.args;
-        const f = ctx.flags;
-        const str = (v: unknown) => (typeof v === "string" ? v : null);
-        if (action === "add") {
-          const rows = await ctx.sql`select * from ops.add_opt_out(
+  },
+  "opt-out": {
+    usage:
+      "opt-out add --org <uuid> [--user <uuid>] [--channel <c>] [--reason <text>] [--by <who>] [--expires <iso>]\n" +
+      "  opt-out expire <id> [--by <who>]\n  opt-out list [--org <uuid>] [--all]",
+    async run(ctx) {
+      const [action, id] = ctx.args;
+      const f = ctx.flags;
+      const str = (v: unknown) => (typeof v === "string" ? v : null);
+      if (action === "add") {
+        const rows = await ctx.sql`select * from ops.add_opt_out(
           ${uuidArg(f.org, "--org")}::uuid, ${optionalUuid(f.user, "--user")}::uuid, ${
-            str(f.channel)
-          },
+          str(f.channel)
+        },
           ${str(f.reason)}, ${str(f.by)}, ${optionalTimestamp(f.expires, "--expires")})`;
-          print(ctx, rows);
-        } else if (action === "expire") {
-          const rows = await ctx.sql`select * from ops.expire_opt_out(${
-            uuidArg(id, "opt-out id")
-          }::uuid, ${str(f.by)})`;
-          print(ctx, rows);
-        } else if (action === "list") {
-          const rows = await ctx.sql`select * from ops.list_opt_outs(${
-            optionalUuid(f.org, "--org")
-          }::uuid, ${f.all === true})`;
-          print(ctx, rows, [
-            "id",
-            "org_id",
-            "user_id",
-            "channel",
-            "reason",
-            "created_by",
-            "created_at",
-            "expires_at",
-            "active",
-          ]);
-        } else {
-          throw new UsageError("opt-out needs add, expire or list");
-        }
-      },
-    },
-    session: {
-      usage: "session show <id>        a stored session (Supabase store) with its messages",
-      async run(ctx) {
-        if (ctx.args[0] !== "show") throw new UsageError("usage: session show <session uuid>");
-        const [row] = await ctx.sql`select ops.session_show(${
-          uuidArg(ctx.args[1], "session id")
-        }::uuid) as s`;
-        if (!row?.s) {
-          throw new CliError("no such session (sessions in Redis are not in the database)");
-        }
-        if (ctx.json) return ctx.out(JSON.stringify(row.s, null, 2));
-        const { messages, ...meta } = row.s as { messages: Array<Record<string, unknown>> };
-        ctx.out(table([meta]));
-        ctx.out("");
-        ctx.out(table(messages, ["created_at", "role", "content"]));
-      },
-    },
-    usage: {
-      usage:
-        "usage [--since 24h | --from <iso> --to <iso>] [--org <uuid>] [--bucket 1 hour] [--by-org]",
-      async run(ctx) {
-        const { from, to } = period(ctx);
-        // No --bucket: one row for the whole period (a null bucket).
-        const bucket = typeof ctx.flags.bucket === "string"
-          ? intervalFlag(ctx.flags.bucket, "--bucket")
-          : null;
-        const rows = await ctx
-          .sql`select * from ops.usage_report(${from}, ${to}, ${bucket}::interval,
-        ${optionalUuid(ctx.flags.org, "--org")}::uuid, ${ctx.flags["by-org"] === true})`;
-        print(ctx, rows, [
-          "bucket_start",
-          ...(ctx.flags["by-org"] === true ? ["org_id"] : []),
-          "requests",
-          "success_rate",
-          "latency_p50_ms",
-          "latency_p95_ms",
-          "latency_p99_ms",
-          "total_tokens",
-          "estimated_usd",
-          "refused",
-        ]);
-      },
-    },
-    alerts: {
-      usage: "alerts [--check]          open alerts (--check runs the scheduled check first)",
-      async run(ctx) {
-        if (ctx.flags.check === true) {
-          const [r] = await ctx.sql`select ops.check_alerts() as result`;
-          if (!ctx.json) ctx.out(`check: ${JSON.stringify(r!.result)}`);
-        }
-        const rows = await ctx.sql`select * from ops.open_alerts`;
+        print(ctx, rows);
+      } else if (action === "expire") {
+        const rows = await ctx.sql`select * from ops.expire_opt_out(${
+          uuidArg(id, "opt-out id")
+        }::uuid, ${str(f.by)})`;
+        print(ctx, rows);
+      } else if (action === "list") {
+        const rows = await ctx.sql`select * from ops.list_opt_outs(${
+          optionalUuid(f.org, "--org")
+        }::uuid, ${f.all === true})`;
         print(ctx, rows, [
           "id",
-          "kind",
-          "subject",
-          "observed",
-          "threshold",
-          "raised_at",
-          "last_seen_at",
+          "org_id",
+          "user_id",
+          "channel",
+          "reason",
+          "created_by",
+          "created_at",
+          "expires_at",
+          "active",
         ]);
-      },
+      } else {
+        throw new UsageError("opt-out needs add, expire or list");
+      }
     },
-    purge: {
-      usage:
-        "purge [--usage-retention 90d]   delete expired session messages, empty buckets, old usage rows",
-      async run(ctx) {
-        const retention = typeof ctx.flags["usage-retention"] === "string"
-          ? `${durationFlag(ctx.flags["usage-retention"], "--usage-retention") / 1000} seconds`
-          : null;
-        const [row] = await ctx
-          .sql`select ops.purge_expired(now(), ${retention}::interval) as result`;
-        print(ctx, [row!.result as Record<string, unknown>]);
-      },
+  },
+  session: {
+    usage: "session show <id>        a stored session (Supabase store) with its messages",
+    async run(ctx) {
+      if (ctx.args[0] !== "show") throw new UsageError("usage: session show <session uuid>");
+      const [row] = await ctx.sql`select ops.session_show(${
+        uuidArg(ctx.args[1], "session id")
+      }::uuid) as s`;
+      if (!row?.s) {
+        throw new CliError("no such session (sessions in Redis are not in the database)");
+      }
+      if (ctx.json) return ctx.out(JSON.stringify(row.s, null, 2));
+      const { messages, ...meta } = row.s as { messages: Array<Record<string, unknown>> };
+      ctx.out(table([meta]));
+      ctx.out("");
+      ctx.out(table(messages, ["created_at", "role", "content"]));
     },
-    report: {
-      usage:
-        "report --html <file> [--since 7d] [--org <uuid>]   a self-contained HTML page of charts",
-      async run(ctx) {
-        const file = ctx.flags.html;
-        if (typeof file !== "string") {
-          throw new UsageError("--html: missing (report --html <file>)");
-        }
-        const { from, to } = period({ ...ctx, flags: { since: "7d", ...ctx.flags } });
-        const span = to.getTime() - from.getTime();
-        const bucket = span <= 2 * 86_400_000
-          ? "15 minutes"
-          : span <= 14 * 86_400_000
-          ? "1 hour"
-          : "1 day";
-        const org = optionalUuid(ctx.flags.org, "--org");
-        const series = await ctx
-          .sql`select * from ops.usage_report(${from}, ${to}, ${bucket}::interval, ${org}::uuid, false)`;
-        const byOrg = await ctx
-          .sql`select * from ops.usage_report(${from}, ${to}, null, ${org}::uuid, true)`;
-        const alerts = await ctx.sql`select * from ops.open_alerts`;
-        const html = renderReport({
-          from,
-          to,
-          bucket,
-          org,
-          series,
-          byOrg,
-          alerts,
-          generatedAt: new Date(),
-        });
-        await Deno.writeTextFile(file, html);
-        ctx.out(
-          ctx.json
-            ? JSON.stringify({ file, points: series.length })
-            : `wrote ${file} (${series.length} points)`,
-        );
-      },
+  },
+  usage: {
+    usage:
+      "usage [--since 24h | --from <iso> --to <iso>] [--org <uuid>] [--bucket 1 hour] [--by-org]",
+    async run(ctx) {
+      const { from, to } = period(ctx);
+      // No --bucket: one row for the whole period (a null bucket).
+      const bucket = typeof ctx.flags.bucket === "string"
+        ? intervalFlag(ctx.flags.bucket, "--bucket")
+        : null;
+      const rows = await ctx
+        .sql`select * from ops.usage_report(${from}, ${to}, ${bucket}::interval,
+        ${optionalUuid(ctx.flags.org, "--org")}::uuid, ${ctx.flags["by-org"] === true})`;
+      print(ctx, rows, [
+        "bucket_start",
+        ...(ctx.flags["by-org"] === true ? ["org_id"] : []),
+        "requests",
+        "success_rate",
+        "latency_p50_ms",
+        "latency_p95_ms",
+        "latency_p99_ms",
+        "total_tokens",
+        "estimated_usd",
+        "refused",
+      ]);
     },
-  };
+  },
+  alerts: alertCommand,
+  ...policyCommands,
+  purge: {
+    usage:
+      "purge [--usage-retention 90d]   delete expired session messages, empty buckets, old usage rows",
+    async run(ctx) {
+      const retention = typeof ctx.flags["usage-retention"] === "string"
+        ? `${durationFlag(ctx.flags["usage-retention"], "--usage-retention") / 1000} seconds`
+        : null;
+      const [row] = await ctx
+        .sql`select ops.purge_expired(now(), ${retention}::interval) as result`;
+      print(ctx, [row!.result as Record<string, unknown>]);
+    },
+  },
+  report: {
+    usage:
+      "report --html <file> [--since 7d] [--org <uuid>]   a self-contained HTML page of charts",
+    async run(ctx) {
+      const file = ctx.flags.html;
+      if (typeof file !== "string") {
+        throw new UsageError("--html: missing (report --html <file>)");
+      }
+      const { from, to } = period({ ...ctx, flags: { since: "7d", ...ctx.flags } });
+      const span = to.getTime() - from.getTime();
+      const bucket = span <= 2 * 86_400_000
+        ? "15 minutes"
+        : span <= 14 * 86_400_000
+        ? "1 hour"
+        : "1 day";
+      const org = optionalUuid(ctx.flags.org, "--org");
+      const series = await ctx
+        .sql`select * from ops.usage_report(${from}, ${to}, ${bucket}::interval, ${org}::uuid, false)`;
+      const byOrg = await ctx
+        .sql`select * from ops.usage_report(${from}, ${to}, null, ${org}::uuid, true)`;
+      const alerts = await ctx.sql`select * from ops.open_alerts`;
+      const html = renderReport({
+        from,
+        to,
+        bucket,
+        org,
+        series,
+        byOrg,
+        alerts,
+        generatedAt: new Date(),
+      });
+      await Deno.writeTextFile(file, html);
+      ctx.out(
+        ctx.json
+          ? JSON.stringify({ file, points: series.length })
+          : `wrote ${file} (${series.length} points)`,
+      );
+    },
+  },
+};

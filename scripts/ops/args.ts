@@ -1,0 +1,63 @@
+/**
+ * What every operator command receives, and the argument checks they share:
+ * each error names the flag or argument it is about.
+ */
+import type postgres from "postgres";
+import { table } from "./format.ts";
+import { timestampFlag, UsageError, uuidFlag } from "../cli.ts";
+
+export interface CommandContext {
+  sql: postgres.Sql;
+  args: string[];
+  flags: Record<string, string | boolean>;
+  json: boolean;
+  out: (text: string) => void;
+}
+
+export function uuidArg(value: unknown, name: string): string {
+  if (typeof value !== "string") throw new UsageError(`${name}: missing (a UUID)`);
+  return uuidFlag(value, name);
+}
+
+export function optionalUuid(value: unknown, name: string): string | null {
+  return value === undefined ? null : uuidArg(value, name);
+}
+
+export function optionalTimestamp(value: unknown, name: string): Date | null {
+  return typeof value === "string" ? timestampFlag(value, name) : null;
+}
+
+/** A Postgres interval an operator would type: "15 minutes", "1 hour", "1 day". */
+export function intervalFlag(value: string, name: string): string {
+  if (!/^\d+\s*(minutes?|mins?|hours?|days?|weeks?)$/i.test(value.trim())) {
+    throw new UsageError(`${name}: not an interval: ${value} (use 15 minutes, 1 hour or 1 day)`);
+  }
+  return value;
+}
+
+export function bucketKey(value: unknown): string {
+  if (typeof value !== "string" || !/^(org|user|ip|channel):.+$/.test(value)) {
+    throw new UsageError(
+      "a bucket key looks like org:<uuid>, user:<uuid>, ip:<address> or channel:<name> (org:* lists)",
+    );
+  }
+  return value;
+}
+
+export function print(
+  ctx: CommandContext,
+  rows: Array<Record<string, unknown>>,
+  columns?: string[],
+) {
+  ctx.out(ctx.json ? JSON.stringify(rows, null, 2) : table(rows, columns));
+}
+
+export interface Command {
+  usage: string;
+  run(ctx: CommandContext): Promise<void>;
+}
+
+/** A string flag's value, or null when it was not given. */
+export function text(value: unknown): string | null {
+  return typeof value === "string" ? value : null;
+}

@@ -1,0 +1,168 @@
+/**
+ * The operator levers: tenant and channel policies, the kill switch,
+ * budgets, and acknowledging or muting alerts. Each command is a thin
+ * wrapper over one audited SQL function (ops.policy_set, ops.switch_off,
+ * ops.budget_set, ops.alert_mute, …); `--by` names who acted (default: the
+ * OS user), and every change is in ops.policy_audit.
+ */
+import { numberFlag, UsageError } from "../cli.ts";
+import { table } from "./format.ts";
+import {
+  type Command,
+  type CommandContext,
+  optionalTimestamp,
+  optionalUuid,
+  print,
+  text,
+} from "./args.ts";
+
+const TEXT_FIELDS = new Set(["disabled_message", "note"]);
+
+/** `field=value` pairs as the JSON object ops.policy_set takes (`null` clears a field). */
+export function policySettings(pairs: string[]): Record<string, unknown> {
+  if (pairs.length === 0) {
+    throw new UsageError("policy set needs field=value pairs, e.g. org_max_requests=600");
+  }
+  const settings: Record<string, unknown> = {};
+  for (const pair of pairs) {
+    const eq = pair.indexOf("=");
+    if (eq < 1) throw new UsageError(`${pair}: expected field=value`);
+    const field = pair.slice(0, eq);
+    const raw = pair.slice(eq + 1);
+    if (raw === "null") settings[field] = null;
+    else if (TEXT_FIELDS.has(field)) settings[field] = raw;
+    else if (field === "enabled") {
+      if (raw !== "true" && raw !== "false") throw new UsageError(`${field}: true, false or null`);
+      settings[field] = raw === "true";
+    } else settings[field] = numberFlag(raw, field, { min: 1, integer: true });
+  }
+  return settings;
+}
+
+function scope(ctx: CommandContext) {
+  return {
+    org: optionalUuid(ctx.flags.org, "--org"),
+    channel: text(ctx.flags.channel),
+    by: text(ctx.flags.by) ?? Deno.env.get("USER") ?? null,
+  };
+}
+
+function showJson(ctx: CommandContext, value: unknown) {
+  ctx.out(JSON.stringify(value, null, 2));
+}
+
+async function showPolicy(ctx: CommandContext) {
+  const { org, channel } = scope(ctx);
+  const [row] = await ctx.sql`select ops.policy_show(${org}::uuid, ${channel}) as p`;
+  const policy = row!.p as { effective: Record<string, { value: unknown; from: string }> };
+  if (ctx.json) return showJson(ctx, policy);
+  const { effective, ...rest } = policy;
+  ctx.out(table(Object.entries(effective).map(([field, v]) => ({ field, ...v }))));
+  ctx.out("");
+  ctx.out(JSON.stringify(rest, null, 2));
+}
+
+const policy: Command = {
+  usage: "policy show|set|clear|audit [--org <uuid>] [--channel <c>] [field=value …] [--by <who>]",
+  async run(ctx) {
+    const { org, channel, by } = scope(ctx);
+    const [action, ...pairs] = ctx.args;
+    if (action === "show") return await showPolicy(ctx);
+    if (action === "set") {
+      const settings = policySettings(pairs);
+      const rows = await ctx.sql`select * from ops.policy_set(${org}::uuid, ${channel},
+        ${ctx.sql.json(settings as never)}, ${by})`;
+      return print(ctx, rows);
+    }
+    if (action === "clear") {
+      const [row] = await ctx.sql`select ops.policy_clear(${org}::uuid, ${channel}, ${by}) as c`;
+      return print(ctx, [{ org_id: org, channel, cleared: row!.c === true }]);
+    }
+    if (action === "audit") {
+      const rows = await ctx.sql`select * from ops.policy_audit
+        where ${org}::uuid is null or org_id = ${org}::uuid order by id desc limit 50`;
+      return print(ctx, rows);
+    }
+    throw new UsageError("policy needs show, set, clear or audit");
+  },
+};
+
+const kill: Command = {
+  usage: "switch off|on [--org <uuid>] [--channel <c>] [--message <text>] [--by <who>]",
+  async run(ctx) {
+    const { org, channel, by } = scope(ctx);
+    const message = text(ctx.flags.message);
+    if (ctx.args[0] === "off") {
+      const rows = await ctx.sql`select * from ops.switch_off(${org}::uuid, ${message}, ${by},
+        ${channel})`;
+      return print(ctx, rows);
+    }
+    if (ctx.args[0] === "on") {
+      if (message !== null) throw new UsageError("--message: only with switch off");
+      const rows = await ctx.sql`select * from ops.switch_on(${org}::uuid, ${by}, ${channel})`;
+      return print(ctx, rows);
+    }
+    throw new UsageError("switch needs off or on");
+  },
+};
+
+const budget: Command = {
+  usage: "budget set <usd> [--org <uuid>] [--mode alert|enforce] [--note <text>] | budget clear",
+  async run(ctx) {
+    const { org, by } = scope(ctx);
+    if (ctx.args[0] === "clear") {
+      const [row] = await ctx.sql`select ops.budget_clear(${org}::uuid, ${by}) as c`;
+      return print(ctx, [{ org_id: org, cleared: row!.c === true }]);
+    }
+    if (ctx.args[0] !== "set") throw new UsageError("budget needs set or clear");
+    if (ctx.args[1] === undefined) throw new UsageError("budget set: missing the monthly USD");
+    const usd = numberFlag(ctx.args[1], "monthly USD", { min: 0 });
+    const mode = text(ctx.flags.mode) ?? "alert";
+    if (mode !== "alert" && mode !== "enforce") throw new UsageError("--mode: alert or enforce");
+    const rows = await ctx.sql`select * from ops.budget_set(${org}::uuid, ${usd}, ${mode}, ${by},
+      ${text(ctx.flags.note)})`;
+    print(ctx, rows);
+  },
+};
+
+async function openAlerts(ctx: CommandContext) {
+  if (ctx.flags.check === true) {
+    const [r] = await ctx.sql`select ops.check_alerts() as result`;
+    if (!ctx.json) ctx.out(`check: ${JSON.stringify(r!.result)}`);
+  }
+  const rows = await ctx.sql`select * from ops.open_alerts`;
+  const columns = ["id", "kind", "subject", "observed", "threshold", "raised_at", "last_seen_at"];
+  print(ctx, rows, columns);
+}
+
+export const alertCommand: Command = {
+  usage: "alerts [--check] | alerts ack <id> | alerts mute <kind> <subject> --until <iso> " +
+    "[--reason <text>] | alerts unmute <kind> <subject>",
+  async run(ctx) {
+    const [action, a, b] = ctx.args;
+    const by = scope(ctx).by;
+    if (action === undefined) return await openAlerts(ctx);
+    if (action === "ack") {
+      const id = numberFlag(a ?? "", "alert id", { min: 1, integer: true });
+      return print(ctx, await ctx.sql`select * from ops.alert_ack(${id}, ${by})`);
+    }
+    if (action !== "mute" && action !== "unmute") {
+      throw new UsageError("alerts takes ack, mute or unmute (or nothing: the open alerts)");
+    }
+    if (!a || !b) throw new UsageError(`alerts ${action}: needs <kind> <subject>`);
+    if (action === "unmute") {
+      const [row] = await ctx.sql`select ops.alert_unmute(${a}, ${b}, ${by}) as u`;
+      return print(ctx, [{ kind: a, subject: b, unmuted: row!.u === true }]);
+    }
+    const until = optionalTimestamp(ctx.flags.until, "--until");
+    if (!until) throw new UsageError("--until: missing (alerts mute … --until <iso>)");
+    print(
+      ctx,
+      await ctx.sql`select * from ops.alert_mute(${a}, ${b}, ${until}, ${
+        text(ctx.flags.reason)
+      }, ${by})`,
+    );
+  },
+};
+
+export const policyCommands: Record<string, Command> = { policy, switch: kill, budget };
