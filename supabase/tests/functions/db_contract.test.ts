@@ -26,6 +26,10 @@ const begin: Required<BeginTurnArgs> = {
   p_max_messages: 0,
   p_load_history: false,
   p_session_owned: null,
+  p_request_id: null,
+  p_reserve_tokens: 0,
+  p_model: null,
+  p_reserve_seconds: 0,
 };
 const end: Required<EndTurnArgs> = {
   p_session_id: "",
