@@ -100,7 +100,7 @@ export function createAgentChatHandler(deps: AgentChatDeps) {
       const who = identify(caller, body, connectionIp);
       const session = sessionKeyFor(body, who.userId);
       facts = turnFacts(facts, body, who, session.key.sessionId);
-      const turn = await admit(deps, body, who, session);
+      const turn = await admit(deps, body, who, session, requestId);
       const admitted = { ...facts, rateLimit: turn.rateLimit };
       return await (body.stream ? answerStream : answerJson)(answerDeps, {
         facts: admitted,
