@@ -2,11 +2,11 @@
 --
 -- One migration per concern, in this order:
 --   20251231120000_ai_agent_sessions_usage      tables, RLS policies, grants (this file)
---   20251231120100_ai_agent_rate_limits         ops.consume_rate_limits
---   20251231120200_ai_agent_turns               agent_begin_turn, agent_end_turn, agent_finish_turn
---   20251231120300_ai_agent_usage_costs         agent_log_usage, prices, cost and health reports
---   20251231120400_ai_agent_alerts              alert conditions, the recorded check, schedules
---   20251231120500_ai_agent_operator_functions  buckets, opt-outs, sessions, purge
+--   20251231120100_ai_agent_rate_limits         ops.consume_rate_limits, token counters
+--   20251231120200_ai_agent_turns               agent_begin_turn (policies, quotas, budgets), agent_end_turn, agent_finish_turn
+--   20251231120300_ai_agent_usage_costs         agent_log_usage, settlement, prices, cost and health reports
+--   20251231120400_ai_agent_alerts              alert conditions, the recorded check, ack and mute, schedules
+--   20251231120500_ai_agent_operator_functions  buckets, opt-outs, sessions, policies, switches, budgets, dashboard, purge
 --   20251231120600_ai_agent_idempotency         Idempotency-Key claims, replays and settlement
 --
 -- Deny by default: every table has RLS; anon and authenticated get only the
@@ -255,17 +255,138 @@ create table ops.budgets (
   id bigint generated always as identity primary key,
   org_id uuid,
   monthly_usd numeric(12, 2) not null check (monthly_usd > 0),
+  mode text not null default 'alert' check (mode in ('alert', 'enforce')),
   note text,
   created_at timestamptz not null default now(),
   updated_at timestamptz not null default now()
 );
 comment on table ops.budgets is
-  'Monthly spend budgets in USD: org_id NULL is the global budget, otherwise one org''s. Month-to-date estimated spend above a budget raises a budget alert.';
+  'Monthly spend budgets in USD: org_id NULL is the global budget, otherwise one org''s. Month-to-date estimated spend above a budget raises a budget alert; in enforce mode agent_begin_turn also refuses new turns (402 budget_exceeded) once spend plus open reservations reach it. Set with ops.budget_set.';
+comment on column ops.budgets.mode is
+  'alert: raise a budget alert only. enforce: also refuse new turns once month-to-date spend (ops.spend_counters) plus open reservations (ops.token_reservations) reach monthly_usd.';
 create unique index budgets_one_per_org_idx
   on ops.budgets ((coalesce(org_id, '00000000-0000-0000-0000-000000000000'::uuid)));
 alter table ops.budgets enable row level security;
 revoke all on ops.budgets from public, anon, authenticated;
 grant select, insert, update, delete on ops.budgets to service_role;
+
+-- ---------------------------------------------------------------------------
+-- Tenant policies, read by agent_begin_turn in its one call. A row is a
+-- scope: (org NULL, channel NULL) global, (org NULL, channel) one channel
+-- for everyone, (org, NULL) one tenant, (org, channel) one tenant on one
+-- channel. A NULL field is "not set here": the tenant row falls back to the
+-- global row, which falls back to the environment (AI_AGENT_RATE_LIMIT_*).
+-- Written through ops.policy_set / ops.policy_clear / ops.switch_on|off,
+-- which audit every change; a change applies to the next request.
+-- ---------------------------------------------------------------------------
+create table ops.agent_policies (
+  id bigint generated always as identity primary key,
+  org_id uuid,
+  channel text check (channel is null or channel ~ '^[a-z][a-z0-9_-]{0,31}$'),
+  enabled boolean,
+  disabled_message text check (char_length(disabled_message) <= 500),
+  org_max_requests integer check (org_max_requests > 0),
+  org_window_seconds integer check (org_window_seconds between 1 and 86400),
+  user_max_requests integer check (user_max_requests > 0),
+  user_window_seconds integer check (user_window_seconds between 1 and 86400),
+  ip_max_requests integer check (ip_max_requests > 0),
+  ip_window_seconds integer check (ip_window_seconds between 1 and 86400),
+  channel_max_requests integer check (channel_max_requests > 0),
+  channel_window_seconds integer check (channel_window_seconds between 1 and 86400),
+  org_tokens_per_minute integer check (org_tokens_per_minute > 0),
+  org_tokens_per_day integer check (org_tokens_per_day > 0),
+  user_tokens_per_minute integer check (user_tokens_per_minute > 0),
+  user_tokens_per_day integer check (user_tokens_per_day > 0),
+  note text,
+  updated_by text,
+  created_at timestamptz not null default now(),
+  updated_at timestamptz not null default now(),
+  -- Request limits and token quotas are per tenant (or the global default);
+  -- a channel row holds the channel: bucket and the channel switch.
+  constraint agent_policies_scope_fields check (
+    channel is null
+    or num_nonnulls(org_max_requests, org_window_seconds, user_max_requests, user_window_seconds,
+                    ip_max_requests, ip_window_seconds, org_tokens_per_minute, org_tokens_per_day,
+                    user_tokens_per_minute, user_tokens_per_day) = 0),
+  constraint agent_policies_channel_bucket check (channel is not null or num_nonnulls(channel_max_requests, channel_window_seconds) = 0)
+);
+comment on table ops.agent_policies is
+  'Tenant policies read by agent_begin_turn on every request (no restart): org NULL = global, channel NULL = every channel. Request limits and windows per scope (org/user/ip) override AI_AGENT_RATE_LIMIT_* (tenant row, then global row, then the environment); token quotas per minute and per rolling day per org and per user (NULL = unlimited); a channel row adds a channel: bucket (channel:<name> for everyone, channel:<org>:<name> for one tenant) decided all-or-nothing with the others; enabled = false turns the assistant off (503 assistant_disabled with disabled_message). Change through ops.policy_set, audited in ops.policy_audit.';
+comment on column ops.agent_policies.enabled is 'false = assistant off in this scope (global, channel, tenant or tenant+channel): 503 assistant_disabled. NULL or true = on.';
+comment on column ops.agent_policies.disabled_message is 'What users are told while enabled = false (for example where to reach human support).';
+comment on column ops.agent_policies.channel_max_requests is 'Limit of this row''s channel: bucket per channel_window_seconds (default: the request window).';
+comment on column ops.agent_policies.org_tokens_per_day is 'Tokens per rolling 24 hours for the org (all its members); the turn reserves its worst case at admission.';
+create unique index agent_policies_scope_idx on ops.agent_policies (
+  (coalesce(org_id, '00000000-0000-0000-0000-000000000000'::uuid)), (coalesce(channel, '')));
+alter table ops.agent_policies enable row level security;
+revoke all on ops.agent_policies from public, anon, authenticated;
+grant select, insert, update, delete on ops.agent_policies to service_role;
+
+create table ops.policy_audit (
+  id bigint generated always as identity primary key,
+  at timestamptz not null default now(),
+  actor text not null,
+  action text not null,
+  org_id uuid,
+  channel text,
+  old_value jsonb,
+  new_value jsonb
+);
+comment on table ops.policy_audit is
+  'Every change made through the operator functions (policy set/clear, switches, budgets, alert ack/mute): who (the actor passed, else current_user), when, and the row before and after as JSON. Never purged.';
+create index policy_audit_org_at_idx on ops.policy_audit (org_id, at desc);
+alter table ops.policy_audit enable row level security;
+revoke all on ops.policy_audit from public, anon, authenticated;
+grant select, insert on ops.policy_audit to service_role;
+
+-- ---------------------------------------------------------------------------
+-- Token quotas and enforced budgets: what is used, and what is on the way.
+-- ---------------------------------------------------------------------------
+create table ops.token_counters (
+  counter_key text primary key,
+  slot_ms bigint not null check (slot_ms > 0),
+  slot_ids bigint[] not null default '{}',
+  slot_tokens bigint[] not null default '{}',
+  updated_at timestamptz not null default now()
+);
+comment on table ops.token_counters is
+  'Settled tokens (from usage rows) per sliding window: org:<id>:minute, org:<id>:day, user:<id>:minute, user:<id>:day; 20 slots per window (3 s for the minute, 72 min for the day). Written by the usage-row trigger, read by agent_begin_turn against the token quotas.';
+alter table ops.token_counters enable row level security;
+revoke all on ops.token_counters from public, anon, authenticated;
+grant select, insert, update, delete on ops.token_counters to service_role;
+
+create table ops.token_reservations (
+  request_id text primary key,
+  org_id uuid not null,
+  user_id uuid not null,
+  model text,
+  tokens integer not null check (tokens >= 0),
+  usd numeric not null default 0 check (usd >= 0),
+  created_at timestamptz not null default now(),
+  expires_at timestamptz not null
+);
+comment on table ops.token_reservations is
+  'Open reservations: a turn admitted under a token quota or an enforced budget reserves its worst case (prompt estimate + max output tokens, and its USD at the model''s highest price). The usage row of the request settles it (deletes it; its real tokens go to ops.token_counters). A reservation never settled stops counting at expires_at and is purged later.';
+create index token_reservations_org_idx on ops.token_reservations (org_id, expires_at);
+create index token_reservations_user_idx on ops.token_reservations (user_id, expires_at);
+create index token_reservations_expires_idx on ops.token_reservations (expires_at);
+alter table ops.token_reservations enable row level security;
+revoke all on ops.token_reservations from public, anon, authenticated;
+grant select, insert, update, delete on ops.token_reservations to service_role;
+
+create table ops.spend_counters (
+  org_id uuid not null,
+  month date not null,
+  usd numeric not null default 0,
+  billed_events bigint not null default 0,
+  updated_at timestamptz not null default now(),
+  primary key (org_id, month)
+);
+comment on table ops.spend_counters is
+  'Month-to-date spend per org, added by the usage-row trigger at the price of the row''s insert (ops.event_cost_usd). What enforced budgets compare with; rebuild from the usage log with ops.rebuild_spend_counters after a retroactive price change.';
+alter table ops.spend_counters enable row level security;
+revoke all on ops.spend_counters from public, anon, authenticated;
+grant select, insert, update, delete on ops.spend_counters to service_role;
 
 -- ---------------------------------------------------------------------------
 -- Alerts: settings of the recorded check, and the alerts it records.
@@ -295,7 +416,9 @@ create table ops.alert_events (
   details jsonb not null default '{}'::jsonb,
   raised_at timestamptz not null,
   last_seen_at timestamptz not null,
-  resolved_at timestamptz
+  resolved_at timestamptz,
+  acknowledged_at timestamptz,
+  acknowledged_by text
 );
 comment on table ops.alert_events is
   'Alerts raised by ops.check_alerts: kind success_rate (subject global) or budget (subject global or org:<id>). One open row per kind, subject and window; resolved_at is set when the condition clears. Rows are history: never deleted by the purge.';
@@ -303,11 +426,27 @@ comment on column ops.alert_events.window_start is
   'success_rate: when the alert was first seen (its window is the trailing 15 minutes at each check); budget: the first day of the month.';
 comment on column ops.alert_events.observed is 'Latest observed value: success rate (0..1) or month-to-date USD.';
 comment on column ops.alert_events.last_seen_at is 'Last check at which the condition still held.';
+comment on column ops.alert_events.acknowledged_at is 'Set by ops.alert_ack: someone is on it. The alert stays open until its condition clears.';
 create unique index alert_events_one_open_idx on ops.alert_events (kind, subject) where resolved_at is null;
 create index alert_events_raised_at_idx on ops.alert_events (raised_at desc);
 alter table ops.alert_events enable row level security;
 revoke all on ops.alert_events from public, anon, authenticated;
 grant select, insert, update on ops.alert_events to service_role;
+
+create table ops.alert_mutes (
+  kind text not null check (kind in ('success_rate', 'budget')),
+  subject text not null,
+  muted_until timestamptz not null,
+  reason text,
+  muted_by text not null,
+  created_at timestamptz not null default now(),
+  primary key (kind, subject)
+);
+comment on table ops.alert_mutes is
+  'Muted alerts (ops.alert_mute): while now() < muted_until, ops.check_alerts raises no new event for this kind and subject and forwards nothing for it; an open event keeps being refreshed and resolves as usual.';
+alter table ops.alert_mutes enable row level security;
+revoke all on ops.alert_mutes from public, anon, authenticated;
+grant select, insert, update, delete on ops.alert_mutes to service_role;
 
 -- ---------------------------------------------------------------------------
 -- The Edge Function's role

@@ -75,6 +75,101 @@ comment on function ops.event_cost_usd(text, timestamptz, integer, integer, inte
 revoke execute on function ops.event_cost_usd(text, timestamptz, integer, integer, integer) from public, anon, authenticated;
 grant execute on function ops.event_cost_usd(text, timestamptz, integer, integer, integer) to service_role;
 
+-- Worst-case USD of p_tokens tokens at the model's highest per-token price
+-- (what a reservation holds against an enforced budget); NULL when unpriced.
+create function ops.worst_case_usd(p_model text, p_tokens bigint, p_at timestamptz default now())
+returns numeric
+language sql
+stable
+set search_path = ''
+as $$
+  select coalesce(p_tokens, 0) * greatest(p.input_usd_per_million, p.cached_input_usd_per_million, p.output_usd_per_million) / 1000000
+  from ops.model_prices p
+  where (p.model = p_model or starts_with(p_model, p.model || '-'))
+    and p.effective_from <= p_at
+  order by length(p.model) desc, p.effective_from desc
+  limit 1;
+$$;
+comment on function ops.worst_case_usd(text, bigint, timestamptz) is
+  'USD of p_tokens tokens of a model at its highest per-token price (input, cached input or output): the cost a token reservation holds against an enforced budget. NULL when the model has no price (the reservation then holds $0: price every model you enforce a budget on).';
+revoke execute on function ops.worst_case_usd(text, bigint, timestamptz) from public, anon, authenticated;
+grant execute on function ops.worst_case_usd(text, bigint, timestamptz) to service_role;
+
+-- ---------------------------------------------------------------------------
+-- Settlement: every usage row that lands (metered once, see agent_log_usage)
+-- releases its request's reservation, adds its tokens to the org's and the
+-- user's token counters, and its cost to the org's month-to-date spend. A
+-- trigger, so every writer (agent_log_usage, agent_finish_turn, a backfill)
+-- settles the same way.
+-- ---------------------------------------------------------------------------
+create function ops.settle_usage()
+returns trigger
+language plpgsql
+set search_path = ''
+as $$
+declare
+  v_tokens bigint;
+begin
+  if new.request_id is not null then
+    delete from ops.token_reservations t where t.request_id = new.request_id;
+  end if;
+  if new.org_id is null or not ops.is_billed(new.prompt_tokens, new.completion_tokens, new.total_tokens) then
+    return null;
+  end if;
+  v_tokens := coalesce(new.total_tokens, coalesce(new.prompt_tokens, 0) + coalesce(new.completion_tokens, 0));
+  -- Counter rows in key order (org: before user:), as every settlement takes them.
+  perform ops.add_tokens('org:' || new.org_id || ':day', 86400, v_tokens, new.created_at);
+  perform ops.add_tokens('org:' || new.org_id || ':minute', 60, v_tokens, new.created_at);
+  if new.user_id is not null then
+    perform ops.add_tokens('user:' || new.user_id || ':day', 86400, v_tokens, new.created_at);
+    perform ops.add_tokens('user:' || new.user_id || ':minute', 60, v_tokens, new.created_at);
+  end if;
+  insert into ops.spend_counters as c (org_id, month, usd, billed_events, updated_at)
+  values (new.org_id, date_trunc('month', new.created_at at time zone 'UTC')::date,
+          coalesce(ops.event_cost_usd(new.model, new.created_at, new.prompt_tokens, new.cached_prompt_tokens, new.completion_tokens), 0),
+          new.event_count, now())
+  on conflict (org_id, month) do update
+  set usd = c.usd + excluded.usd, billed_events = c.billed_events + excluded.billed_events, updated_at = now();
+  return null;
+end;
+$$;
+comment on function ops.settle_usage() is
+  'Trigger of public.agent_usage_events: releases the request''s token reservation, adds a billed row''s tokens to ops.token_counters and its cost to ops.spend_counters.';
+revoke execute on function ops.settle_usage() from public, anon, authenticated;
+grant execute on function ops.settle_usage() to service_role;
+create trigger agent_usage_events_settle
+  after insert on public.agent_usage_events
+  for each row execute function ops.settle_usage();
+
+-- Rebuilds the spend counters of the months from p_from on from the usage
+-- log (after a retroactive price change or a backfill without the trigger).
+create function ops.rebuild_spend_counters(p_from timestamptz default date_trunc('month', now()))
+returns integer
+language plpgsql
+set search_path = ''
+as $$
+declare
+  v_rows integer;
+begin
+  delete from ops.spend_counters c where c.month >= date_trunc('month', p_from at time zone 'UTC')::date;
+  insert into ops.spend_counters (org_id, month, usd, billed_events)
+  select e.org_id, date_trunc('month', e.created_at at time zone 'UTC')::date,
+         coalesce(sum(ops.event_cost_usd(e.model, e.created_at, e.prompt_tokens, e.cached_prompt_tokens, e.completion_tokens)), 0),
+         sum(e.event_count)
+  from public.agent_usage_events e
+  where e.org_id is not null
+    and e.created_at >= date_trunc('month', p_from at time zone 'UTC') at time zone 'UTC'
+    and ops.is_billed(e.prompt_tokens, e.completion_tokens, e.total_tokens)
+  group by 1, 2;
+  get diagnostics v_rows = row_count;
+  return v_rows;
+end;
+$$;
+comment on function ops.rebuild_spend_counters(timestamptz) is
+  'Recomputes ops.spend_counters from the usage log for the months from p_from on (default: this month); returns the rows written.';
+revoke execute on function ops.rebuild_spend_counters(timestamptz) from public, anon, authenticated;
+grant execute on function ops.rebuild_spend_counters(timestamptz) to service_role;
+
 -- ---------------------------------------------------------------------------
 -- Outcomes: which error codes are the service's fault.
 -- ---------------------------------------------------------------------------

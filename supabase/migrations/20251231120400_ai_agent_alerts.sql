@@ -3,7 +3,10 @@
 -- ops.evaluate_alerts says which conditions are true at a moment.
 -- ops.check_alerts records them in ops.alert_events: one open event per
 -- condition (kind + subject + window), kept up to date while it holds,
--- resolved when it clears. pg_cron runs the check every minute and the purge
+-- resolved when it clears. An operator acknowledges an open event
+-- (ops.alert_ack) or mutes a kind and subject until a time (ops.alert_mute):
+-- while muted, a condition raises no new event and nothing is forwarded, so
+-- a flapping success rate or a known budget overrun does not re-fire. pg_cron runs the check every minute and the purge
 -- (ops.purge_expired, with the operator functions) nightly when the extension
 -- is enabled; without it, call the functions from any scheduler.
 
@@ -103,6 +106,8 @@ declare
   v_event ops.alert_events%rowtype;
   v_raised integer := 0;
   v_resolved integer := 0;
+  v_suppressed integer := 0;
+  v_muted boolean;
   v_seen text[] := '{}';
 begin
   -- One check at a time: concurrent runs would race on the open rows.
@@ -113,6 +118,8 @@ begin
     select * from ops.evaluate_alerts(p_now, v_settings.min_requests, v_settings.success_threshold)
   loop
     v_seen := v_seen || (v_condition.kind || '|' || v_condition.subject);
+    v_muted := exists (select 1 from ops.alert_mutes m
+                       where m.kind = v_condition.kind and m.subject = v_condition.subject and m.muted_until > p_now);
     update ops.alert_events a
     set observed = v_condition.observed,
         threshold = v_condition.threshold,
@@ -120,7 +127,9 @@ begin
         last_seen_at = p_now
     where a.kind = v_condition.kind and a.subject = v_condition.subject and a.resolved_at is null
       and (a.kind <> 'budget' or a.window_start = v_condition.window_start);
-    if not found then
+    if not found and v_muted then
+      v_suppressed := v_suppressed + 1;
+    elsif not found then
       -- A budget alert of last month is over when the month is.
       update ops.alert_events a set resolved_at = p_now
       where a.kind = v_condition.kind and a.subject = v_condition.subject and a.resolved_at is null
@@ -145,28 +154,123 @@ begin
     returning *
   loop
     v_resolved := v_resolved + 1;
-    perform ops.forward_alert(v_event, 'resolved');
+    if not exists (select 1 from ops.alert_mutes m
+                   where m.kind = v_event.kind and m.subject = v_event.subject and m.muted_until > p_now) then
+      perform ops.forward_alert(v_event, 'resolved');
+    end if;
   end loop;
 
   return jsonb_build_object(
     'raised', v_raised,
     'resolved', v_resolved,
+    'muted', v_suppressed,
     'open', (select count(*) from ops.alert_events a where a.resolved_at is null)
   );
 end;
 $$;
 comment on function ops.check_alerts(timestamptz) is
-  'Records alert conditions true at p_now into ops.alert_events (raise once, refresh while true, resolve when cleared) and forwards changes to the webhook. pg_cron runs it every minute when enabled; otherwise call it from any scheduler.';
+  'Records alert conditions true at p_now into ops.alert_events (raise once, refresh while true, resolve when cleared) and forwards changes to the webhook; a muted kind and subject (ops.alert_mutes) raises nothing and forwards nothing (counted as muted). pg_cron runs it every minute when enabled; otherwise call it from any scheduler.';
 revoke execute on function ops.check_alerts(timestamptz) from public, anon, authenticated;
 grant execute on function ops.check_alerts(timestamptz) to service_role;
 
 create view ops.open_alerts with (security_invoker = true) as
-  select a.id, a.kind, a.subject, a.observed, a.threshold, a.raised_at, a.last_seen_at, a.details
+  select a.id, a.kind, a.subject, a.observed, a.threshold, a.raised_at, a.last_seen_at, a.details,
+         a.acknowledged_at, a.acknowledged_by, m.muted_until
   from ops.alert_events a
+  left join ops.alert_mutes m on m.kind = a.kind and m.subject = a.subject and m.muted_until > now()
   where a.resolved_at is null
   order by a.raised_at;
-comment on view ops.open_alerts is 'Alerts raised by ops.check_alerts that have not cleared yet.';
+comment on view ops.open_alerts is 'Alerts raised by ops.check_alerts that have not cleared yet, with who acknowledged them and until when they are muted.';
 grant select on ops.open_alerts to service_role;
+
+create function ops.alert_ack(p_alert_id bigint, p_actor text default null, p_now timestamptz default now())
+returns ops.alert_events
+language plpgsql
+set search_path = ''
+as $$
+declare
+  v_old ops.alert_events;
+  v_new ops.alert_events;
+begin
+  select a.* into v_old from ops.alert_events a where a.id = p_alert_id for update;
+  if not found then
+    raise exception 'no alert with id %', p_alert_id using errcode = 'P0002';
+  end if;
+  if v_old.resolved_at is not null then
+    raise exception 'alert % is already resolved', p_alert_id using errcode = '22023';
+  end if;
+  update ops.alert_events a
+  set acknowledged_at = p_now, acknowledged_by = coalesce(nullif(btrim(p_actor), ''), current_user::text)
+  where a.id = p_alert_id
+  returning a.* into v_new;
+  perform ops.audit(p_actor, 'alert_ack', null, null, to_jsonb(v_old), to_jsonb(v_new));
+  return v_new;
+end;
+$$;
+comment on function ops.alert_ack(bigint, text, timestamptz) is
+  'Acknowledges an open alert (someone is on it); it stays open until its condition clears. Audited. CLI: alerts ack <id>.';
+revoke execute on function ops.alert_ack(bigint, text, timestamptz) from public, anon, authenticated;
+grant execute on function ops.alert_ack(bigint, text, timestamptz) to service_role;
+
+create function ops.alert_mute(
+  p_kind text,
+  p_subject text,
+  p_until timestamptz,
+  p_reason text default null,
+  p_actor text default null,
+  p_now timestamptz default now()
+)
+returns ops.alert_mutes
+language plpgsql
+set search_path = ''
+as $$
+declare
+  v_old ops.alert_mutes;
+  v_new ops.alert_mutes;
+begin
+  if p_kind is null or p_kind not in ('success_rate', 'budget') then
+    raise exception 'kind must be success_rate or budget, got %', coalesce(p_kind, 'NULL') using errcode = '22023';
+  end if;
+  if p_subject is null or p_subject !~ '^(global|org:[0-9a-fA-F-]{36})$' then
+    raise exception 'subject must be global or org:<uuid>, got %', coalesce(p_subject, 'NULL') using errcode = '22023';
+  end if;
+  if p_until is null or p_until <= p_now then
+    raise exception 'mute until must be in the future' using errcode = '22023';
+  end if;
+  select m.* into v_old from ops.alert_mutes m where m.kind = p_kind and m.subject = p_subject;
+  insert into ops.alert_mutes as m (kind, subject, muted_until, reason, muted_by)
+  values (p_kind, p_subject, p_until, p_reason, coalesce(nullif(btrim(p_actor), ''), current_user::text))
+  on conflict (kind, subject) do update
+  set muted_until = excluded.muted_until, reason = excluded.reason, muted_by = excluded.muted_by, created_at = now()
+  returning m.* into v_new;
+  perform ops.audit(p_actor, 'alert_mute', null, null, to_jsonb(v_old), to_jsonb(v_new));
+  return v_new;
+end;
+$$;
+comment on function ops.alert_mute(text, text, timestamptz, text, text, timestamptz) is
+  'Mutes alerts of one kind (success_rate, budget) and subject (global, org:<uuid>) until p_until: ops.check_alerts raises no new event and forwards nothing for them meanwhile. Audited. CLI: alerts mute <kind> <subject> --until.';
+revoke execute on function ops.alert_mute(text, text, timestamptz, text, text, timestamptz) from public, anon, authenticated;
+grant execute on function ops.alert_mute(text, text, timestamptz, text, text, timestamptz) to service_role;
+
+create function ops.alert_unmute(p_kind text, p_subject text, p_actor text default null)
+returns boolean
+language plpgsql
+set search_path = ''
+as $$
+declare
+  v_old ops.alert_mutes;
+begin
+  delete from ops.alert_mutes m where m.kind = p_kind and m.subject = p_subject returning m.* into v_old;
+  if not found then
+    return false;
+  end if;
+  perform ops.audit(p_actor, 'alert_unmute', null, null, to_jsonb(v_old), null);
+  return true;
+end;
+$$;
+comment on function ops.alert_unmute(text, text, text) is 'Ends a mute now; true if there was one. Audited. CLI: alerts unmute <kind> <subject>.';
+revoke execute on function ops.alert_unmute(text, text, text) from public, anon, authenticated;
+grant execute on function ops.alert_unmute(text, text, text) to service_role;
 
 -- Schedules, only where pg_cron is enabled (Database → Extensions on hosted
 -- Supabase; enable it, then re-run this block from the runbook).

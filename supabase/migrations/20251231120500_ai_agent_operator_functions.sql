@@ -1,6 +1,9 @@
 -- agent-chat: operator functions, the ones the runbook and the operator CLI
 -- (npm run ops) call: inspect and clear rate-limit buckets, add, expire and
--- list opt-outs, show a stored session, purge what has expired.
+-- list opt-outs, show a stored session, tenant policies, switches and
+-- budgets (validated and audited in ops.policy_audit), the per-org
+-- dashboard, purge what has expired. Each takes what a CLI flag would give
+-- and returns what it should print, so a CLI command is one call.
 -- service_role only (Supabase Studio's SQL editor runs as postgres).
 
 -- ---------------------------------------------------------------------------
@@ -66,8 +69,8 @@ as $$
 declare
   v_deleted integer;
 begin
-  if p_bucket_key is null or p_bucket_key !~ '^(org|user|ip):.+' then
-    raise exception 'bucket key must look like org:<id>, user:<id> or ip:<address>, got %', coalesce(p_bucket_key, 'NULL')
+  if p_bucket_key is null or p_bucket_key !~ '^(org|user|ip|channel):.+' then
+    raise exception 'bucket key must look like org:<id>, user:<id>, ip:<address> or channel:<name>, got %', coalesce(p_bucket_key, 'NULL')
       using errcode = '22023';
   end if;
   delete from ops.rate_limits r where r.bucket_key = p_bucket_key;
@@ -183,6 +186,303 @@ revoke execute on function ops.list_opt_outs(uuid, boolean, timestamptz) from pu
 grant execute on function ops.list_opt_outs(uuid, boolean, timestamptz) to service_role;
 
 -- ---------------------------------------------------------------------------
+-- Tenant policies, switches and budgets. Scope: p_org_id NULL = global,
+-- p_channel NULL = every channel. Every change is audited in
+-- ops.policy_audit (actor = p_actor, else current_user) and applies to the
+-- next request.
+-- ---------------------------------------------------------------------------
+create function ops.policy_fields()
+returns text[]
+language sql
+immutable
+set search_path = ''
+as $$
+  select array[
+    'enabled', 'disabled_message',
+    'org_max_requests', 'org_window_seconds', 'user_max_requests', 'user_window_seconds',
+    'ip_max_requests', 'ip_window_seconds', 'channel_max_requests', 'channel_window_seconds',
+    'org_tokens_per_minute', 'org_tokens_per_day', 'user_tokens_per_minute', 'user_tokens_per_day',
+    'note'];
+$$;
+comment on function ops.policy_fields() is 'The fields ops.policy_set accepts.';
+revoke execute on function ops.policy_fields() from public, anon, authenticated;
+grant execute on function ops.policy_fields() to service_role;
+
+create function ops.audit(p_actor text, p_action text, p_org_id uuid, p_channel text, p_old jsonb, p_new jsonb)
+returns void
+language sql
+set search_path = ''
+as $$
+  insert into ops.policy_audit (actor, action, org_id, channel, old_value, new_value)
+  values (coalesce(nullif(btrim(p_actor), ''), current_user::text), p_action, p_org_id, p_channel, p_old, p_new);
+$$;
+comment on function ops.audit(text, text, uuid, text, jsonb, jsonb) is 'One ops.policy_audit row: who (p_actor, else current_user), what, old → new.';
+revoke execute on function ops.audit(text, text, uuid, text, jsonb, jsonb) from public, anon, authenticated;
+grant execute on function ops.audit(text, text, uuid, text, jsonb, jsonb) to service_role;
+
+create function ops.policy_set(
+  p_org_id uuid,
+  p_channel text,
+  p_settings jsonb,
+  p_actor text default null
+)
+returns ops.agent_policies
+language plpgsql
+set search_path = ''
+as $$
+declare
+  v_zero constant uuid := '00000000-0000-0000-0000-000000000000';
+  v_channel text := lower(btrim(p_channel));
+  v_old ops.agent_policies;
+  v_new ops.agent_policies;
+  v_unknown text;
+begin
+  if p_settings is null or jsonb_typeof(p_settings) <> 'object' or p_settings = '{}'::jsonb then
+    raise exception 'settings must be a JSON object of fields to set (null clears one): %', array_to_string(ops.policy_fields(), ', ')
+      using errcode = '22023';
+  end if;
+  select string_agg(k, ', ') into v_unknown
+  from jsonb_object_keys(p_settings) k where not (k = any (ops.policy_fields()));
+  if v_unknown is not null then
+    raise exception 'unknown policy field(s): % (known: %)', v_unknown, array_to_string(ops.policy_fields(), ', ')
+      using errcode = '22023';
+  end if;
+  if v_channel is not null and v_channel !~ '^[a-z][a-z0-9_-]{0,31}$' then
+    raise exception 'channel must be a short lowercase token, got %', p_channel using errcode = '22023';
+  end if;
+
+  select p.* into v_old from ops.agent_policies p
+  where coalesce(p.org_id, v_zero) = coalesce(p_org_id, v_zero) and coalesce(p.channel, '') = coalesce(v_channel, '')
+  for update;
+  if v_old.id is null then
+    v_new := jsonb_populate_record(null::ops.agent_policies, jsonb_build_object('org_id', p_org_id, 'channel', v_channel) || p_settings);
+  else
+    v_new := jsonb_populate_record(v_old, p_settings);
+  end if;
+  insert into ops.agent_policies as p (
+    org_id, channel, enabled, disabled_message,
+    org_max_requests, org_window_seconds, user_max_requests, user_window_seconds,
+    ip_max_requests, ip_window_seconds, channel_max_requests, channel_window_seconds,
+    org_tokens_per_minute, org_tokens_per_day, user_tokens_per_minute, user_tokens_per_day,
+    note, updated_by, created_at, updated_at)
+  values (
+    p_org_id, v_channel, v_new.enabled, v_new.disabled_message,
+    v_new.org_max_requests, v_new.org_window_seconds, v_new.user_max_requests, v_new.user_window_seconds,
+    v_new.ip_max_requests, v_new.ip_window_seconds, v_new.channel_max_requests, v_new.channel_window_seconds,
+    v_new.org_tokens_per_minute, v_new.org_tokens_per_day, v_new.user_tokens_per_minute, v_new.user_tokens_per_day,
+    v_new.note, coalesce(nullif(btrim(p_actor), ''), current_user::text), now(), now())
+  on conflict ((coalesce(org_id, '00000000-0000-0000-0000-000000000000'::uuid)), (coalesce(channel, ''))) do update
+  set enabled = excluded.enabled, disabled_message = excluded.disabled_message,
+      org_max_requests = excluded.org_max_requests, org_window_seconds = excluded.org_window_seconds,
+      user_max_requests = excluded.user_max_requests, user_window_seconds = excluded.user_window_seconds,
+      ip_max_requests = excluded.ip_max_requests, ip_window_seconds = excluded.ip_window_seconds,
+      channel_max_requests = excluded.channel_max_requests, channel_window_seconds = excluded.channel_window_seconds,
+      org_tokens_per_minute = excluded.org_tokens_per_minute, org_tokens_per_day = excluded.org_tokens_per_day,
+      user_tokens_per_minute = excluded.user_tokens_per_minute, user_tokens_per_day = excluded.user_tokens_per_day,
+      note = excluded.note, updated_by = excluded.updated_by, updated_at = now()
+  returning p.* into v_new;
+  perform ops.audit(p_actor, 'policy_set', p_org_id, v_channel, to_jsonb(v_old), to_jsonb(v_new));
+  return v_new;
+end;
+$$;
+comment on function ops.policy_set(uuid, text, jsonb, text) is
+  'Sets fields of one policy scope (org NULL = global, channel NULL = every channel) from a JSON object, e.g. ''{"org_max_requests": 600, "user_tokens_per_day": 200000}''; a JSON null clears a field (back to the global row or the environment). Unknown fields and invalid values are errors; audited; applies to the next request. CLI: policy set.';
+revoke execute on function ops.policy_set(uuid, text, jsonb, text) from public, anon, authenticated;
+grant execute on function ops.policy_set(uuid, text, jsonb, text) to service_role;
+
+create function ops.policy_clear(p_org_id uuid, p_channel text default null, p_actor text default null)
+returns boolean
+language plpgsql
+set search_path = ''
+as $$
+declare
+  v_zero constant uuid := '00000000-0000-0000-0000-000000000000';
+  v_old ops.agent_policies;
+begin
+  delete from ops.agent_policies p
+  where coalesce(p.org_id, v_zero) = coalesce(p_org_id, v_zero)
+    and coalesce(p.channel, '') = coalesce(lower(btrim(p_channel)), '')
+  returning p.* into v_old;
+  if not found then
+    return false;
+  end if;
+  perform ops.audit(p_actor, 'policy_clear', p_org_id, v_old.channel, to_jsonb(v_old), null);
+  return true;
+end;
+$$;
+comment on function ops.policy_clear(uuid, text, text) is
+  'Deletes one policy scope (its limits fall back to the global row, then the environment); true if it existed. Audited. CLI: policy clear.';
+revoke execute on function ops.policy_clear(uuid, text, text) from public, anon, authenticated;
+grant execute on function ops.policy_clear(uuid, text, text) to service_role;
+
+create function ops.switch_off(
+  p_org_id uuid default null,
+  p_message text default null,
+  p_actor text default null,
+  p_channel text default null
+)
+returns ops.agent_policies
+language sql
+set search_path = ''
+as $$
+  select ops.policy_set(p_org_id, p_channel,
+    jsonb_build_object('enabled', false,
+      'disabled_message', coalesce(p_message, 'The assistant is not available right now. Please contact your group''s officers or support.')),
+    p_actor);
+$$;
+comment on function ops.switch_off(uuid, text, text, text) is
+  'Turns the assistant off (503 assistant_disabled with p_message) for everyone (p_org_id NULL), one tenant, or one channel of either. Takes effect on the next request. CLI: switch off [--org] [--channel] --message.';
+revoke execute on function ops.switch_off(uuid, text, text, text) from public, anon, authenticated;
+grant execute on function ops.switch_off(uuid, text, text, text) to service_role;
+
+create function ops.switch_on(p_org_id uuid default null, p_actor text default null, p_channel text default null)
+returns ops.agent_policies
+language sql
+set search_path = ''
+as $$
+  select ops.policy_set(p_org_id, p_channel, '{"enabled": null, "disabled_message": null}'::jsonb, p_actor);
+$$;
+comment on function ops.switch_on(uuid, text, text) is
+  'Turns the switch of this scope back on. The assistant answers where no scope on the way (global, channel, tenant, tenant+channel) is off. CLI: switch on [--org] [--channel].';
+revoke execute on function ops.switch_on(uuid, text, text) from public, anon, authenticated;
+grant execute on function ops.switch_on(uuid, text, text) to service_role;
+
+create function ops.budget_set(
+  p_org_id uuid,
+  p_monthly_usd numeric,
+  p_mode text default 'alert',
+  p_actor text default null,
+  p_note text default null
+)
+returns ops.budgets
+language plpgsql
+set search_path = ''
+as $$
+declare
+  v_old ops.budgets;
+  v_new ops.budgets;
+begin
+  if p_monthly_usd is null or p_monthly_usd <= 0 then
+    raise exception 'monthly_usd must be a positive amount, got %', coalesce(p_monthly_usd::text, 'NULL') using errcode = '22023';
+  end if;
+  if p_mode is null or p_mode not in ('alert', 'enforce') then
+    raise exception 'mode must be alert or enforce, got %', coalesce(p_mode, 'NULL') using errcode = '22023';
+  end if;
+  select b.* into v_old from ops.budgets b where b.org_id is not distinct from p_org_id for update;
+  insert into ops.budgets as b (org_id, monthly_usd, mode, note)
+  values (p_org_id, p_monthly_usd, p_mode, p_note)
+  on conflict ((coalesce(org_id, '00000000-0000-0000-0000-000000000000'::uuid))) do update
+  set monthly_usd = excluded.monthly_usd, mode = excluded.mode, note = coalesce(excluded.note, b.note), updated_at = now()
+  returning b.* into v_new;
+  perform ops.audit(p_actor, 'budget_set', p_org_id, null, to_jsonb(v_old), to_jsonb(v_new));
+  return v_new;
+end;
+$$;
+comment on function ops.budget_set(uuid, numeric, text, text, text) is
+  'Sets the monthly budget in USD of one org (or the global one, p_org_id NULL): mode alert raises a budget alert, enforce also refuses new turns (402 budget_exceeded) once spend plus open reservations reach it. Audited. CLI: budget set [--org] --usd --mode.';
+revoke execute on function ops.budget_set(uuid, numeric, text, text, text) from public, anon, authenticated;
+grant execute on function ops.budget_set(uuid, numeric, text, text, text) to service_role;
+
+create function ops.budget_clear(p_org_id uuid, p_actor text default null)
+returns boolean
+language plpgsql
+set search_path = ''
+as $$
+declare
+  v_old ops.budgets;
+begin
+  delete from ops.budgets b where b.org_id is not distinct from p_org_id returning b.* into v_old;
+  if not found then
+    return false;
+  end if;
+  perform ops.audit(p_actor, 'budget_clear', p_org_id, null, to_jsonb(v_old), null);
+  return true;
+end;
+$$;
+comment on function ops.budget_clear(uuid, text) is 'Removes the budget of one org (or the global one); true if it existed. Audited. CLI: budget clear [--org].';
+revoke execute on function ops.budget_clear(uuid, text) from public, anon, authenticated;
+grant execute on function ops.budget_clear(uuid, text) to service_role;
+
+create function ops.policy_show(p_org_id uuid default null, p_channel text default null, p_now timestamptz default now())
+returns jsonb
+language sql
+stable
+set search_path = ''
+as $$
+  with rows as (
+    select p.* from ops.agent_policies p
+    where (p.org_id is null or p.org_id = p_org_id)
+      and (p.channel is null or p.channel = lower(btrim(p_channel)))
+  ),
+  g as (select * from rows where org_id is null and channel is null),
+  o as (select * from rows where org_id is not null and channel is null),
+  f as (select unnest(ops.policy_fields()) as field)
+  select jsonb_build_object(
+    'org_id', p_org_id,
+    'channel', lower(btrim(p_channel)),
+    'scopes', coalesce((select jsonb_agg(to_jsonb(r) order by r.org_id nulls first, r.channel nulls first) from rows r), '[]'::jsonb),
+    'effective', (
+      select jsonb_object_agg(f.field, jsonb_build_object(
+        'value', coalesce((select to_jsonb(o) -> f.field from o), (select to_jsonb(g) -> f.field from g)),
+        'from', case when (select to_jsonb(o) ->> f.field from o) is not null then 'org'
+                     when (select to_jsonb(g) ->> f.field from g) is not null then 'global'
+                     else 'environment' end))
+      from f where f.field not in ('note', 'channel_max_requests', 'channel_window_seconds')),
+    'enabled', not exists (select 1 from rows r where r.enabled is false),
+    'budgets', coalesce((select jsonb_agg(to_jsonb(b) order by b.org_id nulls first) from ops.budgets b
+                         where b.org_id is null or b.org_id = p_org_id), '[]'::jsonb),
+    'month_to_date_usd', (select round(coalesce(sum(c.usd), 0), 6) from ops.spend_counters c
+                          where c.org_id = p_org_id and c.month = date_trunc('month', p_now at time zone 'UTC')::date)
+  );
+$$;
+comment on function ops.policy_show(uuid, text, timestamptz) is
+  'The policy rows that apply to an org (and a channel), each field''s effective value and where it comes from (org, global, environment = the AI_AGENT_RATE_LIMIT_* default), whether the assistant is on, the budgets and the month-to-date spend. CLI: policy show [--org] [--channel].';
+revoke execute on function ops.policy_show(uuid, text, timestamptz) from public, anon, authenticated;
+grant execute on function ops.policy_show(uuid, text, timestamptz) to service_role;
+
+-- Per-org dashboard: every org with a policy, a budget or spend this month.
+create view ops.org_dashboard with (security_invoker = true) as
+  with orgs as (
+    select p.org_id from ops.agent_policies p where p.org_id is not null
+    union select b.org_id from ops.budgets b where b.org_id is not null
+    union select c.org_id from ops.spend_counters c where c.month = date_trunc('month', now() at time zone 'UTC')::date
+  ),
+  g as (select * from ops.agent_policies where org_id is null and channel is null)
+  select
+    o.org_id,
+    not exists (select 1 from ops.agent_policies p where (p.org_id = o.org_id or p.org_id is null) and p.channel is null and p.enabled is false)
+      as enabled,
+    coalesce(op.disabled_message, (select g.disabled_message from g)) as disabled_message,
+    coalesce(op.org_max_requests, (select g.org_max_requests from g)) as org_max_requests,
+    coalesce(op.user_max_requests, (select g.user_max_requests from g)) as user_max_requests,
+    coalesce(op.ip_max_requests, (select g.ip_max_requests from g)) as ip_max_requests,
+    rl.used as org_bucket_used,
+    rl.remaining as org_bucket_remaining,
+    rl.max_requests as org_bucket_limit,
+    coalesce(op.org_tokens_per_minute, (select g.org_tokens_per_minute from g)) as org_tokens_per_minute,
+    ops.tokens_used('org:' || o.org_id || ':minute', 60) as org_tokens_last_minute,
+    coalesce(op.org_tokens_per_day, (select g.org_tokens_per_day from g)) as org_tokens_per_day,
+    ops.tokens_used('org:' || o.org_id || ':day', 86400) as org_tokens_last_day,
+    coalesce(r.tokens, 0) as reserved_tokens,
+    round(coalesce(sc.usd, 0), 6) as month_to_date_usd,
+    round(coalesce(r.usd, 0), 6) as reserved_usd,
+    b.monthly_usd as budget_usd,
+    b.mode as budget_mode,
+    round((coalesce(sc.usd, 0) + coalesce(r.usd, 0)) / b.monthly_usd, 4) as budget_used_ratio
+  from orgs o
+  left join ops.agent_policies op on op.org_id = o.org_id and op.channel is null
+  left join ops.rate_limit_status rl on rl.bucket_key = 'org:' || o.org_id
+  left join ops.budgets b on b.org_id = o.org_id
+  left join ops.spend_counters sc on sc.org_id = o.org_id and sc.month = date_trunc('month', now() at time zone 'UTC')::date
+  left join lateral (
+    select sum(t.tokens) as tokens, sum(t.usd) as usd from ops.token_reservations t
+    where t.org_id = o.org_id and t.expires_at > now()
+  ) r on true;
+comment on view ops.org_dashboard is
+  'Per org with a policy, a budget or spend this month: switch and message, effective request limits (NULL = the environment default), the org: bucket now, token quotas against settled tokens of the last minute and day and open reservations, month-to-date spend (+ reservations) against the budget and its mode.';
+grant select on ops.org_dashboard to service_role;
+
+-- ---------------------------------------------------------------------------
 -- Sessions and housekeeping
 -- ---------------------------------------------------------------------------
 create function ops.session_show(p_session_id uuid, p_now timestamptz default now())
@@ -232,6 +532,11 @@ begin
   where r.updated_at < p_now - make_interval(secs => r.window_seconds + r.slot_ms / 1000.0);
   get diagnostics v_buckets = row_count;
 
+  -- Reservations that expired a day ago (they stopped counting then), and
+  -- token counters with nothing left in their window.
+  delete from ops.token_reservations t where t.expires_at < p_now - interval '1 day';
+  delete from ops.token_counters c where c.updated_at < p_now - interval '1 day' - make_interval(secs => c.slot_ms / 1000.0);
+
   if p_usage_retention is not null then
     delete from public.agent_usage_events e where e.created_at < p_now - p_usage_retention;
     get diagnostics v_usage = row_count;
@@ -242,6 +547,6 @@ begin
 end;
 $$;
 comment on function ops.purge_expired(timestamptz, interval) is
-  'Deletes the messages of expired sessions, rate-limit rows that hold no admission, expired Idempotency-Key rows, and (when p_usage_retention is given) older usage events. Scheduled nightly with pg_cron when present.';
+  'Deletes the messages of expired sessions, rate-limit rows that hold no admission, expired Idempotency-Key rows, token reservations expired a day ago, empty token counters, and (when p_usage_retention is given) older usage events. Scheduled nightly with pg_cron when present.';
 revoke execute on function ops.purge_expired(timestamptz, interval) from public, anon, authenticated;
 grant execute on function ops.purge_expired(timestamptz, interval) to service_role;

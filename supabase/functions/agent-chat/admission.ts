@@ -1,8 +1,9 @@
 /**
  * Owns admission: who the turn is for, from where, in which session, and the
- * one begin-turn decision (membership, opt-outs, rate limits, history).
- * Returns the admitted turn as a value, or throws the refusal as an AgentError
- * whose `facts` say what was known when it was refused.
+ * one begin-turn decision (membership, switches, opt-outs, token quotas,
+ * budgets, rate limits, history). Returns the admitted turn as a value, or
+ * throws the refusal as an AgentError whose `facts` say what was known when
+ * it was refused.
  */
 import type { Caller } from "../_shared/auth.ts";
 import { AgentError, describe } from "../_shared/errors.ts";
@@ -20,7 +21,26 @@ import type { SessionKey, SessionStore } from "./session-store.ts";
 export interface AdmissionSettings {
   rateLimit: { org: number; user: number; ip: number; windowSeconds: number };
   sessionMaxMessages: number;
+  model: string;
+  systemPrompt: string;
+  /** The model call's max_completion_tokens: part of the turn's worst case (0 when unknown). */
+  maxOutputTokens?: number;
 }
+
+/** After this long an unsettled token reservation stops counting (a turn never takes that long). */
+export const RESERVATION_SECONDS = 300;
+
+/**
+ * A generous token count for text: 2 UTF-8 bytes a token (the o200k tokenizer
+ * averages about 4 for English, 3 bytes for most other scripts) plus the
+ * chat format's 4 a message. The database counts the history it reads alike.
+ */
+export function reserveTokens(messages: ReadonlyArray<{ content: string }>, maxOutput: number) {
+  let tokens = 3 + maxOutput;
+  for (const m of messages) tokens += Math.ceil(utf8.encode(m.content).length / 2) + 4;
+  return tokens;
+}
+const utf8 = new TextEncoder();
 
 export interface AdmissionDeps {
   settings: AdmissionSettings;
@@ -62,10 +82,14 @@ export async function admit(
   body: ChatRequest,
   who: { userId: string; clientIp: string | undefined },
   session: { key: SessionKey; isNew: boolean },
+  requestId: string,
   idempotency?: IdempotencyClaim,
 ): Promise<AdmittedTurn | { replay: StoredAnswer }> {
   const plan = await storeCall(() => deps.sessions.plan(session.key, session.isNew));
-  const { rateLimit: limits, sessionMaxMessages } = deps.settings;
+  const { rateLimit: limits, sessionMaxMessages, model, systemPrompt } = deps.settings;
+  // The history a store already holds (Redis) is in the estimate; the
+  // database adds the history it reads itself.
+  const prompt = [{ content: systemPrompt }, ...plan.history({}), { content: body.message }];
   const begin = await storeCall(() =>
     deps.db.beginTurn({
       p_org_id: body.orgId,
@@ -79,6 +103,10 @@ export async function admit(
       p_ip_limit: limits.ip,
       p_window_seconds: limits.windowSeconds,
       p_max_messages: sessionMaxMessages,
+      p_request_id: requestId,
+      p_reserve_tokens: reserveTokens(prompt, deps.settings.maxOutputTokens ?? 0),
+      p_model: model,
+      p_reserve_seconds: RESERVATION_SECONDS,
       ...claimArgs(idempotency),
     })
   );
@@ -131,6 +159,21 @@ function decide(begin: BeginTurnResult, windowSeconds: number): RateLimitDecisio
     case "idempotency_mismatch":
     case "request_in_progress":
       throw idempotencyRefusal(begin);
+    case "assistant_disabled":
+      throw new AgentError(
+        "assistant_disabled",
+        begin.message ?? "the assistant is not available right now",
+        { detail: `switched off (${begin.disabled_scope})` },
+      );
+    case "budget_exceeded":
+      throw new AgentError(
+        "budget_exceeded",
+        "this organization's monthly assistant budget is used up",
+        {
+          detail:
+            `${begin.budget.scope} budget ${begin.budget.budget_usd} USD: spent ${begin.budget.spent_usd}, reserved ${begin.budget.reserved_usd}`,
+        },
+      );
     default:
       throw new AgentError("internal_error", "internal error", {
         detail: "unexpected begin-turn outcome",

@@ -66,7 +66,14 @@ export interface BeginTurnArgs {
   /** Idempotency-Key (idempotency.ts): sent only when the request carries one. */
   p_idempotency_key?: string;
   p_request_hash?: string;
-  p_request_id?: string;
+  /** The server's request id: names the token reservation its usage row settles. */
+  p_request_id: string | null;
+  /** The turn's worst case: prompt estimate (history the database reads is added there) + max output tokens. */
+  p_reserve_tokens: number;
+  /** Prices the reservation against an enforced budget. */
+  p_model: string | null;
+  /** After this many seconds an unsettled reservation stops counting. */
+  p_reserve_seconds: number;
 }
 
 export interface EndTurnArgs {
@@ -88,8 +95,29 @@ export interface EndTurnArgs {
 export type BeginTurnResult =
   & { member?: boolean }
   & (
-    | { outcome: "ok"; rate_limit: unknown; session_exists: boolean; history: ChatMessage[] }
+    | {
+      outcome: "ok";
+      rate_limit: unknown;
+      session_exists: boolean;
+      history: ChatMessage[];
+      /** Tokens reserved under a quota or an enforced budget; null when none applies. */
+      reserved_tokens?: number | null;
+    }
     | { outcome: "rate_limit"; rate_limit: unknown }
+    | {
+      outcome: "assistant_disabled";
+      message: string | null;
+      disabled_scope: "global" | "channel" | "org" | "org_channel";
+    }
+    | {
+      outcome: "budget_exceeded";
+      budget: {
+        scope: "org" | "global";
+        budget_usd: number;
+        spent_usd: number;
+        reserved_usd: number;
+      };
+    }
     | {
       outcome: "opt_out";
       opt_out_scope: "org" | "user";
@@ -210,6 +238,8 @@ const CASTS: Record<string, string> = {
   p_ttl_seconds: "integer",
   p_load_history: "boolean",
   p_session_owned: "boolean",
+  p_reserve_tokens: "integer",
+  p_reserve_seconds: "integer",
   p_usage: "jsonb",
   p_event: "jsonb",
 };

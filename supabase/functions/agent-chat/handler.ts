@@ -109,7 +109,7 @@ export function createAgentChatHandler(deps: AgentChatDeps) {
       const session = sessionKeyFor(body, who.userId);
       facts = turnFacts(facts, body, who, session.key.sessionId);
       const key = await idempotencyClaim(request.headers, body, requestId, settings);
-      const turn = await admit(deps, body, who, session, key);
+      const turn = await admit(deps, body, who, session, requestId, key);
       if ("replay" in turn) {
         return replayAnswer(turn.replay, body, headers, (s, o) => log(facts, s, o));
       }

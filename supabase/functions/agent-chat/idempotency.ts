@@ -130,13 +130,9 @@ export async function idempotencyClaim(
 /** The begin-turn arguments of a claim (none without a key, so unkeyed calls are unchanged). */
 export function claimArgs(
   claim: IdempotencyClaim | undefined,
-): Pick<BeginTurnArgs, "p_idempotency_key" | "p_request_hash" | "p_request_id"> {
+): Pick<BeginTurnArgs, "p_idempotency_key" | "p_request_hash"> {
   if (!claim) return {};
-  return {
-    p_idempotency_key: claim.key,
-    p_request_hash: claim.requestHash,
-    p_request_id: claim.requestId,
-  };
+  return { p_idempotency_key: claim.key, p_request_hash: claim.requestHash };
 }
 
 /** The refusal of a begin-turn outcome about the key. */

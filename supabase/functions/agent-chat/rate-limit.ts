@@ -3,7 +3,8 @@
  * result, and the RateLimit headers (IETF draft) that tell the client about it.
  */
 
-export type RateLimitScope = "org" | "user" | "ip";
+/** The request buckets, a policy's channel: bucket, and the token quotas (`tokens`). */
+export type RateLimitScope = "org" | "user" | "ip" | "channel" | "tokens";
 
 export interface RateLimitDecision {
   allowed: boolean;
@@ -16,6 +17,7 @@ export interface RateLimitDecision {
   windowSeconds: number;
 }
 
+/** `windowSeconds` is the default; a decision names its bucket's own window (a policy may set it). */
 export function decisionFromDatabase(raw: unknown, windowSeconds: number): RateLimitDecision {
   const r = (raw ?? {}) as Record<string, unknown>;
   return {
@@ -25,7 +27,7 @@ export function decisionFromDatabase(raw: unknown, windowSeconds: number): RateL
     remaining: Number(r.remaining ?? 0),
     resetSeconds: Number(r.reset_seconds ?? 0),
     retryAfterSeconds: Number(r.retry_after_seconds ?? 0),
-    windowSeconds,
+    windowSeconds: Number(r.window_seconds ?? windowSeconds),
   };
 }
 

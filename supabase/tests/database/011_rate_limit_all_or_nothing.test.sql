@@ -35,7 +35,7 @@ select is((select count(*)::int from ops.rate_limits
              and updated_at < '2026-03-01 10:01:00+00'), 0,
   'no ip bucket exists for calls without an IP');
 select throws_ok(
-  $$select ops.consume_rate_limits(array['user:x'], array[0], 60)$$,
+  $$select ops.consume_rate_limits(array['user:x'], array[0], array[60])$$,
   '22023', null, 'a limit below 1 is rejected');
 
 select * from finish();

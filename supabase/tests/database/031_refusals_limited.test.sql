@@ -11,7 +11,8 @@ select plan(17);
 create temp table t_ctx as
 select gen_random_uuid() as org, gen_random_uuid() as victim_org, tests.create_user() as alice, tests.create_user() as bob,
        tests.create_user() as carol, tests.create_user() as dave, gen_random_uuid() as sid,
-       timestamptz '2026-06-01 10:00:00+00' as t0;
+       timestamptz '2026-06-01 10:00:00+00' as t0,
+       '2001:db8:' || substr(md5(random()::text), 1, 4) || '::1' as ip;
 select tests.add_member(org, alice), tests.add_member(org, bob), tests.add_member(org, carol), tests.add_member(org, dave)
 from t_ctx;
 select public.agent_end_turn(sid, org, alice, 'app', 'q', 'a', 3600, 20, t0) from t_ctx;
@@ -19,7 +20,7 @@ select ops.add_opt_out(org, carol, null, 'stop', 'test') from t_ctx;
 
 -- test: forbidden (a stranger to victim_org), with a user limit of 3
 create temp table t_forbidden as
-select i, tests.begin_turn(victim_org, alice, '10.1.1.1', t0 + make_interval(secs => i), p_user_limit => 3) as r
+select i, tests.begin_turn(victim_org, alice, ip, t0 + make_interval(secs => i), p_user_limit => 3) as r
 from t_ctx, generate_series(1, 5) i;
 select results_eq($$ select r ->> 'outcome' from t_forbidden order by i $$,
   array['forbidden', 'forbidden', 'forbidden', 'rate_limit', 'rate_limit'],
@@ -30,7 +31,7 @@ select is((select r -> 'rate_limit' ->> 'scope' from t_forbidden where i = 4), '
 select is((select r -> 'member' from t_forbidden where i = 4), 'false'::jsonb, 'and says the caller is not a member');
 select is((select slot_total from ops.rate_limits, t_ctx where bucket_key = 'user:' || alice), 3,
   'the user: bucket holds the three refusals');
-select is((select count(*)::int from ops.rate_limits, t_ctx where bucket_key in ('org:' || victim_org, 'ip:10.1.1.1')), 0,
+select is((select count(*)::int from ops.rate_limits, t_ctx where bucket_key in ('org:' || victim_org, 'ip:' || ip)), 0,
   'the named org and the address pay nothing');
 
 -- test: opt_out

@@ -28,7 +28,10 @@ const begin: Required<BeginTurnArgs> = {
   p_session_owned: null,
   p_idempotency_key: "",
   p_request_hash: "",
-  p_request_id: "",
+  p_request_id: null,
+  p_reserve_tokens: 0,
+  p_model: null,
+  p_reserve_seconds: 0,
 };
 const end: Required<EndTurnArgs> = {
   p_session_id: "",
