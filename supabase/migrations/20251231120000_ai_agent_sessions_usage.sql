@@ -254,7 +254,7 @@ values ('gpt-4.1-mini', 0.30, 0.30, 1.20,
 create table ops.budgets (
   id bigint generated always as identity primary key,
   org_id uuid,
-  monthly_usd numeric(12, 2) not null check (monthly_usd > 0),
+  monthly_usd numeric(14, 6) not null check (monthly_usd > 0),
   mode text not null default 'alert' check (mode in ('alert', 'enforce')),
   note text,
   created_at timestamptz not null default now(),

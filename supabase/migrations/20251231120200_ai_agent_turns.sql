@@ -185,7 +185,13 @@ begin
   end if;
 
   -- A refusal costs one slot of the user: bucket; past the limit it is rate_limit.
+  -- A non-member is held to the global user limit: the org's own policy is
+  -- none of its business (its RateLimit headers would show it).
   if v_refusal is not null then
+    if v_refusal ->> 'outcome' = 'forbidden' then
+      v_user_limit := coalesce(v_global.user_max_requests, p_user_limit);
+      v_user_window := coalesce(v_global.user_window_seconds, p_window_seconds);
+    end if;
     v_decision := ops.consume_rate_limits(
       array['user:' || p_user_id], array[v_user_limit], array[v_user_window], p_now);
     if not (v_decision ->> 'allowed')::boolean then

@@ -4,7 +4,7 @@
 -- functions validate and audit every change.
 begin;
 \ir ../support/pgtap-helpers.psql
-select plan(27);
+select plan(28);
 
 -- setup
 create temp table t_ctx as
@@ -32,6 +32,8 @@ select is((select (tests.begin_turn(org, alice, null, t0 + interval '2 minutes',
 select ops.policy_clear(null, null, 'ops@example.test');
 select is((select tests.begin_turn(org2, bob, null, t0 + interval '20 minutes', p_user_limit => 100) ->> 'outcome' from t_ctx),
   'ok', 'once the global row is cleared the environment''s limit applies again, on the next call');
+select is((select tests.begin_turn(org, bob, null, t0 + interval '21 minutes', p_user_limit => 100) -> 'rate_limit' ->> 'limit' from t_ctx),
+  '100', 'a non-member naming the tenant is held to the global limit, not the tenant''s (its headers would show it)');
 
 -- test: a channel throttle for everyone, all-or-nothing with the other buckets
 select ops.policy_set(null, 'whatsapp', '{"channel_max_requests": 2, "channel_window_seconds": 60}', 'incident');

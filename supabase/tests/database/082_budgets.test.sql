@@ -58,7 +58,7 @@ select is((select pg_temp.turn(org2, bob, 'g1', t0 + interval '5 minutes') -> 'b
   'and says it is the global one');
 
 -- test: the per-org dashboard
-select is((select budget_mode || ' ' || budget_usd from ops.org_dashboard d, t_ctx where d.org_id = t_ctx.org), 'enforce 0.02',
+select is((select budget_mode || ' ' || budget_usd::float8 from ops.org_dashboard d, t_ctx where d.org_id = t_ctx.org), 'enforce 0.02',
   'ops.org_dashboard shows the tenant''s budget and mode');
 select pg_temp.turn(org, alice, 'now-1', now()) from t_ctx;
 select is((select reserved_tokens::bigint from ops.org_dashboard d, t_ctx where d.org_id = t_ctx.org), 10000::bigint,
