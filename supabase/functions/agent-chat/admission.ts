@@ -23,8 +23,8 @@ export interface AdmissionSettings {
   sessionMaxMessages: number;
   model: string;
   systemPrompt: string;
-  /** The model call's max_completion_tokens: part of the turn's worst case (0 when unknown). */
-  maxOutputTokens?: number;
+  /** The model call's max_completion_tokens: part of the turn's worst case. */
+  maxOutputTokens: number;
 }
 
 /** After this long an unsettled token reservation stops counting (a turn never takes that long). */
@@ -104,7 +104,7 @@ export async function admit(
       p_window_seconds: limits.windowSeconds,
       p_max_messages: sessionMaxMessages,
       p_request_id: requestId,
-      p_reserve_tokens: reserveTokens(prompt, deps.settings.maxOutputTokens ?? 0),
+      p_reserve_tokens: reserveTokens(prompt, deps.settings.maxOutputTokens),
       p_model: model,
       p_reserve_seconds: RESERVATION_SECONDS,
       ...claimArgs(idempotency),

@@ -40,6 +40,7 @@ export type HandlerSettings =
     | "bodyTimeoutMs"
     | "allowedOrigins"
     | "userChannels"
+    | "maxOutputTokens"
     | "refusalLogIntervalSeconds"
   >
   & { transport: string };

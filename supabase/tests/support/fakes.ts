@@ -60,6 +60,7 @@ export const SETTINGS: HandlerSettings = {
   systemPrompt: "be brief",
   sessionStore: "supabase",
   sessionMaxMessages: 20,
+  maxOutputTokens: 800,
   sessionTtlSeconds: 3600,
   rateLimit: { org: 10, user: 10, ip: 10, windowSeconds: 60 },
   trustedProxyHops: 1,
