@@ -164,7 +164,11 @@ export const commands: Record<string, Command> = {
       const byOrg = await ctx
         .sql`select * from ops.usage_report(${from}, ${to}, null, ${org}::uuid, true)`;
       const alerts = await ctx.sql`select * from ops.open_alerts`;
+      const tenants = await ctx.sql`select * from ops.org_dashboard
+        where ${org}::uuid is null or org_id = ${org}::uuid
+        order by budget_used_ratio desc nulls last, org_id`;
       const html = renderReport({
+        tenants,
         from,
         to,
         bucket,

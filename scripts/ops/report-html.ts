@@ -19,6 +19,8 @@ export interface ReportInput {
   org: string | null;
   series: Array<Record<string, unknown>>;
   byOrg: Array<Record<string, unknown>>;
+  /** ops.org_dashboard: each tenant's policy, bucket and quota use, spend against budget. */
+  tenants: Array<Record<string, unknown>>;
   alerts: Array<Record<string, unknown>>;
   generatedAt: Date;
 }
@@ -138,6 +140,24 @@ ${
       "total_tokens",
       "estimated_usd",
     ], "No requests in this period.")
+  }</div>
+<div class="card" style="margin-top:16px"><h2>Tenants: policy, use now, spend this month</h2>
+${
+    rowsTable(input.tenants, [
+      "org_id",
+      "enabled",
+      "org_max_requests",
+      "user_max_requests",
+      "org_bucket_used",
+      "org_bucket_limit",
+      "org_tokens_last_day",
+      "org_tokens_per_day",
+      "month_to_date_usd",
+      "reserved_usd",
+      "budget_usd",
+      "budget_mode",
+      "budget_used_ratio",
+    ], "No tenant has a policy, a budget or spend this month.")
   }</div>
 <script id="report-data" type="application/json">${scriptJson({ points, charts })}</script>
 <script>

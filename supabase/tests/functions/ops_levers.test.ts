@@ -66,3 +66,22 @@ Deno.test("ops levers: set, show as JSON with numbers, audit, clear", async () =
   assertEquals(cleared[0].cleared, true);
   await ops("budget", "clear", "--org", id);
 });
+
+Deno.test("ops report: the tenants table shows a tenant's policy and budget", async () => {
+  const id = org();
+  await ops("policy", "set", "--org", id, "org_max_requests=321");
+  await ops("budget", "set", "42", "--org", id, "--mode", "enforce");
+  const dir = await Deno.makeTempDir({ prefix: "agent-chat-levers-" });
+  try {
+    const r = await ops("report", "--html", `${dir}/r.html`, "--since", "1h", "--org", id);
+    assertEquals(r.code, 0, r.err);
+    const html = await Deno.readTextFile(`${dir}/r.html`);
+    const section = html.slice(html.indexOf("Tenants: policy"));
+    assert(section.includes(id), "the tenant's row");
+    assert(section.includes("321") && section.includes("enforce"), "its limit and budget mode");
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+    await ops("policy", "clear", "--org", id);
+    await ops("budget", "clear", "--org", id);
+  }
+});
