@@ -2,7 +2,8 @@
  * Load: the profile's requests at 64 concurrent over 150 members (a third
  * from 10 heavy users who go over their limit), per store. No 5xx, every
  * user admitted exactly min(attempts, limit) times, every answered turn
- * stored, one usage row per request.
+ * stored with exactly one usage row (refusals are counted in aggregate
+ * rows, so they have none of their own).
  */
 import { pool, type ReliabilityContext, send, type Sent, STORES } from "./context.ts";
 
@@ -80,7 +81,7 @@ export async function load(ctx: ReliabilityContext): Promise<void> {
       }
     }
     ctx.record(`load (${store})`, "every answered turn is stored", answered.length, stored);
-    const ids = results.map((r) => r.requestId);
+    const ids = answered.map((r) => r.requestId);
     // The stored request_id is the server's; the id this client sent is kept beside it.
     const usage = await ctx.sql`
       select metadata->>'client_request_id' as id, count(*)::int as n
@@ -88,7 +89,7 @@ export async function load(ctx: ReliabilityContext): Promise<void> {
       where metadata->>'client_request_id' = any(${ids})
       group by 1`;
     const one = usage.filter((u) => u.n === 1).length;
-    ctx.record(`load (${store})`, "one usage row per request", ids.length, one);
+    ctx.record(`load (${store})`, "one usage row per answered request", ids.length, one);
     const p99 = results.map((r) => r.ms).sort((a, b) => a - b)[Math.floor(results.length * 0.99)]!;
     ctx.log(
       `load (${store}): p99 ${p99.toFixed(1)} ms, ${answered.length} answered, ${
