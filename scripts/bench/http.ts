@@ -62,7 +62,7 @@ export async function readBaseline(): Promise<Baseline | undefined> {
   }
 }
 
-export async function writeBaseline(figures: HttpFigures[]): Promise<void> {
+async function writeBaseline(figures: HttpFigures[]): Promise<void> {
   const baseline: Baseline = {
     measured: new Date().toISOString().slice(0, 10),
     c64Share: Object.fromEntries(figures.map((f) => [f.key, Number(f.share64.toFixed(4))])),
@@ -72,6 +72,7 @@ export async function writeBaseline(figures: HttpFigures[]): Promise<void> {
 
 export async function http(
   ctx: BenchContext,
+  options: { recordBaseline: boolean },
 ): Promise<ScenarioResult & { figures: HttpFigures[] }> {
   const { seconds, unloadedRuns } = ctx.profile;
   const forwarder = await ctx.stack.spawn(forwarderProcess, {
@@ -157,6 +158,7 @@ export async function http(
     ]);
   }
 
+  if (options.recordBaseline) await writeBaseline(figures);
   const costRows = figures.map((f) => [
     f.key,
     fixed(f.pgCpuPerTurn),
