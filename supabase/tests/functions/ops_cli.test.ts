@@ -314,3 +314,42 @@ Deno.test("ops report: a self-contained HTML page whose charts draw in headless 
     } else await Deno.remove(dir, { recursive: true });
   }
 });
+
+Deno.test("reliability: SIGTERM stops the stack it started (PostgreSQL, Redis, processes) and exits", async () => {
+  const child = new Deno.Command(Deno.execPath(), {
+    args: ["run", "--allow-all", "--no-check", "scripts/reliability.ts", "--profile", "ci"],
+    cwd: root,
+    env: { NO_COLOR: "1" },
+    stdin: "null",
+    stdout: "null",
+    stderr: "piped",
+  }).spawn();
+  const lines = child.stderr.pipeThrough(new TextDecoderStream()).getReader();
+  let text = "";
+  let ports: number[] = [];
+  const deadline = Date.now() + 60_000;
+  while (Date.now() < deadline) {
+    const { value, done } = await lines.read();
+    if (done) break;
+    text += value;
+    const m = /postgres postgres:\/\/\S+:(\d+)\/\S+ redis redis:\/\/\S+:(\d+)/.exec(text);
+    if (m) {
+      ports = [Number(m[1]), Number(m[2])];
+      break;
+    }
+  }
+  assertEquals(ports.length, 2, `the stack started: ${text}`);
+  child.kill("SIGTERM");
+  (async () => {
+    while (!(await lines.read()).done) { /* drain */ }
+  })().catch(() => {});
+  const status = await child.status;
+  assertEquals(status.code, 130);
+  for (const port of ports) {
+    const open = await Deno.connect({ hostname: "127.0.0.1", port }).then(
+      (c) => (c.close(), true),
+      () => false,
+    );
+    assertEquals(open, false, `port ${port} is closed`);
+  }
+});
