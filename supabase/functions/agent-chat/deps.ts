@@ -77,6 +77,7 @@ export function buildDependencies(
       maxOutputTokens: config.maxOutputTokens,
       timeoutMs: config.openai.timeoutMs,
       maxRetries: config.openai.maxRetries,
+      client: config.openai.client,
     }),
     usage,
     refusals,

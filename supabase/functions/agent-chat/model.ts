@@ -7,6 +7,7 @@
 import OpenAI from "openai";
 import type { ChatMessage } from "./database.ts";
 import { RetriesExhausted, withRetries } from "./model-retry.ts";
+import { createFetchCompletion } from "./model-fetch.ts";
 
 export interface TokenUsage {
   prompt_tokens: number;
@@ -47,6 +48,8 @@ export interface ModelOptions {
   maxOutputTokens: number;
   timeoutMs: number;
   maxRetries: number;
+  /** Non-streaming calls as one plain fetch (model-fetch.ts, the default) or through the SDK. */
+  client?: "sdk" | "fetch";
 }
 
 function usageOf(raw: OpenAI.CompletionUsage | null | undefined): TokenUsage | undefined {
@@ -87,12 +90,20 @@ export function createOpenAIModel(options: ModelOptions): ModelClient {
   });
   const retried = <T>(call: () => Promise<T>, signal: AbortSignal) =>
     withRetries(call, options.maxRetries, signal);
+  const create = options.client !== "sdk"
+    ? createFetchCompletion({
+      apiKey: options.apiKey,
+      baseURL: options.baseURL ?? "https://api.openai.com/v1",
+      timeoutMs: options.timeoutMs,
+    })
+    : (body: OpenAI.ChatCompletionCreateParamsNonStreaming, signal: AbortSignal) =>
+      client.chat.completions.create(body, { signal });
 
   return {
     async complete(messages, signal) {
       try {
         const { value: res, unsettled } = await retried(
-          () => client.chat.completions.create(params(messages), { signal }),
+          () => create(params(messages), signal),
           signal,
         );
         const text = res.choices?.[0]?.message?.content;

@@ -230,7 +230,16 @@ export async function spawnService(
 ): Promise<Service> {
   const started = performance.now();
   const child = new Deno.Command(Deno.execPath(), {
-    args: ["run", "--allow-all", "--no-check", ...(options.denoFlags ?? []), script],
+    // request.signal aborts only when the client goes away (no abort, and no
+    // DOMException, after every answered request): what the handler assumes.
+    args: [
+      "run",
+      "--allow-all",
+      "--no-check",
+      "--unstable-no-legacy-abort",
+      ...(options.denoFlags ?? []),
+      script,
+    ],
     env: { ...env, NO_COLOR: "1" },
     stdout: "piped",
     stderr: "inherit",
