@@ -100,7 +100,6 @@ async function runDenoTests(env: Record<string, string>): Promise<Tally> {
     "test",
     "--allow-all",
     "--no-check",
-    "--unstable-no-legacy-abort",
     ...paths,
   ], env);
   const m = /(?:ok|FAILED) \| (\d+) passed(?: \((\d+) steps?\))? \| (\d+) failed/.exec(res.text);
