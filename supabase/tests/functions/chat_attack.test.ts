@@ -278,3 +278,45 @@ Deno.test("defect E: many accounts with an unknown address write one refusal row
       where created_at >= ${since} and user_id = any(${users})`;
     assert(rows[0]!.n <= 30, `${rows[0]!.n} rows for 60 refusals from one (unknown) address`);
   }));
+
+// ---------------------------------------------------------------------------
+// Defect F: text the model sends back is not made storable before it is
+// written as JSON. An OpenAI-compatible upstream (OPENAI_BASE_URL) that
+// answers with an unpaired surrogate escape ("\ud83d" is valid JSON) puts it
+// in the Idempotency-Key settlement (the stored answer) that the Supabase
+// store sends inside agent_finish_turn's p_usage jsonb, unsanitised
+// (usage.ts sanitises only its own insert): Postgres refuses the jsonb, the
+// save fails, the caller gets 503 session_store_error (a *served* failure,
+// counted against the success rate), the answer is lost and the key is
+// released, while the Redis store answers 200. (Real PostgREST decodes every
+// argument from the JSON body, so there the plain text arguments fail too;
+// the stand-in binds text arguments as UTF-8, which hides that.)
+// ---------------------------------------------------------------------------
+
+for (const store of STORES) {
+  for (const transport of ["rpc", "postgres"] as const) {
+    Deno.test(`defect F (${store}, ${transport}, Idempotency-Key): an answer holding an unpaired surrogate is stored and answered 200, metered once`, () =>
+      withHarness({ store, transport }, async (h) => {
+        const m = await h.member();
+        h.openai.script({ kind: "reply", text: "half an emoji: \ud83d" });
+        const res = await keyed(h, m, { message: "hi", org_id: m.orgId }, "surrogate-1");
+        const text = await res.text();
+        const requestId = res.headers.get("x-request-id")!;
+        const rows = await h.usageRows(requestId);
+        assertEquals(rows.length, 1, "one usage row");
+        assert(Number(rows[0]!.total_tokens) > 0, "with the tokens");
+        assertEquals(res.status, 200, text);
+        const { session_id } = JSON.parse(text);
+        const next = await h.call({ message: "again", org_id: m.orgId, session_id }, {
+          token: m.token,
+          ip: m.ip,
+        });
+        assertEquals(await statusOf(next), 200);
+        const sent = h.openai.requests.at(-1)!.body.messages.filter((x) => x.role !== "system");
+        assertEquals(sent.length, 3, "the first turn was stored");
+        const replay = await keyed(h, m, { message: "hi", org_id: m.orgId }, "surrogate-1");
+        assertEquals(replay.headers.get("idempotent-replayed"), "true", "the key kept the answer");
+        await replay.body?.cancel();
+      }));
+  }
+}
