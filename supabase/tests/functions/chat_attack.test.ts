@@ -13,7 +13,7 @@
  * its own peer.
  */
 import postgres from "postgres";
-import { SignJWT } from "jose";
+import { generateKeyPair, SignJWT } from "jose";
 import { assert, assertEquals } from "./assert.ts";
 import { type Harness, type Member, startHarness, testUrls } from "../support/function-harness.ts";
 
@@ -320,3 +320,183 @@ for (const store of STORES) {
       }));
   }
 }
+
+// ---------------------------------------------------------------------------
+// Defect G: refusals decided by the Idempotency-Key check are never limited.
+// DESIGN.md: "Refusals of an authenticated caller are limited too"; the
+// Security section charges every refusal decided by the database a user:
+// slot so "refusals cannot outrun the user limit". 422 idempotency_mismatch
+// (and 409 request_in_progress) are decided by the same begin-turn call but
+// charge nothing: a user past the user limit keeps the database answering
+// begin-turn calls without end (each takes an advisory lock), and a stolen
+// token cannot be throttled.
+// ---------------------------------------------------------------------------
+
+Deno.test("defect G: idempotency_mismatch refusals never count against the user limit", () =>
+  withHarness({
+    env: {
+      AI_AGENT_RATE_LIMIT_USER_MAX_REQUESTS: "3",
+      AI_AGENT_REFUSAL_LOG_INTERVAL_SECONDS: "3600",
+    },
+  }, async (h) => {
+    const m = await h.member();
+    assertEquals(await statusOf(await keyed(h, m, { message: "a", org_id: m.orgId }, "g-1")), 200);
+    const calls = h.gateway.postgrest.calls;
+    const statuses: number[] = [];
+    for (let i = 0; i < 20; i++) {
+      statuses.push(
+        await statusOf(await keyed(h, m, { message: `b${i}`, org_id: m.orgId }, "g-1")),
+      );
+    }
+    const beginTurns = h.gateway.postgrest.calls - calls;
+    const answered = statuses.filter((s) => s === 422).length;
+    assert(
+      answered <= 3,
+      `${answered} of 20 mismatches answered 422 with a user limit of 3 (${beginTurns} database calls)`,
+    );
+  }));
+
+// ---------------------------------------------------------------------------
+// Held: direct SQL as anon and authenticated (what a leaked anon key or a
+// user's own token can reach through PostgREST).
+// ---------------------------------------------------------------------------
+
+Deno.test("held: anon and authenticated reach no table, sequence or function beyond their own sessions", () =>
+  withHarness({}, async (h) => {
+    const owner = await h.member();
+    const other = await h.member(owner.orgId);
+    const answered = await h.call({ message: "secret", org_id: owner.orgId }, {
+      token: owner.token,
+    });
+    const { session_id } = await answered.json();
+    const attempts: Record<string, string> = {
+      "read usage": "select * from public.agent_usage_events limit 1",
+      "insert usage":
+        "insert into public.agent_usage_events (request_id, success) values ('x', true)",
+      "read opt-outs": "select * from public.agent_opt_outs limit 1",
+      "add opt-out": `insert into public.agent_opt_outs (org_id) values ('${owner.orgId}')`,
+      "join an org":
+        `insert into public.org_memberships (org_id, user_id, role) values ('${owner.orgId}', '${other.userId}', 'admin')`,
+      "setval usage seq": "select setval('public.agent_usage_events_id_seq', 2147483647)",
+      "nextval messages seq": "select nextval('public.agent_session_messages_id_seq')",
+      "write a message":
+        `insert into public.agent_session_messages (session_id, role, content) values ('${session_id}', 'assistant', 'x')`,
+      "update a session":
+        `update public.agent_sessions set user_id = user_id where id = '${session_id}'`,
+      "rate limits": "select * from ops.rate_limits limit 1",
+      "clear a bucket": `select ops.clear_rate_limit('user:${other.userId}')`,
+      "idempotency keys": "select * from ops.idempotency_keys limit 1",
+      "begin turn":
+        `select public.agent_begin_turn('${owner.orgId}'::uuid, '${other.userId}'::uuid)`,
+      "log usage": `select public.agent_log_usage('{"request_id":"x"}'::jsonb)`,
+      "settle a key": `select public.agent_settle_idempotency('{}'::jsonb)`,
+      "finish turn":
+        `select public.agent_end_turn('${session_id}'::uuid, '${owner.orgId}'::uuid, '${other.userId}'::uuid, 'app', 'a', 'b')`,
+      "usage report": "select * from ops.usage_report(now() - interval '1 day', now())",
+      "health view": "select * from ops.health_15m",
+      "purge": "select ops.purge_expired()",
+    };
+    for (const role of ["anon", "authenticated"]) {
+      for (const [name, statement] of Object.entries(attempts)) {
+        let error: string | undefined;
+        try {
+          await h.sql.begin(async (tx) => {
+            await tx.unsafe(`set local role ${role}`);
+            await tx`select set_config('request.jwt.claims', ${
+              JSON.stringify({ sub: other.userId, role })
+            }, true)`;
+            await tx.unsafe(statement);
+            // Whatever it did, undo it: the test only wants to know if it was allowed.
+            throw Object.assign(new Error("allowed"), { code: "allowed" });
+          });
+        } catch (e) {
+          error = (e as { code?: string }).code;
+        }
+        if (error === "allowed") error = undefined;
+        assert(
+          error === "42501" || error === "3F000",
+          `${role}: ${name} must be refused (got ${error ?? "success"})`,
+        );
+      }
+      // Reads RLS allows: nothing of another user's session.
+      const peek = await h.sql.begin(async (tx) => {
+        await tx.unsafe(`set local role ${role}`);
+        await tx`select set_config('request.jwt.claims', ${
+          JSON.stringify({ sub: other.userId, role })
+        }, true)`;
+        if (role === "anon") return [];
+        return await tx`select m.content from public.agent_session_messages m
+                        join public.agent_sessions s on s.id = m.session_id
+                        where s.id = ${session_id}`;
+      });
+      assertEquals(peek.length, 0, `${role} reads no other user's messages`);
+    }
+  }));
+
+// ---------------------------------------------------------------------------
+// Held: JWT tricks beyond chat_security.test.ts (alg none, unknown kid, a
+// wrong audience, a token expired beyond the clock tolerance, a forged
+// signature on a good payload).
+// ---------------------------------------------------------------------------
+
+Deno.test("held: alg none, unknown kid, wrong audience, expired and re-signed tokens are 401", () =>
+  withHarness({}, async (h) => {
+    const m = await h.member();
+    const claims = {
+      sub: m.userId,
+      aud: "authenticated",
+      role: "authenticated",
+      iss: h.auth.issuer,
+      exp: inAnHour(),
+    };
+    const b64 = (v: unknown) =>
+      btoa(JSON.stringify(v)).replace(/=+$/, "").replace(/\+/g, "-").replace(/\//g, "_");
+    const hs = async (c: Record<string, unknown>, header: Record<string, unknown> = {}) =>
+      await new SignJWT(c).setProtectedHeader({ alg: "HS256", typ: "JWT", ...header }).sign(
+        new TextEncoder().encode(h.auth.jwtSecret),
+      );
+    const hmacSigned = async (header: unknown, payload: unknown) => {
+      const input = `${b64(header)}.${b64(payload)}`;
+      const key = await crypto.subtle.importKey(
+        "raw",
+        new TextEncoder().encode(h.auth.jwtSecret),
+        { name: "HMAC", hash: "SHA-256" },
+        false,
+        ["sign"],
+      );
+      const mac = new Uint8Array(
+        await crypto.subtle.sign("HMAC", key, new TextEncoder().encode(input)),
+      );
+      const sig64 = btoa(String.fromCharCode(...mac)).replace(/=+$/, "").replace(/\+/g, "-")
+        .replace(/\//g, "_");
+      return `${input}.${sig64}`;
+    };
+    // Control: a hand-signed token with the same helper is accepted.
+    const control = await hmacSigned({ alg: "HS256", typ: "JWT" }, claims);
+    const ok = await h.call({ message: "hi", org_id: m.orgId }, { token: control });
+    assertEquals(await statusOf(ok), 200, "control token");
+    const [head, , sig] = m.token.split(".");
+    const tokens: Record<string, string> = {
+      "alg none": `${b64({ alg: "none", typ: "JWT" })}.${b64(claims)}.`,
+      "alg none, upper case": `${b64({ alg: "NONE" })}.${b64(claims)}.`,
+      "ES256 header, payload swapped": `${head}.${
+        b64({ ...claims, sub: crypto.randomUUID() })
+      }.${sig}`,
+      "wrong audience": await hs({ ...claims, aud: "anon" }),
+      "expired a minute ago": await hs({ ...claims, exp: Math.floor(Date.now() / 1000) - 60 }),
+      "crit header": await hmacSigned({ alg: "HS256", crit: ["x-evil"], "x-evil": true }, claims),
+      "ES256 signed by a key the JWKS does not hold": await new SignJWT(claims)
+        .setProtectedHeader({ alg: "ES256", kid: h.auth.jwks.keys[0]!.kid!, typ: "JWT" })
+        .sign((await generateKeyPair("ES256")).privateKey),
+      "ES256 with an unknown kid": await new SignJWT(claims)
+        .setProtectedHeader({ alg: "ES256", kid: "../../etc/passwd", typ: "JWT" })
+        .sign((await generateKeyPair("ES256")).privateKey),
+      "two-part token": `${b64({ alg: "HS256" })}.${b64(claims)}`,
+    };
+    for (const [name, token] of Object.entries(tokens)) {
+      const res = await h.call({ message: "hi", org_id: m.orgId }, { token });
+      assertEquals(res.status, 401, name);
+      await res.body?.cancel();
+    }
+    assertEquals(h.openai.requests.length, 1, "only the control token reached the model");
+  }));
