@@ -111,9 +111,12 @@ begin
   end if;
   -- 0. Idempotency-Key, before any check or bucket: a replay, a different body
   -- or a duplicate still running ends here (20251231120600_ai_agent_idempotency).
+  -- A replay is free; a different body (422) or a duplicate still running
+  -- (409) is a refusal, charged below like the others.
   if p_idempotency_key is not null then
     v_idempotency := ops.idempotency_check(p_user_id, p_idempotency_key, p_request_hash, p_now);
-    if v_idempotency is not null then return v_idempotency; end if;
+    if v_idempotency ->> 'outcome' = 'replay' then return v_idempotency; end if;
+    v_refusal := v_idempotency;
   end if;
   -- This transaction writes rate-limit counters and reservations. Not
   -- waiting for the WAL flush at commit shortens how long the hot org row
@@ -136,7 +139,9 @@ begin
   v_user_window := coalesce(v_org.user_window_seconds, v_global.user_window_seconds, p_window_seconds);
 
   -- 1. Membership.
-  if not exists (
+  if v_refusal is not null then
+    null; -- an Idempotency-Key refusal: decided before membership
+  elsif not exists (
     select 1 from public.org_memberships m where m.org_id = p_org_id and m.user_id = p_user_id
   ) then
     v_refusal := jsonb_build_object('outcome', 'forbidden', 'member', false);
@@ -185,10 +190,11 @@ begin
   end if;
 
   -- A refusal costs one slot of the user: bucket; past the limit it is rate_limit.
-  -- A non-member is held to the global user limit: the org's own policy is
-  -- none of its business (its RateLimit headers would show it).
+  -- A non-member (or a caller whose membership was not checked: an
+  -- Idempotency-Key refusal) is held to the global user limit: the org's own
+  -- policy is none of its business (its RateLimit headers would show it).
   if v_refusal is not null then
-    if v_refusal ->> 'outcome' = 'forbidden' then
+    if (v_refusal ->> 'member') is distinct from 'true' then
       v_user_limit := coalesce(v_global.user_max_requests, p_user_limit);
       v_user_window := coalesce(v_global.user_window_seconds, p_window_seconds);
     end if;

@@ -19,8 +19,12 @@ export function normalizeIp(raw: string | null | undefined): string | undefined 
   if (v.includes(":") && v.length <= 45 && /^[0-9a-fA-F:.]+$/.test(v)) {
     try {
       // URL parsing validates and canonicalises IPv6 (lowercase, compressed).
-      const host = new URL(`http://[${v}]/`).hostname;
-      return host.slice(1, -1);
+      const host = new URL(`http://[${v}]/`).hostname.slice(1, -1);
+      // An IPv4 client seen through a dual-stack socket: the same client as its dotted form.
+      const mapped = /^::ffff:([0-9a-f]{1,4}):([0-9a-f]{1,4})$/.exec(host);
+      if (!mapped) return host;
+      const [hi, lo] = [parseInt(mapped[1]!, 16), parseInt(mapped[2]!, 16)];
+      return `${hi >> 8}.${hi & 255}.${lo >> 8}.${lo & 255}`;
     } catch {
       return undefined;
     }

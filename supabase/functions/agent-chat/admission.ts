@@ -6,6 +6,7 @@
  * it was refused.
  */
 import type { Caller } from "../_shared/auth.ts";
+import { addressBlock } from "../_shared/client-ip.ts";
 import { AgentError, describe } from "../_shared/errors.ts";
 import type { BeginTurnResult, ChatMessage, TurnDatabase } from "./database.ts";
 import {
@@ -94,7 +95,8 @@ export async function admit(
     deps.db.beginTurn({
       p_org_id: body.orgId,
       p_user_id: who.userId,
-      p_client_ip: who.clientIp ?? null,
+      // The ip: bucket is per address block: one IPv6 subscriber holds a whole /64.
+      p_client_ip: who.clientIp ? addressBlock(who.clientIp) : null,
       p_channel: body.channel,
       ...plan.beginTurn,
       p_session_owned: plan.owned,
@@ -124,15 +126,15 @@ export async function admit(
 
 /**
  * The begin-turn outcome as the admitted decision, or the refusal it means.
- * A refusal of a non-member says so (`member: false`), so its row does not
- * name the org.
+ * A refusal says whether the database found the caller a member
+ * (`member`): only a member's refusal row names the org.
  */
 function decide(begin: BeginTurnResult, windowSeconds: number): RateLimitDecision {
   const rl = "rate_limit" in begin && begin.rate_limit
     ? decisionFromDatabase(begin.rate_limit, windowSeconds)
     : undefined;
   const headers = rl ? rateLimitHeaders(rl) : {};
-  const member = begin.member === false ? { member: false } : {};
+  const member = { member: begin.member === true };
   switch (begin.outcome) {
     case "ok":
       return rl!;
@@ -145,6 +147,7 @@ function decide(begin: BeginTurnResult, windowSeconds: number): RateLimitDecisio
     case "opt_out":
       throw new AgentError("opt_out", "the assistant is turned off for this account", {
         headers,
+        ...member,
         detail: `opt-out scope ${begin.opt_out_scope}${
           begin.opt_out_channel ? ` channel ${begin.opt_out_channel}` : ""
         }`,
@@ -155,7 +158,7 @@ function decide(begin: BeginTurnResult, windowSeconds: number): RateLimitDecisio
         member: false,
       });
     case "session_not_found":
-      throw new AgentError("session_not_found", "session not found", { headers });
+      throw new AgentError("session_not_found", "session not found", { headers, ...member });
     case "idempotency_mismatch":
     case "request_in_progress":
       throw idempotencyRefusal(begin);
@@ -163,7 +166,7 @@ function decide(begin: BeginTurnResult, windowSeconds: number): RateLimitDecisio
       throw new AgentError(
         "assistant_disabled",
         begin.message ?? "the assistant is not available right now",
-        { detail: `switched off (${begin.disabled_scope})` },
+        { detail: `switched off (${begin.disabled_scope})`, ...member },
       );
     case "budget_exceeded":
       throw new AgentError(
@@ -172,6 +175,7 @@ function decide(begin: BeginTurnResult, windowSeconds: number): RateLimitDecisio
         {
           detail:
             `${begin.budget.scope} budget ${begin.budget.budget_usd} USD: spent ${begin.budget.spent_usd}, reserved ${begin.budget.reserved_usd}`,
+          ...member,
         },
       );
     default:

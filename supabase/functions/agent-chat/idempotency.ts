@@ -107,11 +107,14 @@ export async function requestHash(body: ChatRequest): Promise<string> {
   return Array.from(new Uint8Array(digest), (b) => b.toString(16).padStart(2, "0")).join("");
 }
 
+/** The same value with every object's keys sorted (objects stay objects, so no array can collide). */
 function canonical(value: unknown): unknown {
   if (Array.isArray(value)) return value.map(canonical);
   if (value === null || typeof value !== "object") return value;
   const obj = value as Record<string, unknown>;
-  return Object.keys(obj).sort().map((k) => [k, canonical(obj[k])]);
+  const sorted: Record<string, unknown> = Object.create(null);
+  for (const k of Object.keys(obj).sort()) sorted[k] = canonical(obj[k]);
+  return sorted;
 }
 
 /** The claim of a keyed request, or undefined when it sent no key. */

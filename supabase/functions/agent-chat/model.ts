@@ -8,6 +8,7 @@ import OpenAI from "openai";
 import type { ChatMessage } from "./database.ts";
 import { RetriesExhausted, withRetries } from "./model-retry.ts";
 import { createFetchCompletion } from "./model-fetch.ts";
+import { storable } from "../_shared/text.ts";
 
 export interface TokenUsage {
   prompt_tokens: number;
@@ -102,14 +103,15 @@ export function createOpenAIModel(options: ModelOptions): ModelClient {
   return {
     async complete(messages, signal) {
       try {
-        const { value: res, unsettled } = await retried(
+        const { value: res, unsettled: unsettledAttempts } = await retried(
           () => create(params(messages), signal),
           signal,
         );
         const text = res.choices?.[0]?.message?.content;
         if (typeof text !== "string") throw new ModelError("openai answer has no message content");
-        const model = res.model ?? options.model;
-        return { text, usage: usageOf(res.usage), model, unsettledAttempts: unsettled };
+        // What the upstream sends is stored: no unpaired surrogate or NUL may reach Postgres.
+        const model = storable(res.model ?? options.model);
+        return { text: storable(text), usage: usageOf(res.usage), model, unsettledAttempts };
       } catch (error) {
         throw wrap(error);
       }
@@ -156,5 +158,7 @@ async function* relayChunks(
     }
   }
   if (!finished) throw new ModelError("openai stream ended before the answer finished");
-  yield { type: "done", answer: { text, usage, model, unsettledAttempts } };
+  // The whole text, made storable once (a pair split across two deltas is whole here).
+  const answer = { text: storable(text), usage, model: storable(model), unsettledAttempts };
+  yield { type: "done", answer };
 }

@@ -15,7 +15,8 @@
  *   interval; past that its refusals are only counted, under one key per
  *   block and code, written when the interval ends.
  *
- * Addresses are counted by block (IPv4 address, IPv6 /64). Rows per isolate
+ * Addresses are counted by block (IPv4 address, IPv6 /64; requests whose
+ * address is unknown share one block). Rows per isolate
  * per interval: at most 1 anonymous row, plus at most 2 per refused key, with
  * at most `maxKeys` keys (the rest fold into one overflow key).
  */
@@ -89,7 +90,8 @@ class RefusalWindow {
    */
   countRefusal(key: string, event: UsageEvent, block: string, ipLimit: number): boolean {
     const rows = this.firstRows.get(block) ?? 0;
-    const allowed = block === "unknown" || rows < ipLimit;
+    // An unknown address is one block too: callers can make their address unknown.
+    const allowed = rows < ipLimit;
     const k = this.slot(this.keyed, allowed ? key : `${block}:${event.error_code}`, "overflow");
     const seen = this.keyed.get(k);
     if (seen) {
@@ -220,10 +222,11 @@ function aggregatedRow(
 /**
  * Records a refusal before admission: anonymous ones are only counted; an
  * authenticated caller's go through the keyed ledger. Returns the facts the
- * refusal is logged with. A refusal's row never names an org the caller was
- * refused for (`forbidden`, or any refusal of a non-member such as its 429):
- * it goes to metadata.requested_org_id, so refused
- * outsiders cannot put rows into another tenant's reports.
+ * refusal is logged with. A refusal's row names the org only when the
+ * database found the caller a member of it (`member: true`); otherwise the
+ * org goes to metadata.requested_org_id, so no refused outsider (a bad body,
+ * a bad Idempotency-Key, forbidden, its 429s) can put rows into another
+ * tenant's reports.
  */
 export async function recordRefusal(
   deps: { settings: UsageSettings; refusals: RefusalLedger },
@@ -235,7 +238,7 @@ export async function recordRefusal(
   let refused: RequestFacts = refusal.options.scope
     ? { ...facts, refusedScope: refusal.options.scope }
     : facts;
-  if ((refusal.code === "forbidden" || refusal.options.member === false) && facts.orgId) {
+  if (refusal.options.member !== true && facts.orgId) {
     refused = { ...refused, orgId: null, requestedOrgId: facts.orgId };
   }
   if (!caller) {

@@ -145,7 +145,8 @@ for (const store of STORES) {
       assertEquals((await other.json()).error.code, "idempotency_mismatch");
 
       assertEquals(h.openai.requests.length, 1, "one model call in all");
-      assertEquals(await userBucket(h, m), 1, "one bucket charge in all");
+      // The answered turn and the 422 (a refusal, charged like the others); replays are free.
+      assertEquals(await userBucket(h, m), 2, "one charge for the turn, one for the 422");
       const rows = await rowsOf(h, m);
       assertEquals(rows.filter((r) => r.success).length, 1, "one success row: replays write none");
       assertEquals(rows.filter((r) => !r.success).map((r) => r.error_code), [
@@ -204,7 +205,8 @@ for (const store of STORES) {
           const replay = await keyed(h, m, body, "double-tap");
           assertEquals(await answerOf(replay), first);
           assertEquals(upstream.state.requests, 1, "exactly one model call");
-          assertEquals(await userBucket(h, m), 1, "one bucket charge");
+          // The turn, the 409 and the 422 (refusals are charged); the replay is free.
+          assertEquals(await userBucket(h, m), 3, "the turn and the two refusals");
           const rows = await rowsOf(h, m);
           assertEquals(rows.filter((r) => r.success).length, 1);
           const turns = await storedTurns(
