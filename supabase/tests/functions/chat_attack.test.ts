@@ -4,9 +4,10 @@
  * the gateway stand-in, real Postgres and Redis.
  *
  * Every test asserts the behaviour the README and docs/operations.md
- * (Security) promise, so it FAILS while the defect it is named after exists.
- * Titles start with the defect they prove ("defect: …"), or with "held: …"
- * for an attack that the defences withstood (kept for coverage).
+ * (Security) promise; each one failed against the code it was written for
+ * (outsiders' rows, the idempotency hash, IPv4-mapped and IPv6 address
+ * blocks, unknown addresses, unstorable model text, free 409/422s) until
+ * that was fixed. "held: …" tests are attacks the defences withstood.
  *
  * The harness trusts two proxy hops (a CDN in front of the gateway): the
  * address a test passes as `ip` is what the CDN wrote, the gateway appends
@@ -98,7 +99,7 @@ async function victimRows(sql: postgres.Sql, orgId: string, userId: string): Pro
 }
 
 for (const store of STORES) {
-  Deno.test(`defect A1 (${store}): an outsider's malformed Idempotency-Key (400) writes a row into the org it named`, () =>
+  Deno.test(`outsiders (${store}): a malformed Idempotency-Key (400) writes no row into the org it named`, () =>
     withHarness({ store, env: { AI_AGENT_REFUSAL_LOG_INTERVAL_SECONDS: "3600" } }, async (h) => {
       const victim = await h.member();
       const outsider = await h.member();
@@ -117,7 +118,7 @@ for (const store of STORES) {
       }
     }));
 
-  Deno.test(`defect A2 (${store}): an outsider's idempotency_mismatch (422) writes a row into the org it named`, () =>
+  Deno.test(`outsiders (${store}): an idempotency_mismatch (422) writes no row into the org it named`, () =>
     withHarness({ store, env: { AI_AGENT_REFUSAL_LOG_INTERVAL_SECONDS: "3600" } }, async (h) => {
       const victim = await h.member();
       const outsider = await h.member();
@@ -155,7 +156,7 @@ for (const store of STORES) {
 // 422 idempotency_mismatch.
 // ---------------------------------------------------------------------------
 
-Deno.test("defect B: a different metadata body with the same Idempotency-Key is replayed instead of 422", () =>
+Deno.test("idempotency: metadata {x:{a:1}} and {x:[["a",1]]} are different requests (422, not a replay)", () =>
   withHarness({}, async (h) => {
     const m = await h.member();
     const first = await keyed(h, m, {
@@ -190,7 +191,7 @@ Deno.test("defect B: a different metadata body with the same Idempotency-Key is 
 // mapped and dotted forms of one address are two blocks.
 // ---------------------------------------------------------------------------
 
-Deno.test("defect C1: one IPv4-mapped client's anonymous flood 429s every other IPv4-mapped client", () =>
+Deno.test("address blocks: one IPv4-mapped client's anonymous flood does not 429 other IPv4-mapped clients", () =>
   withHarness({ env: { AI_AGENT_REFUSAL_LOG_INTERVAL_SECONDS: "3600" } }, async (h) => {
     const attacker = `::ffff:198.18.${byte()}.${byte()}`;
     const statuses: number[] = [];
@@ -204,7 +205,7 @@ Deno.test("defect C1: one IPv4-mapped client's anonymous flood 429s every other 
     assertEquals(await statusOf(res), 200, "another IPv4 address is another block");
   }));
 
-Deno.test("defect C2: the IPv4-mapped form of an address escapes the flood limit of its dotted form", () =>
+Deno.test("address blocks: the IPv4-mapped form of an address shares the flood limit of its dotted form", () =>
   withHarness({ env: { AI_AGENT_REFUSAL_LOG_INTERVAL_SECONDS: "3600" } }, async (h) => {
     const ip = testIp();
     for (let i = 0; i < 30; i++) await statusOf(await h.call({ message: "x" }, { ip }));
@@ -221,7 +222,7 @@ Deno.test("defect C2: the IPv4-mapped form of an address escapes the flood limit
 // accounts rotates the interface id and never meets the ip: limit.
 // ---------------------------------------------------------------------------
 
-Deno.test("defect D: rotating the interface id within one IPv6 /64 escapes the ip: bucket", () =>
+Deno.test("address blocks: rotating the interface id within one IPv6 /64 does not escape the ip: bucket", () =>
   withHarness({ env: { AI_AGENT_RATE_LIMIT_IP_MAX_REQUESTS: "3" } }, async (h) => {
     const org = crypto.randomUUID();
     // Control: five accounts behind one IPv4 address meet the ip: limit.
@@ -259,7 +260,7 @@ Deno.test("defect D: rotating the interface id within one IPv6 /64 escapes the i
 // "however many accounts it uses".
 // ---------------------------------------------------------------------------
 
-Deno.test("defect E: many accounts with an unknown address write one refusal row each", () =>
+Deno.test("address blocks: many accounts with an unknown address share one refusal-row allowance", () =>
   withHarness({ env: { AI_AGENT_REFUSAL_LOG_INTERVAL_SECONDS: "3600" } }, async (h) => {
     const victim = await h.member();
     const users = Array.from({ length: 60 }, () => crypto.randomUUID());
@@ -295,7 +296,7 @@ Deno.test("defect E: many accounts with an unknown address write one refusal row
 
 for (const store of STORES) {
   for (const transport of ["rpc", "postgres"] as const) {
-    Deno.test(`defect F (${store}, ${transport}, Idempotency-Key): an answer holding an unpaired surrogate is stored and answered 200, metered once`, () =>
+    Deno.test(`model text (${store}, ${transport}, Idempotency-Key): an answer holding an unpaired surrogate is stored and answered 200, metered once`, () =>
       withHarness({ store, transport }, async (h) => {
         const m = await h.member();
         h.openai.script({ kind: "reply", text: "half an emoji: \ud83d" });
@@ -332,7 +333,7 @@ for (const store of STORES) {
 // token cannot be throttled.
 // ---------------------------------------------------------------------------
 
-Deno.test("defect G: idempotency_mismatch refusals never count against the user limit", () =>
+Deno.test("idempotency: idempotency_mismatch refusals count against the user limit", () =>
   withHarness({
     env: {
       AI_AGENT_RATE_LIMIT_USER_MAX_REQUESTS: "3",
