@@ -156,7 +156,7 @@ for (const store of STORES) {
 // 422 idempotency_mismatch.
 // ---------------------------------------------------------------------------
 
-Deno.test("idempotency: metadata {x:{a:1}} and {x:[["a",1]]} are different requests (422, not a replay)", () =>
+Deno.test("idempotency: metadata {x:{a:1}} and {x:[[a,1]]} are different requests (422, not a replay)", () =>
   withHarness({}, async (h) => {
     const m = await h.member();
     const first = await keyed(h, m, {
