@@ -70,16 +70,7 @@ export function createAgentChatHandler(deps: AgentChatDeps) {
   const answerDeps: AnswerDeps = { ...deps, now };
   const rules = { schema: chatRequestSchema(settings.maxMessageChars), ...settings };
   const bodyLimits = { maxBytes: settings.maxBodyBytes, timeoutMs: settings.bodyTimeoutMs };
-  const cors = createCors({
-    allowedOrigins: settings.allowedOrigins,
-    extraAllowHeaders: ["x-request-id", "idempotency-key"],
-    exposeHeaders: [
-      "x-request-id",
-      "x-client-request-id",
-      REPLAYED_HEADER,
-      ...RATE_LIMIT_HEADER_NAMES,
-    ],
-  });
+  const cors = agentChatCors(settings.allowedOrigins);
   const log = (facts: RequestFacts, status: number, outcome: Outcome) =>
     deps.log(...requestLogLine(settings, facts, status, outcome, now()));
 
@@ -131,6 +122,20 @@ export function createAgentChatHandler(deps: AgentChatDeps) {
       return errorResponse(refusal, requestId, headers);
     }
   };
+}
+
+/** supabase-js's CORS headers, plus what this function reads and exposes. */
+function agentChatCors(allowedOrigins: string) {
+  return createCors({
+    allowedOrigins,
+    extraAllowHeaders: ["x-request-id", "idempotency-key"],
+    exposeHeaders: [
+      "x-request-id",
+      "x-client-request-id",
+      REPLAYED_HEADER,
+      ...RATE_LIMIT_HEADER_NAMES,
+    ],
+  });
 }
 
 function responseHeaders(
