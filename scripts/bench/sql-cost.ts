@@ -60,6 +60,8 @@ Postgres CPU per begin-turn and finish-turn call, and begin-turn calls/s next to
 }));
 
 const log = (s: string) => console.error(`[sql-cost] ${s}`);
+/** The server's log, quoted when a pgbench transaction fails. */
+let serverLog = "";
 
 // Users are 00000000-0000-4000-<group>-000000<100000 + i>: the last six
 // digits are a pgbench variable, so its scripts name the seeded rows.
@@ -72,15 +74,23 @@ const policyUser = (i: number) => id("c000", i);
 const manyOrg = (i: number) => id("b000", i);
 const manyUser = (i: number) => id("a000", i);
 
+/** Org, user and channel of a call. */
+type Caller = [string, string, string];
+
 const LIMITS = { org: 1_000_000_000, user: 1_000_000_000, ip: 1_000_000_000, window: 60 };
 const MODEL = "gpt-4.1-mini";
 
-function beginArgs(org: string, user: string, session: string, isNew: boolean, n: number) {
+function beginArgs(
+  [org, user, channel]: Caller,
+  session: string,
+  isNew: boolean,
+  n: number,
+) {
   return {
     p_org_id: org,
     p_user_id: user,
     p_client_ip: `10.1.${n % 200}.${n % 250}`,
-    p_channel: "app",
+    p_channel: channel,
     p_session_id: session,
     p_load_history: !isNew,
     p_session_owned: true,
@@ -155,7 +165,7 @@ interface TurnCost {
 async function turnCost(
   url: string,
   dataDir: string,
-  users: (i: number) => [string, string],
+  users: (i: number) => Caller,
   turns: number,
   options: { track?: boolean } = {},
 ): Promise<TurnCost> {
@@ -173,8 +183,7 @@ async function turnCost(
     let session = "";
     const turn = async (n: number, timed: boolean) => {
       if (n % 5 === 0) session = crypto.randomUUID();
-      const [org, user] = users(Math.floor(n / 5)); // a session keeps its owner
-      const b = beginArgs(org, user, session, n % 5 === 0, n);
+      const b = beginArgs(users(Math.floor(n / 5)), session, n % 5 === 0, n); // a session keeps its owner
       const t0 = timed ? await cpuMicros(pid) : 0;
       const begun = await db.beginTurn(b);
       if (begun.outcome !== "ok") throw new Error(`begin turn: ${JSON.stringify(begun)}`);
@@ -254,7 +263,7 @@ async function pgbench(
     args: [
       ...["-n", "-h", u.hostname, "-p", u.port, "-U", "postgres"],
       ...["-c", String(clients), "-j", String(Math.min(clients, 2)), "-T", String(seconds)],
-      ...["-f", script, ...extra, "postgres"],
+      ...["-f", script, "--failures-detailed", "--verbose-errors", ...extra, "postgres"],
     ],
     env: { PGOPTIONS: `--client-min-messages=warning ${pgOptions}`.trim() },
     stdout: "piped",
@@ -263,7 +272,10 @@ async function pgbench(
   const out = new TextDecoder().decode(r.stdout) + new TextDecoder().decode(r.stderr);
   if (!r.success) throw new Error(`pgbench failed:\n${out}`);
   const failed = Number(/number of failed transactions: (\d+)/.exec(out)?.[1] ?? 0);
-  if (failed > 0) throw new Error(`pgbench: ${failed} failed transactions\n${out}`);
+  if (failed > 0) {
+    const tail = await Deno.readTextFile(serverLog).catch(() => "");
+    throw new Error(`pgbench: ${failed} failed transactions\n${out}\n${tail.slice(-3000)}`);
+  }
   return Number(/tps = ([\d.]+)/.exec(out)?.[1] ?? NaN);
 }
 
@@ -277,6 +289,7 @@ async function main() {
       "pg_stat_statements.track": "none",
     },
   });
+  serverLog = `${pg.dataDir}/../postgres.log`;
   const work = await Deno.makeTempDir({ prefix: "agent-chat-sql-cost-" });
   const sql = postgres(pg.url, { max: 2, onnotice: () => {} });
   try {
@@ -298,6 +311,8 @@ async function main() {
     await seed(null, "a000", "b000");
     // (b): a tenant policy, a channel limit for everyone and one for the
     // tenant, org and user token quotas (all far above what the run uses).
+    // The channel rows are for whatsapp, the channel of (b) only: (a) calls
+    // on app, where no policy row applies.
     await sql`select ops.policy_set(${POLICY_ORG}::uuid, null, ${
       sql.json({
         org_max_requests: 900_000_000,
@@ -309,19 +324,19 @@ async function main() {
         user_tokens_per_day: 2_000_000_000,
       })
     }, 'sql-cost')`;
-    await sql`select ops.policy_set(null, 'app', ${
+    await sql`select ops.policy_set(null, 'whatsapp', ${
       sql.json({ channel_max_requests: 900_000_000 })
     }, 'sql-cost')`;
-    await sql`select ops.policy_set(${POLICY_ORG}::uuid, 'app', ${
+    await sql`select ops.policy_set(${POLICY_ORG}::uuid, 'whatsapp', ${
       sql.json({ channel_max_requests: 900_000_000 })
     }, 'sql-cost')`;
 
-    const hot = (n: number): [string, string] => [HOT_ORG, hotUser(n % MEMBERS)];
-    const withPolicy = (n: number): [string, string] => [POLICY_ORG, policyUser(n % MEMBERS)];
+    const hot = (n: number): Caller => [HOT_ORG, hotUser(n % MEMBERS), "app"];
+    const withPolicy = (n: number): Caller => [POLICY_ORG, policyUser(n % MEMBERS), "whatsapp"];
 
     // pgbench scripts: the function's call text with pgbench variables.
-    const beginScript = async (name: string, org: string, user: string, orgVar: boolean) => {
-      const args = beginArgs(org, user, "", true, 7);
+    const beginScript = async (name: string, [org, user, channel]: Caller, orgVar: boolean) => {
+      const args = beginArgs([org, user, channel], "", true, 7);
       const text = (await beginCallText({
         ...args,
         p_session_id: null,
@@ -338,9 +353,9 @@ async function main() {
       );
       return path;
     };
-    const hotScript = await beginScript("begin-hot", HOT_ORG, hotUser(0), false);
-    const manyScript = await beginScript("begin-many", manyOrg(0), manyUser(0), true);
-    const policyScript = await beginScript("begin-policy", POLICY_ORG, policyUser(0), false);
+    const hotScript = await beginScript("begin-hot", hot(0), false);
+    const manyScript = await beginScript("begin-many", [manyOrg(0), manyUser(0), "app"], true);
+    const policyScript = await beginScript("begin-policy", withPolicy(0), false);
     await sql.unsafe(`
       create table bench_naive (k text primary key, n bigint not null);
       insert into bench_naive values ('org-hot', 0);`);

@@ -26,13 +26,11 @@ returns jsonb
 language plpgsql
 set search_path = ''
 as $$
--- Two statements on the common path, each a cached generic plan: lock the
--- buckets, then decide and (only when every bucket allows) count the
--- request in each, building the answer in the same statement.
+-- Two statements, each a cached generic plan: lock the buckets, then decide
+-- and (only when every bucket allows) count the request in each, building
+-- the answer in the same statement.
 declare
   v_now_ms bigint := (extract(epoch from p_now) * 1000)::bigint;
-  v_wanted integer;
-  v_locked integer;
   v_decision jsonb;
 begin
   if coalesce(array_length(p_bucket_keys, 1), 0) <> coalesce(array_length(p_limits, 1), 0)
@@ -52,33 +50,18 @@ begin
 
   -- 1. Lock every bucket in one global order (user:, ip:, org:, channel:
   -- last; then by key), so concurrent callers never deadlock and the busiest
-  -- rows (org:, a global channel:) are held for the shortest time. A bucket
-  -- seen for the first time is inserted empty first, before any lock is
-  -- taken, in the same order. A row another caller inserted after this
-  -- statement's snapshot is not seen: the statement runs again.
-  loop
-    with missing as (
-      insert into ops.rate_limits (bucket_key, max_requests, window_seconds, slot_ms)
-      select t.key, t.lim, t.win, t.win::bigint * 50
-      from unnest(p_bucket_keys, p_limits, p_windows) as t (key, lim, win)
-      where t.key is not null
-      order by case split_part(t.key, ':', 1) when 'user' then 1 when 'ip' then 2 when 'org' then 3 when 'channel' then 4 else 0 end,
-               t.key collate "C"
-      on conflict (bucket_key) do nothing
-      returning 1
-    )
-    select (select count(*) from missing) + count(*),
-           (select count(distinct k) from unnest(p_bucket_keys) as k where k is not null)
-    into v_locked, v_wanted
-    from (
-      select 1 from ops.rate_limits r
-      where r.bucket_key = any (p_bucket_keys) and (select count(*) from missing) >= 0
-      order by case split_part(r.bucket_key, ':', 1) when 'user' then 1 when 'ip' then 2 when 'org' then 3 when 'channel' then 4 else 0 end,
-               r.bucket_key collate "C"
-      for update of r
-    ) l;
-    exit when v_locked >= v_wanted;
-  end loop;
+  -- rows (org:, a global channel:) are held for the shortest time. One
+  -- statement, row by row in that order: a bucket seen for the first time is
+  -- inserted empty, an existing one is locked (ON CONFLICT DO UPDATE locks
+  -- the row, the latest version whoever committed it, even when its WHERE
+  -- updates nothing).
+  insert into ops.rate_limits as r (bucket_key, max_requests, window_seconds, slot_ms)
+  select t.key, t.lim, t.win, t.win::bigint * 50
+  from unnest(p_bucket_keys, p_limits, p_windows) as t (key, lim, win)
+  where t.key is not null
+  order by case split_part(t.key, ':', 1) when 'user' then 1 when 'ip' then 2 when 'org' then 3 when 'channel' then 4 else 0 end,
+           t.key collate "C"
+  on conflict (bucket_key) do update set updated_at = r.updated_at where false;
 
   -- 2. Decide. Per bucket: the admissions still in the window (slots that
   -- left it are dropped; after a window change whatever may still sit in
