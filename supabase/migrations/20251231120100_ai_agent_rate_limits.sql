@@ -25,6 +25,7 @@ create function ops.consume_rate_limits(
 returns jsonb
 language plpgsql
 set search_path = ''
+set plan_cache_mode = force_generic_plan
 as $$
 -- Two statements, each a cached generic plan: lock the buckets, then decide
 -- and (only when every bucket allows) count the request in each, building
@@ -82,10 +83,12 @@ begin
                 when k.used > 0 then array[k.used] else '{}' end as counts
     from unnest(p_bucket_keys, p_limits, p_windows) as t (key, lim, win)
     join ops.rate_limits r on r.bucket_key = t.key
+    -- The slots are stored ascending and unnest keeps their order, so the
+    -- kept ones stay ascending without a sort.
     cross join lateral (
       select coalesce(sum(s.n), 0)::integer as used,
-             array_agg(s.id order by s.id) as ids,
-             array_agg(s.n order by s.id) as counts
+             array_agg(s.id) as ids,
+             array_agg(s.n) as counts
       from unnest(r.slot_ids, r.slot_counts) as s (id, n)
       where case when r.slot_ms = t.win::bigint * 50
                  then s.id >= (v_now_ms - t.win::bigint * 1000) / (t.win::bigint * 50)

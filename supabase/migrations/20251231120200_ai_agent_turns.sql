@@ -72,6 +72,7 @@ create function public.agent_begin_turn(
 returns jsonb
 language plpgsql
 set search_path = ''
+set plan_cache_mode = force_generic_plan
 as $$
 -- Hot path, measured (scripts/bench/sql-cost.ts): one statement reads the
 -- policies, membership, opt-outs, the session, its history and the enforced
@@ -431,6 +432,7 @@ create function public.agent_end_turn(
 returns jsonb
 language plpgsql
 set search_path = ''
+set plan_cache_mode = force_generic_plan
 as $$
 declare
   v_expires timestamptz := p_now + make_interval(secs => p_ttl_seconds);
@@ -523,6 +525,7 @@ create function public.agent_finish_turn(
 returns jsonb
 language plpgsql
 set search_path = ''
+set plan_cache_mode = force_generic_plan
 as $$
 declare
   v_now timestamptz := now();

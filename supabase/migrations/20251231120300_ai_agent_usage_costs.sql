@@ -16,6 +16,7 @@ create function public.agent_log_usage(p_event jsonb)
 returns void
 language plpgsql
 set search_path = ''
+set plan_cache_mode = force_generic_plan
 as $$
 begin
   -- An Idempotency-Key's attempt settles with its usage row (20251231120600_ai_agent_idempotency).
@@ -106,6 +107,7 @@ create function ops.settle_usage()
 returns trigger
 language plpgsql
 set search_path = ''
+set plan_cache_mode = force_generic_plan
 as $$
 -- On every usage row: three statements (two when no reservation was made),
 -- each a cached plan; the billing test and the price are inlined (a
