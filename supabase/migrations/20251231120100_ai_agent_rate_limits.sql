@@ -25,184 +25,129 @@ create function ops.consume_rate_limits(
 returns jsonb
 language plpgsql
 set search_path = ''
+set plan_cache_mode = force_generic_plan
 as $$
+-- Two statements, each a cached generic plan: lock the buckets, then decide
+-- and (only when every bucket allows) count the request in each, building
+-- the answer in the same statement.
 declare
   v_now_ms bigint := (extract(epoch from p_now) * 1000)::bigint;
-  v_window_ms bigint;
-  v_slot_ms bigint;
-  v_min_slot bigint;
-  v_slot bigint;
-  v_keys text[];
-  v_limits integer[];
-  v_windows integer[];
-  v_window integer;
-  v_kept text[] := '{}';      -- per bucket: pruned slot ids, as array text
-  v_kept_counts text[] := '{}';
-  v_used integer[] := '{}';
-  v_key text;
-  v_limit integer;
-  v_row_slot_ms bigint;
-  v_row_window integer;
-  v_ids bigint[];
-  v_counts integer[];
-  v_total integer;
-  v_first integer;
-  v_n integer;
-  v_freed integer := 0;
-  v_retry_ms bigint := 0;
-  v_best integer;
-  v_best_remaining integer;
-  v_reset_ms bigint;
-  v_buckets jsonb := '[]'::jsonb;
-  i integer;
-  j integer;
+  v_decision jsonb;
 begin
   if coalesce(array_length(p_bucket_keys, 1), 0) <> coalesce(array_length(p_limits, 1), 0)
      or coalesce(array_length(p_bucket_keys, 1), 0) <> coalesce(array_length(p_windows, 1), 0) then
     raise exception 'one limit and one window per bucket key' using errcode = '22023';
   end if;
+  -- Every limit and window at least 1 (a simple expression; the query
+  -- only runs to name the offending keys).
+  if (1 <= all (p_limits) and 1 <= all (p_windows)) is not true
+     and exists (select 1 from unnest(p_bucket_keys, p_limits, p_windows) as t (key, lim, win)
+                 where t.key is not null and (coalesce(t.lim, 0) < 1 or coalesce(t.win, 0) < 1)) then
+    raise exception 'limit and window of % must be positive integers',
+      (select string_agg(t.key, ', ') from unnest(p_bucket_keys, p_limits, p_windows) as t (key, lim, win)
+       where t.key is not null and (coalesce(t.lim, 0) < 1 or coalesce(t.win, 0) < 1))
+      using errcode = '22023';
+  end if;
 
-  -- One global lock order (user:, ip:, org:, channel: last; then by key) so
-  -- that concurrent callers never deadlock, and the busiest rows (org:, a
-  -- global channel:) are held for the shortest time.
-  select array_agg(t.key order by case split_part(t.key, ':', 1) when 'user' then 1 when 'ip' then 2 when 'org' then 3 when 'channel' then 4 else 0 end, t.key collate "C"),
-         array_agg(t.lim order by case split_part(t.key, ':', 1) when 'user' then 1 when 'ip' then 2 when 'org' then 3 when 'channel' then 4 else 0 end, t.key collate "C"),
-         array_agg(t.win order by case split_part(t.key, ':', 1) when 'user' then 1 when 'ip' then 2 when 'org' then 3 when 'channel' then 4 else 0 end, t.key collate "C")
-  into v_keys, v_limits, v_windows
+  -- 1. Lock every bucket in one global order (user:, ip:, org:, channel:
+  -- last; then by key), so concurrent callers never deadlock and the busiest
+  -- rows (org:, a global channel:) are held for the shortest time. One
+  -- statement, row by row in that order: a bucket seen for the first time is
+  -- inserted empty, an existing one is locked (ON CONFLICT DO UPDATE locks
+  -- the row, the latest version whoever committed it, even when its WHERE
+  -- updates nothing).
+  insert into ops.rate_limits as r (bucket_key, max_requests, window_seconds, slot_ms)
+  select t.key, t.lim, t.win, t.win::bigint * 50
   from unnest(p_bucket_keys, p_limits, p_windows) as t (key, lim, win)
-  where t.key is not null;
+  where t.key is not null
+  order by case split_part(t.key, ':', 1) when 'user' then 1 when 'ip' then 2 when 'org' then 3 when 'channel' then 4 else 0 end,
+           t.key collate "C"
+  on conflict (bucket_key) do update set updated_at = r.updated_at where false;
 
-  -- Phase 1: lock and evaluate every bucket; stop at the first full one.
-  for i in 1 .. coalesce(array_length(v_keys, 1), 0) loop
-    v_key := v_keys[i];
-    v_limit := v_limits[i];
-    v_window := v_windows[i];
-    if v_limit is null or v_limit < 1 then
-      raise exception 'limit of % must be a positive integer', v_key using errcode = '22023';
-    end if;
-    if v_window is null or v_window < 1 then
-      raise exception 'window of % must be a positive integer', v_key using errcode = '22023';
-    end if;
-    v_window_ms := v_window::bigint * 1000;
-    v_slot_ms := v_window::bigint * 50; -- W/20, exact for whole seconds
-    v_min_slot := (v_now_ms - v_window_ms) / v_slot_ms;
-    v_slot := v_now_ms / v_slot_ms;
-    select r.slot_ms, r.window_seconds, r.slot_ids, r.slot_counts, r.slot_total
-    into v_row_slot_ms, v_row_window, v_ids, v_counts, v_total
-    from ops.rate_limits r where r.bucket_key = v_key for update;
-    if not found then
-      insert into ops.rate_limits (bucket_key, max_requests, window_seconds, slot_ms)
-      values (v_key, v_limit, v_window, v_slot_ms)
-      on conflict (bucket_key) do nothing;
-      select r.slot_ms, r.window_seconds, r.slot_ids, r.slot_counts, r.slot_total
-      into v_row_slot_ms, v_row_window, v_ids, v_counts, v_total
-      from ops.rate_limits r where r.bucket_key = v_key for update;
-    end if;
-    v_n := coalesce(array_length(v_ids, 1), 0);
-    if v_row_slot_ms = v_slot_ms then
-      -- Slots are ascending: drop those that left the window from the front.
-      v_first := 1;
-      while v_first <= v_n and v_ids[v_first] < v_min_slot loop
-        v_total := v_total - v_counts[v_first];
-        v_first := v_first + 1;
-      end loop;
-      if v_first > v_n then
-        v_ids := '{}';
-        v_counts := '{}';
-      elsif v_first > 1 then
-        v_ids := v_ids[v_first:v_n];
-        v_counts := v_counts[v_first:v_n];
-      end if;
-    else
-      -- The window changed: whatever may still sit in the old window is
-      -- counted in the current slot (over-counting, never under).
-      v_total := 0;
-      for j in 1 .. v_n loop
-        if (v_ids[j] + 1) * v_row_slot_ms > v_now_ms - v_row_window::bigint * 1000 then
-          v_total := v_total + v_counts[j];
-        end if;
-      end loop;
-      v_ids := case when v_total > 0 then array[v_slot] else '{}' end;
-      v_counts := case when v_total > 0 then array[v_total] else '{}' end;
-    end if;
-
-    if v_total >= v_limit then
-      -- Refused: nothing was written. Retry when enough admissions have left.
-      v_n := coalesce(array_length(v_ids, 1), 0);
-      for j in 1 .. v_n loop
-        v_freed := v_freed + v_counts[j];
-        if v_total - v_freed < v_limit then
-          v_retry_ms := (v_ids[j] + 1) * v_slot_ms + v_window_ms - v_now_ms;
-          exit;
-        end if;
-      end loop;
-      return jsonb_build_object(
-        'allowed', false,
-        'scope', split_part(v_key, ':', 1),
-        'key', v_key,
-        'limit', v_limit,
-        'window_seconds', v_window,
-        'remaining', 0,
-        'reset_seconds', greatest(ceil(v_retry_ms / 1000.0)::integer, 1),
-        'retry_after_seconds', greatest(ceil(v_retry_ms / 1000.0)::integer, 1)
-      );
-    end if;
-    v_kept := v_kept || v_ids::text;
-    v_kept_counts := v_kept_counts || v_counts::text;
-    v_used := v_used || v_total;
-  end loop;
-
-  -- Phase 2: every bucket allows; count the request in each.
-  for i in 1 .. coalesce(array_length(v_keys, 1), 0) loop
-    v_window_ms := v_windows[i]::bigint * 1000;
-    v_slot_ms := v_windows[i]::bigint * 50;
-    v_slot := v_now_ms / v_slot_ms;
-    v_ids := v_kept[i]::bigint[];
-    v_counts := v_kept_counts[i]::integer[];
-    v_n := coalesce(array_length(v_ids, 1), 0);
-    -- Room grows again when the oldest counted slot (or this one) leaves the window.
-    v_reset_ms := greatest((coalesce(v_ids[1], v_slot) + 1) * v_slot_ms + v_window_ms - v_now_ms, 1);
-    if v_n > 0 and v_ids[v_n] = v_slot then
-      v_counts[v_n] := v_counts[v_n] + 1;
-    else
-      v_ids := v_ids || v_slot;
-      v_counts := v_counts || 1;
-    end if;
+  -- 2. Decide. Per bucket: the admissions still in the window (slots that
+  -- left it are dropped; after a window change whatever may still sit in
+  -- the old window is counted in the current slot: over-counting, never
+  -- under). Admitted only when every bucket has room; then each bucket
+  -- counts the request in the current slot. A refusal writes nothing and
+  -- names the first full bucket in lock order, with when enough admissions
+  -- will have left it.
+  with b as (
+    select t.key, t.lim, t.win,
+           case split_part(t.key, ':', 1) when 'user' then 1 when 'ip' then 2 when 'org' then 3 when 'channel' then 4 else 0 end as rank,
+           t.win::bigint * 50 as slot_ms, t.win::bigint * 1000 as window_ms,
+           v_now_ms / (t.win::bigint * 50) as slot,
+           k.used,
+           case when r.slot_ms = t.win::bigint * 50 then coalesce(k.ids, '{}')
+                when k.used > 0 then array[v_now_ms / (t.win::bigint * 50)] else '{}' end as ids,
+           case when r.slot_ms = t.win::bigint * 50 then coalesce(k.counts, '{}')
+                when k.used > 0 then array[k.used] else '{}' end as counts
+    from unnest(p_bucket_keys, p_limits, p_windows) as t (key, lim, win)
+    join ops.rate_limits r on r.bucket_key = t.key
+    -- The slots are stored ascending and unnest keeps their order, so the
+    -- kept ones stay ascending without a sort.
+    cross join lateral (
+      select coalesce(sum(s.n), 0)::integer as used,
+             array_agg(s.id) as ids,
+             array_agg(s.n) as counts
+      from unnest(r.slot_ids, r.slot_counts) as s (id, n)
+      where case when r.slot_ms = t.win::bigint * 50
+                 then s.id >= (v_now_ms - t.win::bigint * 1000) / (t.win::bigint * 50)
+                 else (s.id + 1) * r.slot_ms > v_now_ms - r.window_seconds::bigint * 1000 end
+    ) k
+  ),
+  counted as (
     update ops.rate_limits r
-    set max_requests = v_limits[i],
-        window_seconds = v_windows[i],
-        slot_ms = v_slot_ms,
-        slot_ids = v_ids,
-        slot_counts = v_counts,
-        slot_total = v_used[i] + 1,
+    set max_requests = b.lim,
+        window_seconds = b.win,
+        slot_ms = b.slot_ms,
+        slot_ids = case when b.ids[cardinality(b.ids)] = b.slot then b.ids else b.ids || b.slot end,
+        slot_counts = case when b.ids[cardinality(b.ids)] = b.slot
+                           then b.counts[1:cardinality(b.counts) - 1] || (b.counts[cardinality(b.counts)] + 1)
+                           else b.counts || 1 end,
+        slot_total = b.used + 1,
         updated_at = p_now
-    where r.bucket_key = v_keys[i];
-    v_buckets := v_buckets || jsonb_build_object(
-      'key', v_keys[i],
-      'scope', split_part(v_keys[i], ':', 1),
-      'limit', v_limits[i],
-      'window_seconds', v_windows[i],
-      'remaining', greatest(v_limits[i] - v_used[i] - 1, 0),
-      'reset_seconds', ceil(v_reset_ms / 1000.0)::integer
-    );
-    -- The bucket with the least headroom is the one clients should watch.
-    if v_best is null or v_limits[i] - v_used[i] - 1 < v_best_remaining then
-      v_best := i;
-      v_best_remaining := v_limits[i] - v_used[i] - 1;
-    end if;
-  end loop;
-
-  return jsonb_build_object(
-    'allowed', true,
-    'scope', v_buckets -> (v_best - 1) ->> 'scope',
-    'key', v_buckets -> (v_best - 1) ->> 'key',
-    'limit', (v_buckets -> (v_best - 1) ->> 'limit')::integer,
-    'window_seconds', (v_buckets -> (v_best - 1) ->> 'window_seconds')::integer,
-    'remaining', (v_buckets -> (v_best - 1) ->> 'remaining')::integer,
-    'reset_seconds', (v_buckets -> (v_best - 1) ->> 'reset_seconds')::integer,
-    'retry_after_seconds', 0,
-    'buckets', v_buckets
-  );
+    from b
+    where r.bucket_key = b.key and not exists (select 1 from b f where f.used >= f.lim)
+  ),
+  per_bucket as (
+    select b.rank, b.key, b.lim - b.used - 1 as remaining,
+           jsonb_build_object(
+             'key', b.key,
+             'scope', split_part(b.key, ':', 1),
+             'limit', b.lim,
+             'window_seconds', b.win,
+             'remaining', greatest(b.lim - b.used - 1, 0),
+             -- Room grows again when the oldest counted slot (or this one) leaves the window.
+             'reset_seconds', ceil(greatest((coalesce(b.ids[1], b.slot) + 1) * b.slot_ms + b.window_ms - v_now_ms, 1) / 1000.0)::integer
+           ) as bucket
+    from b
+  )
+  select coalesce(
+    (select jsonb_build_object(
+              'allowed', false,
+              'scope', split_part(f.key, ':', 1),
+              'key', f.key,
+              'limit', f.lim,
+              'window_seconds', f.win,
+              'remaining', 0,
+              'reset_seconds', w.retry,
+              'retry_after_seconds', w.retry)
+     from (select * from b where b.used >= b.lim order by b.rank, b.key collate "C" limit 1) f
+     -- Retry when enough admissions have left: the first slot whose leaving
+     -- brings the count under the limit.
+     cross join lateral (
+       select greatest(ceil(coalesce(min((x.id + 1) * f.slot_ms + f.window_ms - v_now_ms)
+                                     filter (where f.used - x.freed < f.lim), 0) / 1000.0)::integer, 1) as retry
+       from (select s.id, sum(s.n) over (order by s.ord) as freed
+             from unnest(f.ids, f.counts) with ordinality as s (id, n, ord)) x
+     ) w),
+    (select (array_agg(e.bucket order by e.remaining, e.rank, e.key collate "C"))[1]
+            || jsonb_build_object('allowed', true, 'retry_after_seconds', 0,
+                                  'buckets', jsonb_agg(e.bucket order by e.rank, e.key collate "C"))
+     from per_bucket e),
+    jsonb_build_object('allowed', true, 'retry_after_seconds', 0, 'buckets', '[]'::jsonb))
+  into v_decision;
+  return v_decision;
 end;
 $$;
 comment on function ops.consume_rate_limits(text[], integer[], integer[], timestamptz) is
@@ -214,46 +159,9 @@ grant execute on function ops.consume_rate_limits(text[], integer[], integer[], 
 -- ---------------------------------------------------------------------------
 -- Token counters: the same sliding window, weighted by tokens. A window of W
 -- seconds is 20 slots of W/20; a counter keeps the settled tokens per recent
--- slot (ascending). Written when a usage row is inserted (settlement), read
--- by agent_begin_turn against the token quotas.
+-- slot (ascending). Written when a usage row is inserted (ops.settle_usage,
+-- in the usage migration), read by agent_begin_turn against the token quotas.
 -- ---------------------------------------------------------------------------
-create function ops.add_tokens(
-  p_counter_key text,
-  p_window_seconds integer,
-  p_tokens bigint,
-  p_at timestamptz default now()
-)
-returns void
-language plpgsql
-set search_path = ''
-as $$
-declare
-  v_slot_ms bigint := p_window_seconds::bigint * 50;
-  v_slot bigint := (extract(epoch from p_at) * 1000)::bigint / v_slot_ms;
-  v_min_slot bigint := ((extract(epoch from greatest(p_at, now())) * 1000)::bigint - p_window_seconds::bigint * 1000) / v_slot_ms;
-begin
-  if p_tokens is null or p_tokens <= 0 or v_slot < v_min_slot then
-    return;
-  end if;
-  insert into ops.token_counters as c (counter_key, slot_ms, slot_ids, slot_tokens, updated_at)
-  values (p_counter_key, v_slot_ms, array[v_slot], array[p_tokens], now())
-  on conflict (counter_key) do update
-  set (slot_ids, slot_tokens) = (
-        select coalesce(array_agg(x.id order by x.id), '{}'), coalesce(array_agg(x.n order by x.id), '{}')
-        from (
-          select u.id, sum(u.n)::bigint as n
-          from unnest(c.slot_ids || v_slot, c.slot_tokens || p_tokens) as u (id, n)
-          where u.id >= v_min_slot
-          group by u.id
-        ) x),
-      updated_at = now();
-end;
-$$;
-comment on function ops.add_tokens(text, integer, bigint, timestamptz) is
-  'Adds settled tokens to a token counter (org:<id>:minute|day, user:<id>:minute|day) in the slot of p_at, dropping slots that left the window.';
-revoke execute on function ops.add_tokens(text, integer, bigint, timestamptz) from public, anon, authenticated;
-grant execute on function ops.add_tokens(text, integer, bigint, timestamptz) to service_role;
-
 -- Tokens a counter holds in the window ending at p_now.
 create function ops.tokens_used(p_counter_key text, p_window_seconds integer, p_now timestamptz default now())
 returns bigint

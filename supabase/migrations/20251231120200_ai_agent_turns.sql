@@ -72,36 +72,56 @@ create function public.agent_begin_turn(
 returns jsonb
 language plpgsql
 set search_path = ''
+set plan_cache_mode = force_generic_plan
 as $$
+-- Hot path, measured (scripts/bench/sql-cost.ts): one statement reads the
+-- policies, membership, opt-outs, the session, its history and the enforced
+-- budgets (indexed lookups that find nothing when no policy or budget
+-- exists); the quota and budget work runs only when one applies; then the
+-- bucket decision (two statements). Every statement is a cached generic plan.
 declare
-  v_idempotency jsonb;
   v_zero constant uuid := '00000000-0000-0000-0000-000000000000';
-  v_global ops.agent_policies%rowtype;
-  v_global_channel ops.agent_policies%rowtype;
-  v_org ops.agent_policies%rowtype;
-  v_org_channel ops.agent_policies%rowtype;
-  v_policy ops.agent_policies%rowtype;
-  v_opt_out public.agent_opt_outs%rowtype;
-  v_session public.agent_sessions%rowtype;
-  v_refusal jsonb;
-  v_decision jsonb;
-  v_history jsonb := '[]'::jsonb;
+  v_idempotency jsonb;
+  v_member boolean;
+  v_disabled_scope text;
+  v_disabled_message text;
+  v_opt_out boolean;
+  v_opt_out_user uuid;
+  v_opt_out_channel text;
+  v_session_org uuid;
+  v_session_user uuid;
+  v_session_expires timestamptz;
+  v_history jsonb;
+  v_org_limit integer;
+  v_org_window integer;
   v_user_limit integer;
   v_user_window integer;
+  v_ip_limit integer;
+  v_ip_window integer;
+  v_global_user_limit integer;
+  v_global_user_window integer;
+  v_channel_limit integer;
+  v_channel_window integer;
+  v_org_channel_limit integer;
+  v_org_channel_window integer;
+  v_org_tpm integer;
+  v_org_tpd integer;
+  v_user_tpm integer;
+  v_user_tpd integer;
+  v_org_budget numeric;
+  v_global_budget numeric;
+  v_admission boolean;
+  v_refusal jsonb;
+  v_decision jsonb;
   v_keys text[];
   v_limits integer[];
   v_windows integer[];
-  v_org_budget ops.budgets%rowtype;
-  v_global_budget ops.budgets%rowtype;
-  v_org_quota boolean;
-  v_user_quota boolean;
   v_reserve bigint := greatest(coalesce(p_reserve_tokens, 0), 0);
   v_reserve_usd numeric := 0;
   v_quota record;
   v_spent numeric;
   v_reserved_usd numeric;
   v_retry integer;
-  v_month date := date_trunc('month', p_now at time zone 'UTC')::date;
 begin
   if p_org_id is null or p_user_id is null then
     raise exception 'org_id and user_id are required' using errcode = '22023';
@@ -109,94 +129,131 @@ begin
   if p_max_messages is null or p_max_messages < 0 then
     raise exception 'max_messages must be zero or more' using errcode = '22023';
   end if;
-  -- 0. Idempotency-Key, before any check or bucket: a replay, a different body
-  -- or a duplicate still running ends here (20251231120600_ai_agent_idempotency).
-  -- A replay is free; a different body (422) or a duplicate still running
-  -- (409) is a refusal, charged below like the others.
+  -- 0. Idempotency-Key, before any check or bucket (20251231120600_ai_agent_idempotency):
+  -- a replay ends here, free; a different body (422) or a duplicate still
+  -- running (409) is a refusal, charged below like the others.
   if p_idempotency_key is not null then
     v_idempotency := ops.idempotency_check(p_user_id, p_idempotency_key, p_request_hash, p_now);
     if v_idempotency ->> 'outcome' = 'replay' then return v_idempotency; end if;
     v_refusal := v_idempotency;
   end if;
-  -- This transaction writes rate-limit counters and reservations. Not
-  -- waiting for the WAL flush at commit shortens how long the hot org row
-  -- stays locked; a server crash can forget at most the last few hundred
-  -- milliseconds of counts, which is an acceptable price for counters.
-  perform set_config('synchronous_commit', 'off', true);
 
-  -- Policies: the (at most four) rows of this org and channel, one index scan.
-  for v_policy in
-    select p.* from ops.agent_policies p
+  -- One statement: the policies of this org and channel (the tenant row,
+  -- else the global row, else the arguments), membership, the first active
+  -- opt-out, the session row and (when it is the caller's and alive) its
+  -- newest p_max_messages, oldest first, and the enforced budgets.
+  -- It also sets synchronous_commit off for this transaction: it writes
+  -- rate-limit counters and reservations, and not waiting for the WAL flush
+  -- at commit shortens how long the hot org row stays locked; a server crash
+  -- can forget at most the last few hundred milliseconds of counts, an
+  -- acceptable price for counters.
+  select exists (select 1 from public.org_memberships m where m.org_id = p_org_id and m.user_id = p_user_id),
+         pol.disabled_scope, pol.disabled_message,
+         coalesce(pol.org_limit, p_org_limit), coalesce(pol.org_window, p_window_seconds),
+         coalesce(pol.user_limit, p_user_limit), coalesce(pol.user_window, p_window_seconds),
+         coalesce(pol.ip_limit, p_ip_limit), coalesce(pol.ip_window, p_window_seconds),
+         coalesce(pol.global_user_limit, p_user_limit), coalesce(pol.global_user_window, p_window_seconds),
+         pol.channel_limit, coalesce(pol.channel_window, p_window_seconds),
+         pol.org_channel_limit, coalesce(pol.org_channel_window, p_window_seconds),
+         pol.org_tpm, pol.org_tpd, pol.user_tpm, pol.user_tpd,
+         bud.org_budget, bud.global_budget,
+         oo.found, oo.user_id, oo.channel,
+         s.org_id, s.user_id, s.expires_at,
+         case when p_load_history and p_max_messages > 0 and s.expires_at > p_now
+                   and s.org_id = p_org_id and s.user_id = p_user_id and p_session_owned is not false then (
+           select coalesce(jsonb_agg(jsonb_build_object('role', h.role, 'content', h.content) order by h.id), '[]'::jsonb)
+           from (
+             select m.id, m.role, m.content
+             from public.agent_session_messages m
+             where m.session_id = p_session_id
+             order by m.id desc
+             limit p_max_messages
+           ) h)
+         else '[]'::jsonb end
+  into v_member, v_disabled_scope, v_disabled_message,
+       v_org_limit, v_org_window, v_user_limit, v_user_window, v_ip_limit, v_ip_window,
+       v_global_user_limit, v_global_user_window,
+       v_channel_limit, v_channel_window, v_org_channel_limit, v_org_channel_window,
+       v_org_tpm, v_org_tpd, v_user_tpm, v_user_tpd, v_org_budget, v_global_budget,
+       v_opt_out, v_opt_out_user, v_opt_out_channel,
+       v_session_org, v_session_user, v_session_expires, v_history
+  from (
+    -- At most four rows: global, this channel for everyone, this tenant,
+    -- this tenant on this channel. Request limits and quotas live on the
+    -- channel-less rows, channel limits on the channel rows.
+    select (array_agg(case when p.org_id is null then case when p.channel is null then 'global' else 'channel' end
+                           else case when p.channel is null then 'org' else 'org_channel' end end
+                      order by p.org_id nulls first, p.channel nulls first) filter (where p.enabled is false))[1] as disabled_scope,
+           (array_agg(p.disabled_message order by p.org_id nulls first, p.channel nulls first)
+              filter (where p.enabled is false))[1] as disabled_message,
+           coalesce(max(p.org_max_requests) filter (where p.org_id is not null), max(p.org_max_requests)) as org_limit,
+           coalesce(max(p.org_window_seconds) filter (where p.org_id is not null), max(p.org_window_seconds)) as org_window,
+           coalesce(max(p.user_max_requests) filter (where p.org_id is not null), max(p.user_max_requests)) as user_limit,
+           coalesce(max(p.user_window_seconds) filter (where p.org_id is not null), max(p.user_window_seconds)) as user_window,
+           coalesce(max(p.ip_max_requests) filter (where p.org_id is not null), max(p.ip_max_requests)) as ip_limit,
+           coalesce(max(p.ip_window_seconds) filter (where p.org_id is not null), max(p.ip_window_seconds)) as ip_window,
+           max(p.user_max_requests) filter (where p.org_id is null) as global_user_limit,
+           max(p.user_window_seconds) filter (where p.org_id is null) as global_user_window,
+           max(p.channel_max_requests) filter (where p.org_id is null) as channel_limit,
+           max(p.channel_window_seconds) filter (where p.org_id is null) as channel_window,
+           max(p.channel_max_requests) filter (where p.org_id is not null) as org_channel_limit,
+           max(p.channel_window_seconds) filter (where p.org_id is not null) as org_channel_window,
+           coalesce(max(p.org_tokens_per_minute) filter (where p.org_id is not null), max(p.org_tokens_per_minute)) as org_tpm,
+           coalesce(max(p.org_tokens_per_day) filter (where p.org_id is not null), max(p.org_tokens_per_day)) as org_tpd,
+           coalesce(max(p.user_tokens_per_minute) filter (where p.org_id is not null), max(p.user_tokens_per_minute)) as user_tpm,
+           coalesce(max(p.user_tokens_per_day) filter (where p.org_id is not null), max(p.user_tokens_per_day)) as user_tpd
+    from ops.agent_policies p
     where coalesce(p.org_id, v_zero) in (v_zero, p_org_id) and coalesce(p.channel, '') in ('', p_channel)
-  loop
-    if v_policy.org_id is null and v_policy.channel is null then v_global := v_policy;
-    elsif v_policy.org_id is null then v_global_channel := v_policy;
-    elsif v_policy.channel is null then v_org := v_policy;
-    else v_org_channel := v_policy;
-    end if;
-  end loop;
-  v_user_limit := coalesce(v_org.user_max_requests, v_global.user_max_requests, p_user_limit);
-  v_user_window := coalesce(v_org.user_window_seconds, v_global.user_window_seconds, p_window_seconds);
-
-  -- 1. Membership.
-  if v_refusal is not null then
-    null; -- an Idempotency-Key refusal: decided before membership
-  elsif not exists (
-    select 1 from public.org_memberships m where m.org_id = p_org_id and m.user_id = p_user_id
-  ) then
-    v_refusal := jsonb_build_object('outcome', 'forbidden', 'member', false);
-  else
-    -- 2. Switches: global, this channel for everyone, this tenant, this tenant on this channel.
-    if v_global.enabled is false or v_global_channel.enabled is false
-       or v_org.enabled is false or v_org_channel.enabled is false then
-      return jsonb_build_object(
-        'outcome', 'assistant_disabled',
-        'member', true,
-        'disabled_scope', case when v_global.enabled is false then 'global'
-                               when v_global_channel.enabled is false then 'channel'
-                               when v_org.enabled is false then 'org' else 'org_channel' end,
-        'message', case when v_global.enabled is false then v_global.disabled_message
-                        when v_global_channel.enabled is false then v_global_channel.disabled_message
-                        when v_org.enabled is false then v_org.disabled_message
-                        else v_org_channel.disabled_message end
-      );
-    end if;
-
-    -- 3. Opt-outs: org-wide or this member; all channels or this one.
-    select o.* into v_opt_out
+  ) pol
+  cross join (
+    select max(b.monthly_usd) filter (where b.org_id is not null) as org_budget,
+           max(b.monthly_usd) filter (where b.org_id is null) as global_budget
+    from ops.budgets b
+    where coalesce(b.org_id, v_zero) in (v_zero, p_org_id) and b.mode = 'enforce'
+  ) bud
+  left join lateral (
+    select true as found, o.user_id, o.channel
     from public.agent_opt_outs o
     where o.org_id = p_org_id
       and (o.user_id is null or o.user_id = p_user_id)
       and (o.channel is null or o.channel = p_channel)
       and (o.expires_at is null or o.expires_at > p_now)
     order by o.user_id nulls first, o.channel nulls first
-    limit 1;
-    if found then
-      v_refusal := jsonb_build_object(
-        'outcome', 'opt_out',
-        'member', true,
-        'opt_out_scope', case when v_opt_out.user_id is null then 'org' else 'user' end,
-        'opt_out_channel', v_opt_out.channel
-      );
-    -- 4. Session ownership: an id belongs to its first (org, user) for good.
-    elsif p_session_owned is false then
-      v_refusal := jsonb_build_object('outcome', 'session_not_found', 'member', true);
-    elsif p_session_id is not null then
-      select s.* into v_session from public.agent_sessions s where s.id = p_session_id;
-      if found and (v_session.org_id <> p_org_id or v_session.user_id <> p_user_id) then
-        v_refusal := jsonb_build_object('outcome', 'session_not_found', 'member', true);
-      end if;
-    end if;
+    limit 1
+  ) oo on true
+  left join lateral (
+    select s.org_id, s.user_id, s.expires_at from public.agent_sessions s where s.id = p_session_id
+  ) s on true
+  where set_config('synchronous_commit', 'off', true) is not null;
+
+  -- 1. Membership. 2. Switches: global, this channel for everyone, this
+  -- tenant, this tenant on this channel (members only: a non-member learns
+  -- nothing about the org). 3. Opt-outs: org-wide or this member; all
+  -- channels or this one. 4. Session ownership: an id belongs to its first
+  -- (org, user) for good.
+  if v_refusal is not null then
+    null; -- an Idempotency-Key refusal, decided before membership
+  elsif not v_member then
+    v_refusal := '{"outcome": "forbidden", "member": false}';
+  elsif v_disabled_scope is not null then
+    return jsonb_build_object('outcome', 'assistant_disabled', 'member', true,
+                              'disabled_scope', v_disabled_scope, 'message', v_disabled_message);
+  elsif v_opt_out then
+    v_refusal := jsonb_build_object('outcome', 'opt_out', 'member', true,
+                                    'opt_out_scope', case when v_opt_out_user is null then 'org' else 'user' end,
+                                    'opt_out_channel', v_opt_out_channel);
+  elsif p_session_owned is false or v_session_org <> p_org_id or v_session_user <> p_user_id then
+    v_refusal := '{"outcome": "session_not_found", "member": true}';
   end if;
 
   -- A refusal costs one slot of the user: bucket; past the limit it is rate_limit.
-  -- A non-member (or a caller whose membership was not checked: an
-  -- Idempotency-Key refusal) is held to the global user limit: the org's own
-  -- policy is none of its business (its RateLimit headers would show it).
+  -- A non-member (or a caller whose membership an Idempotency-Key refusal
+  -- did not check) is held to the global user limit: the org's own policy is
+  -- none of its business (its RateLimit headers would show it).
   if v_refusal is not null then
     if (v_refusal ->> 'member') is distinct from 'true' then
-      v_user_limit := coalesce(v_global.user_max_requests, p_user_limit);
-      v_user_window := coalesce(v_global.user_window_seconds, p_window_seconds);
+      v_user_limit := v_global_user_limit;
+      v_user_window := v_global_user_window;
     end if;
     v_decision := ops.consume_rate_limits(
       array['user:' || p_user_id], array[v_user_limit], array[v_user_window], p_now);
@@ -207,116 +264,119 @@ begin
     return v_refusal || jsonb_build_object('rate_limit', v_decision);
   end if;
 
-  -- 5. History (read before the locks, so they are held briefly), newest
-  -- p_max_messages, oldest first; expired reads as empty. Its tokens are
-  -- part of the prompt the turn reserves (2 bytes a token, 4 a message:
-  -- more than the tokenizer counts, never less for ordinary text).
-  if p_load_history and v_session.id is not null and v_session.expires_at > p_now and p_max_messages > 0 then
-    select coalesce(jsonb_agg(jsonb_build_object('role', h.role, 'content', h.content) order by h.id), '[]'::jsonb)
-    into v_history
-    from (
-      select m.id, m.role, m.content
-      from public.agent_session_messages m
-      where m.session_id = v_session.id
-      order by m.id desc
-      limit p_max_messages
-    ) h;
-  end if;
-
-  -- 6. Token quotas and enforced budgets, serialised (see the header).
-  v_org_quota := coalesce(v_org.org_tokens_per_minute, v_global.org_tokens_per_minute,
-                          v_org.org_tokens_per_day, v_global.org_tokens_per_day) is not null;
-  v_user_quota := coalesce(v_org.user_tokens_per_minute, v_global.user_tokens_per_minute,
-                           v_org.user_tokens_per_day, v_global.user_tokens_per_day) is not null;
-  select b.* into v_org_budget from ops.budgets b where b.org_id = p_org_id and b.mode = 'enforce';
-  select b.* into v_global_budget from ops.budgets b where b.org_id is null and b.mode = 'enforce';
-  if v_org_quota or v_user_quota or v_org_budget.id is not null or v_global_budget.id is not null then
+  -- 5. Token quotas and enforced budgets, serialised (see the header); none
+  -- of this runs when no quota or enforced budget applies. The history read
+  -- above is part of the prompt the turn reserves (2 bytes a token, 4 a
+  -- message: more than the tokenizer counts, never less for ordinary text).
+  v_admission := coalesce(v_org_tpm, v_org_tpd, v_user_tpm, v_user_tpd, v_org_budget, v_global_budget) is not null;
+  if v_admission then
     if v_history <> '[]'::jsonb then
       v_reserve := v_reserve + (select coalesce(sum(ceil(octet_length(h ->> 'content') / 2.0) + 4), 0)::bigint
                                 from jsonb_array_elements(v_history) h);
     end if;
-    if v_global_budget.id is not null then
+    if v_global_budget is not null then
       perform pg_advisory_xact_lock(hashtextextended('agent-chat:admission:global', 0));
     end if;
     perform pg_advisory_xact_lock(hashtextextended('agent-chat:admission:org:' || p_org_id, 0));
-    if v_user_quota then
+    if coalesce(v_user_tpm, v_user_tpd) is not null then
       perform pg_advisory_xact_lock(hashtextextended('agent-chat:admission:user:' || p_user_id, 0));
     end if;
 
     -- Token quotas: settled tokens in the window plus open reservations plus
     -- this turn's worst case must fit. One statement, one snapshot.
-    for v_quota in
-      select q.key, q.kind, q.lim, q.win,
-             ops.tokens_used(q.key, q.win, p_now) as used,
-             (select coalesce(sum(t.tokens), 0) from ops.token_reservations t
-              where t.expires_at > p_now
-                and case q.kind when 'org' then t.org_id = p_org_id else t.user_id = p_user_id end) as reserved
-      from (values
-        ('org:' || p_org_id || ':minute', 'org', coalesce(v_org.org_tokens_per_minute, v_global.org_tokens_per_minute), 60),
-        ('org:' || p_org_id || ':day', 'org', coalesce(v_org.org_tokens_per_day, v_global.org_tokens_per_day), 86400),
-        ('user:' || p_user_id || ':minute', 'user', coalesce(v_org.user_tokens_per_minute, v_global.user_tokens_per_minute), 60),
-        ('user:' || p_user_id || ':day', 'user', coalesce(v_org.user_tokens_per_day, v_global.user_tokens_per_day), 86400)
-      ) as q (key, kind, lim, win)
-      where q.lim is not null
-    loop
-      if v_quota.used + v_quota.reserved + v_reserve > v_quota.lim then
-        v_retry := ops.tokens_retry_after(v_quota.key, v_quota.kind, p_org_id, p_user_id, v_quota.win,
-                                          v_quota.used + v_quota.reserved + v_reserve - v_quota.lim,
-                                          v_reserve > v_quota.lim, p_now);
-        return jsonb_build_object(
-          'outcome', 'rate_limit',
-          'member', true,
-          'rate_limit', jsonb_build_object(
-            'allowed', false, 'scope', 'tokens', 'key', 'tokens:' || v_quota.key,
-            'limit', v_quota.lim, 'window_seconds', v_quota.win,
-            'remaining', greatest(v_quota.lim - v_quota.used - v_quota.reserved, 0),
-            'reset_seconds', v_retry, 'retry_after_seconds', v_retry,
-            'reserve_tokens', v_reserve));
-      end if;
-    end loop;
+    if coalesce(v_org_tpm, v_org_tpd, v_user_tpm, v_user_tpd) is not null then
+      for v_quota in
+        select q.key, q.kind, q.lim, q.win,
+               coalesce((select sum(s.n)::bigint
+                         from ops.token_counters c
+                         cross join lateral unnest(c.slot_ids, c.slot_tokens) as s (id, n)
+                         where c.counter_key = q.key
+                           and s.id >= ((extract(epoch from p_now) * 1000)::bigint - q.win::bigint * 1000) / c.slot_ms), 0) as used,
+               (select coalesce(sum(t.tokens), 0) from ops.token_reservations t
+                where t.expires_at > p_now
+                  and case q.kind when 'org' then t.org_id = p_org_id else t.user_id = p_user_id end) as reserved
+        from (values
+          ('org:' || p_org_id || ':minute', 'org', v_org_tpm, 60),
+          ('org:' || p_org_id || ':day', 'org', v_org_tpd, 86400),
+          ('user:' || p_user_id || ':minute', 'user', v_user_tpm, 60),
+          ('user:' || p_user_id || ':day', 'user', v_user_tpd, 86400)
+        ) as q (key, kind, lim, win)
+        where q.lim is not null
+      loop
+        if v_quota.used + v_quota.reserved + v_reserve > v_quota.lim then
+          v_retry := ops.tokens_retry_after(v_quota.key, v_quota.kind, p_org_id, p_user_id, v_quota.win,
+                                            v_quota.used + v_quota.reserved + v_reserve - v_quota.lim,
+                                            v_reserve > v_quota.lim, p_now);
+          return jsonb_build_object(
+            'outcome', 'rate_limit',
+            'member', true,
+            'rate_limit', jsonb_build_object(
+              'allowed', false, 'scope', 'tokens', 'key', 'tokens:' || v_quota.key,
+              'limit', v_quota.lim, 'window_seconds', v_quota.win,
+              'remaining', greatest(v_quota.lim - v_quota.used - v_quota.reserved, 0),
+              'reset_seconds', v_retry, 'retry_after_seconds', v_retry,
+              'reserve_tokens', v_reserve));
+        end if;
+      end loop;
+    end if;
 
     -- Enforced budgets: refuse once spend plus open reservations reach them.
-    v_reserve_usd := coalesce(ops.worst_case_usd(p_model, v_reserve, p_now), 0);
-    if v_org_budget.id is not null then
-      select coalesce((select c.usd from ops.spend_counters c where c.org_id = p_org_id and c.month = v_month), 0),
+    -- The reservation holds its tokens at the model's highest per-token price.
+    v_reserve_usd := coalesce((
+      select v_reserve * greatest(p.input_usd_per_million, p.cached_input_usd_per_million, p.output_usd_per_million) / 1000000
+      from ops.model_prices p
+      where (p.model = p_model or starts_with(p_model, p.model || '-'))
+        and p.effective_from <= p_now
+      order by length(p.model) desc, p.effective_from desc
+      limit 1), 0);
+    if v_org_budget is not null then
+      select coalesce((select c.usd from ops.spend_counters c
+                       where c.org_id = p_org_id and c.month = date_trunc('month', p_now at time zone 'UTC')::date), 0),
              coalesce((select sum(t.usd) from ops.token_reservations t where t.org_id = p_org_id and t.expires_at > p_now), 0)
       into v_spent, v_reserved_usd;
-      if v_spent + v_reserved_usd >= v_org_budget.monthly_usd then
+      if v_spent + v_reserved_usd >= v_org_budget then
         return jsonb_build_object('outcome', 'budget_exceeded', 'member', true,
-          'budget', jsonb_build_object('scope', 'org', 'budget_usd', v_org_budget.monthly_usd,
+          'budget', jsonb_build_object('scope', 'org', 'budget_usd', v_org_budget,
                                        'spent_usd', round(v_spent, 6), 'reserved_usd', round(v_reserved_usd, 6)));
       end if;
     end if;
-    if v_global_budget.id is not null then
-      select coalesce((select sum(c.usd) from ops.spend_counters c where c.month = v_month), 0),
+    if v_global_budget is not null then
+      select coalesce((select sum(c.usd) from ops.spend_counters c
+                       where c.month = date_trunc('month', p_now at time zone 'UTC')::date), 0),
              coalesce((select sum(t.usd) from ops.token_reservations t where t.expires_at > p_now), 0)
       into v_spent, v_reserved_usd;
-      if v_spent + v_reserved_usd >= v_global_budget.monthly_usd then
+      if v_spent + v_reserved_usd >= v_global_budget then
         return jsonb_build_object('outcome', 'budget_exceeded', 'member', true,
-          'budget', jsonb_build_object('scope', 'global', 'budget_usd', v_global_budget.monthly_usd,
+          'budget', jsonb_build_object('scope', 'global', 'budget_usd', v_global_budget,
                                        'spent_usd', round(v_spent, 6), 'reserved_usd', round(v_reserved_usd, 6)));
       end if;
     end if;
   end if;
 
-  -- 7. Request buckets, all-or-nothing: org:, user:, ip: (when the IP is
+  -- 6. Request buckets, all-or-nothing: org:, user:, ip: (when the IP is
   -- known) and the channel: buckets a policy sets.
-  v_keys := array['org:' || p_org_id, 'user:' || p_user_id, 'ip:' || nullif(p_client_ip, '')];
-  v_limits := array[coalesce(v_org.org_max_requests, v_global.org_max_requests, p_org_limit), v_user_limit,
-                    coalesce(v_org.ip_max_requests, v_global.ip_max_requests, p_ip_limit)];
-  v_windows := array[coalesce(v_org.org_window_seconds, v_global.org_window_seconds, p_window_seconds), v_user_window,
-                     coalesce(v_org.ip_window_seconds, v_global.ip_window_seconds, p_window_seconds)];
-  if v_global_channel.channel_max_requests is not null then
-    v_keys := v_keys || ('channel:' || p_channel);
-    v_limits := v_limits || v_global_channel.channel_max_requests;
-    v_windows := v_windows || coalesce(v_global_channel.channel_window_seconds, p_window_seconds);
+  if v_channel_limit is null and v_org_channel_limit is null then
+    v_decision := ops.consume_rate_limits(
+      array['org:' || p_org_id, 'user:' || p_user_id, 'ip:' || nullif(p_client_ip, '')],
+      array[v_org_limit, v_user_limit, v_ip_limit],
+      array[v_org_window, v_user_window, v_ip_window],
+      p_now);
+  else
+    v_keys := array['org:' || p_org_id, 'user:' || p_user_id, 'ip:' || nullif(p_client_ip, '')];
+    v_limits := array[v_org_limit, v_user_limit, v_ip_limit];
+    v_windows := array[v_org_window, v_user_window, v_ip_window];
+    if v_channel_limit is not null then
+      v_keys := v_keys || ('channel:' || p_channel);
+      v_limits := v_limits || v_channel_limit;
+      v_windows := v_windows || v_channel_window;
+    end if;
+    if v_org_channel_limit is not null then
+      v_keys := v_keys || ('channel:' || p_org_id || ':' || p_channel);
+      v_limits := v_limits || v_org_channel_limit;
+      v_windows := v_windows || v_org_channel_window;
+    end if;
+    v_decision := ops.consume_rate_limits(v_keys, v_limits, v_windows, p_now);
   end if;
-  if v_org_channel.channel_max_requests is not null then
-    v_keys := v_keys || ('channel:' || p_org_id || ':' || p_channel);
-    v_limits := v_limits || v_org_channel.channel_max_requests;
-    v_windows := v_windows || coalesce(v_org_channel.channel_window_seconds, p_window_seconds);
-  end if;
-  v_decision := ops.consume_rate_limits(v_keys, v_limits, v_windows, p_now);
   if not (v_decision ->> 'allowed')::boolean then
     return jsonb_build_object('outcome', 'rate_limit', 'member', true, 'rate_limit', v_decision);
   end if;
@@ -326,9 +386,8 @@ begin
     perform ops.idempotency_claim(p_user_id, p_idempotency_key, p_request_hash, p_org_id, p_request_id, p_now);
   end if;
 
-  -- 8. The reservation, when a quota or an enforced budget applies.
-  if (v_org_quota or v_user_quota or v_org_budget.id is not null or v_global_budget.id is not null)
-     and p_request_id is not null then
+  -- 7. The reservation, when a quota or an enforced budget applies.
+  if v_admission and p_request_id is not null then
     insert into ops.token_reservations (request_id, org_id, user_id, model, tokens, usd, created_at, expires_at)
     values (p_request_id, p_org_id, p_user_id, p_model, v_reserve, v_reserve_usd, p_now,
             p_now + make_interval(secs => greatest(coalesce(p_reserve_seconds, 300), 1)))
@@ -342,7 +401,7 @@ begin
     'member', true,
     'rate_limit', v_decision,
     'reserved_tokens', v_reserve,
-    'session_exists', v_session.id is not null and v_session.expires_at > p_now,
+    'session_exists', coalesce(v_session_expires > p_now, false),
     'history', v_history
   );
 end;
@@ -354,7 +413,15 @@ revoke execute on function public.agent_begin_turn(uuid, uuid, text, text, uuid,
 grant execute on function public.agent_begin_turn(uuid, uuid, text, text, uuid, integer, integer, integer, integer, integer, boolean, boolean, text, integer, text, integer, timestamptz, text, text) to service_role;
 
 -- ---------------------------------------------------------------------------
--- public.agent_end_turn: store one answered turn.
+-- public.agent_end_turn: store one answered turn (Supabase store, usage log
+-- off; with the usage log agent_finish_turn does the same and logs usage).
+--
+-- The session row is one upsert with the owner check: a new session is
+-- inserted, a live session of the same (org, user) is refreshed; the row is
+-- locked either way, so concurrent turns on one session queue there. Only
+-- when the upsert finds another owner or an expired session does a second
+-- statement look at the row. A brand-new session holds just the two new
+-- messages, so it is not trimmed.
 -- ---------------------------------------------------------------------------
 create function public.agent_end_turn(
   p_session_id uuid,
@@ -370,10 +437,13 @@ create function public.agent_end_turn(
 returns jsonb
 language plpgsql
 set search_path = ''
+set plan_cache_mode = force_generic_plan
 as $$
 declare
-  v_session public.agent_sessions%rowtype;
-  v_cutoff bigint;
+  v_expires timestamptz := p_now + make_interval(secs => p_ttl_seconds);
+  v_new boolean;
+  v_org uuid;
+  v_user uuid;
 begin
   if p_session_id is null or p_org_id is null or p_user_id is null then
     raise exception 'session_id, org_id and user_id are required' using errcode = '22023';
@@ -385,26 +455,25 @@ begin
     raise exception 'max_messages must be zero or more' using errcode = '22023';
   end if;
 
-  insert into public.agent_sessions (id, org_id, user_id, channel, created_at, updated_at, expires_at)
-  values (p_session_id, p_org_id, p_user_id, coalesce(p_channel, 'app'), p_now, p_now,
-          p_now + make_interval(secs => p_ttl_seconds))
-  on conflict (id) do nothing;
-
-  -- Lock the session row; concurrent turns on one session queue here.
-  select s.* into v_session from public.agent_sessions s where s.id = p_session_id for update;
-  if v_session.org_id <> p_org_id or v_session.user_id <> p_user_id then
-    return jsonb_build_object('outcome', 'session_not_found');
-  end if;
-
-  -- A session revived after expiry starts empty, as it read.
-  if v_session.expires_at <= p_now then
+  -- xmax = 0 only on a row this statement inserted (an updated row carries
+  -- this transaction's id as its locker).
+  insert into public.agent_sessions as s (id, org_id, user_id, channel, created_at, updated_at, expires_at)
+  values (p_session_id, p_org_id, p_user_id, coalesce(p_channel, 'app'), p_now, p_now, v_expires)
+  on conflict (id) do update
+  set updated_at = p_now, expires_at = v_expires
+  where s.org_id = p_org_id and s.user_id = p_user_id and s.expires_at > p_now
+  returning s.xmax = 0 into v_new;
+  if v_new is null then
+    -- Another owner's session, or an expired one (the upsert locked it).
+    select s.org_id, s.user_id into v_org, v_user from public.agent_sessions s where s.id = p_session_id;
+    if v_org <> p_org_id or v_user <> p_user_id then
+      return jsonb_build_object('outcome', 'session_not_found');
+    end if;
+    -- A session revived after expiry starts empty, as it read.
     delete from public.agent_session_messages m where m.session_id = p_session_id;
+    update public.agent_sessions s set updated_at = p_now, expires_at = v_expires where s.id = p_session_id;
+    v_new := true;
   end if;
-
-  update public.agent_sessions s
-  set updated_at = p_now,
-      expires_at = p_now + make_interval(secs => p_ttl_seconds)
-  where s.id = p_session_id;
 
   insert into public.agent_session_messages (session_id, role, content, created_at)
   values (p_session_id, 'user', p_user_message, p_now),
@@ -415,24 +484,22 @@ begin
   -- is lowered, say); the rest goes on later turns, or all at once when the
   -- session has expired (ops.purge_expired).
   -- Readers never see the excess: they read the newest p_max_messages.
-  select m.id into v_cutoff
-  from public.agent_session_messages m
-  where m.session_id = p_session_id
-  order by m.id desc
-  offset p_max_messages
-  limit 1;
-  if v_cutoff is not null then
+  if not v_new or p_max_messages < 2 then
     delete from public.agent_session_messages m
     where m.id in (
       select o.id from public.agent_session_messages o
-      where o.session_id = p_session_id and o.id <= v_cutoff
+      where o.session_id = p_session_id
+        and o.id <= (select c.id from public.agent_session_messages c
+                     where c.session_id = p_session_id
+                     order by c.id desc
+                     offset p_max_messages
+                     limit 1)
       order by o.id
       limit 64
     );
   end if;
 
-  return jsonb_build_object('outcome', 'ok', 'session_id', p_session_id,
-                            'expires_at', p_now + make_interval(secs => p_ttl_seconds));
+  return jsonb_build_object('outcome', 'ok', 'session_id', p_session_id, 'expires_at', v_expires);
 end;
 $$;
 comment on function public.agent_end_turn(uuid, uuid, uuid, text, text, text, integer, integer, timestamptz) is
@@ -442,8 +509,12 @@ grant execute on function public.agent_end_turn(uuid, uuid, uuid, text, text, te
 
 -- ---------------------------------------------------------------------------
 -- public.agent_finish_turn: an answered turn and its usage row in one round
--- trip (Supabase store): one call and one commit instead of two. The usage
--- row is still the single insert of agent_log_usage.
+-- trip (Supabase store): one call and one commit instead of two. The same
+-- statements as agent_end_turn, then the usage row, inserted inline as
+-- agent_log_usage inserts it (metered once, settling its reservation and
+-- Idempotency-Key). No nested call and no exception block: the event is the
+-- function's own, typed; a call that fails saves nothing and the function
+-- logs the usage row on its own path (usage_logged false).
 -- ---------------------------------------------------------------------------
 create function public.agent_finish_turn(
   p_session_id uuid,
@@ -459,29 +530,89 @@ create function public.agent_finish_turn(
 returns jsonb
 language plpgsql
 set search_path = ''
+set plan_cache_mode = force_generic_plan
 as $$
 declare
-  v_result jsonb;
-  v_logged boolean := false;
+  v_now timestamptz := now();
+  v_expires timestamptz := now() + make_interval(secs => p_ttl_seconds);
+  v_new boolean;
+  v_org uuid;
+  v_user uuid;
 begin
-  v_result := public.agent_end_turn(
-    p_session_id, p_org_id, p_user_id, p_channel, p_user_message, p_assistant_message,
-    p_ttl_seconds, p_max_messages);
-  -- Another owner's session: the caller logs that outcome itself.
-  if v_result ->> 'outcome' = 'ok' and p_usage is not null then
-    -- A failing usage insert must not undo the saved turn: it runs in its
-    -- own subtransaction and the caller retries it on its own path.
-    begin
-      perform public.agent_log_usage(p_usage);
-      v_logged := true;
-    exception when others then
-      v_logged := false;
-    end;
+  if p_session_id is null or p_org_id is null or p_user_id is null then
+    raise exception 'session_id, org_id and user_id are required' using errcode = '22023';
   end if;
-  return v_result || jsonb_build_object('usage_logged', v_logged);
+  if p_ttl_seconds is null or p_ttl_seconds < 1 then
+    raise exception 'ttl_seconds must be a positive integer' using errcode = '22023';
+  end if;
+  if p_max_messages is null or p_max_messages < 0 then
+    raise exception 'max_messages must be zero or more' using errcode = '22023';
+  end if;
+
+  -- The session, as agent_end_turn does it.
+  insert into public.agent_sessions as s (id, org_id, user_id, channel, created_at, updated_at, expires_at)
+  values (p_session_id, p_org_id, p_user_id, coalesce(p_channel, 'app'), v_now, v_now, v_expires)
+  on conflict (id) do update
+  set updated_at = v_now, expires_at = v_expires
+  where s.org_id = p_org_id and s.user_id = p_user_id and s.expires_at > v_now
+  returning s.xmax = 0 into v_new;
+  if v_new is null then
+    select s.org_id, s.user_id into v_org, v_user from public.agent_sessions s where s.id = p_session_id;
+    -- Another owner's session: the caller logs that outcome itself.
+    if v_org <> p_org_id or v_user <> p_user_id then
+      return jsonb_build_object('outcome', 'session_not_found', 'usage_logged', false);
+    end if;
+    delete from public.agent_session_messages m where m.session_id = p_session_id;
+    update public.agent_sessions s set updated_at = v_now, expires_at = v_expires where s.id = p_session_id;
+    v_new := true;
+  end if;
+
+  insert into public.agent_session_messages (session_id, role, content, created_at)
+  values (p_session_id, 'user', p_user_message, v_now),
+         (p_session_id, 'assistant', p_assistant_message, v_now);
+
+  if not v_new or p_max_messages < 2 then
+    delete from public.agent_session_messages m
+    where m.id in (
+      select o.id from public.agent_session_messages o
+      where o.session_id = p_session_id
+        and o.id <= (select c.id from public.agent_session_messages c
+                     where c.session_id = p_session_id
+                     order by c.id desc
+                     offset p_max_messages
+                     limit 1)
+      order by o.id
+      limit 64
+    );
+  end if;
+
+  if p_usage is not null then
+    -- An Idempotency-Key's attempt settles with its usage row (20251231120600_ai_agent_idempotency).
+    if p_usage ? 'idempotency' then perform ops.idempotency_settle(p_usage); end if;
+    insert into public.agent_usage_events (
+      request_id, org_id, user_id, session_id, channel, model,
+      prompt_tokens, cached_prompt_tokens, completion_tokens, total_tokens,
+      latency_ms, success, error_code, error_message, event_count, metadata, created_at
+    )
+    select
+      left(e.request_id, 128), e.org_id, e.user_id, e.session_id, left(e.channel, 64), left(e.model, 128),
+      e.prompt_tokens, e.cached_prompt_tokens, e.completion_tokens, e.total_tokens,
+      e.latency_ms, coalesce(e.success, false), left(e.error_code, 64), left(e.error_message, 2000),
+      greatest(coalesce(e.event_count, 1), 1), coalesce(e.metadata, '{}'::jsonb), coalesce(e.created_at, v_now)
+    from jsonb_to_record(p_usage) as e (
+      request_id text, org_id uuid, user_id uuid, session_id uuid, channel text, model text,
+      prompt_tokens integer, cached_prompt_tokens integer, completion_tokens integer, total_tokens integer,
+      latency_ms integer, success boolean, error_code text, error_message text, event_count integer,
+      metadata jsonb, created_at timestamptz
+    )
+    on conflict do nothing;
+  end if;
+
+  return jsonb_build_object('outcome', 'ok', 'session_id', p_session_id, 'expires_at', v_expires,
+                            'usage_logged', p_usage is not null);
 end;
 $$;
 comment on function public.agent_finish_turn(uuid, uuid, uuid, text, text, text, integer, integer, jsonb) is
-  'agent-chat, Supabase store: agent_end_turn, then (when the turn was saved) agent_log_usage(p_usage), in one transaction. Returns the end-turn result plus usage_logged. service_role only.';
+  'agent-chat, Supabase store: agent_end_turn, then (when the turn was saved) the usage row of p_usage as agent_log_usage writes it, in one transaction. Returns the end-turn result plus usage_logged. service_role only.';
 revoke execute on function public.agent_finish_turn(uuid, uuid, uuid, text, text, text, integer, integer, jsonb) from public, anon, authenticated;
 grant execute on function public.agent_finish_turn(uuid, uuid, uuid, text, text, text, integer, integer, jsonb) to service_role;

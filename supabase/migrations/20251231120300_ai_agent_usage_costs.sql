@@ -16,6 +16,7 @@ create function public.agent_log_usage(p_event jsonb)
 returns void
 language plpgsql
 set search_path = ''
+set plan_cache_mode = force_generic_plan
 as $$
 begin
   -- An Idempotency-Key's attempt settles with its usage row (20251231120600_ai_agent_idempotency).
@@ -106,27 +107,56 @@ create function ops.settle_usage()
 returns trigger
 language plpgsql
 set search_path = ''
+set plan_cache_mode = force_generic_plan
 as $$
+-- On every usage row: three statements (two when no reservation was made),
+-- each a cached plan; the billing test and the price are inlined (a
+-- LANGUAGE sql function with a SET clause would be planned on every call).
 declare
   v_tokens bigint;
+  v_at_ms bigint;
+  v_now_ms bigint;
 begin
   if new.request_id is not null then
     delete from ops.token_reservations t where t.request_id = new.request_id;
   end if;
-  if new.org_id is null or not ops.is_billed(new.prompt_tokens, new.completion_tokens, new.total_tokens) then
+  -- Billed (ops.is_billed): the row reports tokens.
+  if new.org_id is null
+     or not (coalesce(new.prompt_tokens, 0) > 0 or coalesce(new.completion_tokens, 0) > 0 or coalesce(new.total_tokens, 0) > 0) then
     return null;
   end if;
   v_tokens := coalesce(new.total_tokens, coalesce(new.prompt_tokens, 0) + coalesce(new.completion_tokens, 0));
-  -- Counter rows in key order (org: before user:), as every settlement takes them.
-  perform ops.add_tokens('org:' || new.org_id || ':day', 86400, v_tokens, new.created_at);
-  perform ops.add_tokens('org:' || new.org_id || ':minute', 60, v_tokens, new.created_at);
-  if new.user_id is not null then
-    perform ops.add_tokens('user:' || new.user_id || ':day', 86400, v_tokens, new.created_at);
-    perform ops.add_tokens('user:' || new.user_id || ':minute', 60, v_tokens, new.created_at);
-  end if;
+  v_at_ms := (extract(epoch from new.created_at) * 1000)::bigint;
+  v_now_ms := (extract(epoch from greatest(new.created_at, now())) * 1000)::bigint;
+  -- The token counters (ops.add_tokens, four at once), in key order (org:
+  -- before user:, day before minute), as every settlement takes them.
+  insert into ops.token_counters as c (counter_key, slot_ms, slot_ids, slot_tokens, updated_at)
+  select k.key, k.win * 50, array[v_at_ms / (k.win * 50)], array[v_tokens], now()
+  from (values ('org:' || new.org_id || ':day', 86400::bigint), ('org:' || new.org_id || ':minute', 60),
+               ('user:' || new.user_id || ':day', 86400), ('user:' || new.user_id || ':minute', 60)) as k (key, win)
+  where k.key is not null and v_at_ms / (k.win * 50) >= (v_now_ms - k.win * 1000) / (k.win * 50)
+  on conflict (counter_key) do update
+  set (slot_ids, slot_tokens) = (
+        select coalesce(array_agg(x.id order by x.id), '{}'), coalesce(array_agg(x.n order by x.id), '{}')
+        from (
+          select u.id, sum(u.n)::bigint as n
+          from unnest(c.slot_ids || excluded.slot_ids, c.slot_tokens || excluded.slot_tokens) as u (id, n)
+          where u.id >= (v_now_ms - excluded.slot_ms * 20) / excluded.slot_ms
+          group by u.id
+        ) x),
+      updated_at = now();
+  -- Month-to-date spend at the row's price (ops.event_cost_usd; $0 when unpriced).
   insert into ops.spend_counters as c (org_id, month, usd, billed_events, updated_at)
   values (new.org_id, date_trunc('month', new.created_at at time zone 'UTC')::date,
-          coalesce(ops.event_cost_usd(new.model, new.created_at, new.prompt_tokens, new.cached_prompt_tokens, new.completion_tokens), 0),
+          coalesce((
+            select (greatest(coalesce(new.prompt_tokens, 0) - coalesce(new.cached_prompt_tokens, 0), 0) * p.input_usd_per_million
+                    + coalesce(new.cached_prompt_tokens, 0) * p.cached_input_usd_per_million
+                    + coalesce(new.completion_tokens, 0) * p.output_usd_per_million) / 1000000
+            from ops.model_prices p
+            where (p.model = new.model or starts_with(new.model, p.model || '-'))
+              and p.effective_from <= new.created_at
+            order by length(p.model) desc, p.effective_from desc
+            limit 1), 0),
           new.event_count, now())
   on conflict (org_id, month) do update
   set usd = c.usd + excluded.usd, billed_events = c.billed_events + excluded.billed_events, updated_at = now();

@@ -110,9 +110,10 @@ create function ops.idempotency_claim(
   p_lease interval default interval '10 minutes'
 )
 returns void
-language sql
+language plpgsql
 set search_path = ''
 as $$
+begin
   -- Only an expired row can be here (ops.idempotency_check passed under the
   -- same lock): it is taken over.
   insert into ops.idempotency_keys as k (
@@ -130,6 +131,7 @@ as $$
       created_at = excluded.created_at,
       completed_at = null,
       expires_at = excluded.expires_at;
+end;
 $$;
 comment on function ops.idempotency_claim(uuid, text, text, uuid, text, timestamptz, interval) is
   'Records an admitted turn''s Idempotency-Key as running for p_lease (longer than the Edge Function''s wall-clock limit), after which an attempt that never settled is presumed dead and the key is free again.';
@@ -184,10 +186,12 @@ grant execute on function ops.idempotency_settle(jsonb, timestamptz) to service_
 -- ---------------------------------------------------------------------------
 create function public.agent_settle_idempotency(p_event jsonb)
 returns void
-language sql
+language plpgsql
 set search_path = ''
 as $$
-  select ops.idempotency_settle(p_event);
+begin
+  perform ops.idempotency_settle(p_event);
+end;
 $$;
 comment on function public.agent_settle_idempotency(jsonb) is
   'agent-chat with the usage log off: settles an Idempotency-Key as agent_log_usage would, without writing a usage row. service_role only.';

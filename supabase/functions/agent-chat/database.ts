@@ -2,8 +2,9 @@
  * Owns the calls to Postgres on the request path (begin turn, end or finish
  * turn, log usage), behind one narrow interface with two transports: the Data API (supabase-js `rpc`, default on
  * hosted Supabase) and a direct Postgres connection (`postgres`, without
- * prepared statements so it is safe behind the transaction pooler). Both
- * send the same named arguments and return the same JSON.
+ * prepared statements so it is safe behind the transaction pooler). The Data
+ * API sends named arguments, the direct transport the same values
+ * positionally; both return the same JSON.
  */
 import type { SupabaseClient } from "@supabase/supabase-js";
 import type { Sql } from "postgres";
@@ -32,7 +33,10 @@ export function resolveDatabase(
 ): DatabaseConnection {
   const direct = e.AI_AGENT_DATABASE_URL ??
     (e.AI_AGENT_DB_TRANSPORT === "postgres" ? e.SUPABASE_DB_URL : undefined);
-  if (e.AI_AGENT_DB_TRANSPORT === "postgres" || (e.AI_AGENT_DB_TRANSPORT === undefined && direct)) {
+  if (
+    e.AI_AGENT_DB_TRANSPORT === "postgres" ||
+    (e.AI_AGENT_DB_TRANSPORT === undefined && direct)
+  ) {
     if (!direct) {
       problems.push(
         "AI_AGENT_DB_TRANSPORT=postgres needs AI_AGENT_DATABASE_URL or SUPABASE_DB_URL",
@@ -40,13 +44,19 @@ export function resolveDatabase(
     }
     return { transport: "postgres", url: direct ?? "" };
   }
-  if (!e.SUPABASE_URL) problems.push("SUPABASE_URL: required for the Data API transport");
+  if (!e.SUPABASE_URL) {
+    problems.push("SUPABASE_URL: required for the Data API transport");
+  }
   if (serviceKeys.length === 0) {
     problems.push(
       "SUPABASE_SERVICE_ROLE_KEY or SUPABASE_SECRET_KEYS: required for the Data API transport",
     );
   }
-  return { transport: "rpc", url: e.SUPABASE_URL ?? "", key: serviceKeys[0] ?? "" };
+  return {
+    transport: "rpc",
+    url: e.SUPABASE_URL ?? "",
+    key: serviceKeys[0] ?? "",
+  };
 }
 
 export interface BeginTurnArgs {
@@ -128,7 +138,11 @@ export type BeginTurnResult =
     | { outcome: "session_not_found"; rate_limit?: unknown }
     | { outcome: "replay"; response: StoredAnswer }
     | { outcome: "idempotency_mismatch" }
-    | { outcome: "request_in_progress"; retry_after_seconds?: number; request_id?: string }
+    | {
+      outcome: "request_in_progress";
+      retry_after_seconds?: number;
+      request_id?: string;
+    }
   );
 
 export interface ChatMessage {
@@ -180,9 +194,17 @@ export class DatabaseError extends Error {
   }
 }
 
-export function createRpcDatabase(client: SupabaseClient, timeoutMs: number): TurnDatabase {
-  async function call<T>(fn: string, args: Record<string, unknown>): Promise<T> {
-    const { data, error } = await client.rpc(fn, args).abortSignal(AbortSignal.timeout(timeoutMs));
+export function createRpcDatabase(
+  client: SupabaseClient,
+  timeoutMs: number,
+): TurnDatabase {
+  async function call<T>(
+    fn: string,
+    args: Record<string, unknown>,
+  ): Promise<T> {
+    const { data, error } = await client.rpc(fn, args).abortSignal(
+      AbortSignal.timeout(timeoutMs),
+    );
     if (error) throw new DatabaseError(`${fn}: ${error.message}`, error.code);
     return data as T;
   }
@@ -202,58 +224,112 @@ export function createRpcDatabase(client: SupabaseClient, timeoutMs: number): Tu
 
 /**
  * A SQL literal for the simple query protocol. Escape-string syntax (E'…')
- * makes the quoting independent of `standard_conforming_strings`.
+ * makes the quoting independent of `standard_conforming_strings`. One pass
+ * over the text: JSON.stringify never emits a raw NUL, so only strings are
+ * checked for one.
  */
 export function sqlLiteral(value: unknown): string {
   if (value === null || value === undefined) return "null";
   if (typeof value === "boolean") return value ? "true" : "false";
   if (typeof value === "number") {
-    if (!Number.isSafeInteger(value)) throw new DatabaseError(`not an integer: ${value}`);
+    if (!Number.isSafeInteger(value)) {
+      throw new DatabaseError(`not an integer: ${value}`);
+    }
     return String(value);
   }
-  const text = typeof value === "string" ? value : JSON.stringify(value);
-  if (text.includes("\0")) throw new DatabaseError("text with a NUL character cannot be stored");
+  let text: string;
+  if (typeof value === "string") {
+    if (value.includes("\0")) {
+      throw new DatabaseError("text with a NUL character cannot be stored");
+    }
+    text = value;
+  } else {
+    text = JSON.stringify(value);
+  }
   return `E'${text.replace(/[\\']/g, escapeChar)}'`;
 }
 
-/** One pass over the text: a backslash and a quote are each doubled. */
+/** A backslash and a quote are each doubled. */
 const escapeChar = (c: string) => c + c;
 
-function callSql(fn: string, args: Record<string, unknown>, casts: Record<string, string>): string {
-  const list = Object.entries(args).map(([name, value]) =>
-    `${name} => ${sqlLiteral(value)}::${casts[name] ?? "text"}`
-  );
-  return `select public.${fn}(${list.join(", ")}) as result`;
-}
+/**
+ * The parameters of each function the direct transport calls, in their
+ * declared order (db_contract.test.ts checks it against pg_proc). Calls are
+ * positional with untyped literals, each function having one signature:
+ * the shortest text, and no named-argument matching or stored defaults to
+ * expand on every call. `p_now` is sent as `now()`, its default.
+ */
+export const CALL_PARAMETERS = {
+  agent_begin_turn: [
+    "p_org_id",
+    "p_user_id",
+    "p_client_ip",
+    "p_channel",
+    "p_session_id",
+    "p_org_limit",
+    "p_user_limit",
+    "p_ip_limit",
+    "p_window_seconds",
+    "p_max_messages",
+    "p_load_history",
+    "p_session_owned",
+    "p_request_id",
+    "p_reserve_tokens",
+    "p_model",
+    "p_reserve_seconds",
+    "p_now",
+    "p_idempotency_key",
+    "p_request_hash",
+  ],
+  agent_end_turn: [
+    "p_session_id",
+    "p_org_id",
+    "p_user_id",
+    "p_channel",
+    "p_user_message",
+    "p_assistant_message",
+    "p_ttl_seconds",
+    "p_max_messages",
+    "p_now",
+  ],
+  agent_finish_turn: [
+    "p_session_id",
+    "p_org_id",
+    "p_user_id",
+    "p_channel",
+    "p_user_message",
+    "p_assistant_message",
+    "p_ttl_seconds",
+    "p_max_messages",
+    "p_usage",
+  ],
+  agent_log_usage: ["p_event"],
+  agent_settle_idempotency: ["p_event"],
+} as const;
 
-const CASTS: Record<string, string> = {
-  p_org_id: "uuid",
-  p_user_id: "uuid",
-  p_session_id: "uuid",
-  p_org_limit: "integer",
-  p_user_limit: "integer",
-  p_ip_limit: "integer",
-  p_window_seconds: "integer",
-  p_max_messages: "integer",
-  p_ttl_seconds: "integer",
-  p_load_history: "boolean",
-  p_session_owned: "boolean",
-  p_reserve_tokens: "integer",
-  p_reserve_seconds: "integer",
-  p_usage: "jsonb",
-  p_event: "jsonb",
-};
+type CalledFunction = keyof typeof CALL_PARAMETERS;
+
+function callSql(fn: CalledFunction, args: Record<string, unknown>): string {
+  const list = CALL_PARAMETERS[fn].map((name) =>
+    name === "p_now" ? "now()" : sqlLiteral(args[name])
+  );
+  return `select public.${fn}(${list.join(",")}) as result`;
+}
 
 /**
  * Direct transport. The connection pool lives as long as the isolate. Each
- * call is one simple-protocol query with inlined literals: one round trip,
+ * call is one short simple-protocol query with inlined positional literals
+ * (`CALL_PARAMETERS`): one round trip,
  * no prepared statement (safe behind Supavisor's transaction mode; with
  * bind parameters and no prepared statements the driver would need a
  * second round trip to learn the parameter types). The functions are
  * service-only: the URL's user must be allowed to execute them (the
  * `postgres` user of SUPABASE_DB_URL is, as their owner).
  */
-export function createPostgresDatabase(connect: () => Sql, timeoutMs: number): TurnDatabase {
+export function createPostgresDatabase(
+  connect: () => Sql,
+  timeoutMs: number,
+): TurnDatabase {
   let sql = connect();
   // A call that times out may sit on a connection that will never answer
   // (a socket left half-open by a database restart or a network cut). The
@@ -279,8 +355,11 @@ export function createPostgresDatabase(connect: () => Sql, timeoutMs: number): T
       clearTimeout(timer);
     }
   }
-  async function call<T>(fn: string, args: Record<string, unknown>): Promise<T> {
-    const text = callSql(fn, args, CASTS);
+  async function call<T>(
+    fn: CalledFunction,
+    args: Record<string, unknown>,
+  ): Promise<T> {
+    const text = callSql(fn, args);
     const pool = sql;
     try {
       return await attempt<T>(pool, text, fn);

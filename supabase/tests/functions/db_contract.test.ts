@@ -7,10 +7,11 @@
 import postgres from "postgres";
 import { assertEquals } from "./assert.ts";
 import { testUrls } from "../support/function-harness.ts";
-import type {
-  BeginTurnArgs,
-  EndTurnArgs,
-  UsageEvent,
+import {
+  type BeginTurnArgs,
+  CALL_PARAMETERS,
+  type EndTurnArgs,
+  type UsageEvent,
 } from "../../functions/agent-chat/database.ts";
 
 const begin: Required<BeginTurnArgs> = {
@@ -82,6 +83,10 @@ Deno.test("database contract: the arguments the function sends are the Postgres 
                                where table_schema = 'public' and table_name = 'agent_usage_events'`)
       .map((r) => r.column_name as string);
     assertEquals(Object.keys(usage).filter((k) => !columns.includes(k)), []);
+    // The direct transport calls positionally: its order is the declared one.
+    for (const [fn, order] of Object.entries(CALL_PARAMETERS)) {
+      assertEquals(await args(fn), [...order], `${fn}: positional order`);
+    }
   } finally {
     await sql.end();
   }
