@@ -25,7 +25,7 @@ const flags = commandLine({
   transport: (values.transport ?? "direct") as Transport,
   store: (values.store ?? "supabase") as Store,
   seconds: Number(values.seconds ?? 10),
-  client: values.client ?? "sdk",
+  client: values.client ?? "fetch",
 }));
 
 interface ProfileNode {
