@@ -16,7 +16,8 @@
 import postgres from "postgres";
 import { generateKeyPair, SignJWT } from "jose";
 import { assert, assertEquals } from "./assert.ts";
-import { type Harness, type Member, startHarness, testUrls } from "../support/function-harness.ts";
+import type { Harness, Member } from "../support/function-harness.ts";
+import { expectError, statusOf, withDb, withHarness } from "../support/test-helpers.ts";
 
 type Row = Record<string, unknown>;
 type Meta = Record<string, unknown>;
@@ -25,45 +26,6 @@ const STORES = ["supabase", "redis"] as const;
 // ---------------------------------------------------------------------------
 // Helpers
 // ---------------------------------------------------------------------------
-
-async function withHarness(
-  options: Parameters<typeof startHarness>[0],
-  fn: (h: Harness) => Promise<void>,
-): Promise<void> {
-  const h = await startHarness(options);
-  // Idempotent: a test may stop early to flush the refusal ledger.
-  const stop = h.stop;
-  let stopping: Promise<void> | undefined;
-  h.stop = () => stopping ??= stop();
-  try {
-    await fn(h);
-  } finally {
-    await h.stop();
-  }
-}
-
-/** A connection of the test's own, usable after `h.stop()` (which flushes the refusal ledger). */
-async function withDb<T>(fn: (sql: postgres.Sql) => Promise<T>): Promise<T> {
-  const sql = postgres(testUrls().databaseUrl, { max: 2, onnotice: () => {} });
-  try {
-    return await fn(sql);
-  } finally {
-    await sql.end({ timeout: 1 });
-  }
-}
-
-async function expectError(res: Response, status: number, code: string) {
-  const text = await res.text();
-  assertEquals(res.status, status, text);
-  const body = JSON.parse(text);
-  assertEquals(body.error.code, code, text);
-  return body as { error: { code: string; message: string; request_id: string } };
-}
-
-async function statusOf(res: Response): Promise<number> {
-  await res.body?.cancel();
-  return res.status;
-}
 
 async function bucket(sql: postgres.Sql, key: string): Promise<number> {
   const rows = await sql`select slot_total from ops.rate_limits where bucket_key = ${key}`;

@@ -5,19 +5,7 @@
  */
 import { createClient, FunctionsHttpError } from "@supabase/supabase-js";
 import { assert, assertEquals } from "./assert.ts";
-import { type Harness, startHarness } from "../support/function-harness.ts";
-
-async function withHarness(
-  options: Parameters<typeof startHarness>[0],
-  fn: (h: Harness) => Promise<void>,
-) {
-  const h = await startHarness(options);
-  try {
-    await fn(h);
-  } finally {
-    await h.stop();
-  }
-}
+import { withHarness } from "../support/test-helpers.ts";
 
 Deno.test("rate limit over HTTP: 200 concurrent requests against a user limit of 50 admit exactly 50", () =>
   withHarness({ env: { AI_AGENT_RATE_LIMIT_USER_MAX_REQUESTS: "50" } }, async (h) => {

@@ -1,30 +1,10 @@
 /** The error contract of ../shared/DESIGN.md, end to end, with the usage row each outcome leaves. */
 import { assert, assertEquals, assertMatch } from "./assert.ts";
-import { type Harness, startHarness, testUrls } from "../support/function-harness.ts";
+import { type Harness, testUrls } from "../support/function-harness.ts";
 import { startTcpProxy } from "../support/tcp-proxy.ts";
 import { parseSse } from "../support/sse.ts";
 import { createUsageLogger } from "../../functions/agent-chat/usage.ts";
-
-async function withHarness(
-  options: Parameters<typeof startHarness>[0],
-  fn: (h: Harness) => Promise<void>,
-): Promise<void> {
-  const h = await startHarness(options);
-  try {
-    await fn(h);
-  } finally {
-    await h.stop();
-  }
-}
-
-async function expectError(res: Response, status: number, code: string) {
-  const body = await res.json();
-  assertEquals(res.status, status, JSON.stringify(body));
-  assertEquals(body.error.code, code);
-  assertEquals(typeof body.error.message, "string");
-  assertEquals(body.error.request_id, res.headers.get("x-request-id"));
-  return body;
-}
+import { expectError, withHarness } from "../support/test-helpers.ts";
 
 Deno.test("method and preflight: OPTIONS answers CORS, GET is 405", () =>
   withHarness({}, async (h) => {

@@ -6,23 +6,12 @@
  * history the next turn sends to the model).
  */
 import { assert, assertEquals } from "./assert.ts";
-import { type Harness, type Member, startHarness } from "../support/function-harness.ts";
+import type { Harness, Member } from "../support/function-harness.ts";
 import { parseSse } from "../support/sse.ts";
+import { withHarness } from "../support/test-helpers.ts";
 
 const STORES = ["supabase", "redis"] as const;
 type Json = Record<string, unknown>;
-
-async function withHarness(
-  options: Parameters<typeof startHarness>[0],
-  fn: (h: Harness) => Promise<void>,
-): Promise<void> {
-  const h = await startHarness(options);
-  try {
-    await fn(h);
-  } finally {
-    await h.stop();
-  }
-}
 
 /** Polls `probe` until `done` accepts its value (bounded); returns the last value. */
 async function waitFor<T>(probe: () => T, done: (v: T) => boolean, timeoutMs = 5000): Promise<T> {

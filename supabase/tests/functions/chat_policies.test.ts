@@ -6,23 +6,11 @@
  * Policies are set through the operator functions, as the runbook does.
  */
 import { assert, assertEquals } from "./assert.ts";
-import { type Harness, startHarness } from "../support/function-harness.ts";
 import { reserveTokens } from "../../functions/agent-chat/admission.ts";
 import { DEFAULT_SYSTEM_PROMPT } from "../../functions/agent-chat/config.ts";
+import { withHarness } from "../support/test-helpers.ts";
 
 const STORES = ["supabase", "redis"] as const;
-
-async function withHarness(
-  options: Parameters<typeof startHarness>[0],
-  fn: (h: Harness) => Promise<void>,
-): Promise<void> {
-  const h = await startHarness(options);
-  try {
-    await fn(h);
-  } finally {
-    await h.stop();
-  }
-}
 
 /** Status and error code (or "ok") of a response, body consumed. */
 async function outcome(res: Response): Promise<string> {

@@ -16,17 +16,9 @@ import {
 } from "../support/fakes.ts";
 import { createAgentChatHandler } from "../../functions/agent-chat/handler.ts";
 import { ModelError } from "../../functions/agent-chat/model.ts";
+import { expectError } from "../support/contract.ts";
 
 const hi = { message: "hi", org_id: ORG };
-
-async function expectError(res: Response, status: number, code: string) {
-  const body = await res.json();
-  assertEquals(res.status, status, JSON.stringify(body));
-  assertEquals(body.error.code, code);
-  assertEquals(body.error.request_id, res.headers.get("x-request-id"));
-  assert(!/at \w+ \(|\.ts:\d+/.test(body.error.message), "no stack trace");
-  return body;
-}
 
 Deno.test("200: JSON answer with RateLimit headers, one success row, the turn saved", async () => {
   const f = createFakes();

@@ -17,6 +17,7 @@ import { ModelError } from "../../functions/agent-chat/model.ts";
 import type { ChatRequest } from "../../functions/agent-chat/request.ts";
 import { createUsageLogger } from "../../functions/agent-chat/usage.ts";
 import type { UsageEvent } from "../../functions/agent-chat/database.ts";
+import { expectError } from "../support/contract.ts";
 
 const hi = { message: "hi", org_id: ORG };
 const keyed = (key: string) => ({ headers: { "idempotency-key": key } });
@@ -27,13 +28,6 @@ const STORED: StoredAnswer = {
   model: "gpt-fake",
   request_id: "first-request-id",
 };
-
-async function expectError(res: Response, status: number, code: string) {
-  const body = await res.json();
-  assertEquals(res.status, status, JSON.stringify(body));
-  assertEquals(body.error.code, code);
-  return body;
-}
 
 Deno.test("key rules: 1-255 printable ASCII, bare or as a quoted sf-string; anything else is 400", async () => {
   const parse = (value: string) => parseIdempotencyKey(new Headers({ "idempotency-key": value }));

@@ -8,8 +8,9 @@
  * message, a raised budget admits again.
  */
 import { assert, assertEquals } from "./assert.ts";
-import { type Harness, type Member, startHarness, testUrls } from "../support/function-harness.ts";
+import { type Harness, type Member, testUrls } from "../support/function-harness.ts";
 import { runOps } from "../../../scripts/ops.ts";
+import { withHarness } from "../support/test-helpers.ts";
 
 const doc = await Deno.readTextFile(new URL("../../../docs/operations.md", import.meta.url));
 const procedures = new Map(
@@ -50,18 +51,6 @@ async function run(h: Harness, name: string, who: Member): Promise<string> {
     assertEquals(code, 0, `${line}\n${errors}`);
   }
   return output;
-}
-
-async function withHarness(
-  options: Parameters<typeof startHarness>[0],
-  fn: (h: Harness) => Promise<void>,
-): Promise<void> {
-  const h = await startHarness(options);
-  try {
-    await fn(h);
-  } finally {
-    await h.stop();
-  }
 }
 
 async function statusOf(res: Response): Promise<string> {
