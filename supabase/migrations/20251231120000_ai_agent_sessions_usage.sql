@@ -157,10 +157,10 @@ create table public.agent_usage_events (
   session_id uuid,
   channel text,
   model text,
-  prompt_tokens integer,
-  cached_prompt_tokens integer,
-  completion_tokens integer,
-  total_tokens integer,
+  prompt_tokens integer check (prompt_tokens >= 0),
+  cached_prompt_tokens integer check (cached_prompt_tokens >= 0),
+  completion_tokens integer check (completion_tokens >= 0),
+  total_tokens integer check (total_tokens >= 0),
   latency_ms integer,
   success boolean not null,
   error_code text,
@@ -333,11 +333,11 @@ create table ops.policy_audit (
   new_value jsonb
 );
 comment on table ops.policy_audit is
-  'Every change made through the operator functions (policy set/clear, switches, budgets, alert ack/mute): who (the actor passed, else current_user), when, and the row before and after as JSON. Never purged.';
+  'Every change of a policy, budget or alert mute, and every alert ack: who (the actor the operator function was given, else the session user), when, and the row before and after as JSON. Changes made with plain SQL are recorded too (action direct_insert/update/delete on <table>, by the session user). Written only by ops.audit and its triggers: nobody, service_role included, can insert a row of their own. Never purged.';
 create index policy_audit_org_at_idx on ops.policy_audit (org_id, at desc);
 alter table ops.policy_audit enable row level security;
 revoke all on ops.policy_audit from public, anon, authenticated;
-grant select, insert on ops.policy_audit to service_role;
+grant select on ops.policy_audit to service_role;
 
 -- ---------------------------------------------------------------------------
 -- Token quotas and enforced budgets: what is used, and what is on the way.

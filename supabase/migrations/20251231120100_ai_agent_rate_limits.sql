@@ -69,8 +69,8 @@ begin
   -- the old window is counted in the current slot: over-counting, never
   -- under). Admitted only when every bucket has room; then each bucket
   -- counts the request in the current slot. A refusal writes nothing and
-  -- names the first full bucket in lock order, with when enough admissions
-  -- will have left it.
+  -- names the full bucket that frees last, with when enough admissions will
+  -- have left it.
   with b as (
     select t.key, t.lim, t.win,
            case split_part(t.key, ':', 1) when 'user' then 1 when 'ip' then 2 when 'org' then 3 when 'channel' then 4 else 0 end as rank,
@@ -132,7 +132,7 @@ begin
               'remaining', 0,
               'reset_seconds', w.retry,
               'retry_after_seconds', w.retry)
-     from (select * from b where b.used >= b.lim order by b.rank, b.key collate "C" limit 1) f
+     from (select * from b where b.used >= b.lim) f
      -- Retry when enough admissions have left: the first slot whose leaving
      -- brings the count under the limit.
      cross join lateral (
@@ -140,7 +140,11 @@ begin
                                      filter (where f.used - x.freed < f.lim), 0) / 1000.0)::integer, 1) as retry
        from (select s.id, sum(s.n) over (order by s.ord) as freed
              from unnest(f.ids, f.counts) with ordinality as s (id, n, ord)) x
-     ) w),
+     ) w
+     -- Of several full buckets, the one that frees last: a client that waits
+     -- the Retry-After it is given finds every bucket with room.
+     order by w.retry desc, f.rank, f.key collate "C"
+     limit 1),
     (select (array_agg(e.bucket order by e.remaining, e.rank, e.key collate "C"))[1]
             || jsonb_build_object('allowed', true, 'retry_after_seconds', 0,
                                   'buckets', jsonb_agg(e.bucket order by e.rank, e.key collate "C"))

@@ -110,6 +110,7 @@ declare
   v_user_tpd integer;
   v_org_budget numeric;
   v_global_budget numeric;
+  v_any_budget boolean;
   v_admission boolean;
   v_refusal jsonb;
   v_decision jsonb;
@@ -130,11 +131,13 @@ begin
     raise exception 'max_messages must be zero or more' using errcode = '22023';
   end if;
   -- 0. Idempotency-Key, before any check or bucket (20251231120600_ai_agent_idempotency):
-  -- a replay ends here, free; a different body (422) or a duplicate still
-  -- running (409) is a refusal, charged below like the others.
+  -- a replay, or a duplicate of an attempt still running (409: the client
+  -- does what the protocol asks, waits and retries), ends here, free; a
+  -- different body (422, a client bug or a probe) is a refusal, charged
+  -- below like the others.
   if p_idempotency_key is not null then
     v_idempotency := ops.idempotency_check(p_user_id, p_idempotency_key, p_request_hash, p_now);
-    if v_idempotency ->> 'outcome' = 'replay' then return v_idempotency; end if;
+    if v_idempotency ->> 'outcome' in ('replay', 'request_in_progress') then return v_idempotency; end if;
     v_refusal := v_idempotency;
   end if;
 
@@ -156,7 +159,7 @@ begin
          pol.channel_limit, coalesce(pol.channel_window, p_window_seconds),
          pol.org_channel_limit, coalesce(pol.org_channel_window, p_window_seconds),
          pol.org_tpm, pol.org_tpd, pol.user_tpm, pol.user_tpd,
-         bud.org_budget, bud.global_budget,
+         bud.org_budget, bud.global_budget, bud.any_budget,
          oo.found, oo.user_id, oo.channel,
          s.org_id, s.user_id, s.expires_at,
          case when p_load_history and p_max_messages > 0 and s.expires_at > p_now
@@ -174,7 +177,7 @@ begin
        v_org_limit, v_org_window, v_user_limit, v_user_window, v_ip_limit, v_ip_window,
        v_global_user_limit, v_global_user_window,
        v_channel_limit, v_channel_window, v_org_channel_limit, v_org_channel_window,
-       v_org_tpm, v_org_tpd, v_user_tpm, v_user_tpd, v_org_budget, v_global_budget,
+       v_org_tpm, v_org_tpd, v_user_tpm, v_user_tpd, v_org_budget, v_global_budget, v_any_budget,
        v_opt_out, v_opt_out_user, v_opt_out_channel,
        v_session_org, v_session_user, v_session_expires, v_history
   from (
@@ -206,10 +209,13 @@ begin
     where coalesce(p.org_id, v_zero) in (v_zero, p_org_id) and coalesce(p.channel, '') in ('', p_channel)
   ) pol
   cross join (
-    select max(b.monthly_usd) filter (where b.org_id is not null) as org_budget,
-           max(b.monthly_usd) filter (where b.org_id is null) as global_budget
+    select max(b.monthly_usd) filter (where b.org_id is not null and b.mode = 'enforce') as org_budget,
+           max(b.monthly_usd) filter (where b.org_id is null and b.mode = 'enforce') as global_budget,
+           -- Any budget, alert mode too: its turns reserve, so that switching
+           -- it to enforce counts the turns already in flight.
+           count(*) > 0 as any_budget
     from ops.budgets b
-    where coalesce(b.org_id, v_zero) in (v_zero, p_org_id) and b.mode = 'enforce'
+    where coalesce(b.org_id, v_zero) in (v_zero, p_org_id)
   ) bud
   left join lateral (
     select true as found, o.user_id, o.channel
@@ -268,7 +274,7 @@ begin
   -- of this runs when no quota or enforced budget applies. The history read
   -- above is part of the prompt the turn reserves (2 bytes a token, 4 a
   -- message: more than the tokenizer counts, never less for ordinary text).
-  v_admission := coalesce(v_org_tpm, v_org_tpd, v_user_tpm, v_user_tpd, v_org_budget, v_global_budget) is not null;
+  v_admission := coalesce(v_org_tpm, v_org_tpd, v_user_tpm, v_user_tpd) is not null or v_any_budget;
   if v_admission then
     if v_history <> '[]'::jsonb then
       v_reserve := v_reserve + (select coalesce(sum(ceil(octet_length(h ->> 'content') / 2.0) + 4), 0)::bigint
@@ -303,32 +309,45 @@ begin
         ) as q (key, kind, lim, win)
         where q.lim is not null
       loop
+        -- Every full quota is checked: the refusal names the one that frees
+        -- last, so a client that waits its Retry-After fits them all.
         if v_quota.used + v_quota.reserved + v_reserve > v_quota.lim then
           v_retry := ops.tokens_retry_after(v_quota.key, v_quota.kind, p_org_id, p_user_id, v_quota.win,
                                             v_quota.used + v_quota.reserved + v_reserve - v_quota.lim,
                                             v_reserve > v_quota.lim, p_now);
-          return jsonb_build_object(
-            'outcome', 'rate_limit',
-            'member', true,
-            'rate_limit', jsonb_build_object(
+          if v_refusal is null or v_retry > (v_refusal ->> 'retry_after_seconds')::integer then
+            v_refusal := jsonb_build_object(
               'allowed', false, 'scope', 'tokens', 'key', 'tokens:' || v_quota.key,
               'limit', v_quota.lim, 'window_seconds', v_quota.win,
               'remaining', greatest(v_quota.lim - v_quota.used - v_quota.reserved, 0),
               'reset_seconds', v_retry, 'retry_after_seconds', v_retry,
-              'reserve_tokens', v_reserve));
+              'reserve_tokens', v_reserve);
+          end if;
         end if;
       end loop;
+      if v_refusal is not null then
+        return jsonb_build_object('outcome', 'rate_limit', 'member', true, 'rate_limit', v_refusal);
+      end if;
     end if;
 
     -- Enforced budgets: refuse once spend plus open reservations reach them.
     -- The reservation holds its tokens at the model's highest per-token price.
-    v_reserve_usd := coalesce((
+    v_reserve_usd := (
       select v_reserve * greatest(p.input_usd_per_million, p.cached_input_usd_per_million, p.output_usd_per_million) / 1000000
       from ops.model_prices p
       where (p.model = p_model or starts_with(p_model, p.model || '-'))
         and p.effective_from <= p_now
       order by length(p.model) desc, p.effective_from desc
-      limit 1), 0);
+      limit 1);
+    -- A model without a price could spend without limit under an enforced
+    -- budget: refused until ops.model_prices has its price (fail closed).
+    if v_reserve_usd is null and coalesce(v_org_budget, v_global_budget) is not null then
+      return jsonb_build_object('outcome', 'budget_exceeded', 'member', true,
+        'budget', jsonb_build_object('scope', case when v_org_budget is not null then 'org' else 'global' end,
+                                     'budget_usd', coalesce(v_org_budget, v_global_budget),
+                                     'unpriced_model', p_model));
+    end if;
+    v_reserve_usd := coalesce(v_reserve_usd, 0);
     if v_org_budget is not null then
       select coalesce((select c.usd from ops.spend_counters c
                        where c.org_id = p_org_id and c.month = date_trunc('month', p_now at time zone 'UTC')::date), 0),
@@ -596,7 +615,12 @@ begin
     )
     select
       left(e.request_id, 128), e.org_id, e.user_id, e.session_id, left(e.channel, 64), left(e.model, 128),
-      e.prompt_tokens, e.cached_prompt_tokens, e.completion_tokens, e.total_tokens,
+      -- Token counts come from the upstream: a negative one is stored as 0, so it can
+      -- never lower a month's spend.
+      case when e.prompt_tokens < 0 then 0 else e.prompt_tokens end,
+      case when e.cached_prompt_tokens < 0 then 0 else e.cached_prompt_tokens end,
+      case when e.completion_tokens < 0 then 0 else e.completion_tokens end,
+      case when e.total_tokens < 0 then 0 else e.total_tokens end,
       e.latency_ms, coalesce(e.success, false), left(e.error_code, 64), left(e.error_message, 2000),
       greatest(coalesce(e.event_count, 1), 1), coalesce(e.metadata, '{}'::jsonb), coalesce(e.created_at, v_now)
     from jsonb_to_record(p_usage) as e (

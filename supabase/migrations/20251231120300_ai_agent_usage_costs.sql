@@ -28,7 +28,12 @@ begin
   )
   select
     left(e.request_id, 128), e.org_id, e.user_id, e.session_id, left(e.channel, 64), left(e.model, 128),
-    e.prompt_tokens, e.cached_prompt_tokens, e.completion_tokens, e.total_tokens,
+    -- Token counts come from the upstream: a negative one is stored as 0, so it can
+    -- never lower a month's spend.
+    case when e.prompt_tokens < 0 then 0 else e.prompt_tokens end,
+    case when e.cached_prompt_tokens < 0 then 0 else e.cached_prompt_tokens end,
+    case when e.completion_tokens < 0 then 0 else e.completion_tokens end,
+    case when e.total_tokens < 0 then 0 else e.total_tokens end,
     e.latency_ms, coalesce(e.success, false), left(e.error_code, 64), left(e.error_message, 2000),
     greatest(coalesce(e.event_count, 1), 1), coalesce(e.metadata, '{}'::jsonb), coalesce(e.created_at, now())
   from jsonb_to_record(p_event) as e (
@@ -173,7 +178,7 @@ create trigger agent_usage_events_settle
 
 -- Rebuilds the spend counters of the months from p_from on from the usage
 -- log (after a retroactive price change or a backfill without the trigger).
-create function ops.rebuild_spend_counters(p_from timestamptz default date_trunc('month', now()))
+create function ops.rebuild_spend_counters(p_from timestamptz default date_trunc('month', now(), 'UTC'))
 returns integer
 language plpgsql
 set search_path = ''
@@ -319,7 +324,7 @@ grant select on ops.health_15m to service_role;
 
 create view ops.monthly_cost with (security_invoker = true) as
   select
-    date_trunc('month', e.created_at) as month,
+    date_trunc('month', e.created_at, 'UTC') as month,
     e.org_id,
     e.model,
     sum(e.event_count)::bigint as requests,
@@ -349,7 +354,7 @@ as $$
          round(coalesce(sum(ops.event_cost_usd(e.model, e.created_at, e.prompt_tokens, e.cached_prompt_tokens, e.completion_tokens)), 0), 6)
   from public.agent_usage_events e
   where ops.is_billed(e.prompt_tokens, e.completion_tokens, e.total_tokens)
-    and e.created_at >= date_trunc('month', p_now)
+    and e.created_at >= date_trunc('month', p_now, 'UTC')
     and e.created_at <= p_now
   group by grouping sets ((e.org_id), ());
 $$;

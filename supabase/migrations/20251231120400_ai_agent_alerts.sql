@@ -53,7 +53,7 @@ as $$
   union all
   select 'budget',
          case when b.org_id is null then 'global' else 'org:' || b.org_id end,
-         date_trunc('month', p_now), p_now,
+         date_trunc('month', p_now, 'UTC'), p_now,
          s.estimated_usd, b.monthly_usd,
          jsonb_build_object('org_id', b.org_id, 'budget_usd', b.monthly_usd, 'spent_usd', s.estimated_usd)
   from ops.budgets b
@@ -227,19 +227,23 @@ as $$
 declare
   v_old ops.alert_mutes;
   v_new ops.alert_mutes;
+  v_subject text := lower(btrim(p_subject));
 begin
+  perform ops.operator_change();
   if p_kind is null or p_kind not in ('success_rate', 'budget') then
     raise exception 'kind must be success_rate or budget, got %', coalesce(p_kind, 'NULL') using errcode = '22023';
   end if;
-  if p_subject is null or p_subject !~ '^(global|org:[0-9a-fA-F-]{36})$' then
+  -- The subject as alerts name it: global, or org: and the org id in its
+  -- canonical (lowercase) form, whatever case the operator typed.
+  if v_subject is null or v_subject !~ '^(global|org:[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12})$' then
     raise exception 'subject must be global or org:<uuid>, got %', coalesce(p_subject, 'NULL') using errcode = '22023';
   end if;
   if p_until is null or p_until <= p_now then
     raise exception 'mute until must be in the future' using errcode = '22023';
   end if;
-  select m.* into v_old from ops.alert_mutes m where m.kind = p_kind and m.subject = p_subject;
+  select m.* into v_old from ops.alert_mutes m where m.kind = p_kind and m.subject = v_subject;
   insert into ops.alert_mutes as m (kind, subject, muted_until, reason, muted_by)
-  values (p_kind, p_subject, p_until, p_reason, coalesce(nullif(btrim(p_actor), ''), current_user::text))
+  values (p_kind, v_subject, p_until, p_reason, coalesce(nullif(btrim(p_actor), ''), current_user::text))
   on conflict (kind, subject) do update
   set muted_until = excluded.muted_until, reason = excluded.reason, muted_by = excluded.muted_by, created_at = now()
   returning m.* into v_new;
@@ -260,7 +264,8 @@ as $$
 declare
   v_old ops.alert_mutes;
 begin
-  delete from ops.alert_mutes m where m.kind = p_kind and m.subject = p_subject returning m.* into v_old;
+  perform ops.operator_change();
+  delete from ops.alert_mutes m where m.kind = p_kind and m.subject = lower(btrim(p_subject)) returning m.* into v_old;
   if not found then
     return false;
   end if;

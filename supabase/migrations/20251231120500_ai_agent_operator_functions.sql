@@ -208,15 +208,64 @@ comment on function ops.policy_fields() is 'The fields ops.policy_set accepts.';
 revoke execute on function ops.policy_fields() from public, anon, authenticated;
 grant execute on function ops.policy_fields() to service_role;
 
+-- security definer: the audit table takes rows only from here and from the
+-- triggers below, so that no caller (service_role included) can forge one.
 create function ops.audit(p_actor text, p_action text, p_org_id uuid, p_channel text, p_old jsonb, p_new jsonb)
+returns void
+language plpgsql
+security definer
+set search_path = ''
+as $$
+begin
+  insert into ops.policy_audit (actor, action, org_id, channel, old_value, new_value)
+  values (coalesce(nullif(btrim(p_actor), ''), session_user::text), p_action, p_org_id, p_channel, p_old, p_new);
+  -- The operator function's change is recorded: direct changes are audited again.
+  perform set_config('agent_chat.operator_change', 'off', true);
+end;
+$$;
+comment on function ops.audit(text, text, uuid, text, jsonb, jsonb) is 'One ops.policy_audit row: who (p_actor, else the session user), what, old → new. Called by the operator functions after their change.';
+
+-- The operator functions say so before they change a row (their own audit
+-- row follows); any other change of these tables is recorded by the trigger.
+create function ops.operator_change()
 returns void
 language sql
 set search_path = ''
 as $$
-  insert into ops.policy_audit (actor, action, org_id, channel, old_value, new_value)
-  values (coalesce(nullif(btrim(p_actor), ''), current_user::text), p_action, p_org_id, p_channel, p_old, p_new);
+  select set_config('agent_chat.operator_change', 'on', true);
 $$;
-comment on function ops.audit(text, text, uuid, text, jsonb, jsonb) is 'One ops.policy_audit row: who (p_actor, else current_user), what, old → new.';
+comment on function ops.operator_change() is 'Marks the change that follows as an operator function''s (audited by it with its action and actor), until ops.audit records it.';
+revoke execute on function ops.operator_change() from public, anon, authenticated;
+grant execute on function ops.operator_change() to service_role;
+
+-- security definer: writes the audit row that the caller may not write itself.
+create function ops.audit_direct_change()
+returns trigger
+language plpgsql
+security definer
+set search_path = ''
+as $$
+declare
+  v_row jsonb := coalesce(to_jsonb(new), to_jsonb(old));
+begin
+  if current_setting('agent_chat.operator_change', true) is distinct from 'on' then
+    insert into ops.policy_audit (actor, action, org_id, channel, old_value, new_value)
+    values (session_user::text, 'direct_' || lower(tg_op) || ' on ' || tg_table_name,
+            (v_row ->> 'org_id')::uuid, v_row ->> 'channel',
+            case when tg_op <> 'INSERT' then to_jsonb(old) end,
+            case when tg_op <> 'DELETE' then to_jsonb(new) end);
+  end if;
+  return null;
+end;
+$$;
+comment on function ops.audit_direct_change() is 'Audits a change of ops.agent_policies, ops.budgets or ops.alert_mutes made without the operator functions (plain SQL in Studio, say).';
+revoke execute on function ops.audit_direct_change() from public, anon, authenticated;
+create trigger agent_policies_audit after insert or update or delete on ops.agent_policies
+  for each row execute function ops.audit_direct_change();
+create trigger budgets_audit after insert or update or delete on ops.budgets
+  for each row execute function ops.audit_direct_change();
+create trigger alert_mutes_audit after insert or update or delete on ops.alert_mutes
+  for each row execute function ops.audit_direct_change();
 revoke execute on function ops.audit(text, text, uuid, text, jsonb, jsonb) from public, anon, authenticated;
 grant execute on function ops.audit(text, text, uuid, text, jsonb, jsonb) to service_role;
 
@@ -237,6 +286,7 @@ declare
   v_new ops.agent_policies;
   v_unknown text;
 begin
+  perform ops.operator_change();
   if p_settings is null or jsonb_typeof(p_settings) <> 'object' or p_settings = '{}'::jsonb then
     raise exception 'settings must be a JSON object of fields to set (null clears one): %', array_to_string(ops.policy_fields(), ', ')
       using errcode = '22023';
@@ -299,6 +349,7 @@ declare
   v_zero constant uuid := '00000000-0000-0000-0000-000000000000';
   v_old ops.agent_policies;
 begin
+  perform ops.operator_change();
   delete from ops.agent_policies p
   where coalesce(p.org_id, v_zero) = coalesce(p_org_id, v_zero)
     and coalesce(p.channel, '') = coalesce(lower(btrim(p_channel)), '')
@@ -327,7 +378,8 @@ set search_path = ''
 as $$
   select ops.policy_set(p_org_id, p_channel,
     jsonb_build_object('enabled', false,
-      'disabled_message', coalesce(p_message, 'The assistant is not available right now. Please contact your group''s officers or support.')),
+      -- A blank message would leave users with nothing to go on: the default then.
+      'disabled_message', coalesce(nullif(btrim(p_message), ''), 'The assistant is not available right now. Please contact your group''s officers or support.')),
     p_actor);
 $$;
 comment on function ops.switch_off(uuid, text, text, text) is
@@ -362,6 +414,7 @@ declare
   v_old ops.budgets;
   v_new ops.budgets;
 begin
+  perform ops.operator_change();
   if p_monthly_usd is null or p_monthly_usd <= 0 then
     raise exception 'monthly_usd must be a positive amount, got %', coalesce(p_monthly_usd::text, 'NULL') using errcode = '22023';
   end if;
@@ -391,6 +444,7 @@ as $$
 declare
   v_old ops.budgets;
 begin
+  perform ops.operator_change();
   delete from ops.budgets b where b.org_id is not distinct from p_org_id returning b.* into v_old;
   if not found then
     return false;

@@ -29,7 +29,7 @@ export interface AdmissionSettings {
 }
 
 /** After this long an unsettled token reservation stops counting (a turn never takes that long). */
-export const RESERVATION_SECONDS = 300;
+export const RESERVATION_SECONDS = 600;
 
 /**
  * A generous token count for text: 2 UTF-8 bytes a token (the o200k tokenizer
@@ -173,8 +173,7 @@ function decide(begin: BeginTurnResult, windowSeconds: number): RateLimitDecisio
         "budget_exceeded",
         "this organization's monthly assistant budget is used up",
         {
-          detail:
-            `${begin.budget.scope} budget ${begin.budget.budget_usd} USD: spent ${begin.budget.spent_usd}, reserved ${begin.budget.reserved_usd}`,
+          detail: budgetDetail(begin.budget),
           ...member,
         },
       );
@@ -183,6 +182,14 @@ function decide(begin: BeginTurnResult, windowSeconds: number): RateLimitDecisio
         detail: "unexpected begin-turn outcome",
       });
   }
+}
+
+function budgetDetail(b: Extract<BeginTurnResult, { outcome: "budget_exceeded" }>["budget"]) {
+  const budget = `${b.scope} budget ${b.budget_usd} USD`;
+  if (b.unpriced_model) {
+    return `${budget}: model ${b.unpriced_model} has no price in ops.model_prices`;
+  }
+  return `${budget}: spent ${b.spent_usd}, reserved ${b.reserved_usd}`;
 }
 
 /** A failed call to a store is a 503: the client may try again. */

@@ -124,8 +124,10 @@ export type BeginTurnResult =
       budget: {
         scope: "org" | "global";
         budget_usd: number;
-        spent_usd: number;
-        reserved_usd: number;
+        spent_usd?: number;
+        reserved_usd?: number;
+        /** Refused because the model has no price, so no spend could be enforced. */
+        unpriced_model?: string;
       };
     }
     | {

@@ -53,13 +53,23 @@ export interface ModelOptions {
   client?: "sdk" | "fetch";
 }
 
+/**
+ * A token count as reported, made storable: a whole number from 0 to the
+ * column's maximum (a negative count would lower a month's spend; anything
+ * that is no number counts as 0).
+ */
+function count(n: unknown): number {
+  if (typeof n !== "number" || !(n > 0)) return 0;
+  return Math.min(Math.floor(n), 2_147_483_647);
+}
+
 function usageOf(raw: OpenAI.CompletionUsage | null | undefined): TokenUsage | undefined {
   if (!raw) return undefined;
   return {
-    prompt_tokens: raw.prompt_tokens ?? 0,
-    completion_tokens: raw.completion_tokens ?? 0,
-    total_tokens: raw.total_tokens ?? 0,
-    cached_prompt_tokens: raw.prompt_tokens_details?.cached_tokens ?? 0,
+    prompt_tokens: count(raw.prompt_tokens),
+    completion_tokens: count(raw.completion_tokens),
+    total_tokens: count(raw.total_tokens),
+    cached_prompt_tokens: count(raw.prompt_tokens_details?.cached_tokens),
   };
 }
 

@@ -3,7 +3,7 @@
 -- the budget; alert mode never refuses. Spend comes from every billed row.
 begin;
 \ir ../support/pgtap-helpers.psql
-select plan(17);
+select plan(18);
 
 -- setup: gpt-4.1-mini at $0.30 in / $1.20 out per 1M: 10,000 reserved tokens hold $0.012
 create temp table t_ctx as
@@ -28,6 +28,12 @@ select is((select usd from ops.spend_counters, t_ctx where spend_counters.org_id
   'every billed row adds to the month''s spend (a client_closed one too)');
 select is((select pg_temp.turn(org, alice, 'r1', t0 + interval '1 minute') ->> 'outcome' from t_ctx), 'ok',
   'in alert mode a turn is admitted whatever the spend');
+select is((select count(*)::int from ops.token_reservations where request_id = 'r1'), 1,
+  'and reserves its worst case all the same, so that enforcing the budget counts the turns in flight');
+-- r1 ends without tokens (its usage row settles the reservation)
+select public.agent_log_usage(jsonb_build_object('request_id', 'r1', 'org_id', org, 'user_id', alice, 'model', 'gpt-4.1-mini',
+  'success', false, 'error_code', 'openai_error', 'created_at', t0 + interval '1 minute'))
+from t_ctx;
 
 -- test: enforce mode
 select ops.budget_set(org, 0.02, 'enforce', 'finance@example.test') from t_ctx;

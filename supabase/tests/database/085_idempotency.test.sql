@@ -47,13 +47,13 @@ select is((select expires_at from ops.idempotency_keys k, t_ctx where k.user_id 
   '2026-06-01 10:10:00+00'::timestamptz, 'for a lease of 10 minutes');
 
 -- test: duplicates while it runs
-select is((select tests.keyed_turn(alice, 'k-1', 'hash-a', 'req-2', t0 + interval '1 second') - 'rate_limit' from t_ctx),
+select is((select tests.keyed_turn(alice, 'k-1', 'hash-a', 'req-2', t0 + interval '1 second') from t_ctx),
   '{"outcome": "request_in_progress", "request_id": "req-1", "retry_after_seconds": 1}'::jsonb,
   'the same key and body while running: request_in_progress with a retry-after');
 select is((select tests.keyed_turn(alice, 'k-1', 'hash-b', 'req-3', t0 + interval '1 second') ->> 'outcome' from t_ctx),
   'idempotency_mismatch', 'the same key with another body: idempotency_mismatch');
-select is((select tests.user_bucket(alice) from t_ctx), 3,
-  'each refusal costs one user: slot, like every refusal of a signed-in caller');
+select is((select tests.user_bucket(alice) from t_ctx), 2,
+  'the 422 costs one user: slot like every refusal; the 409 (a protocol retry) is free');
 select is((select tests.keyed_turn(bob, 'k-1', 'hash-b', 'req-4', t0) ->> 'outcome' from t_ctx), 'ok',
   'keys are per user: another user''s k-1 is its own');
 
@@ -73,7 +73,7 @@ select is((select count(*)::int from public.agent_usage_events where request_id 
 select is((select tests.keyed_turn(alice, 'k-1', 'hash-a', 'req-5', now() + interval '1 minute') from t_ctx),
   '{"outcome": "replay", "response": {"message": "the answer", "request_id": "req-1"}}'::jsonb,
   'a retry with the same body replays the stored answer');
-select is((select tests.user_bucket(alice) from t_ctx), 3, 'without charging a bucket');
+select is((select tests.user_bucket(alice) from t_ctx), 2, 'without charging a bucket');
 select is((select tests.keyed_turn(alice, 'k-1', 'hash-b', 'req-6', now() + interval '1 minute') ->> 'outcome' from t_ctx),
   'idempotency_mismatch', 'another body under a completed key: idempotency_mismatch');
 select ok((select expires_at > now() + interval '59 minutes' and expires_at <= now() + interval '1 hour'

@@ -117,19 +117,16 @@ Deno.test("enforced budget: a model without a price row is not a way around the 
       null,
       "precondition: gpt-4.1 has no price row (only gpt-4.1-mini does)",
     );
-    // A millionth of a dollar: the first turn is admitted, and its spend (or,
-    // for a model without a price, its tokens) uses the budget up.
+    // Without a price no spend can be counted against the budget: fail closed,
+    // every turn refused, the detail naming the model, no model call.
     await h.sql`select ops.budget_set(${m.orgId}::uuid, 0.000001, 'enforce', 'attack')`;
     const results: string[] = [];
     for (let i = 0; i < 4; i++) results.push(await outcome(await ask(h, m)));
-    assertEquals(results[0], "200 ok");
-    assertEquals(
-      results.slice(1),
-      ["402 budget_exceeded", "402 budget_exceeded", "402 budget_exceeded"],
-      `an enforced budget of $0.000001 admitted ${
-        results.filter((r) => r === "200 ok").length
-      } turns`,
-    );
+    assertEquals(results, Array(4).fill("402 budget_exceeded"));
+    assertEquals(h.openai.requests.length, 0, "no model call");
+    const [row] = await h.sql`select error_message from public.agent_usage_events
+      where user_id = ${m.userId}::uuid and error_code = 'budget_exceeded' limit 1`;
+    assert(String(row!.error_message).includes("gpt-4.1 has no price"), String(row!.error_message));
   }));
 
 Deno.test("idempotency: a client that honours 409's Retry-After while its answer is computed is not rate-limited for its next question", () =>

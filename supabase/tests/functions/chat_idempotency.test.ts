@@ -194,8 +194,8 @@ for (const store of STORES) {
           const replay = await keyed(h, m, body, "double-tap");
           assertEquals(await answerOf(replay), first);
           assertEquals(upstream.state.requests, 1, "exactly one model call");
-          // The turn, the 409 and the 422 (refusals are charged); the replay is free.
-          assertEquals(await userBucket(h, m), 3, "the turn and the two refusals");
+          // The turn and the 422 (a refusal, charged); the 409 and the replay are free.
+          assertEquals(await userBucket(h, m), 2, "the turn and the 422");
           const rows = await rowsOf(h, m);
           assertEquals(rows.filter((r) => r.success).length, 1);
           const turns = await storedTurns(
