@@ -3,7 +3,9 @@
  * durable Redis that scenarios stop and restart), the stand-ins process
  * (OpenAI scriptable), 150 members of 10 orgs with tokens, agent-chat as
  * its own process twice per store (a tight user limit for the load test,
- * room to spare for the rest), and the record of checks.
+ * room to spare for the rest) plus a guard process (short refusal interval
+ * and body timeout, a service key) for the hostile-input, flood and
+ * slow-body checks, and the record of checks.
  */
 import postgres from "postgres";
 import { createAuthStandIn, newSigningKey } from "../../supabase/tests/stand-ins/auth.ts";
@@ -27,7 +29,25 @@ export interface Profile {
   /** How long traffic runs before an outage and during it. */
   outageMs: number;
   upstreamRounds: number;
+  /** Anonymous requests per flood (one address, then many addresses). */
+  floodRequests: number;
+  /** A signed-in user's refused requests (forbidden org and bad body, half each). */
+  signedInRefusals: number;
+  /** Connections per slow-body case. */
+  slowBodies: number;
 }
+
+/**
+ * The guard process's settings: refusal rows flush every 2 s (so a check can
+ * count them all), a body must arrive within 1 s, the documented IP refusal
+ * limit, and a user limit small enough that refused requests reach it.
+ */
+export const GUARD = {
+  refusalIntervalSeconds: 2,
+  bodyTimeoutMs: 1000,
+  ipRefusalLimit: 30,
+  userLimit: 20,
+} as const;
 
 export const PROFILES: Record<Profile["name"], Profile> = {
   ci: {
@@ -37,6 +57,9 @@ export const PROFILES: Record<Profile["name"], Profile> = {
     userLimit: 12,
     outageMs: 800,
     upstreamRounds: 2,
+    floodRequests: 5000,
+    signedInRefusals: 400,
+    slowBodies: 4,
   },
   full: {
     name: "full",
@@ -45,6 +68,9 @@ export const PROFILES: Record<Profile["name"], Profile> = {
     userLimit: 12,
     outageMs: 1500,
     upstreamRounds: 5,
+    floodRequests: 10_000,
+    signedInRefusals: 2000,
+    slowBodies: 12,
   },
 };
 
@@ -66,6 +92,14 @@ export interface ReliabilityContext {
   tight: Record<Store, Service>;
   /** agent-chat with room to spare, per store. */
   roomy: Record<Store, Service>;
+  /** agent-chat (Supabase store) with the GUARD settings and `serviceKey`; quiet log. */
+  guard: Service;
+  /** A secret API key the guard process accepts for service mode. */
+  serviceKey: string;
+  /** Model calls the OpenAI stand-in has answered so far. */
+  openaiCalls(): Promise<number>;
+  /** Postgres's clock, to select what a check wrote. */
+  dbNow(): Promise<Date>;
   /** Scripts the OpenAI stand-in's next answers. */
   scriptOpenAI(...behaviours: unknown[]): Promise<string>;
   record(area: string, check: string, tried: number, held: number, note?: string): void;
@@ -128,6 +162,16 @@ export async function createContext(
     tight[store] = await stack.spawn(functionProcess, env(store, profile.userLimit));
     roomy[store] = await stack.spawn(functionProcess, env(store, 100_000));
   }
+  const serviceKey = `sb_secret_${crypto.randomUUID().replaceAll("-", "")}`;
+  const guard = await stack.spawn(functionProcess, {
+    ...env("supabase", GUARD.userLimit),
+    SUPABASE_SECRET_KEYS: serviceKey,
+    AI_AGENT_REFUSAL_LOG_INTERVAL_SECONDS: String(GUARD.refusalIntervalSeconds),
+    AI_AGENT_BODY_TIMEOUT_MS: String(GUARD.bodyTimeoutMs),
+    AI_AGENT_IP_REFUSAL_LIMIT: String(GUARD.ipRefusalLimit),
+    // Floods would print one warn line per refused request.
+    AGENT_CHAT_LOG_LEVEL: "error",
+  });
   const checks: Check[] = [];
   return {
     profile,
@@ -138,6 +182,11 @@ export async function createContext(
     fresh: (i) => members[(i * 31) % members.length]!,
     tight,
     roomy,
+    guard,
+    serviceKey,
+    openaiCalls: async () =>
+      ((await (await fetch(`${standIns.url}/requests`)).json()) as { openai: number }).openai,
+    dbNow: async () => (await sql`select now() as now`)[0]!.now as Date,
     scriptOpenAI: (...b) =>
       fetch(`${standIns.url}/script`, { method: "POST", body: JSON.stringify(b) }).then((r) =>
         r.text()
@@ -220,4 +269,33 @@ export async function send(
       text: String(error),
     };
   }
+}
+
+/** Polls `read` until `done` holds or `ms` pass; the last value read. */
+export async function settle<T>(
+  read: () => Promise<T>,
+  done: (value: T) => boolean,
+  ms: number,
+): Promise<T> {
+  const deadline = performance.now() + ms;
+  while (true) {
+    const value = await read();
+    if (done(value) || performance.now() > deadline) return value;
+    await new Promise((r) => setTimeout(r, 250));
+  }
+}
+
+/**
+ * Refusal-ledger intervals a phase of `ms` can touch: each interval lasts at
+ * least its length (it ends by its timer or by the first refusal after it),
+ * so at most ceil(ms / interval) + 1 of them overlap the phase.
+ */
+export function intervalsSpanned(ms: number, intervalSeconds: number): number {
+  return Math.ceil(ms / (intervalSeconds * 1000)) + 1;
+}
+
+/** Rows and requests (sum of event_count) of the usage rows a filter selects. */
+export interface Counted {
+  rows: number;
+  requests: number;
 }

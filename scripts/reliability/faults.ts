@@ -73,6 +73,12 @@ export async function faults(ctx: ReliabilityContext): Promise<void> {
       "recovers without restarting the function (requests started 2 s after the restart)",
       after.length,
       after.filter((r) => r.status === 200).length,
+      // Which ones, when, and how: the function's log line has the detail under this request id.
+      after.filter((r) => r.status !== 200).slice(0, 3).map((r) =>
+        `+${(r.startedAt - recoveredAt).toFixed(0)} ms: ${r.status} after ${
+          r.ms.toFixed(0)
+        } ms (x-request-id ${r.requestId})`
+      ).join("; "),
     );
     const answered = out.filter((r) => r.status === 200);
     let kept = 0;

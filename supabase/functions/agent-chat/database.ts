@@ -7,7 +7,7 @@
  * positionally; both return the same JSON.
  */
 import type { SupabaseClient } from "@supabase/supabase-js";
-import type { Sql } from "postgres";
+import postgres, { type Sql } from "postgres";
 import type { IdempotencySettlement, StoredAnswer } from "./idempotency.ts";
 
 export interface DatabaseEnv {
@@ -316,6 +316,32 @@ function callSql(fn: CalledFunction, args: Record<string, unknown>): string {
     name === "p_now" ? "now()" : sqlLiteral(args[name])
   );
   return `select public.${fn}(${list.join(",")}) as result`;
+}
+
+/**
+ * Seconds a pool waits before its next connection attempt after `failures`
+ * failed ones. postgres.js's default backoff grows with every failed connect
+ * of the pool (3^n / 100 s, up to 20 s) and resets only on a success, so after
+ * an outage of a few seconds the pool sat in its backoff long after the
+ * server was back: calls started seconds after a restart waited for it and
+ * timed out (503). Capped at half a second (with jitter, so isolates do not
+ * reconnect in step): connection attempts are only made for calls waiting on
+ * them, so an unavailable server sees at most a few per second per isolate.
+ */
+export function reconnectBackoff(failures: number): number {
+  return Math.min(0.05 * 2 ** failures, 0.5) * (0.5 + Math.random() / 2);
+}
+
+/** The direct transport's pool. */
+export function connectPostgres(url: string): Sql {
+  return postgres(url, {
+    prepare: false, // safe behind Supavisor's transaction mode
+    max: 4,
+    idle_timeout: 30,
+    connect_timeout: 5,
+    backoff: reconnectBackoff,
+    onnotice: () => {},
+  });
 }
 
 /**

@@ -4,11 +4,15 @@
  * usage logger and one refusal ledger.
  */
 import { createClient } from "@supabase/supabase-js";
-import postgres from "postgres";
 import { createAuthenticator } from "../_shared/auth.ts";
 import { consoleLogger, type Logger } from "../_shared/log.ts";
 import type { Config } from "./config.ts";
-import { createPostgresDatabase, createRpcDatabase, type TurnDatabase } from "./database.ts";
+import {
+  connectPostgres,
+  createPostgresDatabase,
+  createRpcDatabase,
+  type TurnDatabase,
+} from "./database.ts";
 import type { AgentChatDeps } from "./handler.ts";
 import { createOpenAIModel } from "./model.ts";
 import { connectRedis } from "./redis-client.ts";
@@ -21,15 +25,7 @@ export function createDatabase(
 ): TurnDatabase {
   const { database } = config;
   if (database.transport === "postgres") {
-    const connect = () =>
-      postgres(database.url, {
-        prepare: false, // safe behind Supavisor's transaction mode
-        max: 4,
-        idle_timeout: 30,
-        connect_timeout: 5,
-        onnotice: () => {},
-      });
-    return createPostgresDatabase(connect, config.databaseTimeoutMs);
+    return createPostgresDatabase(() => connectPostgres(database.url), config.databaseTimeoutMs);
   }
   const client = createClient(database.url, database.key, {
     auth: { persistSession: false, autoRefreshToken: false, detectSessionInUrl: false },

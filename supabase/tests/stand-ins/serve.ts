@@ -5,7 +5,8 @@
  * POST /script), the Auth JWKS signing with the key in
  * AGENT_CHAT_SIGNING_KEY, and, when AGENT_CHAT_DATABASE_URL is set, the
  * PostgREST stand-in at /rest/v1/ accepting AGENT_CHAT_SECRET_KEY as the
- * service role (the rpc transport). Prints `{"port": n}`.
+ * service role (the rpc transport). GET /requests answers how many model
+ * calls the OpenAI stand-in has had. Prints `{"port": n}`.
  */
 import { createOpenAIStandIn } from "./openai.ts";
 import { createAuthStandIn } from "./auth.ts";
@@ -35,6 +36,9 @@ const server = Deno.serve({
   if (path === "/script" && request.method === "POST") {
     openai.script(...await request.json());
     return new Response("ok");
+  }
+  if (path === "/requests" && request.method === "GET") {
+    return Response.json({ openai: openai.requests.length });
   }
   return await openai.handle(request);
 });
