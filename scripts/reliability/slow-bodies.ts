@@ -7,7 +7,13 @@
  * is counted in the refusal rows, and none charges a bucket.
  */
 import { GUARD, type ReliabilityContext, settle } from "./context.ts";
-import { chunk, head, type Part, rawHttp, type RawResponse } from "./raw-http.ts";
+import {
+  chunk,
+  head,
+  type Part,
+  rawHttp,
+  type RawResponse,
+} from "../../supabase/tests/support/raw-http.ts";
 
 /** A 408 must come back within the body timeout plus this. */
 const SLACK_MS = 2000;

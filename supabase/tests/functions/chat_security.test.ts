@@ -19,6 +19,9 @@ import { parseSse } from "../support/sse.ts";
 import { type AgentChatDeps, createAgentChatHandler } from "../../functions/agent-chat/handler.ts";
 import { loadConfig } from "../../functions/agent-chat/config.ts";
 import { expectError, statusOf, withDb, withHarness } from "../support/test-helpers.ts";
+import { concat, type Part, rawHttp } from "../support/raw-http.ts";
+
+const utf8 = new TextEncoder();
 
 type Row = Record<string, unknown>;
 type Meta = Record<string, unknown>;
@@ -83,136 +86,6 @@ async function pooled<T>(count: number, width: number, task: (i: number) => Prom
 // Raw HTTP/1.1 over TCP: for what fetch will not send (lying Content-Length,
 // slow or cut bodies, raw bytes).
 // ---------------------------------------------------------------------------
-
-interface RawResponse {
-  status: number;
-  headers: Record<string, string>;
-  body: string;
-  ms: number;
-}
-
-type Part = string | Uint8Array | { delayMs: number } | { close: true };
-
-const latin1 = new TextDecoder("latin1");
-const utf8 = new TextEncoder();
-
-function concat(chunks: Uint8Array[]): Uint8Array<ArrayBuffer> {
-  const all = new Uint8Array(chunks.reduce((n, c) => n + c.byteLength, 0));
-  let o = 0;
-  for (const c of chunks) {
-    all.set(c, o);
-    o += c.byteLength;
-  }
-  return all;
-}
-
-function parseRaw(bytes: Uint8Array): Omit<RawResponse, "ms"> | undefined {
-  const text = latin1.decode(bytes);
-  const end = text.indexOf("\r\n\r\n");
-  if (end < 0) return undefined;
-  const [statusLine, ...lines] = text.slice(0, end).split("\r\n");
-  const headers: Record<string, string> = {};
-  for (const l of lines) {
-    const i = l.indexOf(":");
-    headers[l.slice(0, i).trim().toLowerCase()] = l.slice(i + 1).trim();
-  }
-  const rest = bytes.slice(end + 4);
-  const length = headers["content-length"];
-  if (length !== undefined) {
-    if (rest.byteLength < Number(length)) return undefined;
-    return {
-      status: Number(statusLine!.split(" ")[1]),
-      headers,
-      body: new TextDecoder().decode(rest.slice(0, Number(length))),
-    };
-  }
-  const body = latin1.decode(rest);
-  if (/chunked/i.test(headers["transfer-encoding"] ?? "") && !body.endsWith("0\r\n\r\n")) {
-    return undefined;
-  }
-  return { status: Number(statusLine!.split(" ")[1]), headers, body };
-}
-
-/**
- * Sends `parts` in order (strings, bytes, pauses, or a close of the socket)
- * and returns the response, or undefined when none came within `timeoutMs`
- * or the socket was closed by `{close: true}`.
- */
-async function rawHttp(
-  port: number,
-  parts: Part[],
-  timeoutMs = 5000,
-): Promise<RawResponse | undefined> {
-  const conn = await Deno.connect({ hostname: "127.0.0.1", port });
-  const started = performance.now();
-  let closed = false;
-  const close = () => {
-    if (closed) return;
-    closed = true;
-    try {
-      conn.close();
-    } catch { /* already closed */ }
-  };
-  let response: RawResponse | undefined;
-  const reading = (async () => {
-    const chunks: Uint8Array[] = [];
-    const buf = new Uint8Array(65536);
-    while (true) {
-      let n: number | null;
-      try {
-        n = await conn.read(buf);
-      } catch {
-        return;
-      }
-      if (n === null) {
-        const parsed = parseRaw(concat(chunks));
-        if (parsed) response = { ...parsed, ms: performance.now() - started };
-        return;
-      }
-      chunks.push(buf.slice(0, n));
-      const parsed = parseRaw(concat(chunks));
-      if (parsed) {
-        response = { ...parsed, ms: performance.now() - started };
-        return;
-      }
-    }
-  })();
-  const writing = (async () => {
-    for (const part of parts) {
-      if (response || closed) return;
-      if (typeof part === "object" && "delayMs" in part) {
-        // A pause ends early once the server has answered or closed.
-        let timer: ReturnType<typeof setTimeout> | undefined;
-        await Promise.race([
-          reading,
-          new Promise<void>((resolve) => (timer = setTimeout(resolve, part.delayMs))),
-        ]);
-        clearTimeout(timer);
-      } else if (typeof part === "object" && "close" in part) close();
-      else {
-        try {
-          const bytes = typeof part === "string" ? utf8.encode(part) : part;
-          let off = 0;
-          while (off < bytes.byteLength) off += await conn.write(bytes.subarray(off));
-        } catch {
-          return; // the server closed or reset: read what it answered
-        }
-      }
-    }
-  })();
-  let timer: ReturnType<typeof setTimeout> | undefined;
-  await Promise.race([
-    reading,
-    new Promise<void>((resolve) => {
-      timer = setTimeout(resolve, timeoutMs);
-    }),
-  ]);
-  clearTimeout(timer);
-  close();
-  await reading;
-  await writing;
-  return response;
-}
 
 function rawHead(
   options: {

@@ -41,7 +41,7 @@ export function chunk(text: string): string {
   return `${encoder.encode(text).byteLength.toString(16)}\r\n${text}\r\n`;
 }
 
-function concat(chunks: Uint8Array[]): Uint8Array {
+export function concat(chunks: Uint8Array[]): Uint8Array<ArrayBuffer> {
   const all = new Uint8Array(chunks.reduce((n, c) => n + c.byteLength, 0));
   let offset = 0;
   for (const c of chunks) {
@@ -84,7 +84,7 @@ function parse(bytes: Uint8Array, closed: boolean): Omit<RawResponse, "ms"> | un
 export async function rawHttp(
   port: number,
   parts: Part[],
-  timeoutMs: number,
+  timeoutMs = 5000,
 ): Promise<RawResponse | undefined> {
   const conn = await Deno.connect({ hostname: "127.0.0.1", port });
   const started = performance.now();
