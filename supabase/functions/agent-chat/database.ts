@@ -383,10 +383,7 @@ export function createPostgresDatabase(
       clearTimeout(timer);
     }
   }
-  async function call<T>(
-    fn: CalledFunction,
-    args: Record<string, unknown>,
-  ): Promise<T> {
+  async function call<T>(fn: CalledFunction, args: Record<string, unknown>): Promise<T> {
     const text = callSql(fn, args);
     const pool = sql;
     try {
