@@ -13,7 +13,9 @@ export function requestLogLine(
   outcome: Outcome,
   now: number,
 ): Parameters<Logger> {
-  const level = status >= 500 ? "error" : status >= 400 && status !== 499 ? "warn" : "info";
+  // Errors are the failures of the service; a switched-off assistant is an operator's decision.
+  const failed = status >= 500 && outcome.error?.code !== "assistant_disabled";
+  const level = failed ? "error" : status >= 400 && status !== 499 ? "warn" : "info";
   return [level, "request", {
     request_id: facts.requestId,
     status,

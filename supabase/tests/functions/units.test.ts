@@ -7,7 +7,7 @@ import { createRefusalLedger } from "../../functions/agent-chat/refusals.ts";
 import type { UsageEvent } from "../../functions/agent-chat/database.ts";
 import { chatRequestSchema, parseChatRequest } from "../../functions/agent-chat/request.ts";
 import { secretsEqual } from "../../functions/_shared/auth.ts";
-import { AgentError } from "../../functions/_shared/errors.ts";
+import { AgentError, type ErrorCode } from "../../functions/_shared/errors.ts";
 
 const base = {
   SUPABASE_URL: "https://abc.supabase.co",
@@ -293,4 +293,18 @@ Deno.test("refusal ledger: a blocked block waits for the rest of the interval, a
   assertEquals(ledger.blockedFor(undefined), 0);
   assertEquals(ledger.blockedFor("2001:db8:5:6::1"), 0, "another /64");
   return ledger.close();
+});
+
+Deno.test("request log: failures of the service are errors; the kill switch and refusals are warnings", async () => {
+  const { requestLogLine } = await import("../../functions/agent-chat/request-log.ts");
+  const settings = { sessionStore: "supabase", transport: "rpc" };
+  const facts = { requestId: "r", started: 0 };
+  const level = (status: number, code?: ErrorCode) =>
+    requestLogLine(settings, facts, status, code ? { error: { code, detail: "d" } } : {}, 1)[0];
+  assertEquals(level(502, "openai_error"), "error");
+  assertEquals(level(503, "session_store_error"), "error");
+  assertEquals(level(503, "assistant_disabled"), "warn");
+  assertEquals(level(429, "rate_limit"), "warn");
+  assertEquals(level(499, "client_closed"), "info");
+  assertEquals(level(200), "info");
 });
