@@ -254,6 +254,18 @@ export function sqlLiteral(value: unknown): string {
 /** A backslash and a quote are each doubled. */
 const escapeChar = (c: string) => c + c;
 
+/** The stored turn's arguments, shared by agent_end_turn and agent_finish_turn. */
+const END_TURN_PARAMETERS = [
+  "p_session_id",
+  "p_org_id",
+  "p_user_id",
+  "p_channel",
+  "p_user_message",
+  "p_assistant_message",
+  "p_ttl_seconds",
+  "p_max_messages",
+] as const;
+
 /**
  * The parameters of each function the direct transport calls, in their
  * declared order (db_contract.test.ts checks it against pg_proc). Calls are
@@ -283,28 +295,8 @@ export const CALL_PARAMETERS = {
     "p_idempotency_key",
     "p_request_hash",
   ],
-  agent_end_turn: [
-    "p_session_id",
-    "p_org_id",
-    "p_user_id",
-    "p_channel",
-    "p_user_message",
-    "p_assistant_message",
-    "p_ttl_seconds",
-    "p_max_messages",
-    "p_now",
-  ],
-  agent_finish_turn: [
-    "p_session_id",
-    "p_org_id",
-    "p_user_id",
-    "p_channel",
-    "p_user_message",
-    "p_assistant_message",
-    "p_ttl_seconds",
-    "p_max_messages",
-    "p_usage",
-  ],
+  agent_end_turn: [...END_TURN_PARAMETERS, "p_now"],
+  agent_finish_turn: [...END_TURN_PARAMETERS, "p_usage"],
   agent_log_usage: ["p_event"],
   agent_settle_idempotency: ["p_event"],
 } as const;
