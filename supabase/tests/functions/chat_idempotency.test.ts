@@ -9,6 +9,7 @@ import { assert, assertEquals } from "./assert.ts";
 import type { Harness, Member } from "../support/function-harness.ts";
 import { parseSse } from "../support/sse.ts";
 import { withHarness } from "../support/test-helpers.ts";
+import { completionResponse } from "../support/completion.ts";
 
 const STORES = ["supabase", "redis"] as const;
 type Json = Record<string, unknown>;
@@ -81,28 +82,7 @@ function heldUpstream() {
     state.last = body.messages;
     if (++state.requests === 1) await gate;
     const usage = { prompt_tokens: 20, completion_tokens: 2, total_tokens: 22 };
-    const base = { id: "chatcmpl-held", created: 1, model: body.model };
-    const text = `answer ${state.requests}`;
-    if (!body.stream) {
-      return Response.json({
-        ...base,
-        object: "chat.completion",
-        choices: [{
-          index: 0,
-          message: { role: "assistant", content: text },
-          finish_reason: "stop",
-        }],
-        usage,
-      });
-    }
-    const chunks = [
-      { choices: [{ index: 0, delta: { role: "assistant", content: text }, finish_reason: null }] },
-      { choices: [{ index: 0, delta: {}, finish_reason: "stop" }] },
-      { choices: [], usage },
-    ].map((c) => `data: ${JSON.stringify({ ...base, object: "chat.completion.chunk", ...c })}\n\n`);
-    return new Response(chunks.join("") + "data: [DONE]\n\n", {
-      headers: { "content-type": "text/event-stream" },
-    });
+    return completionResponse(body, `answer ${state.requests}`, usage, "chatcmpl-held");
   });
   return {
     baseURL: `http://127.0.0.1:${server.addr.port}/v1`,

@@ -20,6 +20,7 @@ import { type AgentChatDeps, createAgentChatHandler } from "../../functions/agen
 import { loadConfig } from "../../functions/agent-chat/config.ts";
 import { expectError, statusOf, withDb, withHarness } from "../support/test-helpers.ts";
 import { concat, type Part, rawHttp } from "../support/raw-http.ts";
+import { completionResponse } from "../support/completion.ts";
 
 const utf8 = new TextEncoder();
 
@@ -895,32 +896,7 @@ Deno.test("metering: an attempt the SDK retried after its timeout is metered too
 function usagelessUpstream() {
   const server = Deno.serve({ port: 0, hostname: "127.0.0.1", onListen: () => {} }, async (req) => {
     const body = await req.json();
-    const base = { id: "chatcmpl-x", created: 1, model: body.model };
-    if (!body.stream) {
-      return Response.json({
-        ...base,
-        object: "chat.completion",
-        choices: [{
-          index: 0,
-          message: { role: "assistant", content: "an answer of some length" },
-          finish_reason: "stop",
-        }],
-      });
-    }
-    const events = [
-      {
-        choices: [{
-          index: 0,
-          delta: { role: "assistant", content: "an answer " },
-          finish_reason: null,
-        }],
-      },
-      { choices: [{ index: 0, delta: { content: "of some length" }, finish_reason: null }] },
-      { choices: [{ index: 0, delta: {}, finish_reason: "stop" }] },
-    ].map((e) => `data: ${JSON.stringify({ ...base, object: "chat.completion.chunk", ...e })}\n\n`);
-    return new Response(events.join("") + "data: [DONE]\n\n", {
-      headers: { "content-type": "text/event-stream" },
-    });
+    return completionResponse(body, "an answer of some length", undefined, "chatcmpl-x");
   });
   return {
     baseURL: `http://127.0.0.1:${server.addr.port}/v1`,
@@ -973,29 +949,7 @@ function gatedUpstream(hold = Infinity) {
       await gate;
     }
     const usage = { prompt_tokens: 20, completion_tokens: 2, total_tokens: 22 };
-    const base = { id: "chatcmpl-gated", created: 1, model: body.model };
-    if (!body.stream) {
-      return Response.json({
-        ...base,
-        object: "chat.completion",
-        choices: [{
-          index: 0,
-          message: { role: "assistant", content: "late" },
-          finish_reason: "stop",
-        }],
-        usage,
-      });
-    }
-    const chunks = [
-      {
-        choices: [{ index: 0, delta: { role: "assistant", content: "late" }, finish_reason: null }],
-      },
-      { choices: [{ index: 0, delta: {}, finish_reason: "stop" }] },
-      { choices: [], usage },
-    ].map((c) => `data: ${JSON.stringify({ ...base, object: "chat.completion.chunk", ...c })}\n\n`);
-    return new Response(chunks.join("") + "data: [DONE]\n\n", {
-      headers: { "content-type": "text/event-stream" },
-    });
+    return completionResponse(body, "late", usage, "chatcmpl-gated");
   });
   return {
     baseURL: `http://127.0.0.1:${server.addr.port}/v1`,
