@@ -9,6 +9,8 @@
 import { parseCommand, runCommand, UsageError } from "./cli.ts";
 import { localDir, runningState, signingKey, stateFile } from "./dev-state.ts";
 import { type LocalStack, startLocalStack } from "../supabase/tests/support/local-stack.ts";
+import type { Config } from "../supabase/functions/agent-chat/config.ts";
+import { OPENAI_DEFAULT_BASE_URL } from "../supabase/functions/agent-chat/model-upstreams.ts";
 
 const usage = `usage: deno task dev   (npm run dev)
 
@@ -78,6 +80,16 @@ async function main(): Promise<number> {
   return 0;
 }
 
+/** Which OpenAI URL the function calls, and its fallbacks: the stand-in's failure markers work on it. */
+function openaiLine(config: Config, standIn: boolean): string {
+  const url = config.openai.baseURL ?? OPENAI_DEFAULT_BASE_URL;
+  const what = standIn
+    ? `${url}  (the stand-in; markers [[fail:500]] [[fail:429]] [[hang]] [[cut-after:2]] in a message rehearse failures; set OPENAI_API_KEY for the real API)`
+    : `${url}  (OPENAI_API_KEY is set)`;
+  const fallbacks = config.fallbacks.map((f) => `\n  fallback      ${f.model} at ${f.baseURL}`);
+  return `${config.model} at ${what}${fallbacks.join("")}`;
+}
+
 async function serve(stack: LocalStack, port: number) {
   const env = Deno.env.toObject();
   const platform = await stack.startPlatform({
@@ -109,11 +121,7 @@ agent-chat local stack is up
   postgres      ${stack.postgres.url}   (data in ${localDir}/postgres)
   redis         ${stack.redis.url}
   session store ${config.sessionStore}    transport ${config.database.transport}
-  openai        ${
-    openai
-      ? `stand-in at ${openai.baseURL} (set OPENAI_API_KEY for the real API)`
-      : "real API (OPENAI_API_KEY is set)"
-  }
+  openai        ${openaiLine(config, openai !== undefined)}
   service key   ${platform.secretKey}
 
 Mint a user token (also makes the user a member of the org):

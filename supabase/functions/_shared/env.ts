@@ -65,3 +65,19 @@ export function isLoopback(hostname: string): boolean {
   const h = hostname.replace(/^\[|\]$/g, "");
   return h === "localhost" || h === "::1" || /^127\./.test(h);
 }
+
+/**
+ * Why `raw` may not be an outbound URL, or undefined when it may: `https://`,
+ * or plain `http://` only to a loopback host (the local stand-ins).
+ */
+export function webUrlProblem(raw: string): string | undefined {
+  let parsed: URL;
+  try {
+    parsed = new URL(raw);
+  } catch {
+    return `not a URL: ${JSON.stringify(raw.slice(0, 200))}`;
+  }
+  if (parsed.protocol === "https:") return undefined;
+  if (parsed.protocol === "http:" && isLoopback(parsed.hostname)) return undefined;
+  return "must be https://, or http:// to a loopback host";
+}

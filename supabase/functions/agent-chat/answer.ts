@@ -17,6 +17,7 @@ import {
   type TokenUsage,
 } from "./model.ts";
 import type { ChatRequest } from "./request.ts";
+import { unavailable, UpstreamUnavailable } from "./fallbacks.ts";
 import type { SessionStore } from "./session-store.ts";
 import { type SSEWriter, streamSSE } from "./sse.ts";
 import { estimateUsage } from "./token-estimate.ts";
@@ -57,10 +58,14 @@ async function estimate(deps: AnswerDeps, ctx: TurnContext, text: string): Promi
 }
 
 function modelError(error: unknown): AgentError {
+  if (error instanceof UpstreamUnavailable) return unavailable(error);
   return new AgentError("openai_error", "the assistant could not answer, try again", {
     detail: describe(error),
   });
 }
+
+/** The upstreams the model call tried (fallbacks.ts), for the usage row. */
+const attemptsOf = (error: unknown) => error instanceof ModelError ? error.attempts : undefined;
 
 /** `usage` plus the prompts of `n` more attempts (a retried call sends the same prompt). */
 function withPrompts(usage: TokenUsage, prompt: number, n: number): TokenUsage {
@@ -85,6 +90,7 @@ async function billed(deps: AnswerDeps, ctx: TurnContext, answer: ModelAnswer): 
     usage: withPrompts(usage, usage.prompt_tokens, n),
     estimated: !answer.usage || n > 0,
     attempts: n + 1,
+    modelAttempts: answer.attempts,
   };
 }
 
@@ -96,7 +102,7 @@ async function failed(
   failure: AgentError,
 ): Promise<Outcome> {
   const n = error instanceof ModelError ? error.unsettledAttempts : 0;
-  if (n === 0) return { error: failure };
+  if (n === 0) return { error: failure, modelAttempts: attemptsOf(error) };
   const { prompt_tokens } = await estimate(deps, ctx, "");
   const none = { prompt_tokens: 0, completion_tokens: 0, total_tokens: 0, cached_prompt_tokens: 0 };
   return {
@@ -104,6 +110,7 @@ async function failed(
     estimated: true,
     attempts: n,
     error: failure,
+    modelAttempts: attemptsOf(error),
   };
 }
 
@@ -280,7 +287,8 @@ async function streamCutShort(
     return;
   }
   const failure = error instanceof AgentError ? error : modelError(error);
-  await meter(deps, ctx, failure.status, { usage, estimated: true, error: failure });
+  const modelAttempts = attemptsOf(error);
+  await meter(deps, ctx, failure.status, { usage, estimated: true, error: failure, modelAttempts });
   sse.write("error", errorBody(failure, ctx));
   sse.close();
 }

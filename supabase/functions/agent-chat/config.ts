@@ -16,8 +16,10 @@ import {
   problemsOf,
   text,
   url,
+  webUrlProblem,
 } from "../_shared/env.ts";
 import { resolveDatabase } from "./database.ts";
+import { resolveFallbacks } from "./model-upstreams.ts";
 import { resolveRedis } from "./redis-client.ts";
 
 export { ConfigError };
@@ -73,11 +75,14 @@ const envSchema = z.object({
   AI_AGENT_ALLOWED_ORIGINS: text("*"),
   OPENAI_API_KEY: optionalText(),
   OPENAI_BASE_URL: url(),
+  AI_AGENT_MODEL_FALLBACKS: optionalText(),
+  AI_AGENT_BREAKER_FAILURES: int(1, 1000, 5),
+  AI_AGENT_BREAKER_OPEN_SECONDS: int(1, 3600, 30),
 });
 
 type Env = z.output<typeof envSchema>;
 
-function toConfig(e: Env, problems: string[]) {
+function toConfig(e: Env, env: Record<string, string | undefined>, problems: string[]) {
   const serviceKeys = serviceKeysFrom(e, problems);
   const shared = e.AI_AGENT_RATE_LIMIT_MAX_REQUESTS;
   return {
@@ -114,6 +119,20 @@ function toConfig(e: Env, problems: string[]) {
       maxRetries: e.AI_AGENT_OPENAI_MAX_RETRIES,
       client: e.AI_AGENT_OPENAI_CLIENT,
     },
+    fallbacks: resolveFallbacks(
+      e.AI_AGENT_MODEL_FALLBACKS,
+      {
+        model: e.AI_AGENT_MODEL,
+        baseURL: e.OPENAI_BASE_URL,
+        apiKey: e.OPENAI_API_KEY,
+      },
+      env,
+      problems,
+    ),
+    breaker: {
+      failures: e.AI_AGENT_BREAKER_FAILURES,
+      openSeconds: e.AI_AGENT_BREAKER_OPEN_SECONDS,
+    },
     maxMessageChars: e.AI_AGENT_MAX_MESSAGE_CHARS,
     maxBodyBytes: e.AI_AGENT_MAX_BODY_BYTES,
     bodyTimeoutMs: e.AI_AGENT_BODY_TIMEOUT_MS,
@@ -129,7 +148,7 @@ export function loadConfig(env: Record<string, string | undefined>): Config {
   if (!parsed.success) throw new ConfigError(problemsOf(parsed.error));
   const e = parsed.data;
   const problems: string[] = [];
-  const config = toConfig(e, problems);
+  const config = toConfig(e, env, problems);
   if (!e.SUPABASE_JWT_SECRET && !e.SUPABASE_JWKS_URL && !e.SUPABASE_URL) {
     problems.push(
       "SUPABASE_URL (for its JWKS), SUPABASE_JWKS_URL or SUPABASE_JWT_SECRET: needed to verify user tokens",
@@ -140,6 +159,8 @@ export function loadConfig(env: Record<string, string | undefined>): Config {
       "SUPABASE_JWT_ISSUER (or SUPABASE_URL): needed to check the issuer of user tokens",
     );
   }
+  const baseUrlProblem = e.OPENAI_BASE_URL && webUrlProblem(e.OPENAI_BASE_URL);
+  if (baseUrlProblem) problems.push(`OPENAI_BASE_URL: ${baseUrlProblem}`);
   const localModel = e.OPENAI_BASE_URL !== undefined &&
     isLoopback(new URL(e.OPENAI_BASE_URL).hostname);
   if (!e.OPENAI_API_KEY && !localModel) {

@@ -14,7 +14,7 @@ import {
   type TurnDatabase,
 } from "./database.ts";
 import type { AgentChatDeps } from "./handler.ts";
-import { createOpenAIModel } from "./model.ts";
+import { createModelChain, OPENAI_DEFAULT_BASE_URL } from "./model-upstreams.ts";
 import { connectRedis } from "./redis-client.ts";
 import { createRefusalLedger } from "./refusals.ts";
 import { createRedisSessionStore, createSupabaseSessionStore } from "./session-store.ts";
@@ -36,7 +36,12 @@ export function createDatabase(
 
 export function buildDependencies(
   config: Config,
-  overrides: { log?: Logger; extendLifetime?: ExtendLifetime | undefined } = {},
+  overrides: {
+    log?: Logger;
+    extendLifetime?: ExtendLifetime | undefined;
+    /** The breakers' monotonic clock in milliseconds (tests move it). */
+    now?: () => number;
+  } = {},
 ): AgentChatDeps & { close(): Promise<void> } {
   const log = overrides.log ?? consoleLogger;
   const extendLifetime = "extendLifetime" in overrides
@@ -64,16 +69,23 @@ export function buildDependencies(
     sessions: redis
       ? createRedisSessionStore(redis, limits)
       : createSupabaseSessionStore(db, limits),
-    model: createOpenAIModel({
-      // Only a loopback stand-in may go without a key (checked by loadConfig).
-      apiKey: config.openai.apiKey ?? "local-stand-in",
-      baseURL: config.openai.baseURL,
-      model: config.model,
-      systemPrompt: config.systemPrompt,
-      maxOutputTokens: config.maxOutputTokens,
-      timeoutMs: config.openai.timeoutMs,
-      maxRetries: config.openai.maxRetries,
-      client: config.openai.client,
+    model: createModelChain({
+      primary: {
+        model: config.model,
+        baseURL: config.openai.baseURL ?? OPENAI_DEFAULT_BASE_URL,
+        apiKey: config.openai.apiKey,
+      },
+      fallbacks: config.fallbacks,
+      client: {
+        systemPrompt: config.systemPrompt,
+        maxOutputTokens: config.maxOutputTokens,
+        timeoutMs: config.openai.timeoutMs,
+        maxRetries: config.openai.maxRetries,
+        client: config.openai.client,
+      },
+      breaker: config.breaker,
+      now: overrides.now,
+      log,
     }),
     usage,
     refusals,

@@ -53,9 +53,22 @@ function retryable(error: unknown): boolean {
   return status === 408 || status === 409 || status === 429 || status >= 500;
 }
 
-/** Timed out or cut off after sending: the upstream may have run (and billed) the prompt. */
+/**
+ * Timed out or cut off after sending: the upstream may have run (and billed)
+ * the prompt. A connection that never opened sent nothing.
+ */
 function mayHaveBeenBilled(error: unknown): boolean {
-  return error instanceof OpenAI.APIConnectionError && !(error instanceof OpenAI.APIUserAbortError);
+  return error instanceof OpenAI.APIConnectionError &&
+    !(error instanceof OpenAI.APIUserAbortError) && !neverConnected(error);
+}
+
+/** The connection was refused or its host not found: no byte of the request left. */
+export function neverConnected(error: unknown): boolean {
+  for (let e: unknown = error, depth = 0; e instanceof Error && depth < 5; depth++) {
+    if (/connection refused|ECONNREFUSED|dns error|ENOTFOUND/i.test(e.message)) return true;
+    e = e.cause;
+  }
+  return false;
 }
 
 function delayMs(error: unknown, retry: number): number {

@@ -6,7 +6,7 @@
  */
 import OpenAI from "openai";
 import type { ChatMessage } from "./database.ts";
-import { RetriesExhausted, withRetries } from "./model-retry.ts";
+import { neverConnected, RetriesExhausted, withRetries } from "./model-retry.ts";
 import { createFetchCompletion } from "./model-fetch.ts";
 import { storable } from "../_shared/text.ts";
 
@@ -24,6 +24,23 @@ export interface ModelAnswer {
   model: string;
   /** Earlier attempts of this call that may have been billed (timed out or cut off). */
   unsettledAttempts: number;
+  /** Each upstream tried for this answer, in order (fallbacks.ts); absent from a single client. */
+  attempts?: ModelAttempt[] | undefined;
+}
+
+/** One upstream's part in a model call, as `metadata.model_attempts` lists it. */
+export interface ModelAttempt {
+  model: string;
+  /** `model@host` of the base URL: the circuit breaker's key, without path or key. */
+  upstream: string;
+  /** answered | failed:<HTTP status> | failed:timeout | failed:refused | failed:connection | failed:other | skipped:breaker_open */
+  outcome: string;
+  /** reported (the upstream's usage) | estimated (no usage, or may have run unseen) | none */
+  billed: "reported" | "estimated" | "none";
+  /** The breaker transition this attempt caused or ran under: opened, probe, closed. */
+  breaker?: "opened" | "probe" | "closed" | undefined;
+  /** Tries of this upstream (retries) that timed out or were cut off, metered as estimates. */
+  unsettled_tries?: number | undefined;
 }
 
 export interface ModelClient {
@@ -34,8 +51,17 @@ export interface ModelClient {
 
 export type StreamEvent = { type: "delta"; text: string } | { type: "done"; answer: ModelAnswer };
 
+/** How a model call failed, for fallbacks and the breaker (fallbacks.ts). */
+export type FailureKind = "status" | "timeout" | "refused" | "connection" | "other";
+
 export class ModelError extends Error {
-  constructor(message: string, readonly status?: number, readonly unsettledAttempts = 0) {
+  constructor(
+    message: string,
+    readonly status?: number,
+    readonly unsettledAttempts = 0,
+    readonly kind: FailureKind = status === undefined ? "other" : "status",
+    readonly attempts?: ModelAttempt[],
+  ) {
     super(message);
     this.name = "ModelError";
   }
@@ -81,10 +107,20 @@ function wrap(thrown: unknown, unsettled = 0): ModelError {
       `openai ${thrown.status ?? "connection"}: ${thrown.message}`.slice(0, 1000),
       thrown.status,
       unsettled,
+      failureKind(thrown),
     );
   }
   const message = thrown instanceof Error ? `${thrown.name}: ${thrown.message}` : String(thrown);
-  return new ModelError(message, undefined, unsettled);
+  // A TypeError is fetch's network failure (a reset); a SyntaxError a malformed body.
+  const kind = thrown instanceof TypeError ? "connection" : "other";
+  return new ModelError(message, undefined, unsettled, kind);
+}
+
+function failureKind(error: InstanceType<typeof OpenAI.APIError>): FailureKind {
+  if (error instanceof OpenAI.APIConnectionTimeoutError) return "timeout";
+  if (neverConnected(error)) return "refused";
+  if (error instanceof OpenAI.APIConnectionError) return "connection";
+  return error.status === undefined ? "other" : "status";
 }
 
 export function createOpenAIModel(options: ModelOptions): ModelClient {

@@ -9,7 +9,7 @@ import { describe, type ErrorCode } from "../_shared/errors.ts";
 import type { Logger } from "../_shared/log.ts";
 import { storable } from "../_shared/text.ts";
 import type { TurnDatabase, UsageEvent } from "./database.ts";
-import type { TokenUsage } from "./model.ts";
+import type { ModelAttempt, TokenUsage } from "./model.ts";
 import type { RateLimitDecision } from "./rate-limit.ts";
 
 /** Keeps the isolate alive until `promise` settles (EdgeRuntime.waitUntil). */
@@ -70,6 +70,8 @@ export interface Outcome {
   estimated?: boolean | undefined;
   /** Model calls made for this turn, when more than one (retries are billed too). */
   attempts?: number | undefined;
+  /** Each upstream tried (fallbacks.ts): `metadata.model_attempts` when there is more than one plain answer. */
+  modelAttempts?: ModelAttempt[] | undefined;
   error?: { code: ErrorCode; detail: string } | undefined;
   /** The stored answer of an Idempotency-Key was sent again (no model call, no row). */
   replayed?: boolean | undefined;
@@ -116,11 +118,19 @@ function metadataOf(settings: UsageSettings, facts: RequestFacts, outcome: Outco
     ...(facts.clientIp ? { client_ip: facts.clientIp } : {}),
     ...(scope ? { rate_limit: { scope, remaining: rl?.remaining ?? 0 } } : {}),
     ...(outcome.estimated ? { tokens_estimated: true } : {}),
-    ...(outcome.attempts && outcome.attempts > 1 ? { model_attempts: outcome.attempts } : {}),
+    ...(notable(outcome.modelAttempts) ? { model_attempts: outcome.modelAttempts } : {}),
     ...(facts.clientRequestId ? { client_request_id: facts.clientRequestId } : {}),
     ...(facts.requestedOrgId ? { requested_org_id: facts.requestedOrgId } : {}),
     ...(facts.clientMetadata ? { client: facts.clientMetadata } : {}),
   };
+}
+
+/** Attempts worth a row's bytes: a fallback, a skip, a retry, a breaker transition. */
+function notable(attempts: ModelAttempt[] | undefined): boolean {
+  if (!attempts || attempts.length === 0) return false;
+  const [only] = attempts;
+  return attempts.length > 1 || only!.outcome !== "answered" || !!only!.breaker ||
+    !!only!.unsettled_tries;
 }
 
 export interface UsageLogger {

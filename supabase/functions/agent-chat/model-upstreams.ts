@@ -1,0 +1,123 @@
+/**
+ * Owns the upstreams' configuration and wiring: AI_AGENT_MODEL_FALLBACKS
+ * read and checked at start (every problem names its entry), and the one
+ * ModelClient of the isolate: the primary, then each fallback, each behind
+ * its breaker (fallbacks.ts).
+ *
+ * Entry: `{ "model": "…", "base_url"?: "…", "api_key_env"?: "NAME" }`. No
+ * base_url: the primary's (OPENAI_BASE_URL, else OpenAI's). No api_key_env:
+ * OPENAI_API_KEY. A base URL is `https://`, or `http://` to a loopback host.
+ * Retries (AI_AGENT_OPENAI_MAX_RETRIES) apply to the last upstream only: an
+ * upstream with another behind it hands over at once instead of backing off.
+ */
+import { z } from "zod";
+import { isLoopback, webUrlProblem } from "../_shared/env.ts";
+import type { Logger } from "../_shared/log.ts";
+import { createBreakers, createFallbackModel, upstreamLabel } from "./fallbacks.ts";
+import { createOpenAIModel, type ModelClient, type ModelOptions } from "./model.ts";
+
+export const OPENAI_DEFAULT_BASE_URL = "https://api.openai.com/v1";
+const VARIABLE = "AI_AGENT_MODEL_FALLBACKS";
+
+export interface FallbackUpstream {
+  model: string;
+  baseURL: string;
+  /** The key, read from the named variable at start (never logged). */
+  apiKey: string | undefined;
+}
+
+const entrySchema = z.strictObject({
+  model: z.string().trim().min(1).max(128),
+  base_url: z.string().optional(),
+  api_key_env: z.string().regex(/^[A-Za-z_][A-Za-z0-9_]*$/, "a variable name").optional(),
+});
+
+/** The fallbacks as configured, or the problems, each naming `AI_AGENT_MODEL_FALLBACKS[i]`. */
+export function resolveFallbacks(
+  raw: string | undefined,
+  primary: { model: string; baseURL: string | undefined; apiKey: string | undefined },
+  env: Record<string, string | undefined>,
+  problems: string[],
+): FallbackUpstream[] {
+  if (raw === undefined) return [];
+  let list: unknown;
+  try {
+    list = JSON.parse(raw);
+  } catch {
+    problems.push(`${VARIABLE}: not valid JSON (a JSON array of {model, base_url?, api_key_env?})`);
+    return [];
+  }
+  if (!Array.isArray(list)) {
+    problems.push(`${VARIABLE}: a JSON array of {model, base_url?, api_key_env?}`);
+    return [];
+  }
+  const primaryURL = primary.baseURL ?? OPENAI_DEFAULT_BASE_URL;
+  const seen = new Set([upstreamLabel(primary.model, primaryURL)]);
+  return list.flatMap((item, i) => {
+    const name = `${VARIABLE}[${i}]`;
+    const entry = resolveEntry(item, name, primaryURL, primary.apiKey, env, problems);
+    if (!entry) return [];
+    const label = upstreamLabel(entry.model, entry.baseURL);
+    if (seen.has(label)) problems.push(`${name}: repeats the upstream ${label}`);
+    seen.add(label);
+    return [entry];
+  });
+}
+
+function resolveEntry(
+  item: unknown,
+  name: string,
+  primaryURL: string,
+  primaryKey: string | undefined,
+  env: Record<string, string | undefined>,
+  problems: string[],
+): FallbackUpstream | undefined {
+  const parsed = entrySchema.safeParse(item);
+  if (!parsed.success) {
+    for (const issue of parsed.error.issues) {
+      const field = issue.path.length > 0 ? `.${issue.path.join(".")}` : "";
+      problems.push(`${name}${field}: ${issue.message}`);
+    }
+    return undefined;
+  }
+  const { model, base_url, api_key_env } = parsed.data;
+  const urlProblem = base_url === undefined ? undefined : webUrlProblem(base_url);
+  if (urlProblem) problems.push(`${name}.base_url: ${urlProblem}`);
+  const keyName = api_key_env ?? "OPENAI_API_KEY";
+  const apiKey = api_key_env ? env[api_key_env]?.trim() || undefined : primaryKey;
+  const baseURL = urlProblem ? primaryURL : base_url ?? primaryURL;
+  if (!apiKey && !isLoopback(new URL(baseURL).hostname)) {
+    problems.push(
+      `${name}.api_key_env: ${keyName} is unset (only a loopback base_url may go without a key)`,
+    );
+  }
+  if (urlProblem) return undefined;
+  return { model, baseURL, apiKey };
+}
+
+export interface ChainSettings {
+  primary: FallbackUpstream;
+  fallbacks: FallbackUpstream[];
+  client: Omit<ModelOptions, "apiKey" | "baseURL" | "model">;
+  breaker: { failures: number; openSeconds: number };
+  now?: (() => number) | undefined;
+  log?: Logger | undefined;
+}
+
+/** The isolate's model: the primary and its fallbacks, each behind its breaker. */
+export function createModelChain(settings: ChainSettings): ModelClient {
+  const breakerFor = createBreakers({ ...settings.breaker, now: settings.now, log: settings.log });
+  const all = [settings.primary, ...settings.fallbacks];
+  return createFallbackModel(all.map((up, i) => ({
+    model: up.model,
+    breaker: breakerFor(upstreamLabel(up.model, up.baseURL)),
+    client: createOpenAIModel({
+      ...settings.client,
+      // Only a loopback stand-in may go without a key (checked by loadConfig).
+      apiKey: up.apiKey ?? "local-stand-in",
+      baseURL: up.baseURL,
+      model: up.model,
+      maxRetries: i === all.length - 1 ? settings.client.maxRetries : 0,
+    }),
+  })));
+}
