@@ -78,6 +78,7 @@ const envSchema = z.object({
   AI_AGENT_MODEL_FALLBACKS: optionalText(),
   AI_AGENT_BREAKER_FAILURES: int(1, 1000, 5),
   AI_AGENT_BREAKER_OPEN_SECONDS: int(1, 3600, 30),
+  AI_AGENT_SHUTDOWN_GRACE_MS: int(0, 600_000, 25_000),
 });
 
 type Env = z.output<typeof envSchema>;
@@ -129,6 +130,8 @@ function toConfig(e: Env, env: Record<string, string | undefined>, problems: str
       env,
       problems,
     ),
+    /** How long a stopping isolate lets the turns under way finish. */
+    shutdownGraceMs: e.AI_AGENT_SHUTDOWN_GRACE_MS,
     breaker: {
       failures: e.AI_AGENT_BREAKER_FAILURES,
       openSeconds: e.AI_AGENT_BREAKER_OPEN_SECONDS,

@@ -50,7 +50,20 @@ export function buildDependencies(
   const db = createDatabase(config);
   const redis = config.redis ? connectRedis(config.redis.url, config.redis.token) : undefined;
   const limits = { ttlSeconds: config.sessionTtlSeconds, maxMessages: config.sessionMaxMessages };
-  const usage = createUsageLogger({ enabled: config.usageLogEnabled, db, log, extendLifetime });
+  // Inserts handed to the runtime are tracked too, so close() waits for them.
+  const inflight = new Set<Promise<unknown>>();
+  const tracked: ExtendLifetime | undefined = extendLifetime && ((promise) => {
+    inflight.add(promise);
+    const done = () => void inflight.delete(promise);
+    promise.then(done, done);
+    extendLifetime(promise);
+  });
+  const usage = createUsageLogger({
+    enabled: config.usageLogEnabled,
+    db,
+    log,
+    extendLifetime: tracked,
+  });
   // Refusal rows go through whichever usage logger the deps hold (tests may swap it).
   const refusals = createRefusalLedger({
     intervalMs: config.refusalLogIntervalSeconds * 1000,
@@ -90,9 +103,11 @@ export function buildDependencies(
     usage,
     refusals,
     log,
-    extendLifetime,
+    extendLifetime: tracked,
     close: async () => {
+      // The counted refusals first, then every insert under way, then the connections.
       await refusals.close();
+      await Promise.allSettled([...inflight]);
       await redis?.close();
       await db.close();
     },
