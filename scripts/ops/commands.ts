@@ -28,6 +28,21 @@ function period(ctx: CommandContext): { from: Date; to: Date } {
 }
 
 export const commands: Record<string, Command> = {
+  breakers: {
+    usage:
+      "breakers                 circuit breakers per upstream (from every isolate's usage rows, last 24h)",
+    async run(ctx) {
+      print(ctx, await ctx.sql`select * from ops.upstream_breakers`);
+    },
+  },
+  models: {
+    usage:
+      "models [--since 7d]      answers per model and day, and the share answered by fallbacks",
+    async run(ctx) {
+      const { from, to } = period(ctx);
+      print(ctx, await ctx.sql`select * from ops.model_answer_report(${from}, ${to})`);
+    },
+  },
   buckets: {
     usage:
       "buckets <key>            show a rate-limit bucket (user:<uuid>, org:<uuid>, ip:<addr>, or a prefix like org:*)",

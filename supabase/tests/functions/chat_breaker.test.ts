@@ -8,6 +8,17 @@
 import { assert, assertEquals, assertMatch } from "./assert.ts";
 import { attemptsOf, brief, withFallbacks } from "../support/fallbacks.ts";
 import { expectError } from "../support/test-helpers.ts";
+import { testUrls } from "../support/function-harness.ts";
+import { runOps } from "../../../scripts/ops.ts";
+
+/** `npm run ops -- breakers --json`: the rows of `upstream`. */
+async function breakers(upstream: string): Promise<Array<Record<string, unknown>>> {
+  let out = "";
+  const db = testUrls().databaseUrl;
+  const code = await runOps(["breakers", "--json", "--db", db], (s) => (out += s), () => {});
+  assertEquals(code, 0);
+  return (JSON.parse(out) as Array<{ upstream: string }>).filter((r) => r.upstream === upstream);
+}
 
 function clock() {
   let t = 0;
@@ -41,6 +52,10 @@ for (const store of ["supabase", "redis"] as const) {
       assertEquals(h.openai.requests.length, 2, "no call reaches an open upstream");
       assertEquals(backup.requests.length, 3);
       assert(h.logs.some((l) => l.event === "breaker_open"), "the transition is logged");
+      // The runbook's check: the breaker as every isolate's rows show it.
+      const [primary] = await breakers(`primary-model@${new URL(h.openai.baseURL).host}`);
+      assertEquals(primary!.likely_state, "open (in some isolates)");
+      assert(Number(primary!.skipped_recently) >= 1);
       // After the open period one probe goes to the primary; its success closes it.
       c.advance(30);
       const probe = await ask("four");
