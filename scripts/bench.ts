@@ -1,42 +1,66 @@
 /**
- * `deno task bench [--quick] [--write-docs] [--record-baseline]` (npm run
- * bench): the benchmark scenarios (scripts/bench/: begin-turn, http, growth,
- * cold-start, memory) on one local stack with durable PostgreSQL settings.
+ * `deno task bench [--only <scenario>] [--quick] [--write-docs]
+ * [--record-baseline]` (npm run bench): the benchmark scenarios
+ * (scripts/bench/: begin-turn, http, growth, cold-start, memory, fallbacks) on one local stack with durable PostgreSQL settings.
  * Prints the targets and tables, and writes the results regions of
  * docs/benchmarks.md (to .local/results/ unless --write-docs). Ctrl-C
  * stops everything it started.
  */
-import { commandLine, messageOf } from "./cli.ts";
+import { choiceFlag, commandLine, messageOf } from "./cli.ts";
 import { writeResults } from "./results.ts";
 import { machineFacts, markdownTable } from "./bench/stats.ts";
 import { startLocalStack } from "../supabase/tests/support/local-stack.ts";
 import { which } from "../supabase/tests/support/tools.ts";
-import { createContext, PROFILES, type ScenarioResult, type Target } from "./bench/context.ts";
+import {
+  type BenchContext,
+  createContext,
+  PROFILES,
+  type ScenarioResult,
+  type Target,
+} from "./bench/context.ts";
 import { beginTurn } from "./bench/begin-turn.ts";
 import { http } from "./bench/http.ts";
 import { growth } from "./bench/growth.ts";
 import { coldStart } from "./bench/cold-start.ts";
 import { memory } from "./bench/memory.ts";
+import { fallbacks } from "./bench/fallbacks.ts";
+
+const SCENARIOS = {
+  "begin-turn": beginTurn,
+  http: (ctx: BenchContext) => http(ctx, { recordBaseline: flags.recordBaseline }),
+  growth,
+  "cold-start": coldStart,
+  memory,
+  fallbacks,
+};
+type Scenario = keyof typeof SCENARIOS;
 
 const flags = commandLine({
-  usage: `usage: deno task bench [--quick] [--write-docs] [--record-baseline]   (npm run bench)
+  usage:
+    `usage: deno task bench [--only <scenario>] [--quick] [--write-docs] [--record-baseline]   (npm run bench)
 
 Measures what docs/benchmarks.md reports, on this machine, and prints the tables.
+  --only <scenario>  one scenario: ${Object.keys(SCENARIOS).join(", ")} (writes its section only)
   --quick            short runs (under 3 minutes; figures are noisier)
   --write-docs       rewrite the results in docs/benchmarks.md (default: .local/results/)
   --record-baseline  keep this run's throughput as the baseline (scripts/bench/baseline.json)`,
   options: {
+    only: { type: "string" },
     quick: { type: "boolean" },
     "write-docs": { type: "boolean" },
     "record-baseline": { type: "boolean" },
   },
 }, ({ values }) => ({
+  only: values.only === undefined
+    ? undefined
+    : choiceFlag(values.only, "--only", Object.keys(SCENARIOS) as [Scenario, ...Scenario[]]),
   profile: PROFILES[values.quick ? "quick" : "full"],
   writeDocs: values["write-docs"] === true,
   recordBaseline: values["record-baseline"] === true,
 }));
 
-if (!(await which("wrk"))) {
+const needsWrk = !flags.only || ["http", "growth"].includes(flags.only);
+if (needsWrk && !(await which("wrk"))) {
   console.error("error: wrk not found: apt-get install wrk (scripts/setup.sh --with-bench)");
   Deno.exit(1);
 }
@@ -54,11 +78,9 @@ let failed = false;
 try {
   console.error(`[bench] postgres ${stack.postgres.url} redis ${stack.redis.url}`);
   const ctx = await createContext(stack, flags.profile);
-  results.push(await beginTurn(ctx));
-  results.push(await http(ctx, { recordBaseline: flags.recordBaseline }));
-  results.push(await growth(ctx));
-  results.push(await coldStart(ctx));
-  results.push(await memory(ctx));
+  for (const [name, scenario] of Object.entries(SCENARIOS)) {
+    if (!flags.only || flags.only === name) results.push(await scenario(ctx));
+  }
 } catch (error) {
   // The whole message: a failed load tool's output is the clue.
   console.error(`error: ${error instanceof Error ? error.message : String(error)}`);
@@ -69,6 +91,15 @@ try {
 }
 if (failed) Deno.exit(1);
 
+if (flags.only) {
+  const sections: Record<string, string> = Object.assign({}, ...results.map((r) => r.sections));
+  for (const [name, text] of Object.entries(sections)) console.log(`\n## ${name}\n\n${text}`);
+  const written = await writeResults("docs/benchmarks.md", sections, {
+    writeDocs: flags.writeDocs,
+  });
+  console.error(`[bench] results written to ${written}`);
+  Deno.exit(0);
+}
 const targets: Target[] = results.flatMap((r) => r.targets);
 const sections: Record<string, string> = Object.assign({}, ...results.map((r) => r.sections));
 sections.targets = markdownTable(
