@@ -10,7 +10,7 @@
  */
 import { parseSse } from "../../supabase/tests/support/sse.ts";
 import { functionProcess } from "../../supabase/tests/support/local-stack.ts";
-import { type ReliabilityContext, send, type Sent, STORES } from "./context.ts";
+import { type ReliabilityContext, send, type Sent, settle, STORES } from "./context.ts";
 
 const AREA = "openai failing with a fallback configured";
 const FALLBACK_FIXES = [
@@ -27,10 +27,18 @@ interface Row {
   metadata: { model_attempts?: Array<{ outcome: string; billed: string }> };
 }
 
-/** The usage rows of one request, found by the client request id it sent. */
+/**
+ * The usage rows of one request, found by the client request id it sent
+ * (written off the response's path: waited for up to 5 s, then a moment
+ * more so a duplicate would show).
+ */
 async function rowsOf(ctx: ReliabilityContext, sent: Sent): Promise<Row[]> {
-  return await ctx.sql<Row[]>`select model, success, prompt_tokens, metadata
-    from public.agent_usage_events where metadata ->> 'client_request_id' = ${sent.requestId}`;
+  const read = () =>
+    ctx.sql<Row[]>`select model, success, prompt_tokens, metadata
+      from public.agent_usage_events where metadata ->> 'client_request_id' = ${sent.requestId}`;
+  await settle(read, (rows) => rows.length > 0, 5000);
+  await new Promise((r) => setTimeout(r, 100));
+  return await read();
 }
 
 /** One row, from the model that answered, billing only the answer (a hang adds its prompt). */

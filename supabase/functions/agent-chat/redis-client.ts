@@ -94,14 +94,21 @@ function tcp(url: string): RedisConnection {
     enableOfflineQueue: true,
     retryStrategy: (times: number) => Math.min(times * 100, 1000),
   });
-  // Errors surface on the command that fails; the connection keeps retrying.
-  client.on("error", () => {});
+  // Errors surface on the command that fails, naming the connection's last
+  // error (an untrusted certificate, a refused port); the connection keeps retrying.
+  let lastError: Error | undefined;
+  client.on("error", (error: Error) => void (lastError = error));
+  client.on("ready", () => void (lastError = undefined));
   for (const [name, lua] of Object.entries(SCRIPTS)) {
     client.defineCommand(`agentChat_${name}`, { numberOfKeys: 2, lua });
   }
   const commands = client as unknown as Record<string, (...a: string[]) => Promise<unknown>>;
   return {
-    run: (name, keys, args) => commands[`agentChat_${name}`]!(...keys, ...args),
+    run: (name, keys, args) =>
+      commands[`agentChat_${name}`]!(...keys, ...args).catch((error: Error) => {
+        if (!lastError) throw error;
+        throw new Error(`${error.message} (connection: ${lastError.message})`, { cause: error });
+      }),
     close: async () => {
       client.disconnect();
       await Promise.resolve();
