@@ -77,6 +77,7 @@ export function webUrlProblem(raw: string): string | undefined {
   } catch {
     return `not a URL: ${JSON.stringify(raw.slice(0, 200))}`;
   }
+  if (parsed.username || parsed.password) return "must not carry credentials (user:password@)";
   if (parsed.protocol === "https:") return undefined;
   if (parsed.protocol === "http:" && isLoopback(parsed.hostname)) return undefined;
   return "must be https://, or http:// to a loopback host";

@@ -18,6 +18,10 @@ import { createOpenAIModel, type ModelClient, type ModelOptions } from "./model.
 
 export const OPENAI_DEFAULT_BASE_URL = "https://api.openai.com/v1";
 const VARIABLE = "AI_AGENT_MODEL_FALLBACKS";
+/** Each upstream tried costs up to a timeout: a turn's deadline bounds how many make sense. */
+const MAX_FALLBACKS = 8;
+/** The platform's and this function's own secrets are never sent to an upstream as its key. */
+const NOT_A_MODEL_KEY = /^(SUPABASE_|AI_AGENT_|UPSTASH_)/;
 
 export interface FallbackUpstream {
   model: string;
@@ -47,8 +51,10 @@ export function resolveFallbacks(
     problems.push(`${VARIABLE}: not valid JSON (a JSON array of {model, base_url?, api_key_env?})`);
     return [];
   }
-  if (!Array.isArray(list)) {
-    problems.push(`${VARIABLE}: a JSON array of {model, base_url?, api_key_env?}`);
+  if (!Array.isArray(list) || list.length > MAX_FALLBACKS) {
+    problems.push(
+      `${VARIABLE}: a JSON array of at most ${MAX_FALLBACKS} {model, base_url?, api_key_env?}`,
+    );
     return [];
   }
   const primaryURL = primary.baseURL ?? OPENAI_DEFAULT_BASE_URL;
@@ -81,6 +87,12 @@ function resolveEntry(
     return undefined;
   }
   const { model, base_url, api_key_env } = parsed.data;
+  if (api_key_env && NOT_A_MODEL_KEY.test(api_key_env)) {
+    problems.push(
+      `${name}.api_key_env: ${api_key_env} is not a model key (SUPABASE_*, AI_AGENT_* and UPSTASH_* are never sent upstream)`,
+    );
+    return undefined;
+  }
   const urlProblem = base_url === undefined ? undefined : webUrlProblem(base_url);
   if (urlProblem) problems.push(`${name}.base_url: ${urlProblem}`);
   const keyName = api_key_env ?? "OPENAI_API_KEY";

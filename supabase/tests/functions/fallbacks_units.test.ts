@@ -161,6 +161,7 @@ Deno.test("config: every fallback problem is reported at once, naming its entry"
         { model: "c", api_key_env: "UNSET_KEY" },
         { model: "d", extra: 1 },
         { model: "gpt-4.1-mini" },
+        { model: "e", api_key_env: "SUPABASE_SERVICE_ROLE_KEY" },
       ]),
     }), ConfigError);
   const text = error.problems.join("\n");
@@ -172,7 +173,11 @@ Deno.test("config: every fallback problem is reported at once, naming its entry"
     text,
     /AI_AGENT_MODEL_FALLBACKS\[4\]: repeats the upstream gpt-4\.1-mini@api\.openai\.com/,
   );
-  for (const raw of ["not json", '{"model":"x"}']) {
+  assertMatch(
+    text,
+    /AI_AGENT_MODEL_FALLBACKS\[5\]\.api_key_env: SUPABASE_SERVICE_ROLE_KEY is not a model key/,
+  );
+  for (const raw of ["not json", '{"model":"x"}', JSON.stringify(Array(9).fill({ model: "m" }))]) {
     const e = await thrown(
       () => loadConfig({ ...base, AI_AGENT_MODEL_FALLBACKS: raw }),
       ConfigError,
@@ -181,8 +186,17 @@ Deno.test("config: every fallback problem is reported at once, naming its entry"
   }
   const b = await thrown(
     () =>
-      loadConfig({ ...base, AI_AGENT_BREAKER_FAILURES: "0", OPENAI_BASE_URL: "http://x.example" }),
+      loadConfig({
+        ...base,
+        AI_AGENT_BREAKER_FAILURES: "0",
+        OPENAI_BASE_URL: "https://u:p@x.example/v1",
+      }),
     ConfigError,
   );
   assertMatch(b.problems.join("\n"), /AI_AGENT_BREAKER_FAILURES/);
+  const c = await thrown(
+    () => loadConfig({ ...base, OPENAI_BASE_URL: "https://u:p@x.example/v1" }),
+    ConfigError,
+  );
+  assertMatch(c.problems.join("\n"), /OPENAI_BASE_URL: must not carry credentials/);
 });
