@@ -1,13 +1,14 @@
 -- agent-chat: the tables, their row-level security and their privileges.
 --
--- One migration per concern, in this order:
+-- One migration per concern, in this order; each calls only what an earlier
+-- one (or itself, above the call) defines:
 --   20251231120000_ai_agent_sessions_usage      tables, RLS policies, grants (this file)
 --   20251231120100_ai_agent_rate_limits         ops.consume_rate_limits, token counters
---   20251231120200_ai_agent_turns               agent_begin_turn (policies, quotas, budgets), agent_end_turn, agent_finish_turn
---   20251231120300_ai_agent_usage_costs         agent_log_usage, settlement, prices, cost and health reports
---   20251231120400_ai_agent_alerts              alert conditions, the recorded check, ack and mute, schedules
---   20251231120500_ai_agent_operator_functions  buckets, opt-outs, sessions, policies, switches, budgets, dashboard, purge
---   20251231120600_ai_agent_idempotency         Idempotency-Key claims, replays and settlement
+--   20251231120150_ai_agent_idempotency         Idempotency-Key claims, replays and settlement
+--   20251231120300_ai_agent_usage_costs         agent_log_usage (the usage insert, settlement), prices, cost and health reports
+--   20251231120350_ai_agent_turns               agent_begin_turn (policies, quotas, budgets), agent_end_turn, agent_finish_turn
+--   20251231120500_ai_agent_operator_functions  buckets, opt-outs, sessions, policies, switches, budgets, audit, dashboard, purge
+--   20251231120550_ai_agent_alerts              alert conditions, the recorded check, ack and mute, schedules
 --
 -- Deny by default: every table has RLS; anon and authenticated get only the
 -- reads a policy allows; service_role, the Edge Function's role, gets what

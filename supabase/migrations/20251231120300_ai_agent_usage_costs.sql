@@ -19,7 +19,7 @@ set search_path = ''
 set plan_cache_mode = force_generic_plan
 as $$
 begin
-  -- An Idempotency-Key's attempt settles with its usage row (20251231120600_ai_agent_idempotency).
+  -- An Idempotency-Key's attempt settles with its usage row (20251231120150_ai_agent_idempotency).
   if p_event ? 'idempotency' then perform ops.idempotency_settle(p_event); end if;
   insert into public.agent_usage_events (
     request_id, org_id, user_id, session_id, channel, model,

@@ -1,7 +1,7 @@
 -- agent-chat: a turn in the database. One call before the model
 -- (agent_begin_turn) and, with the Supabase session store, one after it
 -- (agent_finish_turn, which is agent_end_turn plus the usage row of
--- agent_log_usage, defined with the usage log in a later migration).
+-- agent_log_usage, defined with the usage log in the migration before).
 -- Only service_role may execute them.
 
 -- ---------------------------------------------------------------------------
@@ -130,7 +130,7 @@ begin
   if p_max_messages is null or p_max_messages < 0 then
     raise exception 'max_messages must be zero or more' using errcode = '22023';
   end if;
-  -- 0. Idempotency-Key, before any check or bucket (20251231120600_ai_agent_idempotency):
+  -- 0. Idempotency-Key, before any check or bucket (20251231120150_ai_agent_idempotency):
   -- a replay, or a duplicate of an attempt still running (409: the client
   -- does what the protocol asks, waits and retries), ends here, free; a
   -- different body (422, a client bug or a probe) is a refusal, charged
@@ -606,7 +606,7 @@ begin
   end if;
 
   if p_usage is not null then
-    -- An Idempotency-Key's attempt settles with its usage row (20251231120600_ai_agent_idempotency).
+    -- An Idempotency-Key's attempt settles with its usage row (20251231120150_ai_agent_idempotency).
     if p_usage ? 'idempotency' then perform ops.idempotency_settle(p_usage); end if;
     insert into public.agent_usage_events (
       request_id, org_id, user_id, session_id, channel, model,
