@@ -46,13 +46,17 @@ order by 1`;
 
 /** "object -> schema.name" for each name a body refers to that does not exist in the database at `url`. */
 export async function unresolvedReferences(url: string): Promise<string[]> {
-  const psql = async (sql: string) => {
-    const res = await run("psql", [url, "-X", "-v", "ON_ERROR_STOP=1", "-Atqc", sql]);
-    if (res.code !== 0) throw new Error(res.stderr.trim());
-    return res.stdout.split("\n").filter(Boolean);
-  };
-  const [cron] = await psql("select to_regclass('cron.job') is not null");
-  return await psql(query(cron === "t"));
+  // One psql run: cron.job is read only where pg_cron is installed.
+  const script = `select to_regclass('cron.job') is not null as has_cron \\gset
+\\if :has_cron
+${query(true)};
+\\else
+${query(false)};
+\\endif
+`;
+  const res = await run("psql", [url, "-X", "-v", "ON_ERROR_STOP=1", "-Atq"], { stdin: script });
+  if (res.code !== 0) throw new Error(res.stderr.trim());
+  return res.stdout.split("\n").filter(Boolean);
 }
 
 /** For migrate's `afterEach`: throws naming the migration and what it calls too early. */
