@@ -24,10 +24,14 @@ select is(
   null, 'every view is security_invoker');
 
 select is(
-  (select array_agg(p.oid::regprocedure::text order by 1) from pg_proc p join pg_namespace n on n.oid = p.pronamespace
+  (select array_agg(p.oid::regprocedure::text order by p.oid::regprocedure::text collate "C") from pg_proc p
+   join pg_namespace n on n.oid = p.pronamespace
    where n.nspname in ('public', 'ops') and p.prosecdef),
-  array['ops.audit_direct_change()', 'ops.audit(text,text,uuid,text,jsonb,jsonb)'],
-  'only the audit writers are security definer (nobody else may insert an audit row)');
+  array['ops.audit(text,text,uuid,text,jsonb,jsonb)', 'ops.audit_direct_change()',
+        -- members' data: the erasure (also from the auth.users trigger), its record and the opt-out audit
+        'ops.forget_deleted_auth_user()', 'ops.forget_user(uuid,text,timestamp with time zone,text)',
+        'ops.record_opt_out_change()', 'ops.redis_erasure_done(bigint,integer,text,text,timestamp with time zone)'],
+  'only the audit and erasure writers are security definer (nobody else may insert an audit or erasure row)');
 
 -- test: anon and authenticated can execute none of the service functions
 select is(
