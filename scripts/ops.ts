@@ -31,6 +31,9 @@ const options = {
   mode: { type: "string" },
   note: { type: "string" },
   until: { type: "string" },
+  pending: { type: "boolean" },
+  redis: { type: "string" },
+  "no-redis": { type: "boolean" },
 } as const;
 
 const usage = [

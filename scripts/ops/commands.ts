@@ -16,6 +16,7 @@ import {
   uuidArg,
 } from "./args.ts";
 import { alertCommand, policyCommands } from "./policy-commands.ts";
+import { memberCommands } from "./member-commands.ts";
 
 function period(ctx: CommandContext): { from: Date; to: Date } {
   const to = optionalTimestamp(ctx.flags.to, "--to") ?? new Date();
@@ -131,16 +132,26 @@ export const commands: Record<string, Command> = {
   },
   alerts: alertCommand,
   ...policyCommands,
+  ...memberCommands,
   purge: {
     usage:
-      "purge [--usage-retention 90d]   delete expired session messages, empty buckets, old usage rows",
+      "purge [--usage-retention 90d]   apply the retention periods (ops.retention_settings) until done",
     async run(ctx) {
       const retention = typeof ctx.flags["usage-retention"] === "string"
         ? `${durationFlag(ctx.flags["usage-retention"], "--usage-retention") / 1000} seconds`
         : null;
-      const [row] = await ctx
-        .sql`select ops.purge_expired(now(), ${retention}::interval) as result`;
-      print(ctx, [row!.result as Record<string, unknown>]);
+      // One bounded round per call, each its own transaction, until nothing is left.
+      const totals: Record<string, number> = { rounds: 0 };
+      for (let more = true; more && totals.rounds! < 1000; totals.rounds!++) {
+        const [row] = await ctx
+          .sql`select ops.purge_expired(now(), ${retention}::interval) as result`;
+        const result = row!.result as Record<string, number | boolean>;
+        more = result.more === true;
+        for (const [key, n] of Object.entries(result)) {
+          if (typeof n === "number") totals[key] = (totals[key] ?? 0) + n;
+        }
+      }
+      print(ctx, [totals]);
     },
   },
   report: {
