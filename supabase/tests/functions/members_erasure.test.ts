@@ -24,7 +24,7 @@ type Variant = typeof variants[number];
 
 /** `npm run ops -- <args>` as its own process, pointed at the harness's stores. */
 async function ops(h: Harness, v: Variant, ...args: string[]) {
-  const redis = v.store === "supabase"
+  const redis: { flags: string[]; env: Record<string, string> } = v.store === "supabase"
     ? { flags: ["--no-redis"], env: {} }
     : v.redisVia === "upstash"
     ? {
