@@ -11,7 +11,8 @@
 import { Redis } from "ioredis";
 import { assert, assertEquals } from "./assert.ts";
 import { type Harness, type Member, testUrls } from "../support/function-harness.ts";
-import { withHarness } from "../support/test-helpers.ts";
+import { withDb, withHarness } from "../support/test-helpers.ts";
+import { runOps } from "../../../scripts/ops.ts";
 
 const root = new URL("../../../", import.meta.url).pathname;
 
@@ -180,3 +181,30 @@ for (const v of [variants[0], variants[1]]) {
       },
     ));
 }
+
+Deno.test("members: forget, export and retention refuse bad arguments with exit 2, one line", async () => {
+  const user = crypto.randomUUID();
+  for (
+    const argv of [
+      ["forget", "--user", user],
+      ["forget", "--user", "not-a-uuid", "--by", "x"],
+      ["forget", "--by", "x"],
+      ["export"],
+      ["retention", "set", "keep_forever=1"],
+      ["retention", "set", "usage_row_months=many"],
+    ]
+  ) {
+    let err = "";
+    const code = await runOps(
+      [...argv, "--no-redis", "--db", testUrls().databaseUrl],
+      () => {},
+      (s) => (err += s),
+    );
+    assertEquals(code, 2, `${argv.join(" ")}: ${err}`);
+    assertEquals(err.trim().split("\n").length, 1, err);
+  }
+  const [row] = await withDb((sql) =>
+    sql`select count(*)::int as n from ops.member_erasures where user_id = ${user}`
+  );
+  assertEquals(row!.n, 0, "a refused forget erased nothing");
+});
