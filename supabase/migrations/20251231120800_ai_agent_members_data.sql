@@ -483,16 +483,17 @@ comment on function ops.purge_expired(timestamptz, interval, integer) is
 revoke execute on function ops.purge_expired(timestamptz, interval, integer) from public, anon, authenticated;
 grant execute on function ops.purge_expired(timestamptz, interval, integer) to service_role;
 
+-- No `set search_path` clause: Postgres refuses COMMIT in a procedure that
+-- has one. Not security definer, and every name is qualified.
 create procedure ops.purge_nightly(p_max_rounds integer default 1000)
 language plpgsql
-set search_path = ''
 as $$
 declare
   v_round integer := 0;
   v_result jsonb;
 begin
   loop
-    v_result := ops.purge_expired(now());
+    v_result := ops.purge_expired(pg_catalog.now());
     commit;
     v_round := v_round + 1;
     exit when not (v_result ->> 'more')::boolean or v_round >= p_max_rounds;

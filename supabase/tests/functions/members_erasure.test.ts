@@ -208,3 +208,31 @@ Deno.test("members: forget, export and retention refuse bad arguments with exit 
   );
   assertEquals(row!.n, 0, "a refused forget erased nothing");
 });
+
+Deno.test("members: Redis down during forget: Postgres is erased, the Redis part stays queued with the error", async () => {
+  const user = crypto.randomUUID();
+  let err = "";
+  const code = await runOps(
+    [
+      "forget",
+      "--user",
+      user,
+      "--by",
+      "ticket 9",
+      "--redis",
+      "redis://127.0.0.1:1",
+      "--db",
+      testUrls().databaseUrl,
+    ],
+    () => {},
+    (s) => (err += s),
+  );
+  assertEquals(code, 1, err);
+  assert(err.includes("forget --pending"), err);
+  const [queued] = await withDb((sql) =>
+    sql`select e.redis_state, q.attempts, q.last_error is not null as has_error
+        from ops.member_erasures e join ops.redis_erasure_queue q on q.erasure_id = e.id
+        where e.user_id = ${user}`
+  );
+  assertEquals(queued, { redis_state: "pending", attempts: 1, has_error: true });
+});
