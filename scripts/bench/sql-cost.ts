@@ -29,12 +29,12 @@ import { commandLine, numberFlag } from "../cli.ts";
 import { startPostgres } from "../../supabase/tests/support/postgres.ts";
 import { migrate } from "../../supabase/tests/support/migrate.ts";
 import { findPostgresTools } from "../../supabase/tests/support/tools.ts";
-import {
-  type BeginTurnArgs,
-  createPostgresDatabase,
-  type EndTurnArgs,
-  type UsageEvent,
-} from "../../supabase/functions/agent-chat/database.ts";
+import { createPostgresDatabase } from "../../supabase/functions/agent-chat/database.ts";
+import type {
+  BeginTurnArgs,
+  EndTurnArgs,
+  UsageEvent,
+} from "../../supabase/functions/agent-chat/turn.ts";
 import { cpuMs, postgresPids } from "./processes.ts";
 import { fixed, markdownTable, median } from "./stats.ts";
 

@@ -43,8 +43,6 @@ comment on column ops.retention_settings.expired_session_days is
 comment on column ops.retention_settings.batch_rows is 'Rows per step and per ops.purge_expired call; ops.purge_nightly commits between calls.';
 insert into ops.retention_settings default values;
 alter table ops.retention_settings enable row level security;
-revoke all on ops.retention_settings from public, anon, authenticated;
-grant select, update on ops.retention_settings to service_role;
 create trigger retention_settings_audit after insert or update or delete on ops.retention_settings
   for each row execute function ops.audit_direct_change();
 
@@ -81,8 +79,6 @@ end;
 $$;
 comment on function ops.retention_set(jsonb, text) is
   'Sets retention periods from a JSON object, e.g. ''{"usage_personal_days": 14}''. Audited in ops.policy_audit. CLI: retention set field=value.';
-revoke execute on function ops.retention_set(jsonb, text) from public, anon, authenticated;
-grant execute on function ops.retention_set(jsonb, text) to service_role;
 
 -- ---------------------------------------------------------------------------
 -- Personal fields of a usage row: one body for erasure and retention.
@@ -127,8 +123,6 @@ end;
 $$;
 comment on function ops.address_block(text) is
   'The address block an IP belongs to: a.b.c.0/24 for IPv4, the /64 for IPv6 (written as _shared/client-ip.ts addressBlock writes it); NULL when p_ip is not an address.';
-revoke execute on function ops.address_block(text) from public, anon, authenticated;
-grant execute on function ops.address_block(text) to service_role;
 
 create function ops.personal_metadata_keys()
 returns text[]
@@ -140,8 +134,6 @@ as $$
 $$;
 comment on function ops.personal_metadata_keys() is
   'Keys of agent_usage_events.metadata that hold personal data: the client''s metadata, the client IP, the client''s request id, and the top IPs of an aggregated refusal row.';
-revoke execute on function ops.personal_metadata_keys() from public, anon, authenticated;
-grant execute on function ops.personal_metadata_keys() to service_role;
 
 -- What is left of a usage row's metadata without its personal keys: with
 -- p_keep_blocks the addresses become their blocks (retention), without them
@@ -165,8 +157,6 @@ as $$
 $$;
 comment on function ops.scrub_usage_metadata(jsonb, boolean) is
   'A usage row''s metadata without its personal keys (ops.personal_metadata_keys), marked personal_removed; with p_keep_blocks the client IP and the top IPs are kept as address blocks.';
-revoke execute on function ops.scrub_usage_metadata(jsonb, boolean) from public, anon, authenticated;
-grant execute on function ops.scrub_usage_metadata(jsonb, boolean) to service_role;
 
 -- The rows retention still has to scrub, oldest first; the index shrinks as
 -- they are scrubbed, so the nightly batch never rescans done rows.
@@ -194,8 +184,6 @@ comment on column ops.member_erasures.counts is
   'sessions, messages, idempotency_keys, token_reservations, buckets, token_counters, usage_rows_pseudonymised.';
 create index member_erasures_user_id_idx on ops.member_erasures (user_id);
 alter table ops.member_erasures enable row level security;
-revoke all on ops.member_erasures from public, anon, authenticated;
-grant select on ops.member_erasures to service_role;
 
 create table ops.redis_erasure_queue (
   erasure_id bigint primary key references ops.member_erasures (id),
@@ -208,8 +196,6 @@ create table ops.redis_erasure_queue (
 comment on table ops.redis_erasure_queue is
   'Redis erasures still to do (the database cannot reach Redis): written by ops.forget_user, deleted by ops.redis_erasure_done when `npm run ops -- forget` or `forget --pending` (run it on a schedule) has erased the member''s Redis sessions.';
 alter table ops.redis_erasure_queue enable row level security;
-revoke all on ops.redis_erasure_queue from public, anon, authenticated;
-grant select on ops.redis_erasure_queue to service_role;
 
 -- ---------------------------------------------------------------------------
 -- ops.forget_user
@@ -288,8 +274,6 @@ end;
 $$;
 comment on function ops.forget_user(uuid, text, timestamptz, text) is
   'Erases one member in Postgres: sessions and messages, stored Idempotency-Key answers, token reservations, their user: bucket and token counters; their usage rows keep tokens, cost, org, model, outcome and time under a random pseudonym, without client IP, client metadata, client request id or error detail. Opt-outs stay. Records the erasure (ops.member_erasures) and queues the Redis part (ops.redis_erasure_queue). CLI: forget --user <uuid> --by <who> (also erases Redis).';
-revoke execute on function ops.forget_user(uuid, text, timestamptz, text) from public, anon, authenticated;
-grant execute on function ops.forget_user(uuid, text, timestamptz, text) to service_role;
 
 create function ops.redis_erasures_pending(p_limit integer default 100)
 returns table (erasure_id bigint, user_id uuid, queued_at timestamptz, attempts integer, last_error text)
@@ -301,8 +285,6 @@ as $$
   from ops.redis_erasure_queue q order by q.queued_at, q.erasure_id limit greatest(p_limit, 1);
 $$;
 comment on function ops.redis_erasures_pending(integer) is 'Redis erasures still to do, oldest first. CLI: forget --pending.';
-revoke execute on function ops.redis_erasures_pending(integer) from public, anon, authenticated;
-grant execute on function ops.redis_erasures_pending(integer) to service_role;
 
 -- security definer: completes the erasure record, which no caller may write.
 create function ops.redis_erasure_done(
@@ -338,8 +320,6 @@ end;
 $$;
 comment on function ops.redis_erasure_done(bigint, integer, text, text, timestamptz) is
   'Records the Redis part of an erasure: done with the number of sessions deleted (NULL = this deployment has no Redis), or, with p_error, a failed attempt that stays queued. True when the queued erasure was completed.';
-revoke execute on function ops.redis_erasure_done(bigint, integer, text, text, timestamptz) from public, anon, authenticated;
-grant execute on function ops.redis_erasure_done(bigint, integer, text, text, timestamptz) to service_role;
 
 -- ---------------------------------------------------------------------------
 -- Deleting an auth user erases their agent-chat data.
@@ -359,7 +339,6 @@ end;
 $$;
 comment on function ops.forget_deleted_auth_user() is
   'Trigger of auth.users: a deleted user is erased as ops.forget_user erases (its Redis part is queued in ops.redis_erasure_queue).';
-revoke execute on function ops.forget_deleted_auth_user() from public, anon, authenticated;
 create trigger agent_chat_forget_deleted_user after delete on auth.users
   for each row execute function ops.forget_deleted_auth_user();
 
@@ -402,8 +381,6 @@ as $$
 $$;
 comment on function ops.export_user(uuid, timestamptz) is
   'Everything agent-chat keeps in Postgres about one member, as one JSON document: sessions with their messages, stored Idempotency-Key answers, opt-outs, usage rows, and earlier erasures. CLI: export --user <uuid> (adds the Redis sessions).';
-revoke execute on function ops.export_user(uuid, timestamptz) from public, anon, authenticated;
-grant execute on function ops.export_user(uuid, timestamptz) to service_role;
 
 -- ---------------------------------------------------------------------------
 -- Purge: retention in bounded batches.
@@ -480,8 +457,6 @@ end;
 $$;
 comment on function ops.purge_expired(timestamptz, interval, integer) is
   'One bounded round of retention (ops.retention_settings): at most batch_rows each of expired sessions'' messages, sessions expired expired_session_days ago, usage rows past usage_personal_days to scrub (IP to its block, client metadata dropped) and usage rows past usage_row_months (or p_usage_retention) to delete; plus empty buckets, old reservations and counters, expired Idempotency-Keys. more = true: call again (ops.purge_nightly loops, committing between rounds).';
-revoke execute on function ops.purge_expired(timestamptz, interval, integer) from public, anon, authenticated;
-grant execute on function ops.purge_expired(timestamptz, interval, integer) to service_role;
 
 -- No `set search_path` clause: Postgres refuses COMMIT in a procedure that
 -- has one. Not security definer, and every name is qualified.
@@ -502,8 +477,6 @@ end;
 $$;
 comment on procedure ops.purge_nightly(integer) is
   'Runs ops.purge_expired until nothing is left (at most p_max_rounds), committing after each bounded round so no delete is huge and no transaction long. pg_cron runs it nightly (job agent-chat-purge-expired: call ops.purge_nightly()); call it alone, not inside a transaction.';
-revoke execute on procedure ops.purge_nightly(integer) from public, anon, authenticated;
-grant execute on procedure ops.purge_nightly(integer) to service_role;
 
 -- ---------------------------------------------------------------------------
 -- Opt-outs as history: never deleted, every change recorded.
@@ -524,8 +497,6 @@ comment on table ops.opt_out_audit is
 comment on column ops.opt_out_audit.db_role is 'The database role that made the change (SET ROLE included, e.g. service_role through the Data API): not forgeable by the caller.';
 create index opt_out_audit_opt_out_idx on ops.opt_out_audit (opt_out_id, at);
 alter table ops.opt_out_audit enable row level security;
-revoke all on ops.opt_out_audit from public, anon, authenticated;
-grant select on ops.opt_out_audit to service_role;
 
 -- security definer: writes the audit row no caller may write. The caller's
 -- role is the role setting (SET ROLE, as the Data API does), else the login.
@@ -558,7 +529,6 @@ begin
 end;
 $$;
 comment on function ops.record_opt_out_change() is 'Trigger of public.agent_opt_outs: records every change in ops.opt_out_audit.';
-revoke execute on function ops.record_opt_out_change() from public, anon, authenticated;
 create trigger agent_opt_outs_audit after insert or update or delete on public.agent_opt_outs
   for each row execute function ops.record_opt_out_change();
 
@@ -578,8 +548,46 @@ end;
 $$;
 comment on function ops.refuse_opt_out_delete() is
   'Trigger of public.agent_opt_outs: refuses a delete or truncate by any role but the table owner (the migration owner), service_role included.';
-revoke execute on function ops.refuse_opt_out_delete() from public, anon, authenticated;
 create trigger agent_opt_outs_no_delete before delete on public.agent_opt_outs
   for each row execute function ops.refuse_opt_out_delete();
 create trigger agent_opt_outs_no_truncate before truncate on public.agent_opt_outs
   for each statement execute function ops.refuse_opt_out_delete();
+
+-- ---------------------------------------------------------------------------
+-- Privileges of every table, function and procedure above, one statement per
+-- kind (checked by supabase/tests/database/004_privileges_inventory.test.sql):
+-- service_role alone reads the records and runs the operator functions;
+-- the erasure record, the queue and the opt-out audit are written only by
+-- their security definer writers; trigger functions are executed by no one.
+-- ---------------------------------------------------------------------------
+revoke all on table ops.retention_settings, ops.member_erasures, ops.redis_erasure_queue, ops.opt_out_audit
+from public, anon, authenticated;
+grant select, update on table ops.retention_settings to service_role;
+grant select on table ops.member_erasures, ops.redis_erasure_queue, ops.opt_out_audit to service_role;
+revoke execute on function
+  ops.retention_set(jsonb, text),
+  ops.address_block(text),
+  ops.personal_metadata_keys(),
+  ops.scrub_usage_metadata(jsonb, boolean),
+  ops.forget_user(uuid, text, timestamptz, text),
+  ops.redis_erasures_pending(integer),
+  ops.redis_erasure_done(bigint, integer, text, text, timestamptz),
+  ops.forget_deleted_auth_user(),
+  ops.export_user(uuid, timestamptz),
+  ops.purge_expired(timestamptz, interval, integer),
+  ops.record_opt_out_change(),
+  ops.refuse_opt_out_delete()
+from public, anon, authenticated;
+revoke execute on procedure ops.purge_nightly(integer) from public, anon, authenticated;
+grant execute on function
+  ops.retention_set(jsonb, text),
+  ops.address_block(text),
+  ops.personal_metadata_keys(),
+  ops.scrub_usage_metadata(jsonb, boolean),
+  ops.forget_user(uuid, text, timestamptz, text),
+  ops.redis_erasures_pending(integer),
+  ops.redis_erasure_done(bigint, integer, text, text, timestamptz),
+  ops.export_user(uuid, timestamptz),
+  ops.purge_expired(timestamptz, interval, integer)
+to service_role;
+grant execute on procedure ops.purge_nightly(integer) to service_role;

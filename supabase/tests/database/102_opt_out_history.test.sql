@@ -19,14 +19,13 @@ select throws_ok($$ truncate public.agent_opt_outs $$, '42501', null, 'nor trunc
 select tests.authenticate_as((select alice from t_ctx));
 select throws_ok($$ delete from public.agent_opt_outs $$, '42501', null, 'nor can a member');
 select tests.clear_authentication();
-create role t_opt_out_admin bypassrls;
-grant select, delete on public.agent_opt_outs to t_opt_out_admin;
-grant select on t_opt to t_opt_out_admin;
-grant usage on schema extensions to t_opt_out_admin;
-set local role t_opt_out_admin;
+-- as if someone granted the delete back: the trigger still refuses
+grant delete on public.agent_opt_outs to service_role;
+select tests.authenticate_as_service_role();
 select throws_ok($$ delete from public.agent_opt_outs where id = (select id from t_opt) $$, '42501', null,
-  'the trigger refuses a role that holds the delete grant but is not the owner');
-reset role;
+  'the trigger refuses service_role even holding the delete grant (only the owner may delete)');
+select tests.clear_authentication();
+revoke delete on public.agent_opt_outs from service_role;
 select is((select count(*)::int from public.agent_opt_outs where id = (select id from t_opt)), 1, 'the opt-out is still there');
 
 -- test: every change is recorded with who and when

@@ -10,7 +10,7 @@ import type {
   BeginTurnResult,
   ChatMessage,
   UsageEvent,
-} from "../../functions/agent-chat/database.ts";
+} from "../../functions/agent-chat/turn.ts";
 import type { AgentChatDeps, HandlerSettings } from "../../functions/agent-chat/handler.ts";
 import type { ModelAnswer, ModelClient, StreamEvent } from "../../functions/agent-chat/model.ts";
 import { createRefusalLedger } from "../../functions/agent-chat/refusals.ts";
