@@ -14,13 +14,8 @@
 import { AgentError } from "../_shared/errors.ts";
 import type { Logger } from "../_shared/log.ts";
 import { type BreakerGate, type CircuitBreaker, createBreaker } from "./breaker.ts";
-import {
-  type ModelAnswer,
-  type ModelAttempt,
-  type ModelClient,
-  ModelError,
-  type StreamEvent,
-} from "./model.ts";
+import { type ModelAnswer, type ModelClient, ModelError, type StreamEvent } from "./model.ts";
+import type { ModelAttempt } from "./turn.ts";
 
 export interface Upstream {
   model: string;

@@ -5,17 +5,10 @@
  * a stream of text deltas and final usage.
  */
 import OpenAI from "openai";
-import type { ChatMessage } from "./database.ts";
+import type { ChatMessage, ModelAttempt, TokenUsage } from "./turn.ts";
 import { neverConnected, RetriesExhausted, withRetries } from "./model-retry.ts";
 import { createFetchCompletion } from "./model-fetch.ts";
 import { storable } from "../_shared/text.ts";
-
-export interface TokenUsage {
-  prompt_tokens: number;
-  completion_tokens: number;
-  total_tokens: number;
-  cached_prompt_tokens: number;
-}
 
 export interface ModelAnswer {
   text: string;
@@ -26,21 +19,6 @@ export interface ModelAnswer {
   unsettledAttempts: number;
   /** Each upstream tried for this answer, in order (fallbacks.ts); absent from a single client. */
   attempts?: ModelAttempt[] | undefined;
-}
-
-/** One upstream's part in a model call, as `metadata.model_attempts` lists it. */
-export interface ModelAttempt {
-  model: string;
-  /** `model@host` of the base URL: the circuit breaker's key, without path or key. */
-  upstream: string;
-  /** answered | failed:<HTTP status> | failed:timeout | failed:refused | failed:connection | failed:other | skipped:breaker_open */
-  outcome: string;
-  /** reported (the upstream's usage) | estimated (no usage, or may have run unseen) | none */
-  billed: "reported" | "estimated" | "none";
-  /** The breaker transition this attempt caused or ran under: opened, probe, closed. */
-  breaker?: "opened" | "probe" | "closed" | undefined;
-  /** Tries of this upstream (retries) that timed out or were cut off, metered as estimates. */
-  unsettled_tries?: number | undefined;
 }
 
 export interface ModelClient {
