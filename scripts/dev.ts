@@ -24,7 +24,7 @@ import {
   startLocalStack,
 } from "../supabase/tests/support/local-stack.ts";
 import type { Config } from "../supabase/functions/agent-chat/config.ts";
-import { OPENAI_DEFAULT_BASE_URL } from "../supabase/functions/agent-chat/model-upstreams.ts";
+import { DEFAULT_OPENAI_BASE_URL } from "../supabase/functions/agent-chat/model-upstreams.ts";
 
 const usage = `usage: deno task dev   (npm run dev)
 
@@ -155,7 +155,7 @@ async function serve(
 
 /** Which OpenAI URL the function calls, and its fallbacks: the stand-in's failure markers work on it. */
 function openaiLine(config: Config, standIn: boolean): string {
-  const url = config.openai.baseURL ?? OPENAI_DEFAULT_BASE_URL;
+  const url = config.openai.baseURL ?? DEFAULT_OPENAI_BASE_URL;
   const what = standIn
     ? `${url}  (the stand-in; markers [[fail:500]] [[fail:429]] [[hang]] [[cut-after:2]] in a message rehearse failures; set OPENAI_API_KEY for the real API)`
     : `${url}  (OPENAI_API_KEY is set)`;

@@ -14,7 +14,7 @@ import {
   type TurnDatabase,
 } from "./database.ts";
 import type { AgentChatDeps } from "./handler.ts";
-import { createModelChain, OPENAI_DEFAULT_BASE_URL } from "./model-upstreams.ts";
+import { createModelChain, DEFAULT_OPENAI_BASE_URL } from "./model-upstreams.ts";
 import { connectRedis } from "./redis-client.ts";
 import { createRefusalLedger } from "./refusals.ts";
 import { createRedisSessionStore, createSupabaseSessionStore } from "./session-store.ts";
@@ -85,7 +85,7 @@ export function buildDependencies(
     model: createModelChain({
       primary: {
         model: config.model,
-        baseURL: config.openai.baseURL ?? OPENAI_DEFAULT_BASE_URL,
+        baseURL: config.openai.baseURL ?? DEFAULT_OPENAI_BASE_URL,
         apiKey: config.openai.apiKey,
       },
       fallbacks: config.fallbacks,

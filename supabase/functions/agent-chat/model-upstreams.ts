@@ -16,7 +16,7 @@ import type { Logger } from "../_shared/log.ts";
 import { createBreakers, createFallbackModel, upstreamLabel } from "./fallbacks.ts";
 import { createOpenAIModel, type ModelClient, type ModelOptions } from "./model.ts";
 
-export const OPENAI_DEFAULT_BASE_URL = "https://api.openai.com/v1";
+export const DEFAULT_OPENAI_BASE_URL = "https://api.openai.com/v1";
 const VARIABLE = "AI_AGENT_MODEL_FALLBACKS";
 /** Each upstream tried costs up to a timeout: a turn's deadline bounds how many make sense. */
 const MAX_FALLBACKS = 8;
@@ -57,7 +57,7 @@ export function resolveFallbacks(
     );
     return [];
   }
-  const primaryURL = primary.baseURL ?? OPENAI_DEFAULT_BASE_URL;
+  const primaryURL = primary.baseURL ?? DEFAULT_OPENAI_BASE_URL;
   const seen = new Set([upstreamLabel(primary.model, primaryURL)]);
   return list.flatMap((item, i) => {
     const name = `${VARIABLE}[${i}]`;
