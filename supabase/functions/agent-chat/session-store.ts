@@ -6,7 +6,8 @@
  * (one hash slot per session), reads them before the begin-turn call (whose
  * p_session_owned says what it found, so a foreign session is refused and
  * charged exactly as with the Supabase store) and does every read and write
- * in one Lua script.
+ * in one Lua script. A store call that fails (either store, or the begin-turn
+ * call) is 503 `session_store_error` (`storeCall`, `storeError`).
  */
 import { AgentError, describe } from "../_shared/errors.ts";
 import type { TurnDatabase } from "./database.ts";
