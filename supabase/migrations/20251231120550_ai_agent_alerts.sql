@@ -7,7 +7,7 @@
 -- (ops.alert_ack) or mutes a kind and subject until a time (ops.alert_mute):
 -- while muted, a condition raises no new event and nothing is forwarded, so
 -- a flapping success rate or a known budget overrun does not re-fire. pg_cron runs the check every minute and the purge
--- (ops.purge_expired, with the operator functions) nightly when the extension
+-- (ops.purge_nightly, with the members' data functions) nightly when the extension
 -- is enabled; without it, call the functions from any scheduler.
 
 -- ---------------------------------------------------------------------------
@@ -269,7 +269,7 @@ do $$
 begin
   if exists (select 1 from pg_extension where extname = 'pg_cron') then
     perform cron.schedule('agent-chat-check-alerts', '* * * * *', 'select ops.check_alerts()');
-    perform cron.schedule('agent-chat-purge-expired', '17 3 * * *', 'select ops.purge_expired()');
+    perform cron.schedule('agent-chat-purge-expired', '17 3 * * *', 'call ops.purge_nightly()');
   end if;
 end;
 $$;
