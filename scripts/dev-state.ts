@@ -9,6 +9,7 @@
 import type { JWK } from "jose";
 import { newSigningKey } from "../supabase/tests/stand-ins/auth.ts";
 import { newApiKey } from "../supabase/tests/support/local-stack.ts";
+import { CliError, messageOf } from "./cli.ts";
 
 export const root = new URL("../", import.meta.url).pathname;
 export const localDir = Deno.env.get("AGENT_CHAT_LOCAL_DIR") || `${root}.local`;
@@ -41,7 +42,14 @@ export async function devSettings(): Promise<DevSettings> {
   let saved: Partial<DevSettings> = {};
   try {
     saved = JSON.parse(await Deno.readTextFile(settingsFile));
-  } catch { /* first start */ }
+  } catch (error) {
+    // A file that cannot be read would silently change the keys apps were given: say so instead.
+    if (!(error instanceof Deno.errors.NotFound)) {
+      throw new CliError(
+        `${settingsFile}: not readable JSON (${messageOf(error)}); fix or delete it`,
+      );
+    }
+  }
   const settings: DevSettings = {
     ...saved,
     secretKey: saved.secretKey ?? newApiKey("secret"),

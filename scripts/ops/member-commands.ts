@@ -71,9 +71,25 @@ async function forgetPending(ctx: CommandContext, redis: MemberRedis | undefined
   print(ctx, done, ["erasure_id", "user_id", "redis_sessions_deleted"]);
 }
 
+const REDIS_FLAGS = { redis: { type: "string" }, "no-redis": { type: "boolean" } } as const;
+
 const forget: Command = {
   usage: "forget --user <uuid> --by <who> [--redis <url> | --no-redis]   erase a member " +
     "(Postgres and Redis)\n  forget --pending [--by <who>]   finish the queued Redis erasures",
+  flags: {
+    user: { type: "string" },
+    by: { type: "string" },
+    pending: { type: "boolean" },
+    ...REDIS_FLAGS,
+  },
+  help: `Erases one member (ops.forget_user): sessions and messages, stored Idempotency-Key answers,
+reservations and buckets; usage rows stay under a pseudonym without personal fields; opt-outs stay.
+Then deletes the member's sessions in Redis (--redis, else AI_AGENT_REDIS_URL and its token, else
+the dev stack's; --no-redis when the deployment never used the Redis store). --pending finishes the
+Redis part of erasures still queued (an auth user deleted): run it on a schedule.
+
+example:
+  npm run ops -- forget --user 22222222-2222-4222-8222-222222222222 --by "ticket DPO-42"`,
   async run(ctx) {
     const redis = await redisOf(ctx);
     try {
@@ -94,6 +110,13 @@ const forget: Command = {
 const exportUser: Command = {
   usage: "export --user <uuid> [--redis <url> | --no-redis]   everything kept about a member, " +
     "as one JSON document",
+  flags: { user: { type: "string" }, ...REDIS_FLAGS },
+  help: `Prints one JSON document for a subject-access request: the member's sessions and messages
+from both stores, stored answers, opt-outs, usage rows and earlier erasures (ops.export_user plus
+the Redis sessions).
+
+example:
+  npm run ops -- export --user 22222222-2222-4222-8222-222222222222 > member.json`,
   async run(ctx) {
     const user = uuidArg(ctx.flags.user, "--user");
     const redis = await redisOf(ctx);
@@ -121,6 +144,13 @@ const FIELDS = ["usage_personal_days", "usage_row_months", "expired_session_days
 const retention: Command = {
   usage: "retention show | retention set field=value... [--by <who>]   retention periods " +
     `(${FIELDS.join(", ")})`,
+  flags: { by: { type: "string" } },
+  help: `Shows or sets how long members' data is kept (ops.retention_settings, audited in
+ops.policy_audit): usage_personal_days (30), usage_row_months (13), expired_session_days (30),
+batch_rows (5000).
+
+example:
+  npm run ops -- retention set usage_personal_days=14 --by you@example.com`,
   async run(ctx) {
     const [action, ...pairs] = ctx.args;
     if (action === "show") {

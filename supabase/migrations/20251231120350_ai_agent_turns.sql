@@ -538,8 +538,8 @@ create function public.agent_finish_turn(
 returns jsonb
 language plpgsql
 set search_path = ''
-set plan_cache_mode = force_generic_plan
 as $$
+-- Two calls and simple expressions: no statement of its own to plan.
 declare
   v_saved jsonb := public.agent_end_turn(p_session_id, p_org_id, p_user_id, p_channel, p_user_message,
                                          p_assistant_message, p_ttl_seconds, p_max_messages, now());

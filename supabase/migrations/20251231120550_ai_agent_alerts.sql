@@ -6,9 +6,9 @@
 -- resolved when it clears. An operator acknowledges an open event
 -- (ops.alert_ack) or mutes a kind and subject until a time (ops.alert_mute):
 -- while muted, a condition raises no new event and nothing is forwarded, so
--- a flapping success rate or a known budget overrun does not re-fire. pg_cron runs the check every minute and the purge
--- (ops.purge_nightly, with the members' data functions) nightly when the extension
--- is enabled; without it, call the functions from any scheduler.
+-- a flapping success rate or a known budget overrun does not re-fire. pg_cron runs the check every minute
+-- when the extension is enabled (the nightly purge is scheduled with the members' data functions,
+-- 20251231120800); without it, call the functions from any scheduler.
 
 -- ---------------------------------------------------------------------------
 -- Alert conditions, evaluated live.
@@ -269,7 +269,6 @@ do $$
 begin
   if exists (select 1 from pg_extension where extname = 'pg_cron') then
     perform cron.schedule('agent-chat-check-alerts', '* * * * *', 'select ops.check_alerts()');
-    perform cron.schedule('agent-chat-purge-expired', '17 3 * * *', 'call ops.purge_nightly()');
   end if;
 end;
 $$;

@@ -186,22 +186,23 @@ Deno.test("members: forget, export and retention refuse bad arguments with exit 
   const user = crypto.randomUUID();
   for (
     const argv of [
-      ["forget", "--user", user],
-      ["forget", "--user", "not-a-uuid", "--by", "x"],
-      ["forget", "--by", "x"],
-      ["export"],
+      ["forget", "--user", user, "--no-redis"],
+      ["forget", "--user", "not-a-uuid", "--by", "x", "--no-redis"],
+      ["forget", "--by", "x", "--no-redis"],
+      ["export", "--no-redis"],
       ["retention", "set", "keep_forever=1"],
       ["retention", "set", "usage_row_months=many"],
     ]
   ) {
     let err = "";
     const code = await runOps(
-      [...argv, "--no-redis", "--db", testUrls().databaseUrl],
+      [...argv, "--db", testUrls().databaseUrl],
       () => {},
       (s) => (err += s),
     );
     assertEquals(code, 2, `${argv.join(" ")}: ${err}`);
     assertEquals(err.trim().split("\n").length, 1, err);
+    assert(!/unknown option/.test(err), `${argv.join(" ")}: refused for its own reason: ${err}`);
   }
   const [row] = await withDb((sql) =>
     sql`select count(*)::int as n from ops.member_erasures where user_id = ${user}`

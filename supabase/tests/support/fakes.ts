@@ -44,7 +44,7 @@ export interface Fakes {
   begins: BeginTurnArgs[];
   saved: Array<{ sessionId: string; user: string; assistant: string }>;
   modelCalls: number;
-  logs: Array<{ event: string; fields: Record<string, unknown> }>;
+  logs: Array<{ level: string; event: string; fields: Record<string, unknown> }>;
   /** What the next begin-turn call answers (or throws). */
   begin: (args: BeginTurnArgs) => Promise<BeginTurnResult>;
   /** What the model does. */
@@ -143,7 +143,7 @@ export function createFakes(settings: Partial<HandlerSettings> = {}, ipLimit = 3
     model,
     usage,
     refusals: createRefusalLedger({ intervalMs: 60_000, ipLimit, write: usage.record }),
-    log: (_level, event, fields) => f.logs.push({ event, fields }),
+    log: (level, event, fields) => f.logs.push({ level, event, fields }),
   };
   return f;
 }
