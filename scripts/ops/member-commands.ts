@@ -94,7 +94,7 @@ example:
     const redis = await redisOf(ctx);
     try {
       if (ctx.flags.pending === true) return await forgetPending(ctx, redis);
-      const user = uuidArg(ctx.flags.user, "--user");
+      const user = uuidArg(ctx.flags.user, "--user").toLowerCase();
       const by = who(ctx);
       const [row] = await ctx.sql`select ops.forget_user(${user}::uuid, ${by}) as r`;
       const result = row!.r as Record<string, unknown> & { erasure_id: number; user_id: string };
@@ -118,7 +118,7 @@ the Redis sessions).
 example:
   npm run ops -- export --user 22222222-2222-4222-8222-222222222222 > member.json`,
   async run(ctx) {
-    const user = uuidArg(ctx.flags.user, "--user");
+    const user = uuidArg(ctx.flags.user, "--user").toLowerCase();
     const redis = await redisOf(ctx);
     try {
       const [row] = await ctx.sql`select ops.export_user(${user}::uuid) as doc`;
