@@ -186,10 +186,8 @@ example:
     usage:
       "purge [--usage-retention 90d]   apply the retention periods (ops.retention_settings) until done",
     flags: { "usage-retention": { type: "string" } },
-    help:
-      `Applies the retention periods of ops.retention_settings (retention show) in bounded rounds of
-ops.purge_expired until nothing is left: messages of expired sessions, sessions expired 30 days,
-personal fields of usage rows past 30 days, usage rows past 13 months (or --usage-retention).
+    help: `Applies the retention periods (ops.retention_settings) in bounded rounds until nothing is
+left; --usage-retention overrides the usage-row period for this run.
 
 example:
   npm run ops -- purge --usage-retention 400d`,

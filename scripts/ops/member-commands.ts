@@ -71,25 +71,23 @@ async function forgetPending(ctx: CommandContext, redis: MemberRedis | undefined
   print(ctx, done, ["erasure_id", "user_id", "redis_sessions_deleted"]);
 }
 
-const REDIS_FLAGS = { redis: { type: "string" }, "no-redis": { type: "boolean" } } as const;
-
 const forget: Command = {
   usage: "forget --user <uuid> --by <who> [--redis <url> | --no-redis]   erase a member " +
     "(Postgres and Redis)\n  forget --pending [--by <who>]   finish the queued Redis erasures",
   flags: {
     user: { type: "string" },
     by: { type: "string" },
+    redis: { type: "string" },
+    "no-redis": { type: "boolean" },
     pending: { type: "boolean" },
-    ...REDIS_FLAGS,
   },
-  help: `Erases one member (ops.forget_user): sessions and messages, stored Idempotency-Key answers,
-reservations and buckets; usage rows stay under a pseudonym without personal fields; opt-outs stay.
-Then deletes the member's sessions in Redis (--redis, else AI_AGENT_REDIS_URL and its token, else
-the dev stack's; --no-redis when the deployment never used the Redis store). --pending finishes the
-Redis part of erasures still queued (an auth user deleted): run it on a schedule.
+  help: `Erases one member everywhere (ops.forget_user: sessions, stored answers, the personal
+fields of usage rows, which keep their tokens and cost under a pseudonym), then the member's
+Redis sessions (AI_AGENT_REDIS_URL, or --redis). Opt-outs stay. --pending finishes the Redis
+erasures queued when an auth user was deleted.
 
 example:
-  npm run ops -- forget --user 22222222-2222-4222-8222-222222222222 --by "ticket DPO-42"`,
+  npm run ops -- forget --user 22222222-2222-4222-8222-222222222222 --by alice@ops`,
   async run(ctx) {
     const redis = await redisOf(ctx);
     try {
@@ -110,10 +108,9 @@ example:
 const exportUser: Command = {
   usage: "export --user <uuid> [--redis <url> | --no-redis]   everything kept about a member, " +
     "as one JSON document",
-  flags: { user: { type: "string" }, ...REDIS_FLAGS },
-  help: `Prints one JSON document for a subject-access request: the member's sessions and messages
-from both stores, stored answers, opt-outs, usage rows and earlier erasures (ops.export_user plus
-the Redis sessions).
+  flags: { user: { type: "string" }, redis: { type: "string" }, "no-redis": { type: "boolean" } },
+  help: `Prints one JSON document for a subject-access request: the member's sessions and
+messages (Postgres and Redis), opt-outs and usage rows (ops.export_user for the Postgres part).
 
 example:
   npm run ops -- export --user 22222222-2222-4222-8222-222222222222 > member.json`,
@@ -142,15 +139,13 @@ example:
 const FIELDS = ["usage_personal_days", "usage_row_months", "expired_session_days", "batch_rows"];
 
 const retention: Command = {
-  usage: "retention show | retention set field=value... [--by <who>]   retention periods " +
+  usage: "retention show | retention set field=value... --by <who>   retention periods " +
     `(${FIELDS.join(", ")})`,
   flags: { by: { type: "string" } },
-  help: `Shows or sets how long members' data is kept (ops.retention_settings, audited in
-ops.policy_audit): usage_personal_days (30), usage_row_months (13), expired_session_days (30),
-batch_rows (5000).
+  help: `Shows or changes how long personal fields and usage rows are kept (audited).
 
 example:
-  npm run ops -- retention set usage_personal_days=14 --by you@example.com`,
+  npm run ops -- retention set usage_personal_days=30 usage_row_months=13 --by alice@ops`,
   async run(ctx) {
     const [action, ...pairs] = ctx.args;
     if (action === "show") {
@@ -167,7 +162,7 @@ example:
       }
       settings[field] = numberFlag(value, field, { min: 0, integer: true });
     }
-    const by = text(ctx.flags.by) ?? Deno.env.get("USER") ?? null;
+    const by = who(ctx);
     print(ctx, await ctx.sql`select * from ops.retention_set(${ctx.sql.json(settings)}, ${by})`);
   },
 };
