@@ -238,3 +238,36 @@ Deno.test("members: Redis down during forget: Postgres is erased, the Redis part
   );
   assertEquals(queued, { redis_state: "pending", attempts: 1, has_error: true });
 });
+
+Deno.test("members: a member cannot erase or export another member through the Data API", () =>
+  withHarness({}, async (h) => {
+    const victim = await h.member();
+    const attacker = await h.member(victim.orgId);
+    await chat(h, victim, "My phone is +250788123456");
+    for (
+      const [fn, args] of [
+        ["forget_user", { p_user_id: victim.userId, p_by: "attacker" }],
+        ["export_user", { p_user_id: victim.userId }],
+        ["redis_erasure_done", { p_erasure_id: 1, p_sessions_deleted: 0 }],
+      ] as const
+    ) {
+      for (const profile of [{}, { "content-profile": "ops" }] as Array<Record<string, string>>) {
+        const r = await fetch(`${h.gateway.url}/rest/v1/rpc/${fn}`, {
+          method: "POST",
+          headers: {
+            apikey: attacker.token,
+            authorization: `Bearer ${attacker.token}`,
+            "content-type": "application/json",
+            ...profile,
+          },
+          body: JSON.stringify(args),
+        });
+        const body = await r.text();
+        assert(r.status >= 400 && r.status < 500, `${fn}: ${r.status} ${body}`);
+        assert(!body.includes("+250788123456"), `${fn} leaked the victim's text`);
+      }
+    }
+    const [left] = await h
+      .sql`select count(*)::int as n from public.agent_sessions where user_id = ${victim.userId}`;
+    assertEquals(left!.n, 1, "the victim's conversation is intact");
+  }));
