@@ -6,9 +6,10 @@
 -- resolved when it clears. An operator acknowledges an open event
 -- (ops.alert_ack) or mutes a kind and subject until a time (ops.alert_mute):
 -- while muted, a condition raises no new event and nothing is forwarded, so
--- a flapping success rate or a known budget overrun does not re-fire. pg_cron runs the check every minute and the purge
--- (ops.purge_nightly, with the members' data functions) nightly when the extension
--- is enabled; without it, call the functions from any scheduler.
+-- a flapping success rate or a known budget overrun does not re-fire. pg_cron
+-- runs the check every minute when the extension is enabled (the nightly
+-- purge is scheduled with it, by the members' data migration); without it,
+-- call the functions from any scheduler.
 
 -- ---------------------------------------------------------------------------
 -- Alert conditions, evaluated live.
@@ -263,13 +264,12 @@ end;
 $$;
 comment on function ops.alert_unmute(text, text, text) is 'Ends a mute now; true if there was one. Audited. CLI: alerts unmute <kind> <subject>.';
 
--- Schedules, only where pg_cron is enabled (Database → Extensions on hosted
--- Supabase; enable it, then re-run this block from the runbook).
+-- The schedule, only where pg_cron is enabled (Database → Extensions on hosted
+-- Supabase; enable it, then run the block in the runbook).
 do $$
 begin
   if exists (select 1 from pg_extension where extname = 'pg_cron') then
     perform cron.schedule('agent-chat-check-alerts', '* * * * *', 'select ops.check_alerts()');
-    perform cron.schedule('agent-chat-purge-expired', '17 3 * * *', 'call ops.purge_nightly()');
   end if;
 end;
 $$;
