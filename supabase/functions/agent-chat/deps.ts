@@ -14,7 +14,7 @@ import {
   type TurnDatabase,
 } from "./database.ts";
 import type { AgentChatDeps } from "./handler.ts";
-import { createModelChain, DEFAULT_OPENAI_BASE_URL } from "./model-upstreams.ts";
+import { modelChainFor } from "./model-upstreams.ts";
 import { connectRedis } from "./redis-client.ts";
 import { createRefusalLedger } from "./refusals.ts";
 import { createRedisSessionStore, createSupabaseSessionStore } from "./session-store.ts";
@@ -51,13 +51,8 @@ export function buildDependencies(
   const redis = config.redis ? connectRedis(config.redis.url, config.redis.token) : undefined;
   const limits = { ttlSeconds: config.sessionTtlSeconds, maxMessages: config.sessionMaxMessages };
   // Inserts handed to the runtime are tracked too, so close() waits for them.
-  const inflight = new Set<Promise<unknown>>();
-  const tracked: ExtendLifetime | undefined = extendLifetime && ((promise) => {
-    inflight.add(promise);
-    const done = () => void inflight.delete(promise);
-    promise.then(done, done);
-    extendLifetime(promise);
-  });
+  const lifetime = trackedLifetime(extendLifetime);
+  const tracked = lifetime.extend;
   const usage = createUsageLogger({
     enabled: config.usageLogEnabled,
     db,
@@ -82,24 +77,7 @@ export function buildDependencies(
     sessions: redis
       ? createRedisSessionStore(redis, limits)
       : createSupabaseSessionStore(db, limits),
-    model: createModelChain({
-      primary: {
-        model: config.model,
-        baseURL: config.openai.baseURL ?? DEFAULT_OPENAI_BASE_URL,
-        apiKey: config.openai.apiKey,
-      },
-      fallbacks: config.fallbacks,
-      client: {
-        systemPrompt: config.systemPrompt,
-        maxOutputTokens: config.maxOutputTokens,
-        timeoutMs: config.openai.timeoutMs,
-        maxRetries: config.openai.maxRetries,
-        client: config.openai.client,
-      },
-      breaker: config.breaker,
-      now: overrides.now,
-      log,
-    }),
+    model: modelChainFor(config, overrides.now, log),
     usage,
     refusals,
     log,
@@ -107,10 +85,22 @@ export function buildDependencies(
     close: async () => {
       // The counted refusals first, then every insert under way, then the connections.
       await refusals.close();
-      await Promise.allSettled([...inflight]);
+      await lifetime.settled();
       await redis?.close();
       await db.close();
     },
   };
   return deps;
+}
+
+/** `extendLifetime` that also remembers what it was handed, until it settles. */
+function trackedLifetime(extendLifetime: ExtendLifetime | undefined) {
+  const inflight = new Set<Promise<unknown>>();
+  const extend: ExtendLifetime | undefined = extendLifetime && ((promise) => {
+    inflight.add(promise);
+    const done = () => void inflight.delete(promise);
+    promise.then(done, done);
+    extendLifetime(promise);
+  });
+  return { extend, settled: () => Promise.allSettled([...inflight]) };
 }

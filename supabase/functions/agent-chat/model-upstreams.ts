@@ -133,3 +133,45 @@ export function createModelChain(settings: ChainSettings): ModelClient {
     }),
   })));
 }
+
+/** What the chain needs of the configuration (config.ts' `Config` has it). */
+export interface ChainConfig {
+  model: string;
+  systemPrompt: string;
+  maxOutputTokens: number;
+  openai: {
+    apiKey: string | undefined;
+    baseURL: string | undefined;
+    timeoutMs: number;
+    maxRetries: number;
+    client: "sdk" | "fetch";
+  };
+  fallbacks: FallbackUpstream[];
+  breaker: { failures: number; openSeconds: number };
+}
+
+/** The chain as the configuration describes it (deps.ts). */
+export function modelChainFor(
+  config: ChainConfig,
+  now: (() => number) | undefined,
+  log: Logger,
+): ModelClient {
+  return createModelChain({
+    primary: {
+      model: config.model,
+      baseURL: config.openai.baseURL ?? DEFAULT_OPENAI_BASE_URL,
+      apiKey: config.openai.apiKey,
+    },
+    fallbacks: config.fallbacks,
+    client: {
+      systemPrompt: config.systemPrompt,
+      maxOutputTokens: config.maxOutputTokens,
+      timeoutMs: config.openai.timeoutMs,
+      maxRetries: config.openai.maxRetries,
+      client: config.openai.client,
+    },
+    breaker: config.breaker,
+    now,
+    log,
+  });
+}
