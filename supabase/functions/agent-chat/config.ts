@@ -19,7 +19,8 @@ import {
   webUrlProblem,
 } from "../_shared/env.ts";
 import { resolveDatabase } from "./database.ts";
-import { resolveFallbacks } from "./model-upstreams.ts";
+import { chainProblem, resolveFallbacks } from "./model-upstreams.ts";
+import { RESERVATION_SECONDS } from "./admission.ts";
 import { resolveRedis } from "./redis-client.ts";
 
 export { ConfigError };
@@ -171,6 +172,14 @@ export function loadConfig(env: Record<string, string | undefined>): Config {
       "OPENAI_API_KEY: required (only a loopback OPENAI_BASE_URL, the local stand-in, may go without)",
     );
   }
+  // Checked where fallbacks multiply the timeout (a single upstream keeps its old bounds).
+  const slow = config.fallbacks.length > 0 && chainProblem(
+    config.openai.timeoutMs,
+    config.openai.maxRetries,
+    config.fallbacks.length,
+    RESERVATION_SECONDS,
+  );
+  if (slow) problems.push(slow);
   if (problems.length > 0) throw new ConfigError(problems);
   return config;
 }

@@ -18,7 +18,7 @@ import { createOpenAIModel, type ModelClient, type ModelOptions } from "./model.
 
 export const DEFAULT_OPENAI_BASE_URL = "https://api.openai.com/v1";
 const VARIABLE = "AI_AGENT_MODEL_FALLBACKS";
-/** Each upstream tried costs up to a timeout: a turn's deadline bounds how many make sense. */
+/** Each upstream tried costs up to a timeout: a turn's reservation bounds how many make sense. */
 const MAX_FALLBACKS = 8;
 /** The platform's and this function's own secrets are never sent to an upstream as its key. */
 const NOT_A_MODEL_KEY = /^(SUPABASE_|AI_AGENT_|UPSTASH_)/;
@@ -174,4 +174,26 @@ export function modelChainFor(
     now,
     log,
   });
+}
+
+/**
+ * The longest the model calls of one turn can take: a timeout per upstream,
+ * plus the last one's retries (each after at most a 60 s Retry-After).
+ * It must stay below the turn's token reservation (admission.ts,
+ * RESERVATION_SECONDS), or a slow outage could outlive what the turn holds.
+ */
+export function chainProblem(
+  timeoutMs: number,
+  maxRetries: number,
+  fallbacks: number,
+  reservationSeconds: number,
+): string | undefined {
+  const worstMs = timeoutMs * (1 + fallbacks + maxRetries) + maxRetries * 60_000;
+  const limitMs = reservationSeconds * 1000 * 0.9;
+  if (worstMs <= limitMs) return undefined;
+  return `AI_AGENT_OPENAI_TIMEOUT_MS × (1 + fallbacks + AI_AGENT_OPENAI_MAX_RETRIES) (+ 60 s a retry): a turn's model calls could take ${
+    Math.round(worstMs / 1000)
+  } s, over the ${
+    Math.round(limitMs / 1000)
+  } s a turn may take; lower the timeout or use fewer fallbacks`;
 }

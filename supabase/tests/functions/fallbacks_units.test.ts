@@ -199,4 +199,19 @@ Deno.test("config: every fallback problem is reported at once, naming its entry"
     ConfigError,
   );
   assertMatch(c.problems.join("\n"), /OPENAI_BASE_URL: must not carry credentials/);
+  // A turn's model calls must fit in its reservation: 4 upstreams of 150 s do not.
+  const slow = await thrown(() =>
+    loadConfig({
+      ...base,
+      AI_AGENT_OPENAI_TIMEOUT_MS: "150000",
+      AI_AGENT_OPENAI_MAX_RETRIES: "0",
+      AI_AGENT_MODEL_FALLBACKS: JSON.stringify([{ model: "a" }, { model: "b" }, { model: "c" }]),
+    }), ConfigError);
+  assertMatch(slow.problems.join("\n"), /a turn's model calls could take 600 s, over the 540 s/);
+  loadConfig({
+    ...base,
+    AI_AGENT_OPENAI_TIMEOUT_MS: "100000",
+    AI_AGENT_OPENAI_MAX_RETRIES: "0",
+    AI_AGENT_MODEL_FALLBACKS: JSON.stringify([{ model: "a" }, { model: "b" }, { model: "c" }]),
+  });
 });
