@@ -185,7 +185,7 @@ export async function answerJson(deps: AnswerDeps, ctx: TurnContext): Promise<Re
   if (gone) return gone;
   let answer: ModelAnswer;
   try {
-    answer = await deps.model.complete(ctx.turn.messages, ctx.clientSignal);
+    answer = await deps.model.complete(ctx.turn.messages, ctx.clientSignal, ctx.turn.route);
   } catch (error) {
     return await callFailed(deps, ctx, error, "during the model call");
   }
@@ -204,7 +204,9 @@ export async function answerStream(deps: AnswerDeps, ctx: TurnContext): Promise<
   const upstream = new AbortController();
   const stopUpstream = () => upstream.abort();
   ctx.clientSignal.addEventListener("abort", stopUpstream, { once: true });
-  const events = deps.model.stream(ctx.turn.messages, upstream.signal)[Symbol.asyncIterator]();
+  const events = deps.model.stream(ctx.turn.messages, upstream.signal, ctx.turn.route)[
+    Symbol.asyncIterator
+  ]();
   let first: IteratorResult<StreamEvent>;
   try {
     first = await events.next();

@@ -15,7 +15,7 @@ import { AgentError } from "../_shared/errors.ts";
 import type { Logger } from "../_shared/log.ts";
 import { type BreakerGate, type CircuitBreaker, createBreaker } from "./breaker.ts";
 import { type ModelAnswer, type ModelClient, ModelError, type StreamEvent } from "./model.ts";
-import type { ModelAttempt } from "./turn.ts";
+import type { ModelAttempt, ModelRoute } from "./turn.ts";
 
 export interface Upstream {
   model: string;
@@ -167,12 +167,20 @@ const newTally = (): Tally => ({
   tried: false,
 });
 
-export function createFallbackModel(upstreams: Upstream[]): ModelClient {
+/**
+ * `upstreams` in order, or, for a turn whose tenant policy names its models,
+ * what `routed` makes of the route.
+ */
+export function createFallbackModel(
+  upstreams: Upstream[],
+  routed: (route: ModelRoute) => Upstream[] = () => upstreams,
+): ModelClient {
+  const chain = (route: ModelRoute | undefined) => route ? routed(route) : upstreams;
   return {
-    async complete(messages, signal) {
+    async complete(messages, signal, route) {
       const tally = newTally();
       let last: ModelError | undefined;
-      for (const up of upstreams) {
+      for (const up of chain(route)) {
         const gate = admitted(up, tally);
         if (!gate) continue;
         try {
@@ -186,10 +194,10 @@ export function createFallbackModel(upstreams: Upstream[]): ModelClient {
       }
       throw exhausted(tally, last);
     },
-    async *stream(messages, signal) {
+    async *stream(messages, signal, route) {
       const tally = newTally();
       let last: ModelError | undefined;
-      for (const up of upstreams) {
+      for (const up of chain(route)) {
         const gate = admitted(up, tally);
         if (!gate) continue;
         const events = up.client.stream(messages, signal)[Symbol.asyncIterator]();

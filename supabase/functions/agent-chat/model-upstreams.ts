@@ -13,7 +13,8 @@
 import { z } from "zod";
 import { isLoopback, webUrlProblem } from "../_shared/env.ts";
 import type { Logger } from "../_shared/log.ts";
-import { createBreakers, createFallbackModel, upstreamLabel } from "./fallbacks.ts";
+import { createBreakers, createFallbackModel, type Upstream, upstreamLabel } from "./fallbacks.ts";
+import type { ModelRoute } from "./turn.ts";
 import { createOpenAIModel, type ModelClient, type ModelOptions } from "./model.ts";
 
 export const DEFAULT_OPENAI_BASE_URL = "https://api.openai.com/v1";
@@ -119,19 +120,54 @@ export interface ChainSettings {
 /** The isolate's model: the primary and its fallbacks, each behind its breaker. */
 export function createModelChain(settings: ChainSettings): ModelClient {
   const breakerFor = createBreakers({ ...settings.breaker, now: settings.now, log: settings.log });
-  const all = [settings.primary, ...settings.fallbacks];
-  return createFallbackModel(all.map((up, i) => ({
-    model: up.model,
-    breaker: breakerFor(upstreamLabel(up.model, up.baseURL)),
-    client: createOpenAIModel({
-      ...settings.client,
-      // Only a loopback stand-in may go without a key (checked by loadConfig).
-      apiKey: up.apiKey ?? "local-stand-in",
-      baseURL: up.baseURL,
-      model: up.model,
-      maxRetries: i === all.length - 1 ? settings.client.maxRetries : 0,
-    }),
-  })));
+  const clients = new Map<string, Upstream>();
+  // One client per upstream and retry rule, made on first use (a policy's models too).
+  const upstream = (up: FallbackUpstream, last: boolean): Upstream => {
+    const key = `${upstreamLabel(up.model, up.baseURL)} ${last}`;
+    let made = clients.get(key);
+    if (!made) {
+      made = {
+        model: up.model,
+        breaker: breakerFor(upstreamLabel(up.model, up.baseURL)),
+        client: createOpenAIModel({
+          ...settings.client,
+          // Only a loopback stand-in may go without a key (checked by loadConfig).
+          apiKey: up.apiKey ?? "local-stand-in",
+          baseURL: up.baseURL,
+          model: up.model,
+          maxRetries: last ? settings.client.maxRetries : 0,
+        }),
+      };
+      clients.set(key, made);
+    }
+    return made;
+  };
+  const inOrder = (list: FallbackUpstream[]) =>
+    list.map((up, i) => upstream(up, i === list.length - 1));
+  return createFallbackModel(
+    inOrder([settings.primary, ...settings.fallbacks]),
+    (route) => inOrder(routeUpstreams(route, settings.primary, settings.fallbacks)),
+  );
+}
+
+/**
+ * A tenant policy's route as upstreams: each model at its configured
+ * upstream (the primary's or a fallback's with that model), else at the
+ * primary's base URL and key. No fallbacks named: the configured ones when
+ * the model is the environment's, else none.
+ */
+export function routeUpstreams(
+  route: ModelRoute,
+  primary: FallbackUpstream,
+  fallbacks: FallbackUpstream[],
+): FallbackUpstream[] {
+  const model = route.model || primary.model;
+  const configured = [primary, ...fallbacks];
+  const names = route.fallbacks ??
+    (model === primary.model ? fallbacks.map((f) => f.model) : []);
+  return [model, ...names].map((name) =>
+    configured.find((up) => up.model === name) ?? { ...primary, model: name }
+  );
 }
 
 /** What the chain needs of the configuration (config.ts' `Config` has it). */

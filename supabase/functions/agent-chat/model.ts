@@ -5,7 +5,7 @@
  * a stream of text deltas and final usage.
  */
 import OpenAI from "openai";
-import type { ChatMessage, ModelAttempt, TokenUsage } from "./turn.ts";
+import type { ChatMessage, ModelAttempt, ModelRoute, TokenUsage } from "./turn.ts";
 import { neverConnected, RetriesExhausted, withRetries } from "./model-retry.ts";
 import { createFetchCompletion } from "./model-fetch.ts";
 import { storable } from "../_shared/text.ts";
@@ -22,9 +22,14 @@ export interface ModelAnswer {
 }
 
 export interface ModelClient {
-  complete(messages: ChatMessage[], signal: AbortSignal): Promise<ModelAnswer>;
+  /** `route`: a tenant policy's model and fallbacks (fallbacks.ts); a single client ignores it. */
+  complete(messages: ChatMessage[], signal: AbortSignal, route?: ModelRoute): Promise<ModelAnswer>;
   /** Text deltas, then one `done` event with the whole answer; throws ModelError. */
-  stream(messages: ChatMessage[], signal: AbortSignal): AsyncIterable<StreamEvent>;
+  stream(
+    messages: ChatMessage[],
+    signal: AbortSignal,
+    route?: ModelRoute,
+  ): AsyncIterable<StreamEvent>;
 }
 
 export type StreamEvent = { type: "delta"; text: string } | { type: "done"; answer: ModelAnswer };

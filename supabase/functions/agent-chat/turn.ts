@@ -103,6 +103,12 @@ export interface RequestFacts {
   clientMetadata?: Record<string, unknown> | undefined;
 }
 
+/** The models a tenant policy routes its turns to (ops.agent_policies.model, model_fallbacks). */
+export interface ModelRoute {
+  model: string;
+  fallbacks: string[] | undefined;
+}
+
 /** One upstream's part in a model call, as `metadata.model_attempts` lists it. */
 export interface ModelAttempt {
   model: string;
@@ -190,6 +196,9 @@ export type BeginTurnResult =
       history: ChatMessage[];
       /** Tokens reserved under a quota or an enforced budget; null when none applies. */
       reserved_tokens?: number | null;
+      /** The tenant policy's model and comma-separated fallbacks; null: the environment's. */
+      model?: string | null;
+      model_fallbacks?: string | null;
     }
     | { outcome: "rate_limit"; rate_limit: unknown }
     | {
