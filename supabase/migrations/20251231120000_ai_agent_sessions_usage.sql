@@ -150,9 +150,18 @@ revoke all on public.agent_opt_outs from anon, authenticated;
 -- several refusals of one kind (event_count). No foreign keys and no checks
 -- beyond success being known and the count being positive, so the insert
 -- cannot fail because the session lives in Redis or was never saved.
+--
+-- Partitioned by day on created_at (20251231120250_ai_agent_usage_scale
+-- creates the days ahead and drops whole days past retention). A default
+-- partition takes any row whose day has no partition (back-dated, far
+-- future), so an insert never fails for want of one. Every unique index
+-- holds the partition key: the primary key is (id, created_at) and metering
+-- once is (request_id, created_at), which is why the function sends the
+-- request's arrival time as created_at (every write of one request carries
+-- the same instant).
 -- ---------------------------------------------------------------------------
 create table public.agent_usage_events (
-  id bigint generated always as identity primary key,
+  id bigint generated always as identity,
   request_id text,
   org_id uuid,
   user_id uuid,
@@ -169,12 +178,16 @@ create table public.agent_usage_events (
   error_message text,
   event_count integer not null default 1 check (event_count >= 1),
   metadata jsonb not null default '{}'::jsonb,
-  created_at timestamptz not null default now()
-);
+  created_at timestamptz not null default now(),
+  primary key (id, created_at)
+)
+partition by range (created_at);
 comment on table public.agent_usage_events is
-  'One row per agent-chat request, whatever its outcome; refusals past the first of their kind in an interval are aggregated into one row (event_count). Count requests with sum(event_count), never count(*). Feeds the cost and health views in schema ops.';
+  'One row per agent-chat request, whatever its outcome; refusals past the first of their kind in an interval are aggregated into one row (event_count). Count requests with sum(event_count), never count(*). Partitioned by UTC day (agent_usage_events_pYYYYMMDD, plus agent_usage_events_default for rows of a day without a partition). Feeds the cost and health views in schema ops through the rollup ops.usage_rollup_minute.';
 comment on column public.agent_usage_events.request_id is
-  'The server''s request id (x-request-id of the answer). Unique among rows that are not aggregated, so a model call is metered once even when its row is written twice (a save that timed out but committed later).';
+  'The server''s request id (x-request-id of the answer). Unique with created_at (the request''s arrival, the partition key) among rows that are not aggregated, so a model call is metered once even when its row is written twice (a save that timed out but committed later).';
+comment on column public.agent_usage_events.created_at is
+  'When the request arrived (sent by the function, so every write of one request carries the same instant); now() when a writer omits it. The partition key.';
 comment on column public.agent_usage_events.event_count is
   'Requests this row stands for: 1, or the number of refusals an aggregated row counts (metadata.aggregated = true).';
 comment on column public.agent_usage_events.success is 'true when the assistant answered and the turn was stored.';
@@ -189,10 +202,14 @@ create index agent_usage_events_org_created_idx on public.agent_usage_events (or
 create index agent_usage_events_created_idx on public.agent_usage_events (created_at);
 create index agent_usage_events_user_id_idx on public.agent_usage_events (user_id);
 -- Metered exactly once: the usage inserts are `on conflict do nothing`.
-create unique index agent_usage_events_request_id_idx on public.agent_usage_events (request_id)
+create unique index agent_usage_events_request_id_idx on public.agent_usage_events (request_id, created_at)
   where (metadata -> 'aggregated') is distinct from 'true'::jsonb;
+create table public.agent_usage_events_default partition of public.agent_usage_events default;
+comment on table public.agent_usage_events_default is
+  'Usage rows of a day without its own partition (back-dated past the partitions made, or far ahead). ops.create_usage_partitions moves them into their day when it creates it.';
 alter table public.agent_usage_events enable row level security;
-revoke all on public.agent_usage_events from anon, authenticated;
+alter table public.agent_usage_events_default enable row level security;
+revoke all on public.agent_usage_events, public.agent_usage_events_default from anon, authenticated;
 revoke all on sequence public.agent_usage_events_id_seq from anon, authenticated;
 
 -- ---------------------------------------------------------------------------

@@ -572,7 +572,7 @@ as $$
 declare
   v_messages integer;
   v_buckets integer;
-  v_usage integer := 0;
+  v_usage jsonb;
 begin
   -- Messages of expired sessions go; the session row stays so its id
   -- keeps belonging to its owner.
@@ -591,16 +591,18 @@ begin
   delete from ops.token_reservations t where t.expires_at < p_now - interval '1 day';
   delete from ops.token_counters c where c.updated_at < p_now - interval '1 day' - make_interval(secs => c.slot_ms / 1000.0);
 
+  -- Usage past retention: whole daily partitions dropped, the rest deleted
+  -- (20251231120250_ai_agent_usage_scale).
   if p_usage_retention is not null then
-    delete from public.agent_usage_events e where e.created_at < p_now - p_usage_retention;
-    get diagnostics v_usage = row_count;
+    v_usage := ops.drop_usage_partitions_before(p_now - p_usage_retention);
   end if;
 
-  return jsonb_build_object('messages_deleted', v_messages, 'buckets_deleted', v_buckets, 'usage_events_deleted', v_usage)
+  return jsonb_build_object('messages_deleted', v_messages, 'buckets_deleted', v_buckets)
+    || coalesce(v_usage, '{"usage_events_deleted": 0, "usage_partitions_dropped": 0}')
     || ops.purge_idempotency_keys(p_now);
 end;
 $$;
 comment on function ops.purge_expired(timestamptz, interval) is
-  'Deletes the messages of expired sessions, rate-limit rows that hold no admission, expired Idempotency-Key rows, token reservations expired a day ago, empty token counters, and (when p_usage_retention is given) older usage events. Scheduled nightly with pg_cron when present.';
+  'Deletes the messages of expired sessions, rate-limit rows that hold no admission, expired Idempotency-Key rows, token reservations expired a day ago, empty token counters, and (when p_usage_retention is given) older usage events (whole daily partitions dropped, ops.drop_usage_partitions_before). Scheduled nightly with pg_cron when present.';
 revoke execute on function ops.purge_expired(timestamptz, interval) from public, anon, authenticated;
 grant execute on function ops.purge_expired(timestamptz, interval) to service_role;

@@ -170,6 +170,8 @@ export interface UsageEvent {
   /** Requests this row stands for: 1, or more on an aggregated refusal row. */
   event_count: number;
   metadata: Record<string, unknown>;
+  /** The request's arrival (ISO 8601); the database uses now() without it. */
+  created_at?: string;
   /** Settles the attempt's Idempotency-Key; not a column (idempotency.ts). */
   idempotency?: IdempotencySettlement;
 }

@@ -26,6 +26,8 @@ export interface RequestFacts {
   requestId: string;
   clientRequestId?: string | undefined;
   started: number;
+  /** Wall-clock arrival (ISO 8601): the usage row's created_at, the same on every write of the request. */
+  arrivedAt?: string | undefined;
   orgId?: string | null | undefined;
   /** The org a refused non-member named: kept out of `org_id` so it cannot poison that org's reports. */
   requestedOrgId?: string | undefined;
@@ -104,6 +106,8 @@ export function usageEvent(
     error_message: outcome.error?.detail ?? null,
     event_count: 1,
     metadata: metadataOf(settings, facts, outcome),
+    // The partition key and half of the metered-once key (request_id, created_at).
+    ...(facts.arrivedAt ? { created_at: facts.arrivedAt } : {}),
   };
 }
 
