@@ -379,6 +379,7 @@ as $$
     select case when p_bucket is null then p_from
                 else date_bin(p_bucket, x.at, timestamptz '2000-01-01 00:00:00+00') end as bucket,
            case when p_by_org then x.org_id end as org,
+           ops.is_served_outcome(x.success, x.error_code) as served,
            x.*
     from ops.usage_cells(p_from, p_to, p_org_id,
                          p_bucket is null or (extract(epoch from p_bucket) > 0 and extract(epoch from p_bucket) % 60 = 0)) x
@@ -405,12 +406,12 @@ as $$
     c.bucket as bucket_start,
     c.org as org_id,
     sum(c.requests)::bigint as requests,
-    coalesce(sum(c.requests) filter (where ops.is_served_outcome(c.success, c.error_code)), 0)::bigint as served,
+    coalesce(sum(c.requests) filter (where c.served), 0)::bigint as served,
     coalesce(sum(c.requests) filter (where c.success), 0)::bigint as succeeded,
-    coalesce(sum(c.requests) filter (where not ops.is_served_outcome(c.success, c.error_code)), 0)::bigint as refused,
+    coalesce(sum(c.requests) filter (where not c.served), 0)::bigint as refused,
     round(
       coalesce(sum(c.requests) filter (where c.success), 0)::numeric
-        / nullif(sum(c.requests) filter (where ops.is_served_outcome(c.success, c.error_code)), 0),
+        / nullif(sum(c.requests) filter (where c.served), 0),
       4
     ) as success_rate,
     round(min(p.p50_lo + (p.p50_hi - p.p50_lo) * (0.50::float8 * (p.total - 1) - floor(0.50::float8 * (p.total - 1))))::numeric, 1),
