@@ -320,6 +320,7 @@ create table ops.agent_policies (
   org_tokens_per_day integer check (org_tokens_per_day > 0),
   user_tokens_per_minute integer check (user_tokens_per_minute > 0),
   user_tokens_per_day integer check (user_tokens_per_day > 0),
+  org_bucket_shards integer check (org_bucket_shards between 1 and 64),
   note text,
   updated_by text,
   created_at timestamptz not null default now(),
@@ -330,7 +331,7 @@ create table ops.agent_policies (
     channel is null
     or num_nonnulls(org_max_requests, org_window_seconds, user_max_requests, user_window_seconds,
                     ip_max_requests, ip_window_seconds, org_tokens_per_minute, org_tokens_per_day,
-                    user_tokens_per_minute, user_tokens_per_day) = 0),
+                    user_tokens_per_minute, user_tokens_per_day, org_bucket_shards) = 0),
   constraint agent_policies_channel_bucket check (channel is not null or num_nonnulls(channel_max_requests, channel_window_seconds) = 0)
 );
 comment on table ops.agent_policies is
@@ -338,6 +339,8 @@ comment on table ops.agent_policies is
 comment on column ops.agent_policies.enabled is 'false = assistant off in this scope (global, channel, tenant or tenant+channel): 503 assistant_disabled. NULL or true = on.';
 comment on column ops.agent_policies.disabled_message is 'What users are told while enabled = false (for example where to reach human support).';
 comment on column ops.agent_policies.channel_max_requests is 'Limit of this row''s channel: bucket per channel_window_seconds (default: the request window).';
+comment on column ops.agent_policies.org_bucket_shards is
+  'K: the org: bucket is split into K rows (org:<id>#0 .. #K-1) whose limits add up to the org limit, so K turns of one busy org decide at once instead of queueing on one row (ops.consume_rate_limits_sharded). Never over-admits; a turn is refused only when no shard it can take has room. NULL or 1 = one row.';
 comment on column ops.agent_policies.org_tokens_per_day is 'Tokens per rolling 24 hours for the org (all its members); the turn reserves its worst case at admission.';
 create unique index agent_policies_scope_idx on ops.agent_policies (
   (coalesce(org_id, '00000000-0000-0000-0000-000000000000'::uuid)), (coalesce(channel, '')));

@@ -280,40 +280,31 @@ returns table (
   latency_values integer[],
   latency_counts bigint[]
 )
-language sql
+language plpgsql
 stable
 set search_path = ''
 as $$
-  with w as (
-    -- [a, b): the whole minutes the rollup answers for (empty without it).
-    select s.folded_through,
-           case when ok then a end as a,
-           case when ok then b else p_to end as b
-    from ops.usage_rollup_state s
-    cross join lateral (
-      select case when isfinite(p_from)
-                  then date_bin(interval '1 minute', p_from - interval '1 microsecond', timestamptz '2000-01-01 00:00:00+00') + interval '1 minute'
-                  else p_from end as a,
-             case when isfinite(p_to) then date_bin(interval '1 minute', p_to, timestamptz '2000-01-01 00:00:00+00') else p_to end as b
-    ) m
-    cross join lateral (select coalesce(p_rollup, false) and m.a < m.b as ok) k
-    where s.id
-  ),
-  raw as (
-    select e.* from w, public.agent_usage_events e
-    where e.created_at >= p_from and e.created_at < least(coalesce(w.a, p_to), p_to)
-    union all
-    select e.* from w, public.agent_usage_events e
-    where e.created_at >= greatest(w.b, p_from) and e.created_at < p_to
-    union all
-    select e.* from w, public.agent_usage_events e
-    where w.a is not null and e.id > w.folded_through and e.created_at >= w.a and e.created_at < w.b
-  )
+-- plpgsql so the bounds are values: each branch below is an index range
+-- scan of the partitions it touches (joined to a CTE they were not).
+declare
+  v_through bigint;
+  -- [v_a, v_b): the whole minutes the rollup answers for (empty without it).
+  v_a timestamptz := case when isfinite(p_from)
+                          then date_bin(interval '1 minute', p_from - interval '1 microsecond', timestamptz '2000-01-01 00:00:00+00') + interval '1 minute'
+                          else p_from end;
+  v_b timestamptz := case when isfinite(p_to) then date_bin(interval '1 minute', p_to, timestamptz '2000-01-01 00:00:00+00') else p_to end;
+begin
+  if not coalesce(p_rollup, false) or v_a >= v_b then
+    v_a := p_to;
+    v_b := p_to;
+  end if;
+  select s.folded_through into v_through from ops.usage_rollup_state s where s.id;
+  return query
   select r.minute, r.org_id, r.model, r.channel, r.success, r.error_code, r.requests, r.billed_requests,
          r.prompt_tokens, r.cached_prompt_tokens, r.completion_tokens, r.total_tokens, r.usd, r.unpriced_rows,
          r.latency_values, r.latency_counts
-  from w, ops.usage_rollup_minute r
-  where w.a is not null and r.minute >= w.a and r.minute < w.b and (p_org_id is null or r.org_id = p_org_id)
+  from ops.usage_rollup_minute r
+  where r.minute >= v_a and r.minute < v_b and (p_org_id is null or r.org_id = p_org_id)
   union all
   select e.created_at, e.org_id, e.model, e.channel, e.success, e.error_code, e.event_count::bigint,
          case when b.billed then e.event_count else 0 end::bigint,
@@ -322,12 +313,22 @@ as $$
          (b.billed and c.usd is null)::integer::bigint,
          case when e.success and e.latency_ms is not null then array[e.latency_ms] end,
          case when e.success and e.latency_ms is not null then array[1::bigint] end
-  from raw e
+  from (
+    -- The partial minutes at either end, and the rows above the watermark.
+    select x.* from public.agent_usage_events x
+    where x.created_at >= p_from and x.created_at < v_a and (p_org_id is null or x.org_id = p_org_id)
+    union all
+    select x.* from public.agent_usage_events x
+    where x.created_at >= greatest(v_b, p_from) and x.created_at < p_to and (p_org_id is null or x.org_id = p_org_id)
+    union all
+    select x.* from public.agent_usage_events x
+    where x.id > v_through and x.created_at >= v_a and x.created_at < v_b and (p_org_id is null or x.org_id = p_org_id)
+  ) e
   cross join lateral (select ops.is_billed(e.prompt_tokens, e.completion_tokens, e.total_tokens) as billed) b
   cross join lateral (
     select ops.event_cost_usd(e.model, e.created_at, e.prompt_tokens, e.cached_prompt_tokens, e.completion_tokens) as usd
-  ) c
-  where p_org_id is null or e.org_id = p_org_id;
+  ) c;
+end;
 $$;
 comment on function ops.usage_cells(timestamptz, timestamptz, uuid, boolean) is
   'The usage of [p_from, p_to) (one org or all) as cells: rollup minutes plus the raw rows the rollup does not hold, so sums (and, through latency_values/latency_counts, latency percentiles) equal the raw rows''. A cell sits at its minute (rollup) or its created_at (raw row). p_rollup false: raw rows only. What every report, view and alert condition reads.';

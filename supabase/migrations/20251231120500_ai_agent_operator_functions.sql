@@ -73,13 +73,15 @@ begin
     raise exception 'bucket key must look like org:<id>, user:<id>, ip:<address> or channel:<name>, got %', coalesce(p_bucket_key, 'NULL')
       using errcode = '22023';
   end if;
-  delete from ops.rate_limits r where r.bucket_key = p_bucket_key;
+  -- A sharded org: bucket (org_bucket_shards) is its rows org:<id>#0 .. #K-1.
+  delete from ops.rate_limits r
+  where r.bucket_key = p_bucket_key or (starts_with(r.bucket_key, p_bucket_key || '#') and r.bucket_key ~ '^org:[^#]+#[0-9]+$');
   get diagnostics v_deleted = row_count;
   return v_deleted;
 end;
 $$;
 comment on function ops.clear_rate_limit(text) is
-  'Empties one rate-limit bucket (deletes its row); returns 1 if it existed, 0 otherwise.';
+  'Empties one rate-limit bucket (deletes its row, or the rows of a sharded org: bucket); returns the rows deleted.';
 revoke execute on function ops.clear_rate_limit(text) from public, anon, authenticated;
 grant execute on function ops.clear_rate_limit(text) to service_role;
 
@@ -202,7 +204,7 @@ as $$
     'org_max_requests', 'org_window_seconds', 'user_max_requests', 'user_window_seconds',
     'ip_max_requests', 'ip_window_seconds', 'channel_max_requests', 'channel_window_seconds',
     'org_tokens_per_minute', 'org_tokens_per_day', 'user_tokens_per_minute', 'user_tokens_per_day',
-    'note'];
+    'org_bucket_shards', 'note'];
 $$;
 comment on function ops.policy_fields() is 'The fields ops.policy_set accepts.';
 revoke execute on function ops.policy_fields() from public, anon, authenticated;
@@ -314,13 +316,13 @@ begin
     org_max_requests, org_window_seconds, user_max_requests, user_window_seconds,
     ip_max_requests, ip_window_seconds, channel_max_requests, channel_window_seconds,
     org_tokens_per_minute, org_tokens_per_day, user_tokens_per_minute, user_tokens_per_day,
-    note, updated_by, created_at, updated_at)
+    org_bucket_shards, note, updated_by, created_at, updated_at)
   values (
     p_org_id, v_channel, v_new.enabled, v_new.disabled_message,
     v_new.org_max_requests, v_new.org_window_seconds, v_new.user_max_requests, v_new.user_window_seconds,
     v_new.ip_max_requests, v_new.ip_window_seconds, v_new.channel_max_requests, v_new.channel_window_seconds,
     v_new.org_tokens_per_minute, v_new.org_tokens_per_day, v_new.user_tokens_per_minute, v_new.user_tokens_per_day,
-    v_new.note, coalesce(nullif(btrim(p_actor), ''), current_user::text), now(), now())
+    v_new.org_bucket_shards, v_new.note, coalesce(nullif(btrim(p_actor), ''), current_user::text), now(), now())
   on conflict ((coalesce(org_id, '00000000-0000-0000-0000-000000000000'::uuid)), (coalesce(channel, ''))) do update
   set enabled = excluded.enabled, disabled_message = excluded.disabled_message,
       org_max_requests = excluded.org_max_requests, org_window_seconds = excluded.org_window_seconds,
@@ -329,7 +331,7 @@ begin
       channel_max_requests = excluded.channel_max_requests, channel_window_seconds = excluded.channel_window_seconds,
       org_tokens_per_minute = excluded.org_tokens_per_minute, org_tokens_per_day = excluded.org_tokens_per_day,
       user_tokens_per_minute = excluded.user_tokens_per_minute, user_tokens_per_day = excluded.user_tokens_per_day,
-      note = excluded.note, updated_by = excluded.updated_by, updated_at = now()
+      org_bucket_shards = excluded.org_bucket_shards, note = excluded.note, updated_by = excluded.updated_by, updated_at = now()
   returning p.* into v_new;
   perform ops.audit(p_actor, 'policy_set', p_org_id, v_channel, to_jsonb(v_old), to_jsonb(v_new));
   return v_new;
