@@ -1,6 +1,6 @@
 /**
  * `deno task bench [--quick] [--write-docs] [--record-baseline]` (npm run
- * bench): the benchmark scenarios (scripts/bench/: begin-turn, http, growth,
+ * bench): the benchmark scenarios (scripts/bench/: begin-turn, hot-tenant, ideal-turn, http, growth,
  * cold-start, memory) on one local stack with durable PostgreSQL settings.
  * Prints the targets and tables, and writes the results regions of
  * docs/benchmarks.md (to .local/results/ unless --write-docs). Ctrl-C
@@ -13,6 +13,8 @@ import { startLocalStack } from "../supabase/tests/support/local-stack.ts";
 import { which } from "../supabase/tests/support/tools.ts";
 import { createContext, PROFILES, type ScenarioResult, type Target } from "./bench/context.ts";
 import { beginTurn } from "./bench/begin-turn.ts";
+import { hotTenant } from "./bench/hot-tenant.ts";
+import { idealTurn } from "./bench/ideal-turn.ts";
 import { http } from "./bench/http.ts";
 import { growth } from "./bench/growth.ts";
 import { coldStart } from "./bench/cold-start.ts";
@@ -55,6 +57,8 @@ try {
   console.error(`[bench] postgres ${stack.postgres.url} redis ${stack.redis.url}`);
   const ctx = await createContext(stack, flags.profile);
   results.push(await beginTurn(ctx));
+  results.push(await hotTenant(ctx));
+  results.push(await idealTurn(ctx));
   results.push(await http(ctx, { recordBaseline: flags.recordBaseline }));
   results.push(await growth(ctx));
   results.push(await coldStart(ctx));
