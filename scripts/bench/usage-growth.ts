@@ -73,7 +73,7 @@ export async function usageGrowth(
     const refreshMs = performance.now() - t0;
     await tail(sql, Math.max(Math.round(n / (days * 1440)), 10), n);
     await sql`analyze public.agent_usage_events`;
-    await sql`analyze ops.usage_rollup_minute`;
+    await sql`analyze ops.usage_rollup`;
     for (const [name, text] of Object.entries(DASHBOARDS)) {
       (ms[name] ??= {})[n] = await timed(sql, text);
       log(`usage growth ${n}: ${name} ${fixed(ms[name]![n]!)} ms`);
@@ -81,8 +81,8 @@ export async function usageGrowth(
     const [size] = await sql`select
         (select sum(pg_total_relation_size(i.inhrelid)) from pg_inherits i
          where i.inhparent = 'public.agent_usage_events'::regclass)::bigint as usage_bytes,
-        pg_total_relation_size('ops.usage_rollup_minute')::bigint as rollup_bytes,
-        (select count(*) from ops.usage_rollup_minute)::bigint as rollup_rows`;
+        pg_total_relation_size('ops.usage_rollup')::bigint as rollup_bytes,
+        (select count(*) from ops.usage_rollup)::bigint as rollup_rows`;
     facts.push([
       String(n),
       fixed(Number(size!.usage_bytes) / n),

@@ -1,7 +1,7 @@
 -- agent-chat: the usage log at scale. Daily partitions of
 -- public.agent_usage_events made ahead and dropped past retention, and the
--- per-minute rollup the dashboards read (ops.usage_cells, next migration,
--- joins it to the raw rows it does not hold yet).
+-- rollup the dashboards read (ops.usage_cells, next migration, joins it to
+-- the raw rows it does not hold yet).
 --
 -- Partitions: agent_usage_events_pYYYYMMDD holds one UTC day. pg_cron runs
 -- ops.create_usage_partitions hourly (today and the next 7 days; a day made
@@ -9,12 +9,15 @@
 -- agent_usage_events_default, and is moved into its day when that day is
 -- made. Retention drops whole days (ops.drop_usage_partitions_before).
 --
--- Rollup: ops.usage_rollup_minute holds, per minute, org, model, channel and
--- outcome, the sums every report needs and the exact latency distribution of
--- answered requests (each latency in ms and how many rows had it). It holds
--- every usage row whose id is at most ops.usage_rollup_state.folded_through
--- and no other; readers add the raw rows above it (the tail), so a report is
--- exactly the raw rows whenever it is read, late rows included.
+-- Rollup: ops.usage_rollup holds, per minute and per UTC day (two grains),
+-- org, model, channel and outcome, the sums every report needs and the exact
+-- latency distribution of answered requests (each latency in ms and how many
+-- rows had it). It holds every usage row whose id is at most
+-- ops.usage_rollup_state.folded_through and no other; readers add the raw
+-- rows above it (the tail), so a report is exactly the raw rows whenever it
+-- is read, late rows included. Long periods read the day grain (a month is
+-- 30 rows per org, model, channel and outcome however busy the org), the
+-- minute grain fills the partial days at either end.
 --
 -- Lag-safe watermark: ids are handed out when a row is inserted, not when it
 -- commits, so a row with a smaller id can become visible after a larger one.
@@ -88,8 +91,9 @@ grant execute on function ops.create_usage_partitions(timestamptz, integer, inte
 -- ---------------------------------------------------------------------------
 -- Rollup
 -- ---------------------------------------------------------------------------
-create table ops.usage_rollup_minute (
-  minute timestamptz not null,
+create table ops.usage_rollup (
+  grain interval not null check (grain in (interval '1 minute', interval '1 day')),
+  bucket_start timestamptz not null,
   org_id uuid,
   model text,
   channel text,
@@ -105,23 +109,23 @@ create table ops.usage_rollup_minute (
   unpriced_rows bigint not null,
   latency_values integer[],
   latency_counts bigint[],
-  constraint usage_rollup_minute_key unique nulls not distinct (minute, org_id, model, channel, success, error_code)
+  constraint usage_rollup_key unique nulls not distinct (grain, bucket_start, org_id, model, channel, success, error_code)
 );
-comment on table ops.usage_rollup_minute is
-  'Per-minute sums of public.agent_usage_events by org, model, channel and outcome: every usage row whose id is at most ops.usage_rollup_state.folded_through, and only those. Read through ops.usage_cells, which adds the raw rows above it. Maintained by ops.refresh_usage_rollups (pg_cron, every minute).';
-comment on column ops.usage_rollup_minute.minute is 'Start of the minute (UTC) of the rows'' created_at.';
-comment on column ops.usage_rollup_minute.requests is 'sum(event_count) of the rows.';
-comment on column ops.usage_rollup_minute.billed_requests is 'sum(event_count) of the billed rows (ops.is_billed: the row reports tokens).';
-comment on column ops.usage_rollup_minute.prompt_tokens is
+comment on table ops.usage_rollup is
+  'Sums of public.agent_usage_events per minute and per UTC day (grain) by org, model, channel and outcome: every usage row whose id is at most ops.usage_rollup_state.folded_through, and only those, once in each grain. Read through ops.usage_cells, which adds the raw rows above it. Maintained by ops.refresh_usage_rollups (pg_cron, every minute).';
+comment on column ops.usage_rollup.bucket_start is 'Start (UTC) of the minute or the day of the rows'' created_at.';
+comment on column ops.usage_rollup.requests is 'sum(event_count) of the rows.';
+comment on column ops.usage_rollup.billed_requests is 'sum(event_count) of the billed rows (ops.is_billed: the row reports tokens).';
+comment on column ops.usage_rollup.prompt_tokens is
   'Sum of prompt_tokens (rows that are not billed report none, so this is also the billed rows'' sum); likewise completion_tokens and total_tokens.';
-comment on column ops.usage_rollup_minute.cached_prompt_tokens is 'Sum of cached_prompt_tokens of the billed rows.';
-comment on column ops.usage_rollup_minute.usd is 'Estimated cost at the prices of the fold (ops.event_cost_usd); after a retroactive price change run ops.rebuild_usage_rollups.';
-comment on column ops.usage_rollup_minute.unpriced_rows is 'Billed rows whose model had no price.';
-comment on column ops.usage_rollup_minute.latency_values is
+comment on column ops.usage_rollup.cached_prompt_tokens is 'Sum of cached_prompt_tokens of the billed rows.';
+comment on column ops.usage_rollup.usd is 'Estimated cost at the prices of the fold (ops.event_cost_usd); after a retroactive price change run ops.rebuild_usage_rollups.';
+comment on column ops.usage_rollup.unpriced_rows is 'Billed rows whose model had no price.';
+comment on column ops.usage_rollup.latency_values is
   'Distinct latency_ms of the answered rows, ascending; latency_counts[i] rows had latency_values[i]. Exact percentiles, and as large as the distinct latencies, not the rows.';
-alter table ops.usage_rollup_minute enable row level security;
-revoke all on ops.usage_rollup_minute from public, anon, authenticated;
-grant select on ops.usage_rollup_minute to service_role;
+alter table ops.usage_rollup enable row level security;
+revoke all on ops.usage_rollup from public, anon, authenticated;
+grant select on ops.usage_rollup to service_role;
 
 create table ops.usage_rollup_state (
   id boolean primary key default true check (id),
@@ -147,15 +151,8 @@ as $$
 declare
   v_rows bigint;
 begin
-  insert into ops.usage_rollup_minute as r (
-    minute, org_id, model, channel, success, error_code, requests, billed_requests, prompt_tokens,
-    cached_prompt_tokens, completion_tokens, total_tokens, usd, unpriced_rows, latency_values, latency_counts)
-  select g.minute, g.org_id, g.model, g.channel, g.success, g.error_code, sum(g.requests), sum(g.billed_requests),
-         sum(g.prompt_tokens), sum(g.cached_prompt_tokens), sum(g.completion_tokens), sum(g.total_tokens),
-         sum(g.usd), sum(g.unpriced_rows),
-         array_agg(g.latency order by g.latency) filter (where g.latency is not null),
-         array_agg(g.n order by g.latency) filter (where g.latency is not null)
-  from (
+  -- The rows grouped by minute (and latency) once, then into each grain.
+  with m as (
     select date_bin(interval '1 minute', e.created_at, timestamptz '2000-01-01 00:00:00+00') as minute,
            e.org_id, e.model, e.channel, e.success, e.error_code,
            case when e.success then e.latency_ms end as latency,
@@ -175,9 +172,28 @@ begin
     ) c
     where e.id > p_after and e.id <= p_through and e.created_at >= p_from
     group by 1, 2, 3, 4, 5, 6, 7
-  ) g
-  group by 1, 2, 3, 4, 5, 6
-  on conflict on constraint usage_rollup_minute_key do update
+  ),
+  g as (
+    select gr.grain, date_bin(gr.grain, m.minute, timestamptz '2000-01-01 00:00:00+00') as bucket_start,
+           m.org_id, m.model, m.channel, m.success, m.error_code, m.latency,
+           sum(m.n) as n, sum(m.requests) as requests, sum(m.billed_requests) as billed_requests,
+           sum(m.prompt_tokens) as prompt_tokens, sum(m.cached_prompt_tokens) as cached_prompt_tokens,
+           sum(m.completion_tokens) as completion_tokens, sum(m.total_tokens) as total_tokens,
+           sum(m.usd) as usd, sum(m.unpriced_rows) as unpriced_rows
+    from m cross join (values (interval '1 minute'), (interval '1 day')) as gr (grain)
+    group by 1, 2, 3, 4, 5, 6, 7, 8
+  )
+  insert into ops.usage_rollup as r (
+    grain, bucket_start, org_id, model, channel, success, error_code, requests, billed_requests, prompt_tokens,
+    cached_prompt_tokens, completion_tokens, total_tokens, usd, unpriced_rows, latency_values, latency_counts)
+  select g.grain, g.bucket_start, g.org_id, g.model, g.channel, g.success, g.error_code, sum(g.requests),
+         sum(g.billed_requests), sum(g.prompt_tokens), sum(g.cached_prompt_tokens), sum(g.completion_tokens),
+         sum(g.total_tokens), sum(g.usd), sum(g.unpriced_rows),
+         array_agg(g.latency order by g.latency) filter (where g.latency is not null),
+         array_agg(g.n order by g.latency) filter (where g.latency is not null)
+  from g
+  group by 1, 2, 3, 4, 5, 6, 7
+  on conflict on constraint usage_rollup_key do update
   set requests = r.requests + excluded.requests,
       billed_requests = r.billed_requests + excluded.billed_requests,
       prompt_tokens = r.prompt_tokens + excluded.prompt_tokens,
@@ -196,7 +212,7 @@ begin
 end;
 $$;
 comment on function ops.fold_usage_rows(bigint, bigint, timestamptz) is
-  'Adds the usage rows with p_after < id <= p_through (and created_at >= p_from) to ops.usage_rollup_minute; returns the rollup rows written. Called by ops.refresh_usage_rollups and ops.rebuild_usage_rollups.';
+  'Adds the usage rows with p_after < id <= p_through (and created_at >= p_from) to ops.usage_rollup, in both grains; returns the rollup rows written. Called by ops.refresh_usage_rollups and ops.rebuild_usage_rollups.';
 revoke execute on function ops.fold_usage_rows(bigint, bigint, timestamptz) from public, anon, authenticated;
 
 create function ops.refresh_usage_rollups()
@@ -238,7 +254,7 @@ begin
 end;
 $$;
 comment on function ops.refresh_usage_rollups() is
-  'Brings ops.usage_rollup_minute up to date: folds every usage row no transaction can still add below the watermark (ops.usage_rollup_state). Run on demand (select ops.refresh_usage_rollups()) or by pg_cron every minute; reports are exact either way (they add the raw rows above the watermark).';
+  'Brings ops.usage_rollup up to date: folds every usage row no transaction can still add below the watermark (ops.usage_rollup_state). Run on demand (select ops.refresh_usage_rollups()) or by pg_cron every minute; reports are exact either way (they add the raw rows above the watermark).';
 revoke execute on function ops.refresh_usage_rollups() from public, anon, authenticated;
 grant execute on function ops.refresh_usage_rollups() to service_role;
 
@@ -248,16 +264,17 @@ language plpgsql
 set search_path = ''
 as $$
 declare
-  v_from timestamptz := date_bin(interval '1 minute', p_from, timestamptz '2000-01-01 00:00:00+00');
+  -- Whole days: the day grain of p_from's day is rebuilt with it.
+  v_from timestamptz := date_bin(interval '1 day', p_from, timestamptz '2000-01-01 00:00:00+00');
   v_state ops.usage_rollup_state;
 begin
   select * into v_state from ops.usage_rollup_state s where s.id for update;
-  delete from ops.usage_rollup_minute r where r.minute >= v_from;
+  delete from ops.usage_rollup r where r.bucket_start >= v_from;
   return ops.fold_usage_rows(0, v_state.folded_through, v_from);
 end;
 $$;
 comment on function ops.rebuild_usage_rollups(timestamptz) is
-  'Recomputes the rollup from p_from (rounded down to the minute) on from the raw rows (after a retroactive price change: the rollup keeps the prices of its fold); returns the rollup rows written.';
+  'Recomputes the rollup from p_from (rounded down to its UTC day) on from the raw rows (after a retroactive price change: the rollup keeps the prices of its fold); returns the rollup rows written.';
 revoke execute on function ops.rebuild_usage_rollups(timestamptz) from public, anon, authenticated;
 grant execute on function ops.rebuild_usage_rollups(timestamptz) to service_role;
 
@@ -297,7 +314,14 @@ begin
   end loop;
   delete from public.agent_usage_events e where e.created_at < v_before;
   get diagnostics v_deleted = row_count;
-  delete from ops.usage_rollup_minute r where r.minute < v_before;
+  -- The minutes before the bound, and the days that end at or before it
+  -- (the day the bound falls in keeps its day row, less the rows deleted:
+  -- rebuilt from what is left).
+  delete from ops.usage_rollup r where r.grain = interval '1 minute' and r.bucket_start < v_before;
+  delete from ops.usage_rollup r where r.grain = interval '1 day' and r.bucket_start + interval '1 day' <= v_before;
+  if v_before > date_bin(interval '1 day', v_before, timestamptz '2000-01-01 00:00:00+00') then
+    perform ops.rebuild_usage_rollups(v_before);
+  end if;
   return jsonb_build_object('usage_partitions_dropped', v_dropped, 'usage_events_deleted', v_deleted);
 end;
 $$;

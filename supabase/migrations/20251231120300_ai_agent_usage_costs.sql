@@ -254,14 +254,21 @@ grant execute on function ops.is_billed(integer, integer, integer) to service_ro
 
 -- ---------------------------------------------------------------------------
 -- The usage every report reads: the rollup (20251231120250_ai_agent_usage_scale)
--- for the whole minutes of [p_from, p_to), plus the raw rows it does not
--- hold: those of the partial minutes at either end, and those above its
--- watermark (not folded yet, late rows included). Each raw row is a cell of
--- its own at its exact created_at; a rollup cell sits at its minute. So the
--- sums over any period equal the raw rows', and so do buckets that are whole
--- minutes (p_rollup false: raw rows only, for any other bucket).
+-- for the whole days (p_days) and whole minutes of [p_from, p_to), plus the
+-- raw rows it does not hold: those of the partial minutes at either end, and
+-- those above its watermark (not folded yet, late rows included). Each raw
+-- row is a cell of its own at its exact created_at; a rollup cell sits at its
+-- minute or day. So the sums over any period equal the raw rows', and so do
+-- buckets made of whole cells (p_rollup false: raw rows only, for any other
+-- bucket; p_days false: no day cells, for buckets shorter than a day).
 -- ---------------------------------------------------------------------------
-create function ops.usage_cells(p_from timestamptz, p_to timestamptz, p_org_id uuid default null, p_rollup boolean default true)
+create function ops.usage_cells(
+  p_from timestamptz,
+  p_to timestamptz,
+  p_org_id uuid default null,
+  p_rollup boolean default true,
+  p_days boolean default false
+)
 returns table (
   at timestamptz,
   org_id uuid,
@@ -285,26 +292,44 @@ stable
 set search_path = ''
 as $$
 -- plpgsql so the bounds are values: each branch below is an index range
--- scan of the partitions it touches (joined to a CTE they were not).
+-- scan of the partitions or rollup rows it touches.
 declare
+  v_origin constant timestamptz := '2000-01-01 00:00:00+00';
   v_through bigint;
-  -- [v_a, v_b): the whole minutes the rollup answers for (empty without it).
+  -- [v_a, v_b): whole minutes; [v_da, v_db) within it: whole days.
   v_a timestamptz := case when isfinite(p_from)
-                          then date_bin(interval '1 minute', p_from - interval '1 microsecond', timestamptz '2000-01-01 00:00:00+00') + interval '1 minute'
+                          then date_bin(interval '1 minute', p_from - interval '1 microsecond', v_origin) + interval '1 minute'
                           else p_from end;
-  v_b timestamptz := case when isfinite(p_to) then date_bin(interval '1 minute', p_to, timestamptz '2000-01-01 00:00:00+00') else p_to end;
+  v_b timestamptz := case when isfinite(p_to) then date_bin(interval '1 minute', p_to, v_origin) else p_to end;
+  v_da timestamptz := case when isfinite(p_from)
+                           then date_bin(interval '1 day', p_from - interval '1 microsecond', v_origin) + interval '1 day'
+                           else p_from end;
+  v_db timestamptz := case when isfinite(p_to) then date_bin(interval '1 day', p_to, v_origin) else p_to end;
 begin
   if not coalesce(p_rollup, false) or v_a >= v_b then
     v_a := p_to;
     v_b := p_to;
   end if;
+  if not coalesce(p_days, false) or v_da >= v_db or v_a = p_to then
+    v_da := v_b;
+    v_db := v_b;
+  end if;
   select s.folded_through into v_through from ops.usage_rollup_state s where s.id;
   return query
-  select r.minute, r.org_id, r.model, r.channel, r.success, r.error_code, r.requests, r.billed_requests,
+  select r.bucket_start, r.org_id, r.model, r.channel, r.success, r.error_code, r.requests, r.billed_requests,
          r.prompt_tokens, r.cached_prompt_tokens, r.completion_tokens, r.total_tokens, r.usd, r.unpriced_rows,
          r.latency_values, r.latency_counts
-  from ops.usage_rollup_minute r
-  where r.minute >= v_a and r.minute < v_b and (p_org_id is null or r.org_id = p_org_id)
+  from (
+    select x.* from ops.usage_rollup x
+    where x.grain = interval '1 day' and x.bucket_start >= v_da and x.bucket_start < v_db
+    union all
+    select x.* from ops.usage_rollup x
+    where x.grain = interval '1 minute' and x.bucket_start >= v_a and x.bucket_start < v_da
+    union all
+    select x.* from ops.usage_rollup x
+    where x.grain = interval '1 minute' and x.bucket_start >= greatest(v_db, v_a) and x.bucket_start < v_b
+  ) r
+  where p_org_id is null or r.org_id = p_org_id
   union all
   select e.created_at, e.org_id, e.model, e.channel, e.success, e.error_code, e.event_count::bigint,
          case when b.billed then e.event_count else 0 end::bigint,
@@ -330,10 +355,10 @@ begin
   ) c;
 end;
 $$;
-comment on function ops.usage_cells(timestamptz, timestamptz, uuid, boolean) is
-  'The usage of [p_from, p_to) (one org or all) as cells: rollup minutes plus the raw rows the rollup does not hold, so sums (and, through latency_values/latency_counts, latency percentiles) equal the raw rows''. A cell sits at its minute (rollup) or its created_at (raw row). p_rollup false: raw rows only. What every report, view and alert condition reads.';
-revoke execute on function ops.usage_cells(timestamptz, timestamptz, uuid, boolean) from public, anon, authenticated;
-grant execute on function ops.usage_cells(timestamptz, timestamptz, uuid, boolean) to service_role;
+comment on function ops.usage_cells(timestamptz, timestamptz, uuid, boolean, boolean) is
+  'The usage of [p_from, p_to) (one org or all) as cells: rollup days (p_days) and minutes plus the raw rows the rollup does not hold, so sums (and, through latency_values/latency_counts, latency percentiles) equal the raw rows''. A cell sits at its day, minute or created_at (raw row). p_rollup false: raw rows only. What every report, view and alert condition reads.';
+revoke execute on function ops.usage_cells(timestamptz, timestamptz, uuid, boolean, boolean) from public, anon, authenticated;
+grant execute on function ops.usage_cells(timestamptz, timestamptz, uuid, boolean, boolean) to service_role;
 
 -- ---------------------------------------------------------------------------
 -- Usage report: the one query behind the health view, the CLI and the HTML
@@ -383,7 +408,8 @@ as $$
            ops.is_served_outcome(x.success, x.error_code) as served,
            x.*
     from ops.usage_cells(p_from, p_to, p_org_id,
-                         p_bucket is null or (extract(epoch from p_bucket) > 0 and extract(epoch from p_bucket) % 60 = 0)) x
+                         p_bucket is null or (extract(epoch from p_bucket) > 0 and extract(epoch from p_bucket) % 60 = 0),
+                         p_bucket is null or (extract(epoch from p_bucket) > 0 and extract(epoch from p_bucket) % 86400 = 0)) x
   ),
   l as (
     select c.bucket, c.org, u.v, sum(u.n) as n
@@ -456,7 +482,7 @@ create view ops.monthly_cost with (security_invoker = true) as
     coalesce(sum(c.completion_tokens), 0)::bigint as completion_tokens,
     round(coalesce(sum(c.usd), 0), 6) as estimated_usd,
     coalesce(sum(c.unpriced_rows), 0)::bigint as unpriced_events
-  from ops.usage_cells('-infinity', 'infinity') c
+  from ops.usage_cells('-infinity', 'infinity', null, true, true) c
   where c.billed_requests > 0
   group by 1, 2, 3;
 comment on view ops.monthly_cost is
@@ -471,7 +497,7 @@ stable
 set search_path = ''
 as $$
   select c.org_id, round(coalesce(sum(c.usd), 0), 6)
-  from ops.usage_cells(date_trunc('month', p_now, 'UTC'), p_now + interval '1 microsecond') c
+  from ops.usage_cells(date_trunc('month', p_now, 'UTC'), p_now + interval '1 microsecond', null, true, true) c
   where c.billed_requests > 0
   group by grouping sets ((c.org_id), ());
 $$;

@@ -4,7 +4,7 @@
 -- minutes and for partial ones.
 begin;
 \ir ../support/pgtap-helpers.psql
-select plan(16);
+select plan(17);
 
 -- setup: the reports as they read the raw rows (the reference)
 create function pg_temp.raw_report(p_from timestamptz, p_to timestamptz, p_bucket interval, p_org uuid, p_by_org boolean)
@@ -58,7 +58,9 @@ create function pg_temp.differences() returns integer language sql as $$
     ('2026-03-10 09:00:00+00', '2026-03-10 12:00:00+00', interval '1 hour', null, false),
     ('2026-03-10 09:07:30.5+00', '2026-03-10 11:41:12.25+00', null, null, false),
     ('2026-03-10 09:07:30.5+00', '2026-03-10 11:41:12.25+00', interval '90 seconds', null, false),
-    ('2026-03-10 09:00:00+00', '2026-03-10 12:00:00+00', interval '15 minutes', '00000000-0000-0000-0000-0000000000a1', false)
+    ('2026-03-10 09:00:00+00', '2026-03-10 12:00:00+00', interval '15 minutes', '00000000-0000-0000-0000-0000000000a1', false),
+    ('2026-03-09 00:00:00+00', '2026-03-12 00:00:00+00', interval '1 day', null, true),
+    ('2026-03-09 00:00:00+00', '2026-03-10 10:17:00+00', null, '00000000-0000-0000-0000-0000000000a2', false)
   ) r (f, t, b, o, by)
 $$;
 create function pg_temp.spend_and_alert_differences(p_now timestamptz) returns integer language sql as $$
@@ -103,14 +105,17 @@ select is(pg_temp.spend_and_alert_differences('2026-03-10 10:30:00.4+00'), 0, 'a
 -- test: a refresh folds every visible row
 select is((ops.refresh_usage_rollups() ->> 'folded_through')::bigint, (select max(id) from public.agent_usage_events),
   'a refresh with nothing in flight folds every row');
-select ok((select count(*) from ops.usage_rollup_minute) between 100 and 1200, 'into per-minute rows');
+select ok((select count(*) from ops.usage_rollup where grain = '1 minute') between 100 and 1200, 'into per-minute rows');
 select is(pg_temp.differences(), 0, 'reports equal the raw rows from the rollup');
 select is(pg_temp.spend_and_alert_differences('2026-03-10 10:30:00.4+00'), 0, 'month-to-date spend and the condition too');
 
 -- test: the reports do read the rollup (a changed rollup row shows)
-update ops.usage_rollup_minute set requests = requests + 1000 where minute = '2026-03-10 10:00:00+00' and success;
+update ops.usage_rollup set requests = requests + 1000 where grain = '1 minute' and bucket_start = '2026-03-10 10:00:00+00' and success;
 select isnt(pg_temp.differences(), 0, 'the reports read the rollup');
-update ops.usage_rollup_minute set requests = requests - 1000 where minute = '2026-03-10 10:00:00+00' and success;
+update ops.usage_rollup set requests = requests - 1000 where grain = '1 minute' and bucket_start = '2026-03-10 10:00:00+00' and success;
+update ops.usage_rollup set billed_requests = billed_requests + 1000 where grain = '1 day' and success;
+select isnt(pg_temp.differences(), 0, 'the monthly cost reads the day grain');
+update ops.usage_rollup set billed_requests = billed_requests - 1000 where grain = '1 day' and success;
 
 -- test: late rows (back-dated into minutes already folded) are counted before and after the next refresh
 select pg_temp.add_rows('late-', '2026-03-10 09:30:03+00', 400);
@@ -119,8 +124,8 @@ select is(pg_temp.spend_and_alert_differences('2026-03-10 10:30:00.4+00'), 0, 'i
 select ops.refresh_usage_rollups();
 select is(pg_temp.differences(), 0, 'and from the rollup once folded into their minutes');
 select is(pg_temp.spend_and_alert_differences('2026-03-10 10:30:00.4+00'), 0, 'in spend and the condition too');
-select is((select sum(requests)::bigint from ops.usage_rollup_minute), (select sum(event_count)::bigint from public.agent_usage_events),
-  'every request is folded once');
+select is((select sum(requests)::bigint from ops.usage_rollup where grain = '1 day'), (select sum(event_count)::bigint from public.agent_usage_events),
+  'every request is folded once in each grain');
 
 -- test: a rebuild (after a retroactive price change) gives the same reports
 insert into ops.model_prices (model, effective_from, input_usd_per_million, cached_input_usd_per_million, output_usd_per_million)
@@ -130,7 +135,7 @@ select is(pg_temp.differences(), 0, 'a rebuild folds the new prices');
 
 -- test: retention takes the rollup of the minutes it drops
 select ops.drop_usage_partitions_before('2026-03-10 10:00:00+00');
-select is((select count(*)::int from ops.usage_rollup_minute where minute < '2026-03-10 10:00:00+00'), 0,
+select is((select count(*)::int from ops.usage_rollup where grain = '1 minute' and bucket_start < '2026-03-10 10:00:00+00'), 0,
   'retention drops the rollup of the same minutes');
 select is(pg_temp.differences(), 0, 'and the reports still equal the raw rows');
 
