@@ -4,6 +4,7 @@
 --   20251231120000_ai_agent_sessions_usage      tables, RLS policies, grants (this file)
 --   20251231120100_ai_agent_rate_limits         ops.consume_rate_limits, token counters
 --   20251231120200_ai_agent_turns               agent_begin_turn (policies, quotas, budgets), agent_end_turn, agent_finish_turn
+--   20251231120250_ai_agent_usage_scale         usage partitions and retention, the usage rollup and its refresh
 --   20251231120300_ai_agent_usage_costs         agent_log_usage, settlement, prices, cost and health reports
 --   20251231120400_ai_agent_alerts              alert conditions, the recorded check, ack and mute, schedules
 --   20251231120500_ai_agent_operator_functions  buckets, opt-outs, sessions, policies, switches, budgets, dashboard, purge

@@ -43,7 +43,12 @@ declare
   v_from timestamptz := p_day::timestamp at time zone 'UTC';
   v_to timestamptz := (p_day + 1)::timestamp at time zone 'UTC';
 begin
-  if p_day is null or to_regclass('public.' || v_name) is not null then
+  if p_day is null then
+    return false;
+  end if;
+  -- One maker at a time (pg_cron and an operator may run it together).
+  perform pg_advisory_xact_lock(hashtextextended('agent-chat:usage-partitions', 0));
+  if to_regclass('public.' || v_name) is not null then
     return false;
   end if;
   lock table public.agent_usage_events_default in share row exclusive mode;
@@ -299,6 +304,8 @@ begin
   if p_before is null then
     raise exception 'p_before is required' using errcode = '22023';
   end if;
+  -- No refresh folds the rows being dropped meanwhile.
+  perform 1 from ops.usage_rollup_state s where s.id for update;
   for v_part in
     select c.relname
     from pg_inherits i
