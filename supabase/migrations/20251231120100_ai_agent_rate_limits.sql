@@ -75,9 +75,9 @@ begin
   -- tightest bucket, built once. A refusal writes nothing and answers null
   -- here: the statement below names the full bucket.
   with b as (
-    select t.key, t.lim, t.win, t.slot_ms, v_now_ms / t.slot_ms as slot, k.used,
+    select t.key, t.lim, t.win, t.slot_ms, n.now_ms / t.slot_ms as slot, k.used,
            case when r.slot_ms = t.slot_ms then r.slot_ids[k.dropped + 1:]
-                when k.used > 0 then array[v_now_ms / t.slot_ms] else '{}' end as ids,
+                when k.used > 0 then array[n.now_ms / t.slot_ms] else '{}' end as ids,
            case when r.slot_ms = t.slot_ms then r.slot_counts[k.dropped + 1:]
                 when k.used > 0 then array[k.used] else '{}' end as counts
     from (select u.key, u.lim, u.win, u.win::bigint * 50 as slot_ms
@@ -89,12 +89,19 @@ begin
       select r.slot_ms, r.window_seconds, r.slot_ids, r.slot_counts
       from ops.rate_limits r where r.bucket_key = t.key offset 0
     ) r
+    -- The bucket's clock never goes back: a turn whose transaction started
+    -- before the newest admission's (it waited for the lock) decides at that
+    -- admission's slot. So the slots stay ascending and what one decision
+    -- drops as out of the window no later decision would have counted.
+    cross join lateral (
+      select greatest(v_now_ms, case when r.slot_ms = t.slot_ms then r.slot_ids[cardinality(r.slot_ids)] * t.slot_ms end) as now_ms
+    ) n
     cross join lateral (
       select coalesce(sum(s.n) filter (where s.keep), 0)::integer as used,
              (count(*) filter (where not s.keep))::integer as dropped
       from (select x.n,
-                   case when r.slot_ms = t.slot_ms then x.id >= (v_now_ms - t.win::bigint * 1000) / t.slot_ms
-                        else (x.id + 1) * r.slot_ms > v_now_ms - r.window_seconds::bigint * 1000 end as keep
+                   case when r.slot_ms = t.slot_ms then x.id >= (n.now_ms - t.win::bigint * 1000) / t.slot_ms
+                        else (x.id + 1) * r.slot_ms > n.now_ms - r.window_seconds::bigint * 1000 end as keep
             from unnest(r.slot_ids, r.slot_counts) as x (id, n)) s
     ) k
   ),
