@@ -172,7 +172,7 @@ Deno.test("ops CLI: every command's --help says what it does, its flags and an e
     const r = await ops(name, "--help");
     assertEquals(r.code, 0, `${name}: ${r.err}`);
     assertMatch(r.out, new RegExp(`^usage: deno task ops ${name}`), name);
-    assertMatch(r.out, /\nexample:\n  npm run ops -- /, name);
+    assertMatch(r.out, /\nexample:\n {2}npm run ops -- /, name);
     for (const flag of Object.keys(opsCommands[name]!.flags)) {
       assertMatch(r.out, new RegExp(`--${flag}\\b`), `${name} --help names --${flag}`);
     }
