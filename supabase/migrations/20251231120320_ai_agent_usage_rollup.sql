@@ -195,6 +195,7 @@ revoke execute on function
   ops.drop_usage_partitions_before(timestamptz)
 from public, anon, authenticated;
 grant execute on function
+  ops.fold_usage_rows(bigint, bigint, timestamptz),
   ops.refresh_usage_rollups(),
   ops.rebuild_usage_rollups(timestamptz),
   ops.drop_usage_partitions_before(timestamptz)
