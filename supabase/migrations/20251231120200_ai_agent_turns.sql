@@ -67,7 +67,8 @@ create function public.agent_begin_turn(
   p_reserve_seconds integer default 300,
   p_now timestamptz default now(),
   p_idempotency_key text default null,
-  p_request_hash text default null
+  p_request_hash text default null,
+  p_prompt_copies integer default 1
 )
 returns jsonb
 language plpgsql
@@ -272,13 +273,15 @@ begin
 
   -- 5. Token quotas and enforced budgets, serialised (see the header); none
   -- of this runs when no quota or enforced budget applies. The history read
-  -- above is part of the prompt the turn reserves (2 bytes a token, 4 a
-  -- message: more than the tokenizer counts, never less for ordinary text).
+  -- above is part of the prompt the turn reserves, counted as the function
+  -- counts its part (admission.ts reserveTokens): one token per UTF-8 byte
+  -- (no byte-level tokenizer makes more) and 4 a message, once per model
+  -- call that may be billed (p_prompt_copies: the first and its retries).
   v_admission := coalesce(v_org_tpm, v_org_tpd, v_user_tpm, v_user_tpd) is not null or v_any_budget;
   if v_admission then
     if v_history <> '[]'::jsonb then
-      v_reserve := v_reserve + (select coalesce(sum(ceil(octet_length(h ->> 'content') / 2.0) + 4), 0)::bigint
-                                from jsonb_array_elements(v_history) h);
+      v_reserve := v_reserve + greatest(coalesce(p_prompt_copies, 1), 1)
+        * (select coalesce(sum(octet_length(h ->> 'content') + 4), 0)::bigint from jsonb_array_elements(v_history) h);
     end if;
     if v_global_budget is not null then
       perform pg_advisory_xact_lock(hashtextextended('agent-chat:admission:global', 0));
@@ -425,11 +428,11 @@ begin
   );
 end;
 $$;
-comment on function public.agent_begin_turn(uuid, uuid, text, text, uuid, integer, integer, integer, integer, integer, boolean, boolean, text, integer, text, integer, timestamptz, text, text) is
+comment on function public.agent_begin_turn(uuid, uuid, text, text, uuid, integer, integer, integer, integer, integer, boolean, boolean, text, integer, text, integer, timestamptz, text, text, integer) is
   'agent-chat, before the model, in one call: membership, switches (ops.agent_policies), opt-outs, session ownership (p_session_owned from the Redis store, or the session row), token quotas and enforced budgets (reserving the turn''s worst case under p_request_id), all-or-nothing request buckets org:/user:/ip:/channel: with the policy''s limits (else the arguments), and (Supabase store) the session history. A refusal (forbidden, opt_out, session_not_found) consumes one user: slot and is rate_limit past the user limit. With an Idempotency-Key (p_idempotency_key, checked before anything else): replay, idempotency_mismatch or request_in_progress. Returns {outcome: ok|forbidden|assistant_disabled|opt_out|session_not_found|rate_limit|budget_exceeded|replay|idempotency_mismatch|request_in_progress, member, rate_limit, message, budget, reserved_tokens, history}. service_role only.';
 
-revoke execute on function public.agent_begin_turn(uuid, uuid, text, text, uuid, integer, integer, integer, integer, integer, boolean, boolean, text, integer, text, integer, timestamptz, text, text) from public, anon, authenticated;
-grant execute on function public.agent_begin_turn(uuid, uuid, text, text, uuid, integer, integer, integer, integer, integer, boolean, boolean, text, integer, text, integer, timestamptz, text, text) to service_role;
+revoke execute on function public.agent_begin_turn(uuid, uuid, text, text, uuid, integer, integer, integer, integer, integer, boolean, boolean, text, integer, text, integer, timestamptz, text, text, integer) from public, anon, authenticated;
+grant execute on function public.agent_begin_turn(uuid, uuid, text, text, uuid, integer, integer, integer, integer, integer, boolean, boolean, text, integer, text, integer, timestamptz, text, text, integer) to service_role;
 
 -- ---------------------------------------------------------------------------
 -- public.agent_end_turn: store one answered turn (Supabase store, usage log

@@ -107,6 +107,8 @@ function toConfig(e: Env, problems: string[]) {
     model: e.AI_AGENT_MODEL,
     systemPrompt: e.AI_AGENT_SYSTEM_PROMPT,
     maxOutputTokens: e.AI_AGENT_MAX_OUTPUT_TOKENS,
+    /** Model calls one turn may be billed for: the first and its retries. */
+    modelAttempts: e.AI_AGENT_OPENAI_MAX_RETRIES + 1,
     openai: {
       apiKey: e.OPENAI_API_KEY,
       baseURL: e.OPENAI_BASE_URL,

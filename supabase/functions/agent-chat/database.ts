@@ -84,6 +84,8 @@ export interface BeginTurnArgs {
   p_model: string | null;
   /** After this many seconds an unsettled reservation stops counting. */
   p_reserve_seconds: number;
+  /** Times the prompt may be billed (1 + retries): the history the database reads counts this often. */
+  p_prompt_copies: number;
 }
 
 export interface EndTurnArgs {
@@ -294,6 +296,7 @@ export const CALL_PARAMETERS = {
     "p_now",
     "p_idempotency_key",
     "p_request_hash",
+    "p_prompt_copies",
   ],
   agent_end_turn: [...END_TURN_PARAMETERS, "p_now"],
   agent_finish_turn: [...END_TURN_PARAMETERS, "p_usage"],

@@ -41,6 +41,7 @@ export type HandlerSettings =
     | "allowedOrigins"
     | "userChannels"
     | "maxOutputTokens"
+    | "modelAttempts"
     | "refusalLogIntervalSeconds"
   >
   & { transport: string };
