@@ -414,7 +414,7 @@ grant select, update on ops.alert_settings to service_role;
 
 create table ops.alert_events (
   id bigint generated always as identity primary key,
-  kind text not null check (kind in ('success_rate', 'budget')),
+  kind text not null check (kind in ('success_rate', 'budget', 'unpriced_model')),
   subject text not null,
   window_start timestamptz not null,
   observed numeric not null,
@@ -427,7 +427,7 @@ create table ops.alert_events (
   acknowledged_by text
 );
 comment on table ops.alert_events is
-  'Alerts raised by ops.check_alerts: kind success_rate (subject global) or budget (subject global or org:<id>). One open row per kind, subject and window; resolved_at is set when the condition clears. Rows are history: never deleted by the purge.';
+  'Alerts raised by ops.check_alerts: kind success_rate (subject global), budget (subject global or org:<id>) or unpriced_model (subject model:<reported name>). One open row per kind, subject and window; resolved_at is set when the condition clears. Rows are history: never deleted by the purge.';
 comment on column ops.alert_events.window_start is
   'success_rate: when the alert was first seen (its window is the trailing 15 minutes at each check); budget: the first day of the month.';
 comment on column ops.alert_events.observed is 'Latest observed value: success rate (0..1) or month-to-date USD.';
@@ -440,7 +440,7 @@ revoke all on ops.alert_events from public, anon, authenticated;
 grant select, insert, update on ops.alert_events to service_role;
 
 create table ops.alert_mutes (
-  kind text not null check (kind in ('success_rate', 'budget')),
+  kind text not null check (kind in ('success_rate', 'budget', 'unpriced_model')),
   subject text not null,
   muted_until timestamptz not null,
   reason text,

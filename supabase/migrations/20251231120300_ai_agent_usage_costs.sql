@@ -102,6 +102,39 @@ revoke execute on function ops.worst_case_usd(text, bigint, timestamptz) from pu
 grant execute on function ops.worst_case_usd(text, bigint, timestamptz) to service_role;
 
 -- ---------------------------------------------------------------------------
+-- Prices that cannot be dodged: an upstream (an OpenAI-compatible gateway)
+-- may report a model name that has no price (`openai/gpt-4.1-mini`), which
+-- would cost $0 and never fill an enforced budget. The function writes the
+-- model it asked for as metadata.requested_model when the reported name
+-- differs; a row whose reported name has no price is charged at the
+-- requested model's price and says so: metadata.priced_as. Every cost (the
+-- spend counters, the reports, the views) prices
+-- coalesce(metadata ->> 'priced_as', model); the reported name stays in
+-- `model`, shows in ops.monthly_cost and raises the unpriced_model alert.
+-- ---------------------------------------------------------------------------
+create function ops.price_as_requested()
+returns trigger
+language plpgsql
+set search_path = ''
+as $$
+begin
+  if new.metadata ? 'requested_model'
+     and ops.event_cost_usd(new.model, new.created_at, 0, 0, 0) is null
+     and ops.event_cost_usd(new.metadata ->> 'requested_model', new.created_at, 0, 0, 0) is not null then
+    new.metadata := new.metadata || jsonb_build_object('priced_as', new.metadata ->> 'requested_model');
+  end if;
+  return new;
+end;
+$$;
+comment on function ops.price_as_requested() is
+  'Trigger of public.agent_usage_events (before insert): a row whose reported model has no price in ops.model_prices is priced as the model the function asked for (metadata.requested_model), recorded as metadata.priced_as.';
+revoke execute on function ops.price_as_requested() from public, anon, authenticated;
+grant execute on function ops.price_as_requested() to service_role;
+create trigger agent_usage_events_price_as_requested
+  before insert on public.agent_usage_events
+  for each row execute function ops.price_as_requested();
+
+-- ---------------------------------------------------------------------------
 -- Settlement: every usage row that lands (metered once, see agent_log_usage)
 -- releases its request's reservation, adds its tokens to the org's and the
 -- user's token counters, and its cost to the org's month-to-date spend. A
@@ -165,7 +198,8 @@ begin
              || excluded.slot_tokens
              || c.slot_tokens[width_bucket(excluded.slot_ids[1], c.slot_ids) + 1:] end,
       updated_at = now();
-  -- Month-to-date spend at the row's price (ops.event_cost_usd; $0 when unpriced).
+  -- Month-to-date spend at the row's price (ops.event_cost_usd, priced_as
+  -- when the reported name has none; $0 when neither has a price).
   insert into ops.spend_counters as c (org_id, month, usd, billed_events, updated_at)
   values (new.org_id, date_trunc('month', new.created_at at time zone 'UTC')::date,
           coalesce((
@@ -173,7 +207,8 @@ begin
                     + coalesce(new.cached_prompt_tokens, 0) * p.cached_input_usd_per_million
                     + coalesce(new.completion_tokens, 0) * p.output_usd_per_million) / 1000000
             from ops.model_prices p
-            where (p.model = new.model or starts_with(new.model, p.model || '-'))
+            where (p.model = coalesce(new.metadata ->> 'priced_as', new.model)
+                   or starts_with(coalesce(new.metadata ->> 'priced_as', new.model), p.model || '-'))
               and p.effective_from <= new.created_at
             order by length(p.model) desc, p.effective_from desc
             limit 1), 0),
@@ -204,7 +239,7 @@ begin
   delete from ops.spend_counters c where c.month >= date_trunc('month', p_from at time zone 'UTC')::date;
   insert into ops.spend_counters (org_id, month, usd, billed_events)
   select e.org_id, date_trunc('month', e.created_at at time zone 'UTC')::date,
-         coalesce(sum(ops.event_cost_usd(e.model, e.created_at, e.prompt_tokens, e.cached_prompt_tokens, e.completion_tokens)), 0),
+         coalesce(sum(ops.event_cost_usd(coalesce(e.metadata ->> 'priced_as', e.model), e.created_at, e.prompt_tokens, e.cached_prompt_tokens, e.completion_tokens)), 0),
          sum(e.event_count)
   from public.agent_usage_events e
   where e.org_id is not null
@@ -313,7 +348,7 @@ as $$
     count(*) filter (where c.usd is null and ops.is_billed(e.prompt_tokens, e.completion_tokens, e.total_tokens)) as unpriced_events
   from public.agent_usage_events e
   cross join lateral (
-    select ops.event_cost_usd(e.model, e.created_at, e.prompt_tokens, e.cached_prompt_tokens, e.completion_tokens) as usd
+    select ops.event_cost_usd(coalesce(e.metadata ->> 'priced_as', e.model), e.created_at, e.prompt_tokens, e.cached_prompt_tokens, e.completion_tokens) as usd
   ) c
   where e.created_at >= p_from
     and e.created_at < p_to
@@ -342,20 +377,21 @@ create view ops.monthly_cost with (security_invoker = true) as
     date_trunc('month', e.created_at, 'UTC') as month,
     e.org_id,
     e.model,
+    e.metadata ->> 'priced_as' as priced_as,
     sum(e.event_count)::bigint as requests,
     coalesce(sum(e.event_count) filter (where e.success), 0)::bigint as succeeded,
     coalesce(sum(e.prompt_tokens), 0)::bigint as prompt_tokens,
     coalesce(sum(e.cached_prompt_tokens), 0)::bigint as cached_prompt_tokens,
     coalesce(sum(e.completion_tokens), 0)::bigint as completion_tokens,
-    round(coalesce(sum(ops.event_cost_usd(e.model, e.created_at, e.prompt_tokens, e.cached_prompt_tokens, e.completion_tokens)), 0), 6) as estimated_usd,
+    round(coalesce(sum(ops.event_cost_usd(coalesce(e.metadata ->> 'priced_as', e.model), e.created_at, e.prompt_tokens, e.cached_prompt_tokens, e.completion_tokens)), 0), 6) as estimated_usd,
     count(*) filter (
-      where ops.event_cost_usd(e.model, e.created_at, e.prompt_tokens, e.cached_prompt_tokens, e.completion_tokens) is null
+      where ops.event_cost_usd(coalesce(e.metadata ->> 'priced_as', e.model), e.created_at, e.prompt_tokens, e.cached_prompt_tokens, e.completion_tokens) is null
     ) as unpriced_events
   from public.agent_usage_events e
   where ops.is_billed(e.prompt_tokens, e.completion_tokens, e.total_tokens)
-  group by 1, 2, 3;
+  group by 1, 2, 3, 4;
 comment on view ops.monthly_cost is
-  'Estimated monthly cost of every billed request (any row with tokens: answered, client_closed, failed saves) by org and model, priced from ops.model_prices. requests = billed requests, succeeded = those answered and stored; unpriced_events > 0 means a model has no price row.';
+  'Estimated monthly cost of every billed request (any row with tokens: answered, client_closed, failed saves) by org and reported model, priced from ops.model_prices. priced_as: the requested model whose price was charged because the reported name has none (add the name to ops.model_prices). requests = billed requests, succeeded = those answered and stored; unpriced_events > 0 means neither name has a price row.';
 grant select on ops.monthly_cost to service_role;
 
 -- Month-to-date spend per org (org_id) and in total (org_id NULL).
@@ -366,7 +402,7 @@ stable
 set search_path = ''
 as $$
   select e.org_id,
-         round(coalesce(sum(ops.event_cost_usd(e.model, e.created_at, e.prompt_tokens, e.cached_prompt_tokens, e.completion_tokens)), 0), 6)
+         round(coalesce(sum(ops.event_cost_usd(coalesce(e.metadata ->> 'priced_as', e.model), e.created_at, e.prompt_tokens, e.cached_prompt_tokens, e.completion_tokens)), 0), 6)
   from public.agent_usage_events e
   where ops.is_billed(e.prompt_tokens, e.completion_tokens, e.total_tokens)
     and e.created_at >= date_trunc('month', p_now, 'UTC')

@@ -115,6 +115,10 @@ function metadataOf(settings: UsageSettings, facts: RequestFacts, outcome: Outco
     stream: facts.stream ?? false,
     ...(facts.clientIp ? { client_ip: facts.clientIp } : {}),
     ...(scope ? { rate_limit: { scope, remaining: rl?.remaining ?? 0 } } : {}),
+    // The model asked for, when the upstream names another: an unpriced name is priced as this one.
+    ...(outcome.model && outcome.model !== settings.model
+      ? { requested_model: settings.model }
+      : {}),
     ...(outcome.estimated ? { tokens_estimated: true } : {}),
     ...(outcome.attempts && outcome.attempts > 1 ? { model_attempts: outcome.attempts } : {}),
     ...(facts.clientRequestId ? { client_request_id: facts.clientRequestId } : {}),

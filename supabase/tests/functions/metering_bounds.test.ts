@@ -99,3 +99,26 @@ for (const store of STORES) {
       );
     }));
 }
+
+Deno.test("model names: an upstream reporting an unpriced name is charged at the requested model's price, and the name raises an alert", () =>
+  withHarness({}, async (h) => {
+    h.openai.perByteTokens = true;
+    h.openai.reportModel = "openai/gpt-4.1-mini";
+    const m = await h.member();
+    const t = await turn(h, m);
+    assertEquals(t.status, 200);
+    assertEquals(t.body.model, "openai/gpt-4.1-mini", "the client sees the name reported");
+    const [row] = await h.usageRows(t.requestId);
+    assertEquals(row?.model, "openai/gpt-4.1-mini");
+    const metadata = row?.metadata as Record<string, unknown>;
+    assertEquals(metadata.requested_model, "gpt-4.1-mini");
+    assertEquals(metadata.priced_as, "gpt-4.1-mini");
+    const [spend] = await h.sql`select c.usd = ops.event_cost_usd('gpt-4.1-mini', now(),
+        ${row!.prompt_tokens as number}, 0, ${row!
+      .completion_tokens as number}) as same, c.usd::float8 as usd
+      from ops.spend_counters c where c.org_id = ${m.orgId}`;
+    assert(spend?.same === true && Number(spend.usd) > 0, `charged $${spend?.usd}, not $0`);
+    const alerts = await h.sql`select subject from ops.evaluate_alerts(now() + interval '1 second')
+      where kind = 'unpriced_model'`;
+    assert(alerts.some((a) => a.subject === "model:openai/gpt-4.1-mini"), JSON.stringify(alerts));
+  }));
