@@ -112,22 +112,41 @@ grant execute on function ops.worst_case_usd(text, bigint, timestamptz) to servi
 -- coalesce(metadata ->> 'priced_as', model); the reported name stays in
 -- `model`, shows in ops.monthly_cost and raises the unpriced_model alert.
 -- ---------------------------------------------------------------------------
+create function ops.priced_as(p_model text, p_requested_model text, p_at timestamptz)
+returns text
+language sql
+stable
+set search_path = ''
+as $$
+  select p_requested_model
+  where p_requested_model is not null
+    and ops.event_cost_usd(p_model, p_at, 0, 0, 0) is null
+    and ops.event_cost_usd(p_requested_model, p_at, 0, 0, 0) is not null;
+$$;
+comment on function ops.priced_as(text, text, timestamptz) is
+  'The model a usage row is priced as instead of its reported name: the requested model, when the reported name has no price in ops.model_prices and the requested one has; NULL otherwise (the row is priced as reported).';
+revoke execute on function ops.priced_as(text, text, timestamptz) from public, anon, authenticated;
+grant execute on function ops.priced_as(text, text, timestamptz) to service_role;
+
 create function ops.price_as_requested()
 returns trigger
 language plpgsql
 set search_path = ''
 as $$
+declare
+  v_priced_as text;
 begin
-  if new.metadata ? 'requested_model'
-     and ops.event_cost_usd(new.model, new.created_at, 0, 0, 0) is null
-     and ops.event_cost_usd(new.metadata ->> 'requested_model', new.created_at, 0, 0, 0) is not null then
-    new.metadata := new.metadata || jsonb_build_object('priced_as', new.metadata ->> 'requested_model');
+  if new.metadata ? 'requested_model' then
+    v_priced_as := ops.priced_as(new.model, new.metadata ->> 'requested_model', new.created_at);
+    if v_priced_as is not null then
+      new.metadata := new.metadata || jsonb_build_object('priced_as', v_priced_as);
+    end if;
   end if;
   return new;
 end;
 $$;
 comment on function ops.price_as_requested() is
-  'Trigger of public.agent_usage_events (before insert): a row whose reported model has no price in ops.model_prices is priced as the model the function asked for (metadata.requested_model), recorded as metadata.priced_as.';
+  'Trigger of public.agent_usage_events (before insert): records metadata.priced_as (ops.priced_as) on a row whose reported model has no price.';
 revoke execute on function ops.price_as_requested() from public, anon, authenticated;
 grant execute on function ops.price_as_requested() to service_role;
 create trigger agent_usage_events_price_as_requested
@@ -135,14 +154,27 @@ create trigger agent_usage_events_price_as_requested
   for each row execute function ops.price_as_requested();
 
 -- ---------------------------------------------------------------------------
--- Settlement: every usage row that lands (metered once, see agent_log_usage)
--- releases its request's reservation, adds its tokens to the org's and the
--- user's token counters, and its cost to the org's month-to-date spend. A
--- trigger, so every writer (agent_log_usage, agent_finish_turn, a backfill)
--- settles the same way.
+-- Settlement: every metered model call releases its request's reservation,
+-- adds its tokens to the org's and the user's token counters, and its cost
+-- to the org's month-to-date spend. One body (ops.settle_usage_event),
+-- called by the usage-row trigger (so every writer: agent_log_usage,
+-- agent_finish_turn, a backfill, settles the same way) and, with the usage
+-- log off, by agent_settle_usage without a row: logging off stops rows,
+-- never the counters.
 -- ---------------------------------------------------------------------------
-create function ops.settle_usage()
-returns trigger
+create function ops.settle_usage_event(
+  p_request_id text,
+  p_org_id uuid,
+  p_user_id uuid,
+  p_price_model text,
+  p_prompt_tokens integer,
+  p_cached_prompt_tokens integer,
+  p_completion_tokens integer,
+  p_total_tokens integer,
+  p_event_count integer,
+  p_created_at timestamptz
+)
+returns void
 language plpgsql
 set search_path = ''
 set plan_cache_mode = force_generic_plan
@@ -155,17 +187,17 @@ declare
   v_at_ms bigint;
   v_now_ms bigint;
 begin
-  if new.request_id is not null then
-    delete from ops.token_reservations t where t.request_id = new.request_id;
+  if p_request_id is not null then
+    delete from ops.token_reservations t where t.request_id = p_request_id;
   end if;
   -- Billed (ops.is_billed): the row reports tokens.
-  if new.org_id is null
-     or not (coalesce(new.prompt_tokens, 0) > 0 or coalesce(new.completion_tokens, 0) > 0 or coalesce(new.total_tokens, 0) > 0) then
-    return null;
+  if p_org_id is null
+     or not (coalesce(p_prompt_tokens, 0) > 0 or coalesce(p_completion_tokens, 0) > 0 or coalesce(p_total_tokens, 0) > 0) then
+    return;
   end if;
-  v_tokens := coalesce(new.total_tokens, coalesce(new.prompt_tokens, 0) + coalesce(new.completion_tokens, 0));
-  v_at_ms := (extract(epoch from new.created_at) * 1000)::bigint;
-  v_now_ms := (extract(epoch from greatest(new.created_at, now())) * 1000)::bigint;
+  v_tokens := coalesce(p_total_tokens, coalesce(p_prompt_tokens, 0) + coalesce(p_completion_tokens, 0));
+  v_at_ms := (extract(epoch from p_created_at) * 1000)::bigint;
+  v_now_ms := (extract(epoch from greatest(p_created_at, now())) * 1000)::bigint;
   -- The token counters (ops.add_tokens, four at once), in key order (org:
   -- before user:, day before minute), as every settlement takes them. The
   -- slots are ascending: the ones that left the window are a prefix (k of
@@ -174,8 +206,8 @@ begin
   -- slot j when that is s. Array expressions only: no unnest, no sort.
   insert into ops.token_counters as c (counter_key, slot_ms, slot_ids, slot_tokens, updated_at)
   select k.key, k.win * 50, array[v_at_ms / (k.win * 50)], array[v_tokens], now()
-  from (values ('org:' || new.org_id || ':day', 86400::bigint), ('org:' || new.org_id || ':minute', 60),
-               ('user:' || new.user_id || ':day', 86400), ('user:' || new.user_id || ':minute', 60)) as k (key, win)
+  from (values ('org:' || p_org_id || ':day', 86400::bigint), ('org:' || p_org_id || ':minute', 60),
+               ('user:' || p_user_id || ':day', 86400), ('user:' || p_user_id || ':minute', 60)) as k (key, win)
   where k.key is not null and v_at_ms / (k.win * 50) >= (v_now_ms - k.win * 1000) / (k.win * 50)
   on conflict (counter_key) do update
   set slot_ids = case
@@ -201,25 +233,41 @@ begin
   -- Month-to-date spend at the row's price (ops.event_cost_usd, priced_as
   -- when the reported name has none; $0 when neither has a price).
   insert into ops.spend_counters as c (org_id, month, usd, billed_events, updated_at)
-  values (new.org_id, date_trunc('month', new.created_at at time zone 'UTC')::date,
+  values (p_org_id, date_trunc('month', p_created_at at time zone 'UTC')::date,
           coalesce((
-            select (greatest(coalesce(new.prompt_tokens, 0) - coalesce(new.cached_prompt_tokens, 0), 0) * p.input_usd_per_million
-                    + coalesce(new.cached_prompt_tokens, 0) * p.cached_input_usd_per_million
-                    + coalesce(new.completion_tokens, 0) * p.output_usd_per_million) / 1000000
+            select (greatest(coalesce(p_prompt_tokens, 0) - coalesce(p_cached_prompt_tokens, 0), 0) * p.input_usd_per_million
+                    + coalesce(p_cached_prompt_tokens, 0) * p.cached_input_usd_per_million
+                    + coalesce(p_completion_tokens, 0) * p.output_usd_per_million) / 1000000
             from ops.model_prices p
-            where (p.model = coalesce(new.metadata ->> 'priced_as', new.model)
-                   or starts_with(coalesce(new.metadata ->> 'priced_as', new.model), p.model || '-'))
-              and p.effective_from <= new.created_at
+            where (p.model = p_price_model
+                   or starts_with(p_price_model, p.model || '-'))
+              and p.effective_from <= p_created_at
             order by length(p.model) desc, p.effective_from desc
             limit 1), 0),
-          new.event_count, now())
+          greatest(coalesce(p_event_count, 1), 1), now())
   on conflict (org_id, month) do update
   set usd = c.usd + excluded.usd, billed_events = c.billed_events + excluded.billed_events, updated_at = now();
+end;
+$$;
+comment on function ops.settle_usage_event(text, uuid, uuid, text, integer, integer, integer, integer, integer, timestamptz) is
+  'Settles one metered model call: releases its token reservation, adds its tokens to ops.token_counters and its cost at p_price_model''s price to ops.spend_counters. Called by the usage-row trigger and, with the usage log off, by agent_settle_usage.';
+revoke execute on function ops.settle_usage_event(text, uuid, uuid, text, integer, integer, integer, integer, integer, timestamptz) from public, anon, authenticated;
+grant execute on function ops.settle_usage_event(text, uuid, uuid, text, integer, integer, integer, integer, integer, timestamptz) to service_role;
+
+create function ops.settle_usage()
+returns trigger
+language plpgsql
+set search_path = ''
+as $$
+begin
+  perform ops.settle_usage_event(new.request_id, new.org_id, new.user_id, coalesce(new.metadata ->> 'priced_as', new.model),
+                                 new.prompt_tokens, new.cached_prompt_tokens, new.completion_tokens, new.total_tokens,
+                                 new.event_count, new.created_at);
   return null;
 end;
 $$;
 comment on function ops.settle_usage() is
-  'Trigger of public.agent_usage_events: releases the request''s token reservation, adds a billed row''s tokens to ops.token_counters and its cost to ops.spend_counters.';
+  'Trigger of public.agent_usage_events (after insert): settles the row (ops.settle_usage_event).';
 revoke execute on function ops.settle_usage() from public, anon, authenticated;
 grant execute on function ops.settle_usage() to service_role;
 create trigger agent_usage_events_settle

@@ -597,10 +597,11 @@ begin
   end if;
 
   return jsonb_build_object('messages_deleted', v_messages, 'buckets_deleted', v_buckets, 'usage_events_deleted', v_usage)
-    || ops.purge_idempotency_keys(p_now);
+    || ops.purge_idempotency_keys(p_now)
+    || ops.purge_settled_requests(p_now);
 end;
 $$;
 comment on function ops.purge_expired(timestamptz, interval) is
-  'Deletes the messages of expired sessions, rate-limit rows that hold no admission, expired Idempotency-Key rows, token reservations expired a day ago, empty token counters, and (when p_usage_retention is given) older usage events. Scheduled nightly with pg_cron when present.';
+  'Deletes the messages of expired sessions, rate-limit rows that hold no admission, expired Idempotency-Key rows, settlement marks older than two days, token reservations expired a day ago, empty token counters, and (when p_usage_retention is given) older usage events. Scheduled nightly with pg_cron when present.';
 revoke execute on function ops.purge_expired(timestamptz, interval) from public, anon, authenticated;
 grant execute on function ops.purge_expired(timestamptz, interval) to service_role;

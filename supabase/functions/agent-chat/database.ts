@@ -186,8 +186,8 @@ export interface TurnDatabase {
     usage: UsageEvent,
   ): Promise<{ outcome: "ok" | "session_not_found"; usage_logged: boolean }>;
   logUsage(event: UsageEvent): Promise<void>;
-  /** The Idempotency-Key settlement alone, when the usage log is off. */
-  settleIdempotency(event: UsageEvent): Promise<void>;
+  /** The settlement of a usage row without the row (counters, reservation, key), when the usage log is off. */
+  settleUsage(event: UsageEvent): Promise<void>;
   close(): Promise<void>;
 }
 
@@ -219,8 +219,8 @@ export function createRpcDatabase(
     logUsage: async (event) => {
       await call("agent_log_usage", { p_event: event });
     },
-    settleIdempotency: async (event) => {
-      await call("agent_settle_idempotency", { p_event: event });
+    settleUsage: async (event) => {
+      await call("agent_settle_usage", { p_event: event });
     },
     close: () => Promise.resolve(),
   };
@@ -301,7 +301,7 @@ export const CALL_PARAMETERS = {
   agent_end_turn: [...END_TURN_PARAMETERS, "p_now"],
   agent_finish_turn: [...END_TURN_PARAMETERS, "p_usage"],
   agent_log_usage: ["p_event"],
-  agent_settle_idempotency: ["p_event"],
+  agent_settle_usage: ["p_event"],
 } as const;
 
 type CalledFunction = keyof typeof CALL_PARAMETERS;
@@ -401,8 +401,8 @@ export function createPostgresDatabase(
     logUsage: async (event) => {
       await call("agent_log_usage", { p_event: event });
     },
-    settleIdempotency: async (event) => {
-      await call("agent_settle_idempotency", { p_event: event });
+    settleUsage: async (event) => {
+      await call("agent_settle_usage", { p_event: event });
     },
     close: () => sql.end({ timeout: 1 }),
   };

@@ -134,19 +134,17 @@ export interface UsageLogger {
 
 export function createUsageLogger(options: {
   enabled: boolean;
-  db: Pick<TurnDatabase, "logUsage"> & Partial<Pick<TurnDatabase, "settleIdempotency">>;
+  db: Pick<TurnDatabase, "logUsage" | "settleUsage">;
   log: Logger;
   extendLifetime: ExtendLifetime | undefined;
 }): UsageLogger {
   return {
     enabled: options.enabled,
     async record(event) {
-      // With the log off, an Idempotency-Key is still settled, without a row.
-      if (!options.enabled && !event.idempotency) return;
+      // With the log off the event is still settled, without a row: the
+      // reservation, the token and spend counters, the Idempotency-Key.
       const row = storable(event);
-      const call = options.enabled
-        ? options.db.logUsage(row)
-        : options.db.settleIdempotency?.(row) ?? Promise.resolve();
+      const call = options.enabled ? options.db.logUsage(row) : options.db.settleUsage(row);
       const insert = call.catch((error) => {
         options.log("error", "usage_log_failed", {
           request_id: event.request_id,

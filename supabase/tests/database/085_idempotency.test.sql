@@ -99,10 +99,10 @@ select is((select state from ops.idempotency_keys k, t_ctx where k.user_id = ali
 
 -- test: with the usage log off, the settlement alone writes no usage row
 select tests.keyed_turn(alice, 'k-3', 'hash-a', 'req-9', t0) from t_ctx;
-select public.agent_settle_idempotency(jsonb_build_object('request_id', 'req-9', 'user_id', alice,
+select public.agent_settle_usage(jsonb_build_object('request_id', 'req-9', 'user_id', alice,
   'idempotency', jsonb_build_object('key', 'k-3', 'outcome', 'complete', 'ttl_seconds', 60, 'response', '{}'::jsonb))) from t_ctx;
 select is((select state from ops.idempotency_keys k, t_ctx where k.user_id = alice and k.idempotency_key = 'k-3'),
-  'completed', 'agent_settle_idempotency completes the key');
+  'completed', 'agent_settle_usage completes the key');
 select is((select count(*)::int from public.agent_usage_events where request_id = 'req-9'), 0, 'without a usage row');
 
 -- test: a refused turn holds no key
@@ -128,12 +128,12 @@ select tests.clear_authentication();
 
 -- test: anon and authenticated
 select tests.authenticate_as_anon();
-select throws_ok($$select public.agent_settle_idempotency('{}'::jsonb)$$, '42501', null,
-  'anon calling agent_settle_idempotency is denied');
+select throws_ok($$select public.agent_settle_usage('{}'::jsonb)$$, '42501', null,
+  'anon calling agent_settle_usage is denied');
 select tests.clear_authentication();
 select tests.authenticate_as((select alice from t_ctx));
-select throws_ok($$select public.agent_settle_idempotency('{}'::jsonb)$$, '42501', null,
-  'authenticated calling agent_settle_idempotency is denied');
+select throws_ok($$select public.agent_settle_usage('{}'::jsonb)$$, '42501', null,
+  'authenticated calling agent_settle_usage is denied');
 select throws_ok($$select count(*) from ops.idempotency_keys$$, '42501', null,
   'authenticated cannot read the keys');
 select tests.clear_authentication();

@@ -338,7 +338,10 @@ Deno.test("usage: a failing usage insert never fails the request; AI_AGENT_USAGE
     adjust: (deps) => {
       deps.usage = createUsageLogger({
         enabled: true,
-        db: { logUsage: () => Promise.reject(new Error("insert refused")) },
+        db: {
+          logUsage: () => Promise.reject(new Error("insert refused")),
+          settleUsage: () => Promise.reject(new Error("insert refused")),
+        },
         log: deps.log,
         extendLifetime: undefined,
       });

@@ -220,13 +220,13 @@ Deno.test("settlement: a service caller's key belongs to the asserted user", asy
   assertEquals(f.usage[0]!.idempotency!.outcome, "complete");
 });
 
-Deno.test("usage log off: only a keyed attempt's settlement is sent, through agent_settle_idempotency", async () => {
+Deno.test("usage log off: every event is settled without a row, through agent_settle_usage", async () => {
   const calls: string[] = [];
   const logger = createUsageLogger({
     enabled: false,
     db: {
       logUsage: () => Promise.resolve(void calls.push("log")),
-      settleIdempotency: () => Promise.resolve(void calls.push("settle")),
+      settleUsage: () => Promise.resolve(void calls.push("settle")),
     },
     log: () => {},
     extendLifetime: undefined,
@@ -234,5 +234,5 @@ Deno.test("usage log off: only a keyed attempt's settlement is sent, through age
   const event = { request_id: "r", metadata: {} } as unknown as UsageEvent;
   await logger.record(event);
   await logger.record({ ...event, idempotency: { key: "k", outcome: "release" } });
-  assertEquals(calls, ["settle"]);
+  assertEquals(calls, ["settle", "settle"], "counters and keys are settled, no row is logged");
 });
