@@ -571,6 +571,20 @@ begin
     raise exception 'max_messages must be zero or more' using errcode = '22023';
   end if;
 
+  -- Idempotent by the usage row's request id: a save the function sends
+  -- again after an unknown outcome (timed out, connection lost: recovery.ts)
+  -- waits here for the first to end, and appends nothing when the first
+  -- landed (its usage row is there). So a turn is saved and metered once.
+  if p_usage ? 'request_id' then
+    perform pg_advisory_xact_lock(hashtextextended('agent-chat:turn:' || (p_usage ->> 'request_id'), 0));
+    if exists (select 1 from public.agent_usage_events e
+               where e.request_id = left(p_usage ->> 'request_id', 128)
+                 and (e.metadata -> 'aggregated') is distinct from 'true'::jsonb) then
+      return jsonb_build_object('outcome', 'ok', 'session_id', p_session_id, 'usage_logged', true,
+                                'already_saved', true);
+    end if;
+  end if;
+
   -- The session, as agent_end_turn does it.
   insert into public.agent_sessions as s (id, org_id, user_id, channel, created_at, updated_at, expires_at)
   values (p_session_id, p_org_id, p_user_id, coalesce(p_channel, 'app'), v_now, v_now, v_expires)
@@ -640,6 +654,6 @@ begin
 end;
 $$;
 comment on function public.agent_finish_turn(uuid, uuid, uuid, text, text, text, integer, integer, jsonb) is
-  'agent-chat, Supabase store: agent_end_turn, then (when the turn was saved) the usage row of p_usage as agent_log_usage writes it, in one transaction. Returns the end-turn result plus usage_logged. service_role only.';
+  'agent-chat, Supabase store: agent_end_turn, then (when the turn was saved) the usage row of p_usage as agent_log_usage writes it, in one transaction. Idempotent by p_usage.request_id: sent again, it waits for the first call and saves nothing more when that one landed (already_saved). Returns the end-turn result plus usage_logged. service_role only.';
 revoke execute on function public.agent_finish_turn(uuid, uuid, uuid, text, text, text, integer, integer, jsonb) from public, anon, authenticated;
 grant execute on function public.agent_finish_turn(uuid, uuid, uuid, text, text, text, integer, integer, jsonb) to service_role;

@@ -371,8 +371,12 @@ export function createPostgresDatabase(
         reject(new DatabaseError(`${fn}: no answer within ${timeoutMs} ms`));
       }, timeoutMs);
     });
+    // A query that loses the race may still fail later (its pool ended):
+    // that failure is expected and must not surface as an unhandled rejection.
+    const query = Promise.resolve(pool.unsafe(text));
+    query.catch(() => {});
     try {
-      const rows = await Promise.race([pool.unsafe(text), timeout]);
+      const rows = await Promise.race([query, timeout]);
       return (rows[0] as unknown as { result: T } | undefined)?.result as T;
     } finally {
       clearTimeout(timer);

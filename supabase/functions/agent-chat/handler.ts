@@ -21,6 +21,7 @@ import type { Config } from "./config.ts";
 import { idempotencyClaim, replayAnswer, REPLAYED_HEADER } from "./idempotency.ts";
 import { RATE_LIMIT_HEADER_NAMES, rateLimitHeaders } from "./rate-limit.ts";
 import { recordRefusal, type RefusalLedger } from "./refusals.ts";
+import type { Recovery } from "./recovery.ts";
 import { chatRequestSchema, parseChatRequest } from "./request.ts";
 import { requestLogLine } from "./request-log.ts";
 import { type Outcome, type RequestFacts, turnFacts } from "./usage.ts";
@@ -42,6 +43,7 @@ export type HandlerSettings =
     | "userChannels"
     | "maxOutputTokens"
     | "modelAttempts"
+    | "turnDeadlineSeconds"
     | "refusalLogIntervalSeconds"
   >
   & { transport: string };
@@ -55,6 +57,8 @@ export interface AgentChatDeps {
   model: AnswerDeps["model"];
   usage: AnswerDeps["usage"];
   extendLifetime?: AnswerDeps["extendLifetime"];
+  /** The durable retry of writes the stores did not take; woken by every request. */
+  recovery?: Recovery | undefined;
   refusals: RefusalLedger;
   log: Logger;
   now?: () => number;
@@ -76,6 +80,7 @@ export function createAgentChatHandler(deps: AgentChatDeps) {
     deps.log(...requestLogLine(settings, facts, status, outcome, now()));
 
   return async function handle(request: Request, info?: ConnInfo): Promise<Response> {
+    deps.recovery?.nudge();
     const { requestId, clientRequestId } = requestIds(request.headers);
     const headers = responseHeaders(
       cors(request.headers.get("origin")),
@@ -112,6 +117,9 @@ export function createAgentChatHandler(deps: AgentChatDeps) {
         body,
         turn,
         clientSignal: request.signal,
+        deadline: AbortSignal.timeout(
+          Math.max(1, settings.turnDeadlineSeconds * 1000 - (now() - facts.started)),
+        ),
         headers: { ...headers, ...rateLimitHeaders(turn.rateLimit) },
         finished: (status, outcome) => log(admitted, status, outcome),
       });

@@ -97,7 +97,7 @@ function tcp(url: string): RedisConnection {
   // Errors surface on the command that fails; the connection keeps retrying.
   client.on("error", () => {});
   for (const [name, lua] of Object.entries(SCRIPTS)) {
-    client.defineCommand(`agentChat_${name}`, { numberOfKeys: 2, lua });
+    client.defineCommand(`agentChat_${name}`, { numberOfKeys: name === "append" ? 3 : 2, lua });
   }
   const commands = client as unknown as Record<string, (...a: string[]) => Promise<unknown>>;
   return {

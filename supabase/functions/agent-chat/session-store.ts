@@ -3,7 +3,8 @@
  * history in the begin-turn call and writes through `agent_finish_turn` (the
  * turn and its usage row) or `agent_end_turn`; the Redis store keeps
  * `agent-chat:{<session id>}:owner` and `agent-chat:{<session id>}:messages`
- * (one hash slot per session), reads them before the begin-turn call (whose
+ * (one hash slot per session, with `:turn:<request id>` marks that make an
+ * append idempotent), reads them before the begin-turn call (whose
  * p_session_owned says what it found, so a foreign session is refused and
  * charged exactly as with the Supabase store) and does every read and write
  * in one Lua script.
@@ -37,11 +38,14 @@ export interface SessionStore {
   /**
    * Appends one turn. A store that can write `usage` in the same round trip
    * does so and says `usageLogged: true`; otherwise the caller logs it.
+   * Idempotent by `requestId` (the Redis append; agent_finish_turn with its
+   * usage row): a save sent again after an unknown outcome appends once.
    */
   append(
     key: SessionKey,
     user: string,
     assistant: string,
+    requestId: string,
     usage?: UsageEvent,
   ): Promise<{ owned: boolean; usageLogged: boolean }>;
 }
@@ -59,7 +63,7 @@ export function createSupabaseSessionStore(db: TurnDatabase, limits: SessionLimi
         owned: true,
         history: (begin) => begin.history ?? [],
       }),
-    async append(key, user, assistant, usage) {
+    async append(key, user, assistant, _requestId, usage) {
       const args = {
         p_session_id: key.sessionId,
         p_org_id: key.orgId,
@@ -96,6 +100,7 @@ return {1, redis.call('LRANGE', KEYS[2], -n, -1)}
 export const APPEND_SCRIPT = `
 local owner = redis.call('GET', KEYS[1])
 if owner and owner ~= ARGV[1] then return 0 end
+if not redis.call('SET', KEYS[3], '1', 'NX', 'EX', ARGV[7]) then return 1 end
 local max = tonumber(ARGV[4])
 redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[6])
 if max == 0 then
@@ -119,6 +124,14 @@ export function ownerTtlSeconds(ttlSeconds: number): number {
 export function sessionKeys(sessionId: string): [string, string] {
   return [`agent-chat:{${sessionId}}:owner`, `agent-chat:{${sessionId}}:messages`];
 }
+
+/** Marks a request's turn as appended (same hash slot), so a save sent again appends once. */
+export function turnKey(sessionId: string, requestId: string): string {
+  return `agent-chat:{${sessionId}}:turn:${requestId}`;
+}
+
+/** How long a turn's append mark is kept: longer than any retry of its save. */
+export const TURN_MARK_SECONDS = 3600;
 
 function parseMessage(raw: unknown): ChatMessage | null {
   try {
@@ -155,14 +168,16 @@ export function createRedisSessionStore(
       );
       return plan(true, history);
     },
-    async append(key, user, assistant) {
-      const result = await redis.run("append", sessionKeys(key.sessionId), [
+    async append(key, user, assistant, requestId) {
+      const keys = [...sessionKeys(key.sessionId), turnKey(key.sessionId, requestId)];
+      const result = await redis.run("append", keys, [
         owner(key),
         JSON.stringify({ role: "user", content: user }),
         JSON.stringify({ role: "assistant", content: assistant }),
         String(limits.maxMessages),
         String(limits.ttlSeconds),
         String(ownerTtlSeconds(limits.ttlSeconds)),
+        String(TURN_MARK_SECONDS),
       ]);
       return { owned: Number(result) === 1, usageLogged: false };
     },

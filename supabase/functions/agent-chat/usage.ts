@@ -3,7 +3,8 @@
  * it is written (`createUsageLogger`): one insert, handed to
  * `EdgeRuntime.waitUntil` when the runtime has it, awaited otherwise. Every
  * string is made storable first, so no client input can make the insert
- * fail; a failed insert never fails the request, it becomes a log line.
+ * fail; a failed insert never fails the request: it becomes a log line and
+ * a durable retry (recovery.ts).
  */
 import { describe, type ErrorCode } from "../_shared/errors.ts";
 import type { Logger } from "../_shared/log.ts";
@@ -11,6 +12,7 @@ import { storable } from "../_shared/text.ts";
 import type { TurnDatabase, UsageEvent } from "./database.ts";
 import type { TokenUsage } from "./model.ts";
 import type { RateLimitDecision } from "./rate-limit.ts";
+import type { Recovery } from "./recovery.ts";
 
 /** Keeps the isolate alive until `promise` settles (EdgeRuntime.waitUntil). */
 export type ExtendLifetime = (promise: Promise<unknown>) => void;
@@ -132,11 +134,18 @@ export interface UsageLogger {
   record(event: UsageEvent): Promise<void>;
 }
 
+/**
+ * Writes a usage event: its row (agent_log_usage), or with the log off its
+ * settlement alone (agent_settle_usage). A write the database did not take
+ * (or whose outcome is unknown) is logged and handed to the durable retry:
+ * the row lands once the database is back, once (unique request_id).
+ */
 export function createUsageLogger(options: {
   enabled: boolean;
   db: Pick<TurnDatabase, "logUsage" | "settleUsage">;
   log: Logger;
   extendLifetime: ExtendLifetime | undefined;
+  recovery?: Pick<Recovery, "retry"> | undefined;
 }): UsageLogger {
   return {
     enabled: options.enabled,
@@ -144,13 +153,15 @@ export function createUsageLogger(options: {
       // With the log off the event is still settled, without a row: the
       // reservation, the token and spend counters, the Idempotency-Key.
       const row = storable(event);
-      const call = options.enabled ? options.db.logUsage(row) : options.db.settleUsage(row);
-      const insert = call.catch((error) => {
+      const write = () => options.enabled ? options.db.logUsage(row) : options.db.settleUsage(row);
+      const insert = write().catch((error) => {
         options.log("error", "usage_log_failed", {
           request_id: event.request_id,
           error_code: event.error_code,
           detail: describe(error),
+          retried: options.recovery !== undefined,
         });
+        options.recovery?.retry({ name: "usage row", requestId: event.request_id, attempt: write });
       });
       if (options.extendLifetime) options.extendLifetime(insert);
       else await insert;
