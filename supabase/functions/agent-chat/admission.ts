@@ -94,7 +94,7 @@ export async function admit(
   session: { key: SessionKey; isNew: boolean },
   requestId: string,
   idempotency?: IdempotencyClaim,
-): Promise<AdmittedTurn | { replay: StoredAnswer }> {
+): Promise<AdmittedTurn | { replay: StoredAnswer; member: boolean }> {
   const plan = await storeCall(() => deps.sessions.plan(session.key, session.isNew));
   const { rateLimit: limits, sessionMaxMessages, model, systemPrompt, modelAttempts } =
     deps.settings;
@@ -123,7 +123,7 @@ export async function admit(
       ...claimArgs(idempotency),
     })
   );
-  if (begin.outcome === "replay") return { replay: begin.response };
+  if (begin.outcome === "replay") return { replay: begin.response, member: begin.member === true };
   const rateLimit = decide(begin, limits.windowSeconds);
   const history = plan.history(begin as { history?: ChatMessage[] });
   return {
@@ -150,6 +150,9 @@ function decide(begin: BeginTurnResult, windowSeconds: number): RateLimitDecisio
     case "ok":
       return rl!;
     case "rate_limit":
+      if ((begin.rate_limit as { never_fits?: boolean } | null)?.never_fits === true) {
+        throw neverFits(headers, begin.rate_limit as { reserve_tokens?: number; limit?: number });
+      }
       throw new AgentError("rate_limit", `rate limit reached for the ${rl!.scope} bucket`, {
         headers,
         scope: rl!.scope,
@@ -193,6 +196,28 @@ function decide(begin: BeginTurnResult, windowSeconds: number): RateLimitDecisio
         detail: "unexpected begin-turn outcome",
       });
   }
+}
+
+/**
+ * A turn larger than a token quota itself: waiting cannot help, so no
+ * Retry-After is promised; a shorter conversation (a new session) or a
+ * larger quota can. The refusal is the operator's doing: it costs nothing.
+ */
+function neverFits(
+  headers: Record<string, string>,
+  q: { reserve_tokens?: number; limit?: number },
+): AgentError {
+  const { "retry-after": _, ...rest } = headers;
+  return new AgentError(
+    "rate_limit",
+    "this conversation is too long for the token quota: start a new session or ask for a larger quota",
+    {
+      headers: rest,
+      scope: "tokens",
+      member: true,
+      detail: `turn reserves ${q.reserve_tokens} tokens, quota ${q.limit}`,
+    },
+  );
 }
 
 function budgetDetail(b: Extract<BeginTurnResult, { outcome: "budget_exceeded" }>["budget"]) {

@@ -20,7 +20,7 @@ import { type AnswerDeps, answerJson, answerStream } from "./answer.ts";
 import type { Config } from "./config.ts";
 import { idempotencyClaim, replayAnswer, REPLAYED_HEADER } from "./idempotency.ts";
 import { RATE_LIMIT_HEADER_NAMES, rateLimitHeaders } from "./rate-limit.ts";
-import { recordRefusal, type RefusalLedger } from "./refusals.ts";
+import { recordRefusal, recordReplay, type RefusalLedger } from "./refusals.ts";
 import type { Recovery } from "./recovery.ts";
 import { chatRequestSchema, parseChatRequest } from "./request.ts";
 import { requestLogLine } from "./request-log.ts";
@@ -109,6 +109,7 @@ export function createAgentChatHandler(deps: AgentChatDeps) {
       const key = await idempotencyClaim(request.headers, body, requestId, settings);
       const turn = await admit(deps, body, who, session, requestId, key);
       if ("replay" in turn) {
+        await recordReplay(deps, facts, turn, now());
         return replayAnswer(turn.replay, body, headers, (s, o) => log(facts, s, o));
       }
       const admitted = { ...facts, rateLimit: turn.rateLimit };

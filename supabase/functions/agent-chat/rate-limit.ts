@@ -3,8 +3,8 @@
  * result, and the RateLimit headers (IETF draft) that tell the client about it.
  */
 
-/** The request buckets, a policy's channel: bucket, and the token quotas (`tokens`). */
-export type RateLimitScope = "org" | "user" | "ip" | "channel" | "tokens";
+/** The request buckets, a policy's channel: bucket, the token quotas (`tokens`), and replays and 409s (`replay`). */
+export type RateLimitScope = "org" | "user" | "ip" | "channel" | "tokens" | "replay";
 
 export interface RateLimitDecision {
   allowed: boolean;

@@ -73,7 +73,7 @@ export interface Outcome {
   /** Model calls made for this turn, when more than one (retries are billed too). */
   attempts?: number | undefined;
   error?: { code: ErrorCode; detail: string } | undefined;
-  /** The stored answer of an Idempotency-Key was sent again (no model call, no row). */
+  /** The stored answer of an Idempotency-Key was sent again (no model call; counted like a refusal). */
   replayed?: boolean | undefined;
 }
 
@@ -122,6 +122,7 @@ function metadataOf(settings: UsageSettings, facts: RequestFacts, outcome: Outco
       ? { requested_model: settings.model }
       : {}),
     ...(outcome.estimated ? { tokens_estimated: true } : {}),
+    ...(outcome.replayed ? { replayed: true } : {}),
     ...(outcome.attempts && outcome.attempts > 1 ? { model_attempts: outcome.attempts } : {}),
     ...(facts.clientRequestId ? { client_request_id: facts.clientRequestId } : {}),
     ...(facts.requestedOrgId ? { requested_org_id: facts.requestedOrgId } : {}),
