@@ -31,6 +31,8 @@ const options = {
   mode: { type: "string" },
   note: { type: "string" },
   until: { type: "string" },
+  import: { type: "string" },
+  source: { type: "string" },
 } as const;
 
 const usage = [

@@ -16,6 +16,7 @@ import {
   uuidArg,
 } from "./args.ts";
 import { alertCommand, policyCommands } from "./policy-commands.ts";
+import { reconcileCommand } from "./reconcile.ts";
 
 function period(ctx: CommandContext): { from: Date; to: Date } {
   const to = optionalTimestamp(ctx.flags.to, "--to") ?? new Date();
@@ -130,6 +131,7 @@ export const commands: Record<string, Command> = {
     },
   },
   alerts: alertCommand,
+  reconcile: reconcileCommand,
   ...policyCommands,
   purge: {
     usage:

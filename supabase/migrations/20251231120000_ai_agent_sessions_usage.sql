@@ -8,7 +8,7 @@
 --   20251231120400_ai_agent_alerts              alert conditions, the recorded check, ack and mute, schedules
 --   20251231120500_ai_agent_operator_functions  buckets, opt-outs, sessions, policies, switches, budgets, dashboard, purge
 --   20251231120600_ai_agent_idempotency         Idempotency-Key claims, replays and settlement
---   20251231120700_ai_agent_metering            settlement without a row (usage log off), recovery, reconciliation
+--   20251231120700_ai_agent_metering            settlement without a row (usage log off), reconciliation
 --
 -- Deny by default: every table has RLS; anon and authenticated get only the
 -- reads a policy allows; service_role, the Edge Function's role, gets what
