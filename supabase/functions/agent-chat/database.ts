@@ -371,12 +371,8 @@ export function createPostgresDatabase(
         reject(new DatabaseError(`${fn}: no answer within ${timeoutMs} ms`));
       }, timeoutMs);
     });
-    // A query that loses the race may still fail later (its pool ended):
-    // that failure is expected and must not surface as an unhandled rejection.
-    const query = Promise.resolve(pool.unsafe(text));
-    query.catch(() => {});
     try {
-      const rows = await Promise.race([query, timeout]);
+      const rows = await Promise.race([quietly(pool.unsafe(text)), timeout]);
       return (rows[0] as unknown as { result: T } | undefined)?.result as T;
     } finally {
       clearTimeout(timer);
@@ -410,6 +406,16 @@ export function createPostgresDatabase(
     },
     close: () => sql.end({ timeout: 1 }),
   };
+}
+
+/**
+ * The query as a promise whose failure, when it lost the race to the
+ * timeout (its pool ended), is expected and never an unhandled rejection.
+ */
+function quietly<T>(query: PromiseLike<T>): Promise<T> {
+  const promise = Promise.resolve(query);
+  promise.catch(() => {});
+  return promise;
 }
 
 /**

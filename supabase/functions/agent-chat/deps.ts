@@ -47,13 +47,8 @@ export function buildDependencies(
   const redis = config.redis ? connectRedis(config.redis.url, config.redis.token) : undefined;
   const limits = { ttlSeconds: config.sessionTtlSeconds, maxMessages: config.sessionMaxMessages };
   const recovery = createRecovery({ log, extendLifetime });
-  const usage = createUsageLogger({
-    enabled: config.usageLogEnabled,
-    db,
-    log,
-    extendLifetime,
-    recovery,
-  });
+  const enabled = config.usageLogEnabled;
+  const usage = createUsageLogger({ enabled, db, log, extendLifetime, recovery });
   // Refusal rows go through whichever usage logger the deps hold (tests may swap it).
   const refusals = createRefusalLedger({
     intervalMs: config.refusalLogIntervalSeconds * 1000,
@@ -90,8 +85,7 @@ export function buildDependencies(
     extendLifetime,
     close: async () => {
       await refusals.close();
-      // What the stores did not take yet gets a last chance.
-      await recovery.settled(2000);
+      await recovery.settled(2000); // what the stores did not take yet gets a last chance
       await redis?.close();
       await db.close();
     },

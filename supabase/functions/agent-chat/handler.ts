@@ -18,7 +18,12 @@ import type { Logger } from "../_shared/log.ts";
 import { type AdmissionDeps, admit, identify, sessionKeyFor } from "./admission.ts";
 import { type AnswerDeps, answerJson, answerStream } from "./answer.ts";
 import type { Config } from "./config.ts";
-import { idempotencyClaim, replayAnswer, REPLAYED_HEADER } from "./idempotency.ts";
+import {
+  idempotencyClaim,
+  replayAnswer,
+  REPLAYED_HEADER,
+  type StoredAnswer,
+} from "./idempotency.ts";
 import { RATE_LIMIT_HEADER_NAMES, rateLimitHeaders } from "./rate-limit.ts";
 import { recordRefusal, recordReplay, type RefusalLedger } from "./refusals.ts";
 import type { Recovery } from "./recovery.ts";
@@ -108,19 +113,14 @@ export function createAgentChatHandler(deps: AgentChatDeps) {
       facts = turnFacts(facts, body, who, session.key.sessionId);
       const key = await idempotencyClaim(request.headers, body, requestId, settings);
       const turn = await admit(deps, body, who, session, requestId, key);
-      if ("replay" in turn) {
-        await recordReplay(deps, facts, turn, now());
-        return replayAnswer(turn.replay, body, headers, (s, o) => log(facts, s, o));
-      }
+      if ("replay" in turn) return await replay(deps, facts, turn, body, headers, now(), log);
       const admitted = { ...facts, rateLimit: turn.rateLimit };
       return await (body.stream ? answerStream : answerJson)(answerDeps, {
         facts: admitted,
         body,
         turn,
         clientSignal: request.signal,
-        deadline: AbortSignal.timeout(
-          Math.max(1, settings.turnDeadlineSeconds * 1000 - (now() - facts.started)),
-        ),
+        deadline: AbortSignal.timeout(deadlineMs(settings, now() - facts.started)),
         headers: { ...headers, ...rateLimitHeaders(turn.rateLimit) },
         finished: (status, outcome) => log(admitted, status, outcome),
       });
@@ -158,6 +158,25 @@ function responseHeaders(
     "x-request-id": requestId,
     ...(clientRequestId ? { "x-client-request-id": clientRequestId } : {}),
   };
+}
+
+/** The stored answer again; the replay is counted like a refusal (it took a replay: slot). */
+async function replay(
+  deps: AgentChatDeps,
+  facts: RequestFacts,
+  turn: { replay: StoredAnswer; member: boolean },
+  body: { stream: boolean },
+  headers: Record<string, string>,
+  now: number,
+  log: (facts: RequestFacts, status: number, outcome: Outcome) => void,
+): Promise<Response> {
+  await recordReplay(deps, facts, turn, now);
+  return replayAnswer(turn.replay, body, headers, (s, o) => log(facts, s, o));
+}
+
+/** What is left of the turn's deadline after `elapsedMs` (at least 1 ms). */
+function deadlineMs(settings: Pick<HandlerSettings, "turnDeadlineSeconds">, elapsedMs: number) {
+  return Math.max(1, settings.turnDeadlineSeconds * 1000 - elapsedMs);
 }
 
 function peerOf(info: ConnInfo | undefined): string | undefined {

@@ -48,103 +48,103 @@ export interface RecoveryOptions {
   maxDelayMs?: number;
 }
 
-export function createRecovery(options: RecoveryOptions): Recovery {
-  const now = options.now ?? (() => performance.now());
-  const maxPending = options.maxPending ?? 10_000;
-  const queue: Array<PendingWrite & { tries: number }> = [];
-  let loop: Promise<void> | undefined;
-  let wake: (() => void) | undefined;
-  let failures = 0;
+type Queued = PendingWrite & { tries: number };
 
-  const delay = () =>
-    Math.min((options.baseDelayMs ?? 200) * 2 ** failures, options.maxDelayMs ?? 5000) *
-    (0.75 + Math.random() / 4);
+/** The pending writes of one isolate and the one loop that drains them. */
+class RecoveryQueue implements Recovery {
+  private readonly queue: Queued[] = [];
+  private loop: Promise<void> | undefined;
+  private wake: (() => void) | undefined;
+  private failures = 0;
+  private readonly now: () => number;
 
-  async function attempt(w: PendingWrite & { tries: number }): Promise<boolean> {
+  constructor(private readonly options: RecoveryOptions) {
+    this.now = options.now ?? (() => performance.now());
+  }
+
+  get pending() {
+    return this.queue.length;
+  }
+
+  retry(write: PendingWrite) {
+    if (this.queue.length >= (this.options.maxPending ?? 10_000)) {
+      const dropped = this.queue.shift()!;
+      this.options.log("error", "write_dropped", {
+        write: dropped.name,
+        request_id: dropped.requestId,
+      });
+    }
+    this.queue.push({ ...write, tries: 1 });
+    if (this.loop) return;
+    this.loop = this.drain().finally(() => (this.loop = undefined));
+    this.options.extendLifetime?.(this.loop);
+  }
+
+  nudge() {
+    if (this.queue.length > 0) this.wake?.();
+  }
+
+  async settled(ms: number) {
+    const until = this.now() + ms;
+    while ((this.queue.length > 0 || this.loop) && this.now() < until) {
+      await new Promise((r) => setTimeout(r, 10));
+    }
+  }
+
+  private async drain() {
+    while (this.queue.length > 0) {
+      await this.pass();
+      if (this.queue.length === 0) break;
+      await new Promise<void>((resolve) => {
+        const timer = setTimeout(resolve, this.delay());
+        this.wake = () => {
+          clearTimeout(timer);
+          resolve();
+        };
+      });
+      this.wake = undefined;
+    }
+  }
+
+  /** One pass: the oldest write first; the rest only when it landed (the store is back). */
+  private async pass() {
+    const head = this.queue.shift();
+    if (!head) return;
+    if (!await this.attempt(head)) {
+      this.failures++;
+      return;
+    }
+    this.failures = 0;
+    await Promise.all(this.queue.splice(0).map((w) => this.attempt(w)));
+  }
+
+  /** True when the write is done with: landed, or given up. */
+  private async attempt(w: Queued): Promise<boolean> {
     w.tries++;
+    const fields = { write: w.name, request_id: w.requestId, tries: w.tries };
     try {
       await w.attempt();
-      options.log("info", "write_recovered", {
-        write: w.name,
-        request_id: w.requestId,
-        tries: w.tries,
-      });
+      this.options.log("info", "write_recovered", fields);
       return true;
     } catch (error) {
-      if (w.until === undefined || now() < w.until) {
-        queue.push(w);
+      if (w.until === undefined || this.now() < w.until) {
+        this.queue.push(w);
         return false;
       }
-      options.log("error", "write_given_up", {
-        write: w.name,
-        request_id: w.requestId,
-        tries: w.tries,
-        detail: describe(error),
-      });
+      this.options.log("error", "write_given_up", { ...fields, detail: describe(error) });
       await w.giveUp?.().catch(() => {});
       return true;
     }
   }
 
-  /** One pass: the oldest write first; the rest only when it landed. */
-  async function pass(): Promise<void> {
-    const head = queue.shift();
-    if (!head) return;
-    if (!await attempt(head)) {
-      failures++;
-      return;
-    }
-    failures = 0;
-    const rest = queue.splice(0);
-    await Promise.all(rest.map(attempt));
+  private delay() {
+    const { baseDelayMs = 200, maxDelayMs = 5000 } = this.options;
+    return Math.min(baseDelayMs * 2 ** this.failures, maxDelayMs) * (0.75 + Math.random() / 4);
   }
+}
 
-  async function drain(): Promise<void> {
-    while (queue.length > 0) {
-      await pass();
-      if (queue.length === 0) break;
-      await new Promise<void>((resolve) => {
-        const timer = setTimeout(resolve, delay());
-        wake = () => {
-          clearTimeout(timer);
-          resolve();
-        };
-      });
-      wake = undefined;
-    }
-  }
-
-  function start() {
-    if (loop) return;
-    loop = drain().finally(() => (loop = undefined));
-    options.extendLifetime?.(loop);
-  }
-
-  return {
-    retry(write) {
-      if (queue.length >= maxPending) {
-        const dropped = queue.shift()!;
-        options.log("error", "write_dropped", {
-          write: dropped.name,
-          request_id: dropped.requestId,
-        });
-      }
-      queue.push({ ...write, tries: 1 });
-      start();
-    },
-    nudge() {
-      if (queue.length > 0) wake?.();
-    },
-    get pending() {
-      return queue.length;
-    },
-    async settled(ms) {
-      const until = now() + ms;
-      while ((queue.length > 0 || loop) && now() < until) {
-        await new Promise((r) => setTimeout(r, 10));
-      }
-    },
-  };
+export function createRecovery(options: RecoveryOptions): Recovery {
+  return new RecoveryQueue(options);
 }
 
 /**
