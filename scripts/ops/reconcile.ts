@@ -101,8 +101,21 @@ const dayFlag = (value: unknown, name: string) =>
   optionalTimestamp(value, name)?.toISOString().slice(0, 10) ?? null;
 
 export const reconcileCommand: Command = {
-  usage: "reconcile [--from <date>] [--to <date>] [--import <export.csv>] [--source <name>]" +
-    "   metered vs reported vs billed, per day and model",
+  usage: "reconcile [--from <date>] [--to <date>] [--import <export.csv>] [--source <name>]",
+  flags: {
+    from: { type: "string" },
+    to: { type: "string" },
+    import: { type: "string" },
+    source: { type: "string" },
+  },
+  help: `Metered tokens and cost (reported by the upstream, or estimated) beside what the provider
+billed, per UTC day and model (ops.usage_reconciliation); default: the last 7 days. --import
+loads a provider usage or cost export (CSV with a header: start_time or date, model,
+num_model_requests, input_tokens, input_cached_tokens, output_tokens, cost) into
+ops.provider_usage first, as --source (default provider); a re-import replaces those days.
+
+example:
+  npm run ops -- reconcile --from 2026-03-01 --to 2026-03-31 --import usage-export.csv`,
   async run(ctx) {
     const to = dayFlag(ctx.flags.to, "--to") ?? new Date().toISOString().slice(0, 10);
     const from = dayFlag(ctx.flags.from, "--from") ??

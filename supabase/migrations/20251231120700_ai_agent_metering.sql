@@ -60,8 +60,6 @@ end;
 $$;
 comment on function public.agent_settle_usage(jsonb) is
   'agent-chat with the usage log off: settles a usage event as its row would (token reservation, token and spend counters at the priced_as price, Idempotency-Key) without writing the row; a billed request id counts once. service_role only.';
-revoke execute on function public.agent_settle_usage(jsonb) from public, anon, authenticated;
-grant execute on function public.agent_settle_usage(jsonb) to service_role;
 
 create function ops.purge_settled_requests(p_now timestamptz default now())
 returns jsonb
@@ -78,8 +76,6 @@ end;
 $$;
 comment on function ops.purge_settled_requests(timestamptz) is
   'Deletes settlement marks older than two days. Run by ops.purge_expired.';
-revoke execute on function ops.purge_settled_requests(timestamptz) from public, anon, authenticated;
-grant execute on function ops.purge_settled_requests(timestamptz) to service_role;
 
 -- ---------------------------------------------------------------------------
 -- Reconciliation: what was metered against what the upstream reported and
@@ -134,8 +130,6 @@ end;
 $$;
 comment on function ops.provider_usage_import(jsonb, text) is
   'Imports a provider usage export (rows {day, model, requests, input_tokens, cached_input_tokens, output_tokens, usd}, summed per day and model) into ops.provider_usage, replacing what was there for those days and models. Returns the day-and-model rows written.';
-revoke execute on function ops.provider_usage_import(jsonb, text) from public, anon, authenticated;
-grant execute on function ops.provider_usage_import(jsonb, text) to service_role;
 
 create function ops.usage_reconciliation(p_from date, p_to date)
 returns table (
@@ -193,11 +187,27 @@ as $$
 $$;
 comment on function ops.usage_reconciliation(date, date) is
   'Per UTC day and reported model from p_from to p_to: what was metered (billed rows: tokens, those the upstream reported and those estimated, USD at the price charged) beside what the provider billed (ops.provider_usage, imported), and the differences (metered minus provider; NULL when nothing was imported for that day and model). Needs the usage rows: with AI_AGENT_USAGE_LOG_ENABLED=false there is nothing metered to compare.';
-revoke execute on function ops.usage_reconciliation(date, date) from public, anon, authenticated;
-grant execute on function ops.usage_reconciliation(date, date) to service_role;
 
 create view ops.usage_reconciliation_30d with (security_invoker = true) as
   select * from ops.usage_reconciliation((now() at time zone 'UTC')::date - 30, (now() at time zone 'UTC')::date);
 comment on view ops.usage_reconciliation_30d is
   'ops.usage_reconciliation over the last 30 UTC days and today: metered tokens and cost per day and model beside the imported provider export.';
+
+-- ---------------------------------------------------------------------------
+-- Privileges of every function and view above, one statement each (checked
+-- by supabase/tests/database/004_privileges_inventory.test.sql): service_role
+-- alone may execute or read them.
+-- ---------------------------------------------------------------------------
+revoke execute on function
+  public.agent_settle_usage(jsonb),
+  ops.purge_settled_requests(timestamptz),
+  ops.provider_usage_import(jsonb, text),
+  ops.usage_reconciliation(date, date)
+from public, anon, authenticated;
+grant execute on function
+  public.agent_settle_usage(jsonb),
+  ops.purge_settled_requests(timestamptz),
+  ops.provider_usage_import(jsonb, text),
+  ops.usage_reconciliation(date, date)
+to service_role;
 grant select on ops.usage_reconciliation_30d to service_role;

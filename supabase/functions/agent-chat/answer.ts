@@ -2,27 +2,22 @@
  * Owns the answer to an admitted turn, as JSON or as Server-Sent Events, and
  * the one usage row of its model call: whatever happens after admission
  * (model failure, save failure, ownership race, client gone), exactly one row
- * is written, with the tokens the upstream reported or an estimate.
+ * is written, with the tokens the upstream reported or an estimate. Also the
+ * replay of an Idempotency-Key's stored answer (no model call; the handler
+ * counts it like a refusal).
  */
 import { AgentError, describe } from "../_shared/errors.ts";
 import { errorResponse, jsonResponse } from "../_shared/http.ts";
 import type { AdmittedTurn } from "./admission.ts";
-import { storeError } from "./admission.ts";
-import { settle, type StoredAnswer } from "./idempotency.ts";
-import {
-  type ModelAnswer,
-  type ModelClient,
-  ModelError,
-  type StreamEvent,
-  type TokenUsage,
-} from "./model.ts";
-import type { UsageEvent } from "./database.ts";
-import type { ChatRequest } from "./request.ts";
-import type { SessionStore } from "./session-store.ts";
+import { REPLAYED_HEADER, settle } from "./idempotency.ts";
+import { type ModelAnswer, type ModelClient, ModelError, type StreamEvent } from "./model.ts";
 import { outcomeUnknown, type Recovery } from "./recovery.ts";
+import type { ChatRequest } from "./request.ts";
+import { type SessionStore, storeError } from "./session-store.ts";
 import { type SSEWriter, streamSSE } from "./sse.ts";
 import { estimateUsage } from "./token-estimate.ts";
-import { type Outcome, type RequestFacts, usageEvent, type UsageLogger } from "./usage.ts";
+import type { Outcome, RequestFacts, StoredAnswer, TokenUsage, UsageEvent } from "./turn.ts";
+import { usageEvent, type UsageLogger } from "./usage.ts";
 
 export interface AnswerDeps {
   settings: {
@@ -397,4 +392,25 @@ async function streamCutShort(
 
 function errorBody(error: AgentError, ctx: TurnContext) {
   return { error: { code: error.code, message: error.message, request_id: ctx.facts.requestId } };
+}
+
+/** The stored answer again: the JSON body, or the SSE events with the whole text as one delta. */
+export function replayAnswer(
+  answer: StoredAnswer,
+  body: { stream: boolean },
+  headers: Record<string, string>,
+  finished: (status: number, outcome: Outcome) => void,
+): Response {
+  const replayHeaders = { ...headers, [REPLAYED_HEADER]: "true" };
+  finished(200, { model: answer.model, replayed: true });
+  if (!body.stream) return jsonResponse(200, answer, replayHeaders);
+  const { message, ...done } = answer;
+  const { response } = streamSSE(replayHeaders, (sse) => {
+    sse.write("session", { session_id: answer.session_id, request_id: answer.request_id });
+    sse.write("delta", { text: message });
+    sse.write("done", done);
+    sse.close();
+    return Promise.resolve();
+  });
+  return response;
 }

@@ -3,20 +3,20 @@
  * history in the begin-turn call and writes through `agent_finish_turn` (the
  * turn and its usage row) or `agent_end_turn`; the Redis store keeps
  * `agent-chat:{<session id>}:owner` and `agent-chat:{<session id>}:messages`
- * (one hash slot per session, with `:turn:<request id>` marks that make an
- * append idempotent), reads them before the begin-turn call (whose
+ * (one hash slot per session), reads them before the begin-turn call (whose
  * p_session_owned says what it found, so a foreign session is refused and
  * charged exactly as with the Supabase store) and does every read and write
- * in one Lua script.
+ * in one Lua script. The append also keeps the member's index of sessions,
+ * `agent-chat:member:{<user id>}:sessions` (a sorted set scored by when each
+ * owner key expires, living as long as the newest), which erasure and
+ * export read (scripts/ops/member-redis.ts). A store call that fails (either
+ * store, or the begin-turn call) is 503 `session_store_error` (`storeCall`,
+ * `storeError`). A `:turn:<request id>` mark per append makes a save the
+ * function sends again (recovery.ts) append once.
  */
-import type { ChatMessage, TurnDatabase, UsageEvent } from "./database.ts";
-
-export interface SessionKey {
-  sessionId: string;
-  orgId: string;
-  userId: string;
-  channel: string;
-}
+import { AgentError, describe } from "../_shared/errors.ts";
+import type { TurnDatabase } from "./database.ts";
+import type { ChatMessage, SessionKey, UsageEvent } from "./turn.ts";
 
 /** What a store knows about a session before the begin-turn call, and how it gets the history. */
 export interface SessionPlan {
@@ -85,8 +85,8 @@ export function createSupabaseSessionStore(db: TurnDatabase, limits: SessionLimi
 }
 
 /** Runs a Lua script by SHA, loading it on NOSCRIPT; both Redis clients provide this. */
-export interface RedisScriptRunner {
-  run(script: "load" | "append", keys: string[], args: string[]): Promise<unknown>;
+export interface RedisScriptRunner<Name extends string = "load" | "append"> {
+  run(script: Name, keys: string[], args: string[]): Promise<unknown>;
 }
 
 export const LOAD_SCRIPT = `
@@ -100,9 +100,13 @@ return {1, redis.call('LRANGE', KEYS[2], -n, -1)}
 export const APPEND_SCRIPT = `
 local owner = redis.call('GET', KEYS[1])
 if owner and owner ~= ARGV[1] then return 0 end
-if not redis.call('SET', KEYS[3], '1', 'NX', 'EX', ARGV[7]) then return 1 end
+if not redis.call('SET', KEYS[4], '1', 'NX', 'EX', ARGV[9]) then return 1 end
 local max = tonumber(ARGV[4])
 redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[6])
+local now = tonumber(ARGV[8])
+redis.call('ZADD', KEYS[3], now + tonumber(ARGV[6]), ARGV[7])
+redis.call('ZREMRANGEBYSCORE', KEYS[3], '-inf', now)
+redis.call('EXPIRE', KEYS[3], ARGV[6])
 if max == 0 then
   redis.call('DEL', KEYS[2])
   return 1
@@ -125,13 +129,18 @@ export function sessionKeys(sessionId: string): [string, string] {
   return [`agent-chat:{${sessionId}}:owner`, `agent-chat:{${sessionId}}:messages`];
 }
 
-/** Marks a request's turn as appended (same hash slot), so a save sent again appends once. */
+/** Marks a request's turn as appended (the session's hash slot), so a save sent again appends once. */
 export function turnKey(sessionId: string, requestId: string): string {
   return `agent-chat:{${sessionId}}:turn:${requestId}`;
 }
 
 /** How long a turn's append mark is kept: longer than any retry of its save. */
 export const TURN_MARK_SECONDS = 3600;
+
+/** The member's index of session ids (scored by owner-key expiry, in seconds). */
+export function memberIndexKey(userId: string): string {
+  return `agent-chat:member:{${userId}}:sessions`;
+}
 
 function parseMessage(raw: unknown): ChatMessage | null {
   try {
@@ -169,7 +178,11 @@ export function createRedisSessionStore(
       return plan(true, history);
     },
     async append(key, user, assistant, requestId) {
-      const keys = [...sessionKeys(key.sessionId), turnKey(key.sessionId, requestId)];
+      const keys = [
+        ...sessionKeys(key.sessionId),
+        memberIndexKey(key.userId),
+        turnKey(key.sessionId, requestId),
+      ];
       const result = await redis.run("append", keys, [
         owner(key),
         JSON.stringify({ role: "user", content: user }),
@@ -177,9 +190,26 @@ export function createRedisSessionStore(
         String(limits.maxMessages),
         String(limits.ttlSeconds),
         String(ownerTtlSeconds(limits.ttlSeconds)),
+        key.sessionId,
+        String(Math.floor(Date.now() / 1000)),
         String(TURN_MARK_SECONDS),
       ]);
       return { owned: Number(result) === 1, usageLogged: false };
     },
   };
+}
+
+/** A failed call to a store is a 503: the client may try again. */
+export async function storeCall<T>(call: () => Promise<T>): Promise<T> {
+  try {
+    return await call();
+  } catch (error) {
+    throw storeError(error);
+  }
+}
+
+export function storeError(cause: unknown): AgentError {
+  return new AgentError("session_store_error", "the conversation store is unavailable, try again", {
+    detail: describe(cause),
+  });
 }

@@ -6,9 +6,10 @@
 -- resolved when it clears. An operator acknowledges an open event
 -- (ops.alert_ack) or mutes a kind and subject until a time (ops.alert_mute):
 -- while muted, a condition raises no new event and nothing is forwarded, so
--- a flapping success rate or a known budget overrun does not re-fire. pg_cron runs the check every minute and the purge
--- (ops.purge_expired, with the operator functions) nightly when the extension
--- is enabled; without it, call the functions from any scheduler.
+-- a flapping success rate or a known budget overrun does not re-fire. pg_cron
+-- runs the check every minute when the extension is enabled (the nightly
+-- purge is scheduled with it, by the members' data migration); without it,
+-- call the functions from any scheduler.
 
 -- ---------------------------------------------------------------------------
 -- Alert conditions, evaluated live.
@@ -87,13 +88,10 @@ as $$
 $$;
 comment on function ops.evaluate_alerts(timestamptz, integer, numeric) is
   'Alert conditions true at p_now: success rate below 98% over the trailing 15 minutes (with at least p_min_requests served; requests counted with sum(event_count)); month-to-date spend (ops.spend_counters, kept with the usage log off too) over a global or per-org budget; a reported model name without a price in ops.model_prices in the last hour (unpriced_model, subject model:<name>).';
-revoke execute on function ops.evaluate_alerts(timestamptz, integer, numeric) from public, anon, authenticated;
-grant execute on function ops.evaluate_alerts(timestamptz, integer, numeric) to service_role;
 
 create view ops.active_alerts with (security_invoker = true) as
   select * from ops.evaluate_alerts();
 comment on view ops.active_alerts is 'Alert conditions true right now (see ops.evaluate_alerts).';
-grant select on ops.active_alerts to service_role;
 
 -- Forwarding: a no-op unless pg_net is installed and a webhook is set.
 -- Called through dynamic SQL so this migration does not depend on pg_net.
@@ -117,8 +115,6 @@ end;
 $$;
 comment on function ops.forward_alert(ops.alert_events, text) is
   'POSTs {state: raised|resolved, alert} to ops.alert_settings.webhook_url through pg_net (net.http_post) when both exist; otherwise does nothing.';
-revoke execute on function ops.forward_alert(ops.alert_events, text) from public, anon, authenticated;
-grant execute on function ops.forward_alert(ops.alert_events, text) to service_role;
 
 create function ops.check_alerts(p_now timestamptz default now())
 returns jsonb
@@ -195,8 +191,6 @@ end;
 $$;
 comment on function ops.check_alerts(timestamptz) is
   'Records alert conditions true at p_now into ops.alert_events (raise once, refresh while true, resolve when cleared) and forwards changes to the webhook; a muted kind and subject (ops.alert_mutes) raises nothing and forwards nothing (counted as muted). pg_cron runs it every minute when enabled; otherwise call it from any scheduler.';
-revoke execute on function ops.check_alerts(timestamptz) from public, anon, authenticated;
-grant execute on function ops.check_alerts(timestamptz) to service_role;
 
 create view ops.open_alerts with (security_invoker = true) as
   select a.id, a.kind, a.subject, a.observed, a.threshold, a.raised_at, a.last_seen_at, a.details,
@@ -206,7 +200,6 @@ create view ops.open_alerts with (security_invoker = true) as
   where a.resolved_at is null
   order by a.raised_at;
 comment on view ops.open_alerts is 'Alerts raised by ops.check_alerts that have not cleared yet, with who acknowledged them and until when they are muted.';
-grant select on ops.open_alerts to service_role;
 
 create function ops.alert_ack(p_alert_id bigint, p_actor text default null, p_now timestamptz default now())
 returns ops.alert_events
@@ -234,8 +227,6 @@ end;
 $$;
 comment on function ops.alert_ack(bigint, text, timestamptz) is
   'Acknowledges an open alert (someone is on it); it stays open until its condition clears. Audited. CLI: alerts ack <id>.';
-revoke execute on function ops.alert_ack(bigint, text, timestamptz) from public, anon, authenticated;
-grant execute on function ops.alert_ack(bigint, text, timestamptz) to service_role;
 
 create function ops.alert_mute(
   p_kind text,
@@ -284,8 +275,6 @@ end;
 $$;
 comment on function ops.alert_mute(text, text, timestamptz, text, text, timestamptz) is
   'Mutes alerts of one kind (success_rate, budget, unpriced_model) and subject (global, org:<uuid>, model:<name>) until p_until: ops.check_alerts raises no new event and forwards nothing for them meanwhile. Audited. CLI: alerts mute <kind> <subject> --until.';
-revoke execute on function ops.alert_mute(text, text, timestamptz, text, text, timestamptz) from public, anon, authenticated;
-grant execute on function ops.alert_mute(text, text, timestamptz, text, text, timestamptz) to service_role;
 
 create function ops.alert_unmute(p_kind text, p_subject text, p_actor text default null)
 returns boolean
@@ -308,16 +297,36 @@ begin
 end;
 $$;
 comment on function ops.alert_unmute(text, text, text) is 'Ends a mute now; true if there was one. Audited. CLI: alerts unmute <kind> <subject>.';
-revoke execute on function ops.alert_unmute(text, text, text) from public, anon, authenticated;
-grant execute on function ops.alert_unmute(text, text, text) to service_role;
 
--- Schedules, only where pg_cron is enabled (Database → Extensions on hosted
--- Supabase; enable it, then re-run this block from the runbook).
+-- The schedule, only where pg_cron is enabled (Database → Extensions on hosted
+-- Supabase; enable it, then run the block in the runbook).
 do $$
 begin
   if exists (select 1 from pg_extension where extname = 'pg_cron') then
     perform cron.schedule('agent-chat-check-alerts', '* * * * *', 'select ops.check_alerts()');
-    perform cron.schedule('agent-chat-purge-expired', '17 3 * * *', 'select ops.purge_expired()');
   end if;
 end;
 $$;
+
+-- ---------------------------------------------------------------------------
+-- Privileges of every function and view above, one statement each (checked
+-- by supabase/tests/database/004_privileges_inventory.test.sql): service_role
+-- alone may execute or read them.
+-- ---------------------------------------------------------------------------
+revoke execute on function
+  ops.evaluate_alerts(timestamptz, integer, numeric),
+  ops.forward_alert(ops.alert_events, text),
+  ops.check_alerts(timestamptz),
+  ops.alert_ack(bigint, text, timestamptz),
+  ops.alert_mute(text, text, timestamptz, text, text, timestamptz),
+  ops.alert_unmute(text, text, text)
+from public, anon, authenticated;
+grant execute on function
+  ops.evaluate_alerts(timestamptz, integer, numeric),
+  ops.forward_alert(ops.alert_events, text),
+  ops.check_alerts(timestamptz),
+  ops.alert_ack(bigint, text, timestamptz),
+  ops.alert_mute(text, text, timestamptz, text, text, timestamptz),
+  ops.alert_unmute(text, text, text)
+to service_role;
+grant select on ops.active_alerts, ops.open_alerts to service_role;
