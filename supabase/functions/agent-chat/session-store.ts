@@ -11,8 +11,9 @@
  * owner key expires, living as long as the newest), which erasure and
  * export read (scripts/ops/member-redis.ts). A store call that fails (either
  * store, or the begin-turn call) is 503 `session_store_error` (`storeCall`,
- * `storeError`). A `:turn:<request id>` mark per append makes a save the
- * function sends again (recovery.ts) append once.
+ * `storeError`). The append marks its request id in
+ * `agent-chat:{<session id>}:turns`, so a save the function sends again
+ * (recovery.ts) appends once.
  */
 import { AgentError, describe } from "../_shared/errors.ts";
 import type { TurnDatabase } from "./database.ts";
@@ -100,7 +101,9 @@ return {1, redis.call('LRANGE', KEYS[2], -n, -1)}
 export const APPEND_SCRIPT = `
 local owner = redis.call('GET', KEYS[1])
 if owner and owner ~= ARGV[1] then return 0 end
-if not redis.call('SET', KEYS[4], '1', 'NX', 'EX', ARGV[9]) then return 1 end
+if redis.call('ZADD', KEYS[4], 'NX', ARGV[8], ARGV[9]) == 0 then return 1 end
+redis.call('ZREMRANGEBYSCORE', KEYS[4], '-inf', tonumber(ARGV[8]) - tonumber(ARGV[10]))
+redis.call('EXPIRE', KEYS[4], ARGV[10])
 local max = tonumber(ARGV[4])
 redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[6])
 local now = tonumber(ARGV[8])
@@ -129,9 +132,12 @@ export function sessionKeys(sessionId: string): [string, string] {
   return [`agent-chat:{${sessionId}}:owner`, `agent-chat:{${sessionId}}:messages`];
 }
 
-/** Marks a request's turn as appended (the session's hash slot), so a save sent again appends once. */
-export function turnKey(sessionId: string, requestId: string): string {
-  return `agent-chat:{${sessionId}}:turn:${requestId}`;
+/**
+ * The request ids of the session's recent appends (a sorted set by time, the
+ * session's hash slot), so a save sent again appends once.
+ */
+export function turnsKey(sessionId: string): string {
+  return `agent-chat:{${sessionId}}:turns`;
 }
 
 /** How long a turn's append mark is kept: longer than any retry of its save. */
@@ -181,7 +187,7 @@ export function createRedisSessionStore(
       const keys = [
         ...sessionKeys(key.sessionId),
         memberIndexKey(key.userId),
-        turnKey(key.sessionId, requestId),
+        turnsKey(key.sessionId),
       ];
       const result = await redis.run("append", keys, [
         owner(key),
@@ -192,6 +198,7 @@ export function createRedisSessionStore(
         String(ownerTtlSeconds(limits.ttlSeconds)),
         key.sessionId,
         String(Math.floor(Date.now() / 1000)),
+        requestId,
         String(TURN_MARK_SECONDS),
       ]);
       return { owned: Number(result) === 1, usageLogged: false };
