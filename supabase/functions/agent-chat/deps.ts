@@ -1,7 +1,7 @@
 /**
  * Owns building the handler's dependencies from the configuration, once per
  * isolate: one database transport, one Redis client, one OpenAI client, one
- * usage logger and one refusal ledger.
+ * usage logger, one durable retry and one refusal ledger.
  */
 import { createClient } from "@supabase/supabase-js";
 import { createAuthenticator } from "../_shared/auth.ts";
@@ -16,6 +16,7 @@ import {
 import type { AgentChatDeps } from "./handler.ts";
 import { modelChainFor } from "./model-upstreams.ts";
 import { connectRedis } from "./redis-client.ts";
+import { createRecovery } from "./recovery.ts";
 import { createRefusalLedger } from "./refusals.ts";
 import { createRedisSessionStore, createSupabaseSessionStore } from "./session-store.ts";
 import { createUsageLogger, edgeRuntimeLifetime, type ExtendLifetime } from "./usage.ts";
@@ -53,12 +54,9 @@ export function buildDependencies(
   // Inserts handed to the runtime are tracked too, so close() waits for them.
   const lifetime = trackedLifetime(extendLifetime);
   const tracked = lifetime.extend;
-  const usage = createUsageLogger({
-    enabled: config.usageLogEnabled,
-    db,
-    log,
-    extendLifetime: tracked,
-  });
+  const recovery = createRecovery({ log, extendLifetime: tracked });
+  const enabled = config.usageLogEnabled;
+  const usage = createUsageLogger({ enabled, db, log, extendLifetime: tracked, recovery });
   // Refusal rows go through whichever usage logger the deps hold (tests may swap it).
   const refusals = createRefusalLedger({
     intervalMs: config.refusalLogIntervalSeconds * 1000,
@@ -79,13 +77,15 @@ export function buildDependencies(
       : createSupabaseSessionStore(db, limits),
     model: modelChainFor(config, overrides.now, log),
     usage,
+    recovery,
     refusals,
     log,
     extendLifetime: tracked,
     close: async () => {
       // The counted refusals first, then every insert under way, then the connections.
       await refusals.close();
-      await lifetime.settled();
+      await lifetime.settled(5000); // the inserts under way
+      await recovery.settled(2000); // what the stores did not take yet gets a last chance
       await redis?.close();
       await db.close();
     },
@@ -102,5 +102,12 @@ function trackedLifetime(extendLifetime: ExtendLifetime | undefined) {
     promise.then(done, done);
     extendLifetime(promise);
   });
-  return { extend, settled: () => Promise.allSettled([...inflight]) };
+  /** Resolves when what was handed has settled, or after `ms` (a drain loop may run on). */
+  const settled = async (ms: number) => {
+    let timer: ReturnType<typeof setTimeout> | undefined;
+    const bound = new Promise<void>((resolve) => (timer = setTimeout(resolve, ms)));
+    await Promise.race([Promise.allSettled([...inflight]), bound]);
+    clearTimeout(timer);
+  };
+  return { extend, settled };
 }

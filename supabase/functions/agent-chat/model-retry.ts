@@ -55,18 +55,25 @@ function retryable(error: unknown): boolean {
 
 /**
  * Timed out or cut off after sending: the upstream may have run (and billed)
- * the prompt. A connection that never opened sent nothing.
+ * the prompt. A connection that never opened (refused, no such host) sent
+ * nothing, and an error answer (4xx, 5xx) is not billed: neither is metered.
  */
-function mayHaveBeenBilled(error: unknown): boolean {
-  return error instanceof OpenAI.APIConnectionError &&
-    !(error instanceof OpenAI.APIUserAbortError) && !neverConnected(error);
+export function mayHaveBeenBilled(error: unknown): boolean {
+  if (!(error instanceof OpenAI.APIConnectionError) || error instanceof OpenAI.APIUserAbortError) {
+    return false;
+  }
+  return error instanceof OpenAI.APIConnectionTimeoutError || !neverConnected(error);
 }
 
-/** The connection was refused or its host not found: no byte of the request left. */
+const NOT_CONNECTED =
+  /\(Connect\)|tcp connect error|connection refused|ECONNREFUSED|ENOTFOUND|EAI_AGAIN|dns error|failed to lookup address/i;
+
+/** The error, or one of its causes, says the connection was never made. */
 export function neverConnected(error: unknown): boolean {
-  for (let e: unknown = error, depth = 0; e instanceof Error && depth < 5; depth++) {
-    if (/connection refused|ECONNREFUSED|dns error|ENOTFOUND/i.test(e.message)) return true;
-    e = e.cause;
+  for (let e: unknown = error, depth = 0; e && depth < 5; depth++) {
+    const { message, code, cause } = e as { message?: unknown; code?: unknown; cause?: unknown };
+    if (NOT_CONNECTED.test(`${String(message ?? "")} ${String(code ?? "")}`)) return true;
+    e = cause;
   }
   return false;
 }
