@@ -129,26 +129,25 @@ function toConfig(e: Env, env: Record<string, string | undefined>, problems: str
       maxRetries: e.AI_AGENT_OPENAI_MAX_RETRIES,
       client: e.AI_AGENT_OPENAI_CLIENT,
     },
-    fallbacks: resolveFallbacks(
-      e.AI_AGENT_MODEL_FALLBACKS,
-      {
-        model: e.AI_AGENT_MODEL,
-        baseURL: e.OPENAI_BASE_URL,
-        apiKey: e.OPENAI_API_KEY,
-      },
-      env,
-      problems,
-    ),
-    /** How long a stopping isolate lets the turns under way finish. */
-    shutdownGraceMs: e.AI_AGENT_SHUTDOWN_GRACE_MS,
-    breaker: {
-      failures: e.AI_AGENT_BREAKER_FAILURES,
-      openSeconds: e.AI_AGENT_BREAKER_OPEN_SECONDS,
-    },
+    ...upstreamsConfig(e, env, problems),
     maxMessageChars: e.AI_AGENT_MAX_MESSAGE_CHARS,
     maxBodyBytes: e.AI_AGENT_MAX_BODY_BYTES,
     bodyTimeoutMs: e.AI_AGENT_BODY_TIMEOUT_MS,
     allowedOrigins: e.AI_AGENT_ALLOWED_ORIGINS,
+  };
+}
+
+/** The fallbacks, their breakers and the clean stop (model-upstreams.ts, shutdown.ts). */
+function upstreamsConfig(e: Env, env: Record<string, string | undefined>, problems: string[]) {
+  const primary = { model: e.AI_AGENT_MODEL, baseURL: e.OPENAI_BASE_URL, apiKey: e.OPENAI_API_KEY };
+  return {
+    fallbacks: resolveFallbacks(e.AI_AGENT_MODEL_FALLBACKS, primary, env, problems),
+    breaker: {
+      failures: e.AI_AGENT_BREAKER_FAILURES,
+      openSeconds: e.AI_AGENT_BREAKER_OPEN_SECONDS,
+    },
+    /** How long a stopping isolate lets the turns under way finish. */
+    shutdownGraceMs: e.AI_AGENT_SHUTDOWN_GRACE_MS,
   };
 }
 
