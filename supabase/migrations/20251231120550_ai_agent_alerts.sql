@@ -38,17 +38,16 @@ as $$
          round(w.succeeded::numeric / w.served, 4), p_success_threshold,
          jsonb_build_object('served', w.served, 'succeeded', w.succeeded, 'failures_by_code', w.codes)
   from (
+    -- (p_now - 15 minutes, p_now] from the rollup and the raw tail (ops.usage_cells).
     select
-      coalesce(sum(e.event_count) filter (where ops.is_served_outcome(e.success, e.error_code)), 0) as served,
-      coalesce(sum(e.event_count) filter (where e.success), 0) as succeeded,
-      (select coalesce(jsonb_object_agg(x.code, x.n), '{}'::jsonb)
-       from (select e2.error_code as code, sum(e2.event_count) as n
-             from public.agent_usage_events e2
-             where e2.created_at > p_now - interval '15 minutes' and e2.created_at <= p_now
-               and not e2.success and ops.is_served_outcome(e2.success, e2.error_code)
-             group by 1) x) as codes
-    from public.agent_usage_events e
-    where e.created_at > p_now - interval '15 minutes' and e.created_at <= p_now
+      coalesce(sum(c.requests) filter (where ops.is_served_outcome(c.success, c.error_code)), 0) as served,
+      coalesce(sum(c.requests) filter (where c.success), 0) as succeeded,
+      coalesce(jsonb_object_agg(c.code, c.n) filter (where c.code is not null), '{}'::jsonb) as codes
+    from (select x.success, x.error_code, x.requests,
+                 case when not x.success and ops.is_served_outcome(x.success, x.error_code) then x.error_code end as code,
+                 sum(x.requests) filter (where not x.success and ops.is_served_outcome(x.success, x.error_code))
+                   over (partition by x.error_code) as n
+          from ops.usage_cells(p_now - interval '15 minutes' + interval '1 microsecond', p_now + interval '1 microsecond') x) c
   ) w
   where w.served >= p_min_requests and w.succeeded::numeric / w.served < p_success_threshold
   union all
