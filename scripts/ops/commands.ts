@@ -17,6 +17,7 @@ import {
 } from "./args.ts";
 import { alertCommand, policyCommands } from "./policy-commands.ts";
 import { memberCommands } from "./member-commands.ts";
+import { reconcileCommand } from "./reconcile.ts";
 
 function period(ctx: CommandContext): { from: Date; to: Date } {
   const to = optionalTimestamp(ctx.flags.to, "--to") ?? new Date();
@@ -180,6 +181,7 @@ example:
     },
   },
   alerts: alertCommand,
+  reconcile: reconcileCommand,
   ...policyCommands,
   ...memberCommands,
   purge: {

@@ -11,6 +11,7 @@
 --   20251231120350_ai_agent_turns               agent_begin_turn (policies, quotas, budgets), agent_end_turn, agent_finish_turn
 --   20251231120500_ai_agent_operator_functions  buckets, opt-outs, sessions, policies, switches, budgets, audit, dashboard, purge
 --   20251231120550_ai_agent_alerts              alert conditions, the recorded check, ack and mute, schedules
+--   20251231120700_ai_agent_metering            settlement without a row (usage log off), reconciliation
 --   20251231120800_ai_agent_members_data        erasure, export, retention and purge, opt-out history
 --
 -- Deny by default: every table has RLS; anon and authenticated get only the
@@ -414,7 +415,7 @@ alter table ops.alert_settings enable row level security;
 
 create table ops.alert_events (
   id bigint generated always as identity primary key,
-  kind text not null check (kind in ('success_rate', 'budget')),
+  kind text not null check (kind in ('success_rate', 'budget', 'unpriced_model')),
   subject text not null,
   window_start timestamptz not null,
   observed numeric not null,
@@ -427,7 +428,7 @@ create table ops.alert_events (
   acknowledged_by text
 );
 comment on table ops.alert_events is
-  'Alerts raised by ops.check_alerts: kind success_rate (subject global) or budget (subject global or org:<id>). One open row per kind, subject and window; resolved_at is set when the condition clears. Rows are history: never deleted by the purge.';
+  'Alerts raised by ops.check_alerts: kind success_rate (subject global), budget (subject global or org:<id>) or unpriced_model (subject model:<reported name>). One open row per kind, subject and window; resolved_at is set when the condition clears. Rows are history: never deleted by the purge.';
 comment on column ops.alert_events.window_start is
   'success_rate: when the alert was first seen (its window is the trailing 15 minutes at each check); budget: the first day of the month.';
 comment on column ops.alert_events.observed is 'Latest observed value: success rate (0..1) or month-to-date USD.';
@@ -438,7 +439,7 @@ create index alert_events_raised_at_idx on ops.alert_events (raised_at desc);
 alter table ops.alert_events enable row level security;
 
 create table ops.alert_mutes (
-  kind text not null check (kind in ('success_rate', 'budget')),
+  kind text not null check (kind in ('success_rate', 'budget', 'unpriced_model')),
   subject text not null,
   muted_until timestamptz not null,
   reason text,

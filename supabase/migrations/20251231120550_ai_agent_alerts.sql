@@ -57,11 +57,36 @@ as $$
          s.estimated_usd, b.monthly_usd,
          jsonb_build_object('org_id', b.org_id, 'budget_usd', b.monthly_usd, 'spent_usd', s.estimated_usd)
   from ops.budgets b
-  join ops.month_to_date_spend(p_now) s on s.org_id is not distinct from b.org_id
-  where s.estimated_usd > b.monthly_usd;
+  -- The spend counters, as enforced budgets read them: kept with the usage
+  -- log off too (AI_AGENT_USAGE_LOG_ENABLED=false stops rows, not counters).
+  join (select c.org_id, round(c.usd, 6) as estimated_usd
+        from ops.spend_counters c
+        where c.month = date_trunc('month', p_now at time zone 'UTC')::date
+        union all
+        select null, round(coalesce(sum(c.usd), 0), 6)
+        from ops.spend_counters c
+        where c.month = date_trunc('month', p_now at time zone 'UTC')::date) s
+    on s.org_id is not distinct from b.org_id
+  where s.estimated_usd > b.monthly_usd
+  union all
+  -- A reported model name without a price in the last hour: charged at the
+  -- requested model's price (metadata.priced_as) or, without one, at $0.
+  -- Either way the operator adds the name to ops.model_prices.
+  select 'unpriced_model', 'model:' || u.model, p_now - interval '1 hour', p_now,
+         u.events, 0,
+         jsonb_build_object('model', u.model, 'events', u.events, 'priced_as', u.priced_as)
+  from (
+    select e.model, sum(e.event_count) as events,
+           (array_agg(distinct e.metadata ->> 'priced_as') filter (where e.metadata ? 'priced_as'))[1] as priced_as
+    from public.agent_usage_events e
+    where e.created_at > p_now - interval '1 hour' and e.created_at <= p_now
+      and ops.is_billed(e.prompt_tokens, e.completion_tokens, e.total_tokens)
+    group by e.model
+  ) u
+  where ops.event_cost_usd(u.model, p_now, 0, 0, 0) is null;
 $$;
 comment on function ops.evaluate_alerts(timestamptz, integer, numeric) is
-  'Alert conditions true at p_now: success rate below 98% over the trailing 15 minutes (with at least p_min_requests served; requests counted with sum(event_count)), and month-to-date estimated spend of every billed row over a global or per-org budget.';
+  'Alert conditions true at p_now: success rate below 98% over the trailing 15 minutes (with at least p_min_requests served; requests counted with sum(event_count)); month-to-date spend (ops.spend_counters, kept with the usage log off too) over a global or per-org budget; a reported model name without a price in ops.model_prices in the last hour (unpriced_model, subject model:<name>).';
 
 create view ops.active_alerts with (security_invoker = true) as
   select * from ops.evaluate_alerts();
@@ -220,12 +245,18 @@ declare
   v_subject text := lower(btrim(p_subject));
 begin
   perform ops.operator_change();
-  if p_kind is null or p_kind not in ('success_rate', 'budget') then
-    raise exception 'kind must be success_rate or budget, got %', coalesce(p_kind, 'NULL') using errcode = '22023';
+  if p_kind is null or p_kind not in ('success_rate', 'budget', 'unpriced_model') then
+    raise exception 'kind must be success_rate, budget or unpriced_model, got %', coalesce(p_kind, 'NULL') using errcode = '22023';
   end if;
   -- The subject as alerts name it: global, or org: and the org id in its
-  -- canonical (lowercase) form, whatever case the operator typed.
-  if v_subject is null or v_subject !~ '^(global|org:[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12})$' then
+  -- canonical (lowercase) form, whatever case the operator typed; an
+  -- unpriced model's subject is model: and its name, as reported.
+  if p_kind = 'unpriced_model' then
+    v_subject := btrim(p_subject);
+    if v_subject is null or v_subject !~ '^model:.+' then
+      raise exception 'subject must be model:<name>, got %', coalesce(p_subject, 'NULL') using errcode = '22023';
+    end if;
+  elsif v_subject is null or v_subject !~ '^(global|org:[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12})$' then
     raise exception 'subject must be global or org:<uuid>, got %', coalesce(p_subject, 'NULL') using errcode = '22023';
   end if;
   if p_until is null or p_until <= p_now then
@@ -242,7 +273,7 @@ begin
 end;
 $$;
 comment on function ops.alert_mute(text, text, timestamptz, text, text, timestamptz) is
-  'Mutes alerts of one kind (success_rate, budget) and subject (global, org:<uuid>) until p_until: ops.check_alerts raises no new event and forwards nothing for them meanwhile. Audited. CLI: alerts mute <kind> <subject> --until.';
+  'Mutes alerts of one kind (success_rate, budget, unpriced_model) and subject (global, org:<uuid>, model:<name>) until p_until: ops.check_alerts raises no new event and forwards nothing for them meanwhile. Audited. CLI: alerts mute <kind> <subject> --until.';
 
 create function ops.alert_unmute(p_kind text, p_subject text, p_actor text default null)
 returns boolean
@@ -253,7 +284,10 @@ declare
   v_old ops.alert_mutes;
 begin
   perform ops.operator_change();
-  delete from ops.alert_mutes m where m.kind = p_kind and m.subject = lower(btrim(p_subject)) returning m.* into v_old;
+  delete from ops.alert_mutes m
+  where m.kind = p_kind
+    and m.subject = case when p_kind = 'unpriced_model' then btrim(p_subject) else lower(btrim(p_subject)) end
+  returning m.* into v_old;
   if not found then
     return false;
   end if;

@@ -529,11 +529,12 @@ begin
     'messages_deleted', v_messages, 'sessions_deleted', v_sessions,
     'usage_events_scrubbed', v_scrubbed, 'usage_events_deleted', v_usage, 'buckets_deleted', v_buckets,
     'more', greatest(v_messages, v_sessions, v_scrubbed, v_usage) >= v_batch)
-    || ops.purge_idempotency_keys(p_now);
+    || ops.purge_idempotency_keys(p_now)
+    || ops.purge_settled_requests(p_now);
 end;
 $$;
 comment on function ops.purge_expired(timestamptz, interval, integer) is
-  'One bounded round of retention (ops.retention_settings): at most batch_rows each of expired sessions'' messages, sessions expired expired_session_days ago, usage rows past usage_personal_days to scrub (IP to its block, client metadata dropped) and usage rows past usage_row_months (or p_usage_retention) deleted by whole UTC days (ops.drop_usage_partitions_before); plus empty buckets, old reservations and counters, expired Idempotency-Keys. more = true: call again (ops.purge_nightly loops, committing between rounds).';
+  'One bounded round of retention (ops.retention_settings): at most batch_rows each of expired sessions'' messages, sessions expired expired_session_days ago, usage rows past usage_personal_days to scrub (IP to its block, client metadata dropped) and usage rows past usage_row_months (or p_usage_retention) deleted by whole UTC days (ops.drop_usage_partitions_before); plus empty buckets, old reservations and counters, expired Idempotency-Keys, settlement marks older than two days. more = true: call again (ops.purge_nightly loops, committing between rounds).';
 
 -- No `set search_path` clause: Postgres refuses COMMIT in a procedure that
 -- has one. Not security definer, and every name is qualified.

@@ -29,6 +29,10 @@ Deno.test("ops levers: bad arguments exit 2 naming the argument", async () => {
       [["alerts", "mute", "budget", "global"], /--until: missing/],
       [["alerts", "ack", "x"], /alert id/],
       [["policy", "bogus"], /policy needs show, set, clear or audit/],
+      [
+        ["policy", "set", "--org", org(), "user_tokens_per_day=500"],
+        /user_tokens_per_day=500: no turn could ever fit; the smallest turn reserves \d+ tokens/,
+      ],
     ] as Array<[string[], RegExp]>
   ) {
     const r = await ops(...argv);
