@@ -343,6 +343,81 @@ create trigger agent_chat_forget_deleted_user after delete on auth.users
   for each row execute function ops.forget_deleted_auth_user();
 
 -- ---------------------------------------------------------------------------
+-- Opt-outs as history: never deleted, every change recorded.
+-- ---------------------------------------------------------------------------
+create table ops.opt_out_audit (
+  id bigint generated always as identity primary key,
+  at timestamptz not null default now(),
+  opt_out_id uuid not null,
+  action text not null check (action in ('insert', 'update', 'delete')),
+  actor text not null,
+  db_role text not null,
+  auth_uid uuid,
+  old_value jsonb,
+  new_value jsonb
+);
+comment on table ops.opt_out_audit is
+  'Every insert and update of public.agent_opt_outs (and a delete by the table owner, the only role allowed one), however made (ops functions, the Data API, plain SQL in Studio): who (actor: created_by/expired_by as the row names it, else the auth user, else the database role), the database role that made it, when, and the row before and after. Written only by its trigger. See a member''s history with: select * from ops.opt_out_audit where opt_out_id in (select id from public.agent_opt_outs where user_id = ''<uuid>'') order by at.';
+comment on column ops.opt_out_audit.db_role is 'The database role that made the change (SET ROLE included, e.g. service_role through the Data API): not forgeable by the caller.';
+create index opt_out_audit_opt_out_idx on ops.opt_out_audit (opt_out_id, at);
+alter table ops.opt_out_audit enable row level security;
+
+-- security definer: writes the audit row no caller may write. The caller's
+-- role is the role setting (SET ROLE, as the Data API does), else the login.
+create function ops.record_opt_out_change()
+returns trigger
+language plpgsql
+security definer
+set search_path = ''
+as $$
+declare
+  v_role text := coalesce(nullif(current_setting('role', true), 'none'), session_user::text);
+  v_uid uuid;
+begin
+  begin
+    v_uid := nullif(current_setting('request.jwt.claims', true), '')::jsonb ->> 'sub';
+  exception when others then
+    v_uid := null;
+  end;
+  insert into ops.opt_out_audit (opt_out_id, action, actor, db_role, auth_uid, old_value, new_value)
+  values (
+    coalesce(new.id, old.id), lower(tg_op),
+    coalesce(
+      case when tg_op = 'INSERT' then nullif(btrim(new.created_by), '') end,
+      case when tg_op = 'UPDATE' and new.expired_by is distinct from old.expired_by then nullif(btrim(new.expired_by), '') end,
+      v_uid::text, v_role),
+    v_role, v_uid,
+    case when tg_op <> 'INSERT' then to_jsonb(old) end,
+    case when tg_op <> 'DELETE' then to_jsonb(new) end);
+  return null;
+end;
+$$;
+comment on function ops.record_opt_out_change() is 'Trigger of public.agent_opt_outs: records every change in ops.opt_out_audit.';
+create trigger agent_opt_outs_audit after insert or update or delete on public.agent_opt_outs
+  for each row execute function ops.record_opt_out_change();
+
+-- Runs as the caller (no security definer): current_user is who deletes.
+create function ops.refuse_opt_out_delete()
+returns trigger
+language plpgsql
+set search_path = ''
+as $$
+begin
+  if current_user <> (select pg_catalog.pg_get_userbyid(c.relowner) from pg_catalog.pg_class c where c.oid = tg_relid) then
+    raise exception 'opt-outs are history and are never deleted: expire one with ops.expire_opt_out(id, by)'
+      using errcode = '42501';
+  end if;
+  return case when tg_level = 'ROW' then old end;
+end;
+$$;
+comment on function ops.refuse_opt_out_delete() is
+  'Trigger of public.agent_opt_outs: refuses a delete or truncate by any role but the table owner (the migration owner), service_role included.';
+create trigger agent_opt_outs_no_delete before delete on public.agent_opt_outs
+  for each row execute function ops.refuse_opt_out_delete();
+create trigger agent_opt_outs_no_truncate before truncate on public.agent_opt_outs
+  for each statement execute function ops.refuse_opt_out_delete();
+
+-- ---------------------------------------------------------------------------
 -- ops.export_user: the Postgres part of a subject-access request.
 -- ---------------------------------------------------------------------------
 create function ops.export_user(p_user_id uuid, p_now timestamptz default now())
@@ -370,6 +445,10 @@ as $$
       from ops.idempotency_keys k where k.user_id = p_user_id), '[]'::jsonb),
     'opt_outs', coalesce((
       select jsonb_agg(to_jsonb(o) order by o.created_at) from public.agent_opt_outs o where o.user_id = p_user_id), '[]'::jsonb),
+    'opt_out_history', coalesce((
+      select jsonb_agg(jsonb_build_object('opt_out_id', a.opt_out_id, 'at', a.at, 'action', a.action, 'actor', a.actor,
+                                          'new_value', a.new_value) order by a.at, a.id)
+      from ops.opt_out_audit a join public.agent_opt_outs o on o.id = a.opt_out_id where o.user_id = p_user_id), '[]'::jsonb),
     'usage_events', coalesce((
       select jsonb_agg(to_jsonb(e) - 'user_id' order by e.created_at, e.id)
       from public.agent_usage_events e where e.user_id = p_user_id), '[]'::jsonb),
@@ -380,7 +459,7 @@ as $$
   );
 $$;
 comment on function ops.export_user(uuid, timestamptz) is
-  'Everything agent-chat keeps in Postgres about one member, as one JSON document: sessions with their messages, stored Idempotency-Key answers, opt-outs, usage rows, and earlier erasures. CLI: export --user <uuid> (adds the Redis sessions).';
+  'Everything agent-chat keeps in Postgres about one member, as one JSON document: sessions with their messages, stored Idempotency-Key answers, opt-outs and their history, usage rows, and earlier erasures. CLI: export --user <uuid> (adds the Redis sessions).';
 
 -- ---------------------------------------------------------------------------
 -- Purge: retention in bounded batches.
@@ -486,81 +565,6 @@ begin
   end if;
 end;
 $$;
-
--- ---------------------------------------------------------------------------
--- Opt-outs as history: never deleted, every change recorded.
--- ---------------------------------------------------------------------------
-create table ops.opt_out_audit (
-  id bigint generated always as identity primary key,
-  at timestamptz not null default now(),
-  opt_out_id uuid not null,
-  action text not null check (action in ('insert', 'update', 'delete')),
-  actor text not null,
-  db_role text not null,
-  auth_uid uuid,
-  old_value jsonb,
-  new_value jsonb
-);
-comment on table ops.opt_out_audit is
-  'Every insert and update of public.agent_opt_outs (and a delete by the table owner, the only role allowed one), however made (ops functions, the Data API, plain SQL in Studio): who (actor: created_by/expired_by as the row names it, else the auth user, else the database role), the database role that made it, when, and the row before and after. Written only by its trigger. See a member''s history with: select * from ops.opt_out_audit where opt_out_id in (select id from public.agent_opt_outs where user_id = ''<uuid>'') order by at.';
-comment on column ops.opt_out_audit.db_role is 'The database role that made the change (SET ROLE included, e.g. service_role through the Data API): not forgeable by the caller.';
-create index opt_out_audit_opt_out_idx on ops.opt_out_audit (opt_out_id, at);
-alter table ops.opt_out_audit enable row level security;
-
--- security definer: writes the audit row no caller may write. The caller's
--- role is the role setting (SET ROLE, as the Data API does), else the login.
-create function ops.record_opt_out_change()
-returns trigger
-language plpgsql
-security definer
-set search_path = ''
-as $$
-declare
-  v_role text := coalesce(nullif(current_setting('role', true), 'none'), session_user::text);
-  v_uid uuid;
-begin
-  begin
-    v_uid := nullif(current_setting('request.jwt.claims', true), '')::jsonb ->> 'sub';
-  exception when others then
-    v_uid := null;
-  end;
-  insert into ops.opt_out_audit (opt_out_id, action, actor, db_role, auth_uid, old_value, new_value)
-  values (
-    coalesce(new.id, old.id), lower(tg_op),
-    coalesce(
-      case when tg_op = 'INSERT' then nullif(btrim(new.created_by), '') end,
-      case when tg_op = 'UPDATE' and new.expired_by is distinct from old.expired_by then nullif(btrim(new.expired_by), '') end,
-      v_uid::text, v_role),
-    v_role, v_uid,
-    case when tg_op <> 'INSERT' then to_jsonb(old) end,
-    case when tg_op <> 'DELETE' then to_jsonb(new) end);
-  return null;
-end;
-$$;
-comment on function ops.record_opt_out_change() is 'Trigger of public.agent_opt_outs: records every change in ops.opt_out_audit.';
-create trigger agent_opt_outs_audit after insert or update or delete on public.agent_opt_outs
-  for each row execute function ops.record_opt_out_change();
-
--- Runs as the caller (no security definer): current_user is who deletes.
-create function ops.refuse_opt_out_delete()
-returns trigger
-language plpgsql
-set search_path = ''
-as $$
-begin
-  if current_user <> (select pg_catalog.pg_get_userbyid(c.relowner) from pg_catalog.pg_class c where c.oid = tg_relid) then
-    raise exception 'opt-outs are history and are never deleted: expire one with ops.expire_opt_out(id, by)'
-      using errcode = '42501';
-  end if;
-  return case when tg_level = 'ROW' then old end;
-end;
-$$;
-comment on function ops.refuse_opt_out_delete() is
-  'Trigger of public.agent_opt_outs: refuses a delete or truncate by any role but the table owner (the migration owner), service_role included.';
-create trigger agent_opt_outs_no_delete before delete on public.agent_opt_outs
-  for each row execute function ops.refuse_opt_out_delete();
-create trigger agent_opt_outs_no_truncate before truncate on public.agent_opt_outs
-  for each statement execute function ops.refuse_opt_out_delete();
 
 -- ---------------------------------------------------------------------------
 -- Privileges of every table, function and procedure above, one statement per
