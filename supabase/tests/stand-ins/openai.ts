@@ -125,7 +125,8 @@ export function createOpenAIStandIn(
     perByteTokens: false,
     reportModel: undefined,
     handle,
-    stop: () => Promise.resolve(),
+    // Not serving: stopping releases the hung requests of whoever serves `handle`.
+    stop: () => Promise.resolve(stopping.abort()),
   };
 
   function error(status: number, message: string) {

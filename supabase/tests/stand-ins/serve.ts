@@ -45,6 +45,7 @@ const server = Deno.serve({
   return await openai.handle(request);
 });
 const stop = async () => {
+  await openai.stop(); // a hung request ([[hang]]) would hold the shutdown forever
   await server.shutdown();
   await postgrest?.close();
   Deno.exit(0);
