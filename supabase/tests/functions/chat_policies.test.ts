@@ -118,14 +118,26 @@ for (const store of STORES) {
       await h.sql`select ops.budget_set(${m.orgId}::uuid, ${
         (2.5 * turnUsd).toFixed(6)
       }::numeric, 'enforce', 'test')`;
-      h.openai.fallback = { kind: "reply", text: "ok", latencyMs: 300 };
-      const results = await Promise.all(
-        Array.from(
-          { length: 10 },
-          async () =>
-            await outcome(await h.call({ message: "hi", org_id: m.orgId }, { token: m.token })),
-        ),
+      // Every admitted turn is held at the upstream until all ten were decided, so
+      // no turn settles (and frees its reservation) while others are admitted.
+      let release!: () => void;
+      h.openai.fallback = { kind: "reply", text: "ok", until: new Promise((r) => (release = r)) };
+      const asked = h.openai.requests.length;
+      let refused = 0;
+      const calls = Array.from({ length: 10 }, async () => {
+        const result = await outcome(
+          await h.call({ message: "hi", org_id: m.orgId }, { token: m.token }),
+        );
+        if (result !== "200 ok") refused++;
+        return result;
+      });
+      await waitFor(
+        () => Promise.resolve(h.openai.requests.length - asked + refused),
+        (decided) => decided >= 10,
+        15_000,
       );
+      release();
+      const results = await Promise.all(calls);
       const admitted = results.filter((r) => r === "200 ok").length;
       assertEquals(
         admitted,

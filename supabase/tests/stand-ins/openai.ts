@@ -23,7 +23,14 @@
  */
 
 export type Behaviour =
-  | { kind: "reply"; text?: string; latencyMs?: number; chunkDelayMs?: number }
+  | {
+    kind: "reply";
+    text?: string;
+    latencyMs?: number;
+    chunkDelayMs?: number;
+    /** Held until this settles (a test's gate), then answered. */
+    until?: Promise<void>;
+  }
   | { kind: "error"; status: number; message?: string }
   | { kind: "malformed" }
   | { kind: "cut"; afterChunks?: number }
@@ -180,6 +187,7 @@ export function createOpenAIStandIn(
     const wanted = behaviour.kind === "reply" && behaviour.text !== undefined
       ? behaviour.text
       : defaultReply(body.messages);
+    if (behaviour.kind === "reply" && behaviour.until) await behaviour.until;
     if (behaviour.kind === "reply" && behaviour.latencyMs) await sleep(behaviour.latencyMs, signal);
     const tokens = state.perByteTokens ? byteCount : countTokens;
     const text = state.perByteTokens ? cutToBytes(wanted, body.max_completion_tokens) : wanted;
