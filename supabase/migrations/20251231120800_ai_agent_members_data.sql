@@ -322,6 +322,41 @@ comment on function ops.redis_erasure_done(bigint, integer, text, text, timestam
   'Records the Redis part of an erasure: done with the number of sessions deleted (NULL = this deployment has no Redis), or, with p_error, a failed attempt that stays queued. True when the queued erasure was completed.';
 
 -- ---------------------------------------------------------------------------
+-- A turn in flight during an erasure does not undo it.
+-- ---------------------------------------------------------------------------
+-- A turn that arrived before its member was erased and is logged after
+-- (agent_finish_turn saves the session first, then this row): the session
+-- it re-created goes (messages cascade) and its row is metered without the
+-- member (a random pseudonym, no session, no error detail, no personal
+-- metadata), as ops.forget_user left the member's earlier rows. created_at
+-- is the request's arrival. Runs as the writer of the row (service_role
+-- reads the erasure records and deletes sessions).
+create function ops.forget_in_flight_usage()
+returns trigger
+language plpgsql
+set search_path = ''
+as $$
+begin
+  if new.user_id is null or not exists (
+    select 1 from ops.member_erasures x where x.user_id = new.user_id and x.erased_at >= new.created_at) then
+    return new;
+  end if;
+  if new.session_id is not null then
+    delete from public.agent_sessions s where s.id = new.session_id and s.user_id = new.user_id;
+  end if;
+  new.user_id := gen_random_uuid();
+  new.session_id := null;
+  new.error_message := null;
+  new.metadata := ops.scrub_usage_metadata(coalesce(new.metadata, '{}'::jsonb), false);
+  return new;
+end;
+$$;
+comment on function ops.forget_in_flight_usage() is
+  'Trigger of public.agent_usage_events: a row whose request arrived (created_at) before its member''s erasure (ops.member_erasures) deletes the session that turn re-created and is stored under a random pseudonym without session, error detail or personal metadata; tokens, cost, org and model stay.';
+create trigger agent_usage_events_forget_in_flight before insert on public.agent_usage_events
+  for each row execute function ops.forget_in_flight_usage();
+
+-- ---------------------------------------------------------------------------
 -- Deleting an auth user erases their agent-chat data.
 -- ---------------------------------------------------------------------------
 -- security definer: the Auth server (supabase_auth_admin) deletes users and
@@ -586,6 +621,7 @@ revoke execute on function
   ops.redis_erasures_pending(integer),
   ops.redis_erasure_done(bigint, integer, text, text, timestamptz),
   ops.forget_deleted_auth_user(),
+  ops.forget_in_flight_usage(),
   ops.export_user(uuid, timestamptz),
   ops.purge_expired(timestamptz, interval, integer),
   ops.record_opt_out_change(),
