@@ -35,7 +35,7 @@ create table ops.retention_settings (
 comment on table ops.retention_settings is
   'One row: how long members'' data is kept, applied by ops.purge_expired (nightly with pg_cron). Change with ops.retention_set (audited in ops.policy_audit; plain SQL is audited too).';
 comment on column ops.retention_settings.usage_personal_days is
-  'After this many days a usage row keeps only the client IP''s address block (/24 IPv4, /64 IPv6) for abuse analysis; client metadata and the client request id are removed. Default 30.';
+  'After this many days a usage row keeps only the client IP''s address block (/24 IPv4, /64 IPv6) for abuse analysis; client metadata, the client request id and error_message (the upstream''s text, which may quote the member) are removed. Default 30.';
 comment on column ops.retention_settings.usage_row_months is
   'Usage rows older than this many months are deleted. Default 13: a full year plus the month being compared with it.';
 comment on column ops.retention_settings.expired_session_days is
@@ -161,7 +161,7 @@ comment on function ops.scrub_usage_metadata(jsonb, boolean) is
 -- The rows retention still has to scrub, oldest first; the index shrinks as
 -- they are scrubbed, so the nightly batch never rescans done rows.
 create index agent_usage_events_personal_idx on public.agent_usage_events (created_at)
-  where metadata ?| array['client', 'client_ip', 'client_request_id', 'top_ips'];
+  where metadata ?| array['client', 'client_ip', 'client_request_id', 'top_ips'] or error_message is not null;
 
 -- ---------------------------------------------------------------------------
 -- Erasure records and the Redis erasures still to do.
@@ -535,12 +535,13 @@ begin
     where s2.expires_at <= p_now - make_interval(days => v_settings.expired_session_days) limit v_batch);
   get diagnostics v_sessions = row_count;
 
-  -- Personal fields of usage rows: the IP becomes its block, client metadata goes.
+  -- Personal fields of usage rows: the IP becomes its block, client metadata and
+  -- the upstream's error text (it may quote the member's message) go.
   update public.agent_usage_events e
-  set metadata = ops.scrub_usage_metadata(e.metadata, true)
+  set metadata = ops.scrub_usage_metadata(e.metadata, true), error_message = null
   where (e.created_at, e.id) in (
     select e2.created_at, e2.id from public.agent_usage_events e2
-    where e2.metadata ?| array['client', 'client_ip', 'client_request_id', 'top_ips']
+    where (e2.metadata ?| array['client', 'client_ip', 'client_request_id', 'top_ips'] or e2.error_message is not null)
       and e2.created_at < p_now - make_interval(days => v_settings.usage_personal_days)
     order by e2.created_at limit v_batch);
   get diagnostics v_scrubbed = row_count;
