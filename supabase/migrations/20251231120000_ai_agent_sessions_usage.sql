@@ -475,9 +475,13 @@ grant select, insert, update, delete on table
   ops.token_reservations, ops.spend_counters, ops.alert_mutes
 to service_role;
 grant select, insert, update on table ops.alert_events to service_role;
--- Opt-outs are history: expired, never deleted (20251231120800_ai_agent_members_data
+-- Opt-outs are history: expired, never deleted nor reassigned (20251231120800_ai_agent_members_data
 -- also refuses a delete by any role but the owner, and audits every change).
-grant select, insert, update on table public.agent_opt_outs to service_role;
+revoke update, delete, truncate on table public.agent_opt_outs from service_role;
+grant select, insert on table public.agent_opt_outs to service_role;
+-- Whose and what an opt-out is never changes (its history is read by id and
+-- user): it is expired (ops.expire_opt_out) and its reason may be noted.
+grant update (reason, expires_at, expired_by) on table public.agent_opt_outs to service_role;
 grant select, update on table ops.alert_settings to service_role;
 -- The audit is written only by ops.audit and its triggers.
 grant select on table ops.policy_audit, public.org_memberships to service_role;

@@ -35,7 +35,7 @@ create table ops.retention_settings (
 comment on table ops.retention_settings is
   'One row: how long members'' data is kept, applied by ops.purge_expired (nightly with pg_cron). Change with ops.retention_set (audited in ops.policy_audit; plain SQL is audited too).';
 comment on column ops.retention_settings.usage_personal_days is
-  'After this many days a usage row keeps only the client IP''s address block (/24 IPv4, /64 IPv6) for abuse analysis; client metadata and the client request id are removed. Default 30.';
+  'After this many days a usage row keeps only the client IP''s address block (/24 IPv4, /64 IPv6) for abuse analysis; client metadata, the client request id and error_message (the upstream''s text, which may quote the member) are removed. Default 30.';
 comment on column ops.retention_settings.usage_row_months is
   'Usage rows older than this many months are deleted. Default 13: a full year plus the month being compared with it.';
 comment on column ops.retention_settings.expired_session_days is
@@ -161,7 +161,7 @@ comment on function ops.scrub_usage_metadata(jsonb, boolean) is
 -- The rows retention still has to scrub, oldest first; the index shrinks as
 -- they are scrubbed, so the nightly batch never rescans done rows.
 create index agent_usage_events_personal_idx on public.agent_usage_events (created_at)
-  where metadata ?| array['client', 'client_ip', 'client_request_id', 'top_ips'];
+  where metadata ?| array['client', 'client_ip', 'client_request_id', 'top_ips'] or error_message is not null;
 
 -- ---------------------------------------------------------------------------
 -- Erasure records and the Redis erasures still to do.
@@ -320,6 +320,41 @@ end;
 $$;
 comment on function ops.redis_erasure_done(bigint, integer, text, text, timestamptz) is
   'Records the Redis part of an erasure: done with the number of sessions deleted (NULL = this deployment has no Redis), or, with p_error, a failed attempt that stays queued. True when the queued erasure was completed.';
+
+-- ---------------------------------------------------------------------------
+-- A turn in flight during an erasure does not undo it.
+-- ---------------------------------------------------------------------------
+-- A turn that arrived before its member was erased and is logged after
+-- (agent_finish_turn saves the session first, then this row): the session
+-- it re-created goes (messages cascade) and its row is metered without the
+-- member (a random pseudonym, no session, no error detail, no personal
+-- metadata), as ops.forget_user left the member's earlier rows. created_at
+-- is the request's arrival. Runs as the writer of the row (service_role
+-- reads the erasure records and deletes sessions).
+create function ops.forget_in_flight_usage()
+returns trigger
+language plpgsql
+set search_path = ''
+as $$
+begin
+  if new.user_id is null or not exists (
+    select 1 from ops.member_erasures x where x.user_id = new.user_id and x.erased_at >= new.created_at) then
+    return new;
+  end if;
+  if new.session_id is not null then
+    delete from public.agent_sessions s where s.id = new.session_id and s.user_id = new.user_id;
+  end if;
+  new.user_id := gen_random_uuid();
+  new.session_id := null;
+  new.error_message := null;
+  new.metadata := ops.scrub_usage_metadata(coalesce(new.metadata, '{}'::jsonb), false);
+  return new;
+end;
+$$;
+comment on function ops.forget_in_flight_usage() is
+  'Trigger of public.agent_usage_events: a row whose request arrived (created_at) before its member''s erasure (ops.member_erasures) deletes the session that turn re-created and is stored under a random pseudonym without session, error detail or personal metadata; tokens, cost, org and model stay.';
+create trigger agent_usage_events_forget_in_flight before insert on public.agent_usage_events
+  for each row execute function ops.forget_in_flight_usage();
 
 -- ---------------------------------------------------------------------------
 -- Deleting an auth user erases their agent-chat data.
@@ -500,12 +535,13 @@ begin
     where s2.expires_at <= p_now - make_interval(days => v_settings.expired_session_days) limit v_batch);
   get diagnostics v_sessions = row_count;
 
-  -- Personal fields of usage rows: the IP becomes its block, client metadata goes.
+  -- Personal fields of usage rows: the IP becomes its block, client metadata and
+  -- the upstream's error text (it may quote the member's message) go.
   update public.agent_usage_events e
-  set metadata = ops.scrub_usage_metadata(e.metadata, true)
+  set metadata = ops.scrub_usage_metadata(e.metadata, true), error_message = null
   where (e.created_at, e.id) in (
     select e2.created_at, e2.id from public.agent_usage_events e2
-    where e2.metadata ?| array['client', 'client_ip', 'client_request_id', 'top_ips']
+    where (e2.metadata ?| array['client', 'client_ip', 'client_request_id', 'top_ips'] or e2.error_message is not null)
       and e2.created_at < p_now - make_interval(days => v_settings.usage_personal_days)
     order by e2.created_at limit v_batch);
   get diagnostics v_scrubbed = row_count;
@@ -586,6 +622,7 @@ revoke execute on function
   ops.redis_erasures_pending(integer),
   ops.redis_erasure_done(bigint, integer, text, text, timestamptz),
   ops.forget_deleted_auth_user(),
+  ops.forget_in_flight_usage(),
   ops.export_user(uuid, timestamptz),
   ops.purge_expired(timestamptz, interval, integer),
   ops.record_opt_out_change(),

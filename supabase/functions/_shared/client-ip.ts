@@ -63,3 +63,16 @@ export function addressBlock(ip: string | undefined): string {
     : left;
   return `${groups.slice(0, 4).map((g) => g.replace(/^0+(?=.)/, "")).join(":")}::/64`;
 }
+
+/**
+ * The part of an address that may outlive the request (the log line, usage
+ * rows past retention): a.b.c.0/24 for IPv4, the /64 for IPv6, as
+ * ops.address_block writes it. undefined when there is no address.
+ */
+export function retainedBlock(ip: string | undefined): string | undefined {
+  if (!ip) return undefined;
+  const block = addressBlock(ip);
+  if (block.includes(":")) return block;
+  const octets = block.split(".");
+  return octets.length === 4 ? `${octets[0]}.${octets[1]}.${octets[2]}.0/24` : undefined;
+}

@@ -4,6 +4,7 @@
  * server-side failures.
  */
 import type { Logger } from "../_shared/log.ts";
+import { retainedBlock } from "../_shared/client-ip.ts";
 import type { Outcome, RequestFacts } from "./turn.ts";
 
 export function requestLogLine(
@@ -26,7 +27,8 @@ export function requestLogLine(
     stream: facts.stream ?? false,
     org_id: facts.orgId ?? null,
     user_id: facts.userId ?? null,
-    client_ip: facts.clientIp ?? null,
+    // The log outlives erasure and retention: the address block only.
+    client_ip_block: retainedBlock(facts.clientIp) ?? null,
     ...(facts.clientRequestId ? { client_request_id: facts.clientRequestId } : {}),
     ...(outcome.usage ? { total_tokens: outcome.usage.total_tokens } : {}),
     ...(outcome.replayed ? { idempotent_replayed: true } : {}),

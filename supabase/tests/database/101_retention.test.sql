@@ -73,9 +73,9 @@ select is((select count(*)::int from public.agent_usage_events where request_id 
 -- test: the index the scrub reads and the scrub's own filter name exactly the personal keys
 select is((select pg_get_expr(i.indpred, i.indrelid) from pg_index i
            where i.indexrelid = 'public.agent_usage_events_personal_idx'::regclass),
-  (select '(metadata ?| ARRAY[' || string_agg(quote_literal(k) || '::text', ', ') || '])'
+  (select '((metadata ?| ARRAY[' || string_agg(quote_literal(k) || '::text', ', ') || ']) OR (error_message IS NOT NULL))'
    from unnest(ops.personal_metadata_keys()) k),
-  'the partial index is over exactly ops.personal_metadata_keys()');
+  'the partial index is over exactly ops.personal_metadata_keys() and the upstream error text');
 select ok((select position((select 'metadata ?| array[' || string_agg(quote_literal(k), ', ') || ']'
                             from unnest(ops.personal_metadata_keys()) k) in p.prosrc) > 0
            from pg_proc p where p.oid = 'ops.purge_expired(timestamptz, interval, integer)'::regprocedure),
