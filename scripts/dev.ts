@@ -9,6 +9,7 @@
 import { parseCommand, runCommand, UsageError } from "./cli.ts";
 import { localDir, runningState, signingKey, stateFile } from "./dev-state.ts";
 import { type LocalStack, startLocalStack } from "../supabase/tests/support/local-stack.ts";
+import { alertIntervalSeconds, scheduleAlertCycles } from "./dev-alerts.ts";
 
 const usage = `usage: deno task dev   (npm run dev)
 
@@ -88,6 +89,14 @@ async function serve(stack: LocalStack, port: number) {
     env: { AI_AGENT_REDIS_URL: stack.redis.url, AI_AGENT_TRUSTED_PROXY_HOPS: "1", ...env },
   });
   stack.defer(() => Deno.remove(stateFile).catch(() => {}));
+  const alertInterval = alertIntervalSeconds(env.AI_AGENT_ALERT_INTERVAL_SECONDS);
+  const alerts = scheduleAlertCycles({
+    url: platform.alertsUrl,
+    key: platform.secretKey,
+    intervalSeconds: alertInterval,
+    log: (l) => console.log(`  ${l}`),
+  });
+  stack.defer(() => alerts.stop());
   await Deno.writeTextFile(
     stateFile,
     JSON.stringify(
@@ -106,6 +115,7 @@ async function serve(stack: LocalStack, port: number) {
   console.log(`
 agent-chat local stack is up
   function      ${platform.functionUrl}
+  alerts        ${platform.alertsUrl}   (called every ${alertInterval} s)
   postgres      ${stack.postgres.url}   (data in ${localDir}/postgres)
   redis         ${stack.redis.url}
   session store ${config.sessionStore}    transport ${config.database.transport}

@@ -1,0 +1,34 @@
+/**
+ * Owns one outbound POST to a destination: bounded in time (a slow or hung
+ * receiver is an error after `timeoutMs`, the body read included), every
+ * failure (refused connection, 5xx, timeout) an outcome, never a throw.
+ */
+import type { SendOutcome } from "./notification.ts";
+
+export type Fetch = typeof fetch;
+
+export async function postJson(
+  request: { url: string; body: string; headers?: Record<string, string> },
+  options: { timeoutMs: number; fetch?: Fetch },
+): Promise<SendOutcome> {
+  const signal = AbortSignal.timeout(options.timeoutMs);
+  try {
+    const response = await (options.fetch ?? fetch)(request.url, {
+      method: "POST",
+      headers: { "content-type": "application/json", ...request.headers },
+      body: request.body,
+      signal,
+      redirect: "manual",
+    });
+    const text = (await response.text()).slice(0, 300);
+    if (response.status >= 200 && response.status < 300) {
+      return { outcome: "delivered", status: response.status };
+    }
+    return { outcome: "error", status: response.status, error: `HTTP ${response.status}: ${text}` };
+  } catch (error) {
+    if (signal.aborted) {
+      return { outcome: "error", error: `no answer within ${options.timeoutMs} ms` };
+    }
+    return { outcome: "error", error: error instanceof Error ? error.message : String(error) };
+  }
+}
