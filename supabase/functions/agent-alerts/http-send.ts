@@ -29,6 +29,13 @@ export async function postJson(
     if (signal.aborted) {
       return { outcome: "error", error: `no answer within ${options.timeoutMs} ms` };
     }
-    return { outcome: "error", error: error instanceof Error ? error.message : String(error) };
+    return { outcome: "error", error: describeFailure(error) };
   }
+}
+
+/** fetch's TypeError says "fetch failed"; its cause says why (connection refused, DNS, TLS). */
+function describeFailure(error: unknown): string {
+  if (!(error instanceof Error)) return String(error);
+  const cause = error.cause instanceof Error ? `: ${error.cause.message}` : "";
+  return `${error.message}${cause}`.slice(0, 300);
 }

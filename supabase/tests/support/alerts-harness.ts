@@ -76,7 +76,10 @@ export async function startAlertsHarness(options: {
     ...options.env,
   });
   const handler = createAlertsHandler(
-    buildAlertsDependencies(config, { log: (l, e, f) => l === "error" && console.error(e, f), now: () => clock }),
+    buildAlertsDependencies(config, {
+      log: (l, e, f) => l === "error" && console.error(e, f),
+      now: () => clock,
+    }),
   );
   return {
     slack,
