@@ -31,6 +31,7 @@ const options = {
   mode: { type: "string" },
   note: { type: "string" },
   until: { type: "string" },
+  destination: { type: "string" },
 } as const;
 
 const usage = [

@@ -3,7 +3,7 @@
  * each error names the flag or argument it is about.
  */
 import type postgres from "postgres";
-import { table } from "./format.ts";
+import { inertJson, table } from "./format.ts";
 import { timestampFlag, UsageError, uuidFlag } from "../cli.ts";
 
 export interface CommandContext {
@@ -49,7 +49,7 @@ export function print(
   rows: Array<Record<string, unknown>>,
   columns?: string[],
 ) {
-  ctx.out(ctx.json ? JSON.stringify(rows, null, 2) : table(rows, columns));
+  ctx.out(ctx.json ? inertJson(rows) : table(rows, columns));
 }
 
 export interface Command {

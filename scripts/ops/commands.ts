@@ -2,7 +2,7 @@
  * The operator commands. Each one calls the SQL functions operators can also
  * run in Supabase Studio (ops.*), never the tables behind them.
  */
-import { table } from "./format.ts";
+import { inertJson, table } from "./format.ts";
 import { renderReport } from "./report-html.ts";
 import { CliError, durationFlag, UsageError } from "../cli.ts";
 import {
@@ -15,7 +15,8 @@ import {
   print,
   uuidArg,
 } from "./args.ts";
-import { alertCommand, policyCommands } from "./policy-commands.ts";
+import { policyCommands } from "./policy-commands.ts";
+import { alertCommand } from "./alert-commands.ts";
 
 function period(ctx: CommandContext): { from: Date; to: Date } {
   const to = optionalTimestamp(ctx.flags.to, "--to") ?? new Date();
@@ -96,7 +97,7 @@ export const commands: Record<string, Command> = {
       if (!row?.s) {
         throw new CliError("no such session (sessions in Redis are not in the database)");
       }
-      if (ctx.json) return ctx.out(JSON.stringify(row.s, null, 2));
+      if (ctx.json) return ctx.out(inertJson(row.s));
       const { messages, ...meta } = row.s as { messages: Array<Record<string, unknown>> };
       ctx.out(table([meta]));
       ctx.out("");

@@ -1,20 +1,12 @@
 /**
- * The operator levers: tenant and channel policies, the kill switch,
- * budgets, and acknowledging or muting alerts. Each command is a thin
- * wrapper over one audited SQL function (ops.policy_set, ops.switch_off,
- * ops.budget_set, ops.alert_mute, …); `--by` names who acted (default: the
+ * The operator levers: tenant and channel policies, the kill switch and
+ * budgets (alerts: alert-commands.ts). Each command is a thin wrapper over
+ * one audited SQL function (ops.policy_set, ops.switch_off, ops.budget_set); `--by` names who acted (default: the
  * OS user), and every change is in ops.policy_audit.
  */
 import { numberFlag, UsageError } from "../cli.ts";
 import { table } from "./format.ts";
-import {
-  type Command,
-  type CommandContext,
-  optionalTimestamp,
-  optionalUuid,
-  print,
-  text,
-} from "./args.ts";
+import { type Command, type CommandContext, optionalUuid, print, text } from "./args.ts";
 
 const TEXT_FIELDS = new Set(["disabled_message", "note"]);
 
@@ -122,46 +114,6 @@ const budget: Command = {
     const rows = await ctx.sql`select * from ops.budget_set(${org}::uuid, ${usd}, ${mode}, ${by},
       ${text(ctx.flags.note)})`;
     print(ctx, rows);
-  },
-};
-
-async function openAlerts(ctx: CommandContext) {
-  if (ctx.flags.check === true) {
-    const [r] = await ctx.sql`select ops.check_alerts() as result`;
-    if (!ctx.json) ctx.out(`check: ${JSON.stringify(r!.result)}`);
-  }
-  const rows = await ctx.sql`select * from ops.open_alerts`;
-  const columns = ["id", "kind", "subject", "observed", "threshold", "raised_at", "last_seen_at"];
-  print(ctx, rows, columns);
-}
-
-export const alertCommand: Command = {
-  usage: "alerts [--check] | alerts ack <id> | alerts mute <kind> <subject> --until <iso> " +
-    "[--reason <text>] | alerts unmute <kind> <subject>",
-  async run(ctx) {
-    const [action, a, b] = ctx.args;
-    const by = scope(ctx).by;
-    if (action === undefined) return await openAlerts(ctx);
-    if (action === "ack") {
-      const id = numberFlag(a ?? "", "alert id", { min: 1, integer: true });
-      return print(ctx, await ctx.sql`select * from ops.alert_ack(${id}, ${by})`);
-    }
-    if (action !== "mute" && action !== "unmute") {
-      throw new UsageError("alerts takes ack, mute or unmute (or nothing: the open alerts)");
-    }
-    if (!a || !b) throw new UsageError(`alerts ${action}: needs <kind> <subject>`);
-    if (action === "unmute") {
-      const [row] = await ctx.sql`select ops.alert_unmute(${a}, ${b}, ${by}) as u`;
-      return print(ctx, [{ kind: a, subject: b, unmuted: row!.u === true }]);
-    }
-    const until = optionalTimestamp(ctx.flags.until, "--until");
-    if (!until) throw new UsageError("--until: missing (alerts mute … --until <iso>)");
-    print(
-      ctx,
-      await ctx.sql`select * from ops.alert_mute(${a}, ${b}, ${until}, ${
-        text(ctx.flags.reason)
-      }, ${by})`,
-    );
   },
 };
 

@@ -42,7 +42,7 @@ Deno.test("ops levers: the database's refusals are one line and exit 1", async (
   const r = await ops("policy", "set", "--org", org(), "org_max_request=5");
   assertEquals(r.code, 1, r.err);
   assertMatch(r.err, /unknown policy field\(s\): org_max_request/);
-  const ack = await ops("alerts", "ack", "999999999");
+  const ack = await ops("alerts", "ack", "999999999", "--by", "t");
   assertEquals(ack.code, 1);
   assertMatch(ack.err, /no alert with id 999999999/);
 });
