@@ -8,6 +8,7 @@
  */
 export function inert(text: string): string {
   return text.replace(
+    // deno-lint-ignore no-control-regex -- matching control characters is the point
     /[\u0000-\u001f\u007f-\u009f\u200e\u200f\u202a-\u202e\u2066-\u2069]/g,
     (c) => {
       const code = c.charCodeAt(0);

@@ -109,6 +109,7 @@ Deno.test("ops: caller text is printed inert (session show and every table)", as
     ) {
       const r = await ops(...argv);
       assertEquals(r.code, 0, r.err);
+      // deno-lint-ignore no-control-regex -- no raw control character may reach the terminal
       assert(!/[\x00-\x09\x0b-\x1f\x7f-\x9f\u202e]/.test(r.out), `${argv.join(" ")}: ${r.out}`);
       assertMatch(r.out, /\\(x1b|u001b)\]0;pwned/);
     }
