@@ -3,22 +3,38 @@
  * running until Ctrl-C. PostgreSQL in .local/postgres (kept between runs,
  * migrated on every start), Redis, the gateway stand-in on 127.0.0.1:54321
  * serving agent-chat at /functions/v1/agent-chat as `supabase start` would,
- * and the OpenAI stand-in unless OPENAI_API_KEY is set. A second start in
- * the same checkout says where the running one is and leaves it alone.
+ * and the OpenAI stand-in unless OPENAI_API_KEY is set. The API keys and the
+ * database port stay the same across restarts (.local/dev-settings.json). A
+ * second start in the same checkout says where the running one is and
+ * leaves it alone.
  */
 import { parseCommand, runCommand, UsageError } from "./cli.ts";
-import { localDir, runningState, signingKey, stateFile } from "./dev-state.ts";
-import { type LocalStack, startLocalStack } from "../supabase/tests/support/local-stack.ts";
+import {
+  devSettings,
+  localDir,
+  runningState,
+  saveDevSettings,
+  settingsFile,
+  signingKey,
+  stateFile,
+} from "./dev-state.ts";
+import {
+  type LocalStack,
+  type Platform,
+  startLocalStack,
+} from "../supabase/tests/support/local-stack.ts";
 import { alertIntervalSeconds, scheduleAlertCycles } from "./dev-alerts.ts";
 
 const usage = `usage: deno task dev   (npm run dev)
 
 Starts PostgreSQL, Redis, the platform stand-ins and agent-chat; Ctrl-C stops them.
 Every AI_AGENT_* / OPENAI_* variable in the environment overrides the defaults.
-  AGENT_CHAT_DEV_PORT        the gateway's port (54321)
-  AGENT_CHAT_DEV_DB_PORT     PostgreSQL's port (a free one)
-  AGENT_CHAT_DEV_REDIS_PORT  Redis' port (a free one)
-  AGENT_CHAT_LOCAL_DIR       where the database and state live (.local)`;
+  AGENT_CHAT_DEV_PORT         the gateway's port (54321)
+  AGENT_CHAT_DEV_DB_PORT      PostgreSQL's port (the last start's while free, else a free one)
+  AGENT_CHAT_DEV_REDIS_PORT   Redis' port (a free one)
+  AGENT_CHAT_DEV_SERVICE_KEY  the secret (service) key (saved in .local/dev-settings.json)
+  AGENT_CHAT_DEV_ANON_KEY     the publishable (anon) key (saved in .local/dev-settings.json)
+  AGENT_CHAT_LOCAL_DIR        where the database and state live (.local)`;
 
 function portFrom(name: string, fallback?: number): number | undefined {
   const text = Deno.env.get(name);
@@ -59,7 +75,8 @@ async function main(): Promise<number> {
     );
   }
   await Deno.mkdir(localDir, { recursive: true });
-  const dbPort = portFrom("AGENT_CHAT_DEV_DB_PORT");
+  const settings = await devSettings();
+  const dbPort = databasePort(settings);
   const redisPort = portFrom("AGENT_CHAT_DEV_REDIS_PORT");
   const stack = await startLocalStack({
     postgres: { dataDir: `${localDir}/postgres`, fast: false, ...(dbPort ? { port: dbPort } : {}) },
@@ -68,8 +85,11 @@ async function main(): Promise<number> {
     // Ctrl-C is how the dev stack is meant to stop.
     exitOnSignal: 0,
   });
+  if (!Deno.env.get("AGENT_CHAT_DEV_DB_PORT") && settings.dbPort !== stack.postgres.port) {
+    await saveDevSettings({ ...settings, dbPort: stack.postgres.port });
+  }
   try {
-    await serve(stack, port);
+    await serve(stack, port, keys(settings));
   } catch (error) {
     await stack.stop();
     throw error;
@@ -79,10 +99,34 @@ async function main(): Promise<number> {
   return 0;
 }
 
-async function serve(stack: LocalStack, port: number) {
+/** The database port: the environment's, else the last start's while it is free, else a free one. */
+function databasePort(settings: { dbPort?: number }): number | undefined {
+  const fromEnv = portFrom("AGENT_CHAT_DEV_DB_PORT");
+  if (fromEnv) return fromEnv;
+  if (settings.dbPort && portIsFree(settings.dbPort)) return settings.dbPort;
+  if (settings.dbPort) {
+    console.log(`  postgres port ${settings.dbPort} is taken by another program; using a free one`);
+  }
+  return undefined;
+}
+
+/** The API keys: the environment's, else the saved ones. */
+function keys(settings: { secretKey: string; publishableKey: string }) {
+  return {
+    secretKey: Deno.env.get("AGENT_CHAT_DEV_SERVICE_KEY") || settings.secretKey,
+    publishableKey: Deno.env.get("AGENT_CHAT_DEV_ANON_KEY") || settings.publishableKey,
+  };
+}
+
+async function serve(
+  stack: LocalStack,
+  port: number,
+  apiKeys: { secretKey: string; publishableKey: string },
+) {
   const env = Deno.env.toObject();
   const platform = await stack.startPlatform({
     port,
+    ...apiKeys,
     signingKey: await signingKey(),
     issuer: `http://127.0.0.1:${port}/auth/v1`,
     openai: !env.OPENAI_API_KEY,
@@ -103,35 +147,48 @@ async function serve(stack: LocalStack, port: number) {
       {
         databaseUrl: stack.postgres.url,
         redisUrl: stack.redis.url,
+        projectUrl: platform.projectUrl,
         functionUrl: platform.functionUrl,
         secretKey: platform.secretKey,
+        publishableKey: platform.publishableKey,
         pid: Deno.pid,
       },
       null,
       2,
     ),
   );
-  const { config, openai } = platform;
-  console.log(`
+  console.log(banner(stack, platform, alertInterval));
+}
+
+function banner(stack: LocalStack, platform: Platform, alertInterval: number): string {
+  const { config, openai, projectUrl, publishableKey } = platform;
+  const model = openai
+    ? `stand-in at ${openai.baseURL} (set OPENAI_API_KEY for the real API)`
+    : "real API (OPENAI_API_KEY is set)";
+  return `
 agent-chat local stack is up
-  function      ${platform.functionUrl}
-  alerts        ${platform.alertsUrl}   (called every ${alertInterval} s)
+  project URL   ${projectUrl}
+  anon key      ${publishableKey}   (publishable: for apps)
+  service key   ${platform.secretKey}   (secret: server-side callers only)
+  functions     ${platform.functionUrl}
+                ${platform.alertsUrl}   (called every ${alertInterval} s)
   postgres      ${stack.postgres.url}   (data in ${localDir}/postgres)
   redis         ${stack.redis.url}
   session store ${config.sessionStore}    transport ${config.database.transport}
-  openai        ${
-    openai
-      ? `stand-in at ${openai.baseURL} (set OPENAI_API_KEY for the real API)`
-      : "real API (OPENAI_API_KEY is set)"
-  }
-  service key   ${platform.secretKey}
+  openai        ${model}
+The keys and the postgres port stay the same across restarts (${settingsFile}).
+
+From an app (supabase-js v2; README "Calling from an app"):
+  const supabase = createClient("${projectUrl}", "${publishableKey}")
+  // once a user is signed in:
+  const { data, error } = await supabase.functions.invoke("agent-chat", { body: { message: "Hello", org_id } })
 
 Mint a user token (also makes the user a member of the org):
-  deno task token --user <uuid> --org <uuid>
+  deno task token --user <uuid> --org <uuid>      (or npm run token -- --user <uuid> --org <uuid>)
 Then:
   curl -s ${platform.functionUrl} -H "authorization: Bearer $TOKEN" \\
     -H 'content-type: application/json' -d '{"message":"Hello","org_id":"<org uuid>"}'
-Ctrl-C stops everything (the database files stay in ${localDir}/).`);
+Ctrl-C stops everything (the database files stay in ${localDir}/).`;
 }
 
 await runCommand(main);

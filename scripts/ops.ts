@@ -6,32 +6,14 @@
  */
 import postgres from "postgres";
 import { commands } from "./ops/commands.ts";
+import type { Command } from "./ops/args.ts";
 import { exitCodeOf, messageOf, parseCommand, UsageError } from "./cli.ts";
 import { readState } from "./dev-state.ts";
 
-const options = {
+/** What every command takes; each command adds its own flags (ops/commands.ts). */
+const globalOptions = {
   json: { type: "boolean" },
   db: { type: "string" },
-  org: { type: "string" },
-  user: { type: "string" },
-  channel: { type: "string" },
-  reason: { type: "string" },
-  by: { type: "string" },
-  expires: { type: "string" },
-  all: { type: "boolean" },
-  since: { type: "string" },
-  from: { type: "string" },
-  to: { type: "string" },
-  bucket: { type: "string" },
-  "by-org": { type: "boolean" },
-  check: { type: "boolean" },
-  "usage-retention": { type: "string" },
-  html: { type: "string" },
-  message: { type: "string" },
-  mode: { type: "string" },
-  note: { type: "string" },
-  until: { type: "string" },
-  destination: { type: "string" },
 } as const;
 
 const usage = [
@@ -42,7 +24,24 @@ const usage = [
   "  --json   machine-readable output (numbers as JSON numbers)",
   "  --db     the database (default: DATABASE_URL, AI_AGENT_DATABASE_URL, SUPABASE_DB_URL,",
   "           or the running `npm run dev` stack)",
+  "",
+  "Each command takes its own flags: npm run ops -- <command> --help",
 ].join("\n");
+
+/** `ops <command> --help`: its usage, what it does, an example. */
+function commandHelp(command: Command): string {
+  return `usage: deno task ops ${command.usage}\n\n${command.help}`;
+}
+
+/** The command named first (after any --json or --db <url>); undefined with none. */
+function commandName(argv: string[]): string | undefined {
+  for (let i = argv[0] === "--" ? 1 : 0; i < argv.length; i++) {
+    const arg = argv[i]!;
+    if (arg === "--db") i++;
+    else if (!arg.startsWith("-")) return arg;
+  }
+  return undefined;
+}
 
 /**
  * numeric and bigint columns come from Postgres as strings (they may not fit
@@ -57,20 +56,22 @@ export async function runOps(
   out: (s: string) => void,
   err: (s: string) => void,
 ): Promise<number> {
-  let command;
+  let command: Command | undefined;
   let parsed;
   try {
+    const name = commandName(argv);
+    command = name === undefined ? undefined : commands[name];
+    if (name !== undefined && !command) throw new UsageError(`unknown command "${name}"`);
+    const options = { ...globalOptions, ...command?.flags };
     parsed = parseCommand({ usage, options, positionals: true }, argv);
-    const name = parsed.positionals[0];
-    if (name === undefined) {
+    if (!command) {
       if (parsed.values.help) return out(usage), 0;
       throw new UsageError("a command is needed");
     }
-    command = commands[name];
-    if (!command) throw new UsageError(`unknown command "${name}"`);
-    if (parsed.values.help) return out(`usage: deno task ops ${command.usage}`), 0;
+    if (parsed.values.help) return out(commandHelp(command)), 0;
   } catch (error) {
-    err(`error: ${messageOf(error)} (--help for usage)`);
+    const help = command ? `ops ${commandName(argv)} --help` : "--help for usage";
+    err(`error: ${messageOf(error)} (${help})`);
     return exitCodeOf(error);
   }
   const url = parsed.values.db ?? Deno.env.get("DATABASE_URL") ??

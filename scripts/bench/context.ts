@@ -143,19 +143,7 @@ export async function createContext(
     }
   }
 
-  // Members: the hot org (1,000 users), 1,000 one-member orgs, and users
-  // 1..200 also members of orgs 1..20 for the HTTP runs.
-  await sql`insert into auth.users (id) select ('00000000-0000-4000-9000-' || lpad(i::text, 12, '0'))::uuid from generate_series(1, 1000) i`;
-  await sql`insert into auth.users (id) select ('00000000-0000-4000-a000-' || lpad(i::text, 12, '0'))::uuid from generate_series(1, 1000) i`;
-  await sql`insert into public.org_memberships (org_id, user_id)
-            select ${HOT_ORG}::uuid, ('00000000-0000-4000-9000-' || lpad(i::text, 12, '0'))::uuid from generate_series(1, 1000) i`;
-  await sql`insert into public.org_memberships (org_id, user_id)
-            select ('00000000-0000-4000-b000-' || lpad(i::text, 12, '0'))::uuid, ('00000000-0000-4000-a000-' || lpad(i::text, 12, '0'))::uuid
-            from generate_series(1, 1000) i`;
-  await sql`insert into public.org_memberships (org_id, user_id)
-            select ('00000000-0000-4000-b000-' || lpad((((i - 1) % 20) + 1)::text, 12, '0'))::uuid,
-                   ('00000000-0000-4000-a000-' || lpad(i::text, 12, '0'))::uuid
-            from generate_series(1, 200) i on conflict do nothing`;
+  await seedMembers(sql);
 
   const signingKey = await newSigningKey();
   const auth = await createAuthStandIn({ signingKey });
@@ -165,15 +153,7 @@ export async function createContext(
     AGENT_CHAT_DATABASE_URL: pg.url,
     AGENT_CHAT_SECRET_KEY: secretKey,
   });
-  const tokens: string[] = [];
-  const lines: string[] = [];
-  for (let i = 1; i <= 200; i++) {
-    const token = await auth.userToken(manyUser(i), { expiresInSeconds: 6 * 3600 });
-    tokens.push(token);
-    lines.push(`${token} ${manyOrg(((i - 1) % 20) + 1)}`);
-  }
-  const usersFile = `${work}/users.txt`;
-  await Deno.writeTextFile(usersFile, lines.join("\n") + "\n");
+  const { tokens, usersFile } = await wrkUsers(auth, work);
 
   return {
     profile,
@@ -240,4 +220,39 @@ export async function createContext(
     cpuMs,
     log,
   };
+}
+
+/**
+ * Members: the hot org (1,000 users), 1,000 one-member orgs, and users
+ * 1..200 also members of orgs 1..20 for the HTTP runs.
+ */
+async function seedMembers(sql: postgres.Sql) {
+  await sql`insert into auth.users (id) select ('00000000-0000-4000-9000-' || lpad(i::text, 12, '0'))::uuid from generate_series(1, 1000) i`;
+  await sql`insert into auth.users (id) select ('00000000-0000-4000-a000-' || lpad(i::text, 12, '0'))::uuid from generate_series(1, 1000) i`;
+  await sql`insert into public.org_memberships (org_id, user_id)
+            select ${HOT_ORG}::uuid, ('00000000-0000-4000-9000-' || lpad(i::text, 12, '0'))::uuid from generate_series(1, 1000) i`;
+  await sql`insert into public.org_memberships (org_id, user_id)
+            select ('00000000-0000-4000-b000-' || lpad(i::text, 12, '0'))::uuid, ('00000000-0000-4000-a000-' || lpad(i::text, 12, '0'))::uuid
+            from generate_series(1, 1000) i`;
+  await sql`insert into public.org_memberships (org_id, user_id)
+            select ('00000000-0000-4000-b000-' || lpad((((i - 1) % 20) + 1)::text, 12, '0'))::uuid,
+                   ('00000000-0000-4000-a000-' || lpad(i::text, 12, '0'))::uuid
+            from generate_series(1, 200) i on conflict do nothing`;
+}
+
+/** Tokens of users 1..200, and the wrk users file: lines "<token> <org>". */
+async function wrkUsers(
+  auth: { userToken(sub: string, o: { expiresInSeconds: number }): Promise<string> },
+  work: string,
+) {
+  const tokens: string[] = [];
+  const lines: string[] = [];
+  for (let i = 1; i <= 200; i++) {
+    const token = await auth.userToken(manyUser(i), { expiresInSeconds: 6 * 3600 });
+    tokens.push(token);
+    lines.push(`${token} ${manyOrg(((i - 1) % 20) + 1)}`);
+  }
+  const usersFile = `${work}/users.txt`;
+  await Deno.writeTextFile(usersFile, lines.join("\n") + "\n");
+  return { tokens, usersFile };
 }

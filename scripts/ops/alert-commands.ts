@@ -68,6 +68,29 @@ export const alertCommand: Command = {
   usage: "alerts [--check] | alerts test [--destination slack|pagerduty|webhook] | " +
     "alerts ack <id> --by <who> | alerts mute <kind> <subject> --until <iso> [--reason <text>] " +
     "--by <who> | alerts unmute <kind> <subject> --by <who>",
+  flags: {
+    check: { type: "boolean" },
+    destination: { type: "string" },
+    until: { type: "string" },
+    reason: { type: "string" },
+    by: { type: "string" },
+  },
+  help: `The open alerts with who acknowledged them, until when they are muted and each
+destination's delivery state (ops.open_alerts), then each destination's state
+(ops.alert_delivery_status). --check evaluates the conditions first.
+  test        queue a test notification (ops.alert_test) for every destination the
+              agent-alerts function has, or one: --destination slack|pagerduty|webhook
+  ack <id>    someone is on it (audited: --by required)
+  mute <kind> <subject> --until <iso> [--reason]   raise and send nothing until then
+              kinds: success_rate, budget, budget_warning, latency_p95, delivery_failed
+              subjects: global, org:<uuid>, destination:<slack|pagerduty|webhook>
+  unmute <kind> <subject>
+
+example:
+  npm run ops -- alerts --check
+  npm run ops -- alerts test --destination slack
+  npm run ops -- alerts ack 42 --by oncall@example.com
+  npm run ops -- alerts mute budget org:00000000-0000-4000-8000-0000000000a1 --until 2027-01-01 --reason "raised next month" --by oncall@example.com`,
   async run(ctx) {
     const [action, a, b] = ctx.args;
     if (action === undefined) return await openAlerts(ctx);

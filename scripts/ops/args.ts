@@ -52,8 +52,16 @@ export function print(
   ctx.out(ctx.json ? inertJson(rows) : table(rows, columns));
 }
 
+/** A flag of one command, as node:util's parseArgs takes it. */
+export type Flag = { type: "string" } | { type: "boolean" };
+
 export interface Command {
+  /** One line for `ops --help`: the command, its arguments and flags. */
   usage: string;
+  /** This command's own flags (besides --json, --db and --help); any other is refused. */
+  flags: Record<string, Flag>;
+  /** What `ops <command> --help` prints below the usage: what it does, and an example. */
+  help: string;
   run(ctx: CommandContext): Promise<void>;
 }
 

@@ -32,6 +32,12 @@ export const commands: Record<string, Command> = {
   buckets: {
     usage:
       "buckets <key>            show a rate-limit bucket (user:<uuid>, org:<uuid>, ip:<addr>, or a prefix like org:*)",
+    flags: {},
+    help: `What a bucket holds now: count, limit, remaining, reset (ops.bucket_status).
+
+example:
+  npm run ops -- buckets user:00000000-0000-4000-9000-0000000000b2
+  npm run ops -- buckets 'org:*' --json`,
     async run(ctx) {
       const key = bucketKey(ctx.args[0]);
       const rows = await ctx.sql`select * from ops.bucket_status(${key})`;
@@ -40,6 +46,11 @@ export const commands: Record<string, Command> = {
   },
   "clear-bucket": {
     usage: "clear-bucket <key>       empty a bucket so its owner is let through now",
+    flags: {},
+    help: `Empties one bucket (ops.clear_rate_limit): its owner is let through at once.
+
+example:
+  npm run ops -- clear-bucket user:00000000-0000-4000-9000-0000000000b2`,
     async run(ctx) {
       const key = bucketKey(ctx.args[0]);
       if (key.endsWith("*")) throw new UsageError("clear-bucket takes one key, not a prefix");
@@ -51,6 +62,23 @@ export const commands: Record<string, Command> = {
     usage:
       "opt-out add --org <uuid> [--user <uuid>] [--channel <c>] [--reason <text>] [--by <who>] [--expires <iso>]\n" +
       "  opt-out expire <id> [--by <who>]\n  opt-out list [--org <uuid>] [--all]",
+    flags: {
+      org: { type: "string" },
+      user: { type: "string" },
+      channel: { type: "string" },
+      reason: { type: "string" },
+      by: { type: "string" },
+      expires: { type: "string" },
+      all: { type: "boolean" },
+    },
+    help: `Adds, expires (never deletes) and lists opt-outs (ops.add_opt_out, ops.expire_opt_out,
+ops.list_opt_outs). Without --user the whole org is opted out; without --channel every channel.
+  --expires <iso>  when an added opt-out ends (default: never)
+  --all            list expired opt-outs too
+
+example:
+  npm run ops -- opt-out add --org 00000000-0000-4000-8000-0000000000a1 --channel whatsapp --reason "asked to stop" --by you@example.com
+  npm run ops -- opt-out list --org 00000000-0000-4000-8000-0000000000a1`,
     async run(ctx) {
       const [action, id] = ctx.args;
       const f = ctx.flags;
@@ -89,6 +117,13 @@ export const commands: Record<string, Command> = {
   },
   session: {
     usage: "session show <id>        a stored session (Supabase store) with its messages",
+    flags: {},
+    help:
+      `A session of the Supabase store with its messages (ops.session_show); Redis sessions are not in
+the database.
+
+example:
+  npm run ops -- session show 3f2b6c1e-4d5a-4e8f-9a7b-1c2d3e4f5a6b`,
     async run(ctx) {
       if (ctx.args[0] !== "show") throw new UsageError("usage: session show <session uuid>");
       const [row] = await ctx.sql`select ops.session_show(${
@@ -107,6 +142,20 @@ export const commands: Record<string, Command> = {
   usage: {
     usage:
       "usage [--since 24h | --from <iso> --to <iso>] [--org <uuid>] [--bucket 1 hour] [--by-org]",
+    flags: {
+      since: { type: "string" },
+      from: { type: "string" },
+      to: { type: "string" },
+      org: { type: "string" },
+      bucket: { type: "string" },
+      "by-org": { type: "boolean" },
+    },
+    help:
+      `Requests, success rate, latency percentiles, tokens and cost (ops.usage_report): one row for the
+period, or one per --bucket (15 minutes, 1 hour, 1 day), per org with --by-org.
+
+example:
+  npm run ops -- usage --since 24h --bucket "1 hour" --org 00000000-0000-4000-8000-0000000000a1`,
     async run(ctx) {
       const { from, to } = period(ctx);
       // No --bucket: one row for the whole period (a null bucket).
@@ -135,6 +184,12 @@ export const commands: Record<string, Command> = {
   purge: {
     usage:
       "purge [--usage-retention 90d]   delete expired session messages, empty buckets, old usage rows",
+    flags: { "usage-retention": { type: "string" } },
+    help:
+      `Deletes what has expired (ops.purge_expired); usage rows only older than --usage-retention.
+
+example:
+  npm run ops -- purge --usage-retention 400d`,
     async run(ctx) {
       const retention = typeof ctx.flags["usage-retention"] === "string"
         ? `${durationFlag(ctx.flags["usage-retention"], "--usage-retention") / 1000} seconds`
@@ -146,7 +201,20 @@ export const commands: Record<string, Command> = {
   },
   report: {
     usage:
-      "report --html <file> [--since 7d] [--org <uuid>]   a self-contained HTML page of charts",
+      "report --html <file> [--since 7d | --from <iso> --to <iso>] [--org <uuid>]   a self-contained HTML page of charts",
+    flags: {
+      html: { type: "string" },
+      since: { type: "string" },
+      from: { type: "string" },
+      to: { type: "string" },
+      org: { type: "string" },
+    },
+    help:
+      `Writes one self-contained HTML page (no network): charts of requests, success rate, latency,
+tokens and cost, the per-org and tenant tables, the open alerts.
+
+example:
+  npm run ops -- report --html report.html --since 7d`,
     async run(ctx) {
       const file = ctx.flags.html;
       if (typeof file !== "string") {

@@ -56,6 +56,13 @@ async function showPolicy(ctx: CommandContext) {
 
 const policy: Command = {
   usage: "policy show|set|clear|audit [--org <uuid>] [--channel <c>] [field=value …] [--by <who>]",
+  flags: { org: { type: "string" }, channel: { type: "string" }, by: { type: "string" } },
+  help: `A tenant's or a channel's policy (ops.policy_show, ops.policy_set, ops.policy_clear,
+ops.policy_audit): no --org and no --channel is the global row. \`null\` clears a field.
+
+example:
+  npm run ops -- policy set --org 00000000-0000-4000-8000-0000000000a1 org_max_requests=600 user_tokens_per_day=200000 --by ops@example.com
+  npm run ops -- policy show --org 00000000-0000-4000-8000-0000000000a1`,
   async run(ctx) {
     const { org, channel, by } = scope(ctx);
     const [action, ...pairs] = ctx.args;
@@ -81,6 +88,18 @@ const policy: Command = {
 
 const kill: Command = {
   usage: "switch off|on [--org <uuid>] [--channel <c>] [--message <text>] [--by <who>]",
+  flags: {
+    org: { type: "string" },
+    channel: { type: "string" },
+    message: { type: "string" },
+    by: { type: "string" },
+  },
+  help:
+    `The kill switch (ops.switch_off, ops.switch_on): for everyone, one tenant (--org) or one channel
+(--channel); --message is what users are told (503 assistant_disabled).
+
+example:
+  npm run ops -- switch off --message "Back at noon; your officers can help meanwhile." --by oncall@example.com`,
   async run(ctx) {
     const { org, channel, by } = scope(ctx);
     const message = text(ctx.flags.message);
@@ -99,7 +118,20 @@ const kill: Command = {
 };
 
 const budget: Command = {
-  usage: "budget set <usd> [--org <uuid>] [--mode alert|enforce] [--note <text>] | budget clear",
+  usage:
+    "budget set <usd> [--org <uuid>] [--mode alert|enforce] [--note <text>] [--by <who>] | budget clear [--org <uuid>]",
+  flags: {
+    org: { type: "string" },
+    mode: { type: "string" },
+    note: { type: "string" },
+    by: { type: "string" },
+  },
+  help:
+    `A monthly budget in USD for one tenant (--org) or everyone (ops.budget_set, ops.budget_clear):
+--mode alert raises an alert, enforce also refuses new turns (402).
+
+example:
+  npm run ops -- budget set 50 --org 00000000-0000-4000-8000-0000000000a1 --mode enforce --note "pilot" --by ops@example.com`,
   async run(ctx) {
     const { org, by } = scope(ctx);
     if (ctx.args[0] === "clear") {

@@ -59,7 +59,8 @@ function rowsTable(rows: Array<Record<string, unknown>>, columns: string[], empt
   return `<table><thead><tr>${head}</tr></thead><tbody>${body}</tbody></table>`;
 }
 
-export function renderReport(input: ReportInput): string {
+/** The charts' data: one point per bucket, and which series each chart draws. */
+function chartData(input: ReportInput) {
   const points = input.series.map((r) => ({
     t: new Date(r.bucket_start as string | Date).getTime(),
     requests: num(r.requests),
@@ -87,14 +88,10 @@ export function renderReport(input: ReportInput): string {
     { id: "tokens", title: "Tokens", series: [["tokens", "#7c3aed"]] },
     { id: "cost", title: "Estimated cost (USD)", series: [["usd", "#0f766e"]] },
   ];
-  const scope = input.org ? `org ${input.org}` : "all orgs";
-  return `<!doctype html>
-<html lang="en">
-<head>
-<meta charset="utf-8">
-<meta name="viewport" content="width=device-width, initial-scale=1">
-<title>agent-chat report</title>
-<style>
+  return { points, charts };
+}
+
+const PAGE_STYLE = `<style>
   body { font: 14px/1.4 system-ui, sans-serif; margin: 24px; color: #111827; background: #f9fafb; }
   h1 { font-size: 20px; margin: 0 0 4px; } .meta { color: #6b7280; margin-bottom: 16px; }
   .grid { display: grid; grid-template-columns: repeat(auto-fill, minmax(520px, 1fr)); gap: 16px; }
@@ -104,63 +101,10 @@ export function renderReport(input: ReportInput): string {
   .alert { color: #b91c1c; } .empty { color: #6b7280; }
   .u-legend { font-size: 12px; } .u-legend th { font-weight: 500; }
 </style>
-<style>${uPlotStyle}</style>
-<script>${uPlotScript.replace(/<\/script/gi, "<\\/script")}</script>
-</head>
-<body>
-<h1>agent-chat: usage and health</h1>
-<div class="meta">${escapeHtml(scope)} · ${escapeHtml(input.from.toISOString())} → ${
-    escapeHtml(input.to.toISOString())
-  } · buckets of ${escapeHtml(input.bucket)} · times in UTC · generated ${
-    escapeHtml(input.generatedAt.toISOString())
-  }</div>
-<div class="card"><h2 class="${
-    input.alerts.length ? "alert" : ""
-  }">Open alerts (${input.alerts.length})</h2>
-${
-    rowsTable(input.alerts, [
-      "kind",
-      "subject",
-      "observed",
-      "threshold",
-      "raised_at",
-      "last_seen_at",
-    ], "No open alerts.")
-  }</div>
-<div class="grid" id="charts"></div>
-<div class="card" style="margin-top:16px"><h2>Per org</h2>
-${
-    rowsTable(input.byOrg, [
-      "org_id",
-      "requests",
-      "success_rate",
-      "latency_p50_ms",
-      "latency_p95_ms",
-      "latency_p99_ms",
-      "total_tokens",
-      "estimated_usd",
-    ], "No requests in this period.")
-  }</div>
-<div class="card" style="margin-top:16px"><h2>Tenants: policy, use now, spend this month</h2>
-${
-    rowsTable(input.tenants, [
-      "org_id",
-      "enabled",
-      "org_max_requests",
-      "user_max_requests",
-      "org_bucket_used",
-      "org_bucket_limit",
-      "org_tokens_last_day",
-      "org_tokens_per_day",
-      "month_to_date_usd",
-      "reserved_usd",
-      "budget_usd",
-      "budget_mode",
-      "budget_used_ratio",
-    ], "No tenant has a policy, a budget or spend this month.")
-  }</div>
-<script id="report-data" type="application/json">${scriptJson({ points, charts })}</script>
-<script>
+`;
+
+/** Draws every chart with uPlot from the page's report-data; marks the body when done. */
+const CHARTS_SCRIPT = `<script>
 (function () {
   var data = JSON.parse(document.getElementById("report-data").textContent);
   var pts = data.points;
@@ -234,7 +178,80 @@ ${
   document.body.setAttribute("data-charts-drawn", String(drawn));
 })();
 </script>
-</body>
+`;
+
+/** The open alerts, the charts' grid, the per-org table and the tenants' table. */
+function tablesHtml(input: ReportInput): string {
+  return `<div class="card"><h2 class="${
+    input.alerts.length ? "alert" : ""
+  }">Open alerts (${input.alerts.length})</h2>
+${
+    rowsTable(input.alerts, [
+      "kind",
+      "subject",
+      "observed",
+      "threshold",
+      "raised_at",
+      "last_seen_at",
+    ], "No open alerts.")
+  }</div>
+<div class="grid" id="charts"></div>
+<div class="card" style="margin-top:16px"><h2>Per org</h2>
+${
+    rowsTable(input.byOrg, [
+      "org_id",
+      "requests",
+      "success_rate",
+      "latency_p50_ms",
+      "latency_p95_ms",
+      "latency_p99_ms",
+      "total_tokens",
+      "estimated_usd",
+    ], "No requests in this period.")
+  }</div>
+<div class="card" style="margin-top:16px"><h2>Tenants: policy, use now, spend this month</h2>
+${
+    rowsTable(input.tenants, [
+      "org_id",
+      "enabled",
+      "org_max_requests",
+      "user_max_requests",
+      "org_bucket_used",
+      "org_bucket_limit",
+      "org_tokens_last_day",
+      "org_tokens_per_day",
+      "month_to_date_usd",
+      "reserved_usd",
+      "budget_usd",
+      "budget_mode",
+      "budget_used_ratio",
+    ], "No tenant has a policy, a budget or spend this month.")
+  }</div>
+`;
+}
+
+export function renderReport(input: ReportInput): string {
+  const scope = input.org ? `org ${input.org}` : "all orgs";
+  return `<!doctype html>
+<html lang="en">
+<head>
+<meta charset="utf-8">
+<meta name="viewport" content="width=device-width, initial-scale=1">
+<title>agent-chat report</title>
+${PAGE_STYLE}<style>${uPlotStyle}</style>
+<script>${uPlotScript.replace(/<\/script/gi, "<\\/script")}</script>
+</head>
+<body>
+<h1>agent-chat: usage and health</h1>
+<div class="meta">${escapeHtml(scope)} · ${escapeHtml(input.from.toISOString())} → ${
+    escapeHtml(input.to.toISOString())
+  } · buckets of ${escapeHtml(input.bucket)} · times in UTC · generated ${
+    escapeHtml(input.generatedAt.toISOString())
+  }</div>
+${tablesHtml(input)}<script id="report-data" type="application/json">${
+    scriptJson(chartData(input))
+  }</script>
+${CHARTS_SCRIPT}</body>
 </html>
 `;
 }

@@ -8,7 +8,8 @@
  */
 import { createAuthStandIn } from "../../supabase/tests/stand-ins/auth.ts";
 import { GUARD, intervalsSpanned, pool, type ReliabilityContext, send, settle } from "./context.ts";
-import { type BadCase, buildCorpus, buildHostileUnicode, buildLookalikes } from "./corpus.ts";
+import { type BadCase, buildCorpus } from "./corpus.ts";
+import { buildHostileUnicode, buildLookalikes } from "./hostile-unicode.ts";
 
 export async function badInput(ctx: ReliabilityContext): Promise<void> {
   const url = ctx.roomy.supabase.url;

@@ -1,21 +1,23 @@
 -- agent-chat: the tables, their row-level security and their privileges.
 --
--- One migration per concern, in this order:
+-- One migration per concern, in this order; each calls only what an earlier
+-- one (or itself, above the call) defines:
 --   20251231120000_ai_agent_sessions_usage      tables, RLS policies, grants (this file)
 --   20251231120100_ai_agent_rate_limits         ops.consume_rate_limits, token counters
---   20251231120200_ai_agent_turns               agent_begin_turn (policies, quotas, budgets), agent_end_turn, agent_finish_turn
---   20251231120300_ai_agent_usage_costs         agent_log_usage, settlement, prices, cost and health reports
---   20251231120400_ai_agent_alerts              alert conditions, the recorded check, ack and mute, schedules
---   20251231120500_ai_agent_operator_functions  buckets, opt-outs, sessions, policies, switches, budgets, dashboard, purge
---   20251231120600_ai_agent_idempotency         Idempotency-Key claims, replays and settlement
+--   20251231120150_ai_agent_idempotency         Idempotency-Key claims, replays and settlement
+--   20251231120300_ai_agent_usage_costs         agent_log_usage (the usage insert, settlement), prices, cost and health reports
+--   20251231120350_ai_agent_turns               agent_begin_turn (policies, quotas, budgets), agent_end_turn, agent_finish_turn
+--   20251231120500_ai_agent_operator_functions  buckets, opt-outs, sessions, policies, switches, budgets, audit, dashboard, purge
+--   20251231120550_ai_agent_alerts              alert conditions, ack and mute, the purge's schedule
+--   20251231120700_ai_agent_alert_delivery      the recorded check, the notification outbox agent-alerts delivers, schedules
 --
 -- Deny by default: every table has RLS; anon and authenticated get only the
 -- reads a policy allows; service_role, the Edge Function's role, gets what
 -- it needs. Only service_role may execute the functions of later files.
 -- Supabase's default privileges in schema public grant anon and
--- authenticated everything on every new table, sequence and function: each
--- object here revokes them right after it is created (sequences included:
--- setval on an identity sequence would stop every insert), and
+-- authenticated everything on every new table, sequence and function: the
+-- end of each file revokes them from what the file created (sequences
+-- included: setval on an identity sequence would stop every insert), and
 -- supabase/tests/database/004_privileges_inventory.test.sql compares every
 -- privilege the two roles hold on the project's schemas with an allow-list.
 
@@ -112,9 +114,6 @@ create policy agent_session_messages_select_own on public.agent_session_messages
       where s.id = agent_session_messages.session_id and s.user_id = (select auth.uid())
     )
   );
-revoke all on public.agent_sessions, public.agent_session_messages from anon, authenticated;
-revoke all on sequence public.agent_session_messages_id_seq from anon, authenticated;
-grant select on public.agent_sessions, public.agent_session_messages to authenticated;
 
 -- ---------------------------------------------------------------------------
 -- Opt-outs
@@ -143,7 +142,6 @@ comment on column public.agent_opt_outs.expired_by is 'Who expired the opt-out t
 create index agent_opt_outs_lookup_idx on public.agent_opt_outs (org_id, user_id, channel);
 create index agent_opt_outs_user_id_idx on public.agent_opt_outs (user_id);
 alter table public.agent_opt_outs enable row level security;
-revoke all on public.agent_opt_outs from anon, authenticated;
 
 -- ---------------------------------------------------------------------------
 -- Usage log: one row per request, every outcome, or one row standing for
@@ -192,8 +190,6 @@ create index agent_usage_events_user_id_idx on public.agent_usage_events (user_i
 create unique index agent_usage_events_request_id_idx on public.agent_usage_events (request_id)
   where (metadata -> 'aggregated') is distinct from 'true'::jsonb;
 alter table public.agent_usage_events enable row level security;
-revoke all on public.agent_usage_events from anon, authenticated;
-revoke all on sequence public.agent_usage_events_id_seq from anon, authenticated;
 
 -- ---------------------------------------------------------------------------
 -- Rate-limit buckets: one row per bucket, written only by
@@ -226,8 +222,6 @@ comment on column ops.rate_limits.slot_counts is 'Admissions per slot, parallel 
 comment on column ops.rate_limits.slot_total is
   'Sum of slot_counts, kept so a decision only subtracts the slots that left the window instead of re-adding all of them.';
 alter table ops.rate_limits enable row level security;
-revoke all on ops.rate_limits from public, anon, authenticated;
-grant select, insert, update, delete on ops.rate_limits to service_role;
 
 -- ---------------------------------------------------------------------------
 -- Prices
@@ -246,8 +240,6 @@ comment on table ops.model_prices is
   'USD per million tokens by model, effective from a date. A usage event is priced with the newest row whose effective_from <= its created_at and whose model equals the event''s model or is its prefix before a dated suffix (gpt-4.1-mini matches gpt-4.1-mini-2025-04-14). Edit to match your contract: insert a new row with a later effective_from rather than updating history.';
 comment on column ops.model_prices.cached_input_usd_per_million is 'Price of prompt tokens served from OpenAI''s prompt cache.';
 alter table ops.model_prices enable row level security;
-revoke all on ops.model_prices from public, anon, authenticated;
-grant select, insert, update, delete on ops.model_prices to service_role;
 
 insert into ops.model_prices (model, input_usd_per_million, cached_input_usd_per_million, output_usd_per_million, note)
 values ('gpt-4.1-mini', 0.30, 0.30, 1.20,
@@ -273,8 +265,6 @@ comment on column ops.budgets.mode is
 create unique index budgets_one_per_org_idx
   on ops.budgets ((coalesce(org_id, '00000000-0000-0000-0000-000000000000'::uuid)));
 alter table ops.budgets enable row level security;
-revoke all on ops.budgets from public, anon, authenticated;
-grant select, insert, update, delete on ops.budgets to service_role;
 
 -- ---------------------------------------------------------------------------
 -- Tenant policies, read by agent_begin_turn in its one call. A row is a
@@ -325,8 +315,6 @@ comment on column ops.agent_policies.org_tokens_per_day is 'Tokens per rolling 2
 create unique index agent_policies_scope_idx on ops.agent_policies (
   (coalesce(org_id, '00000000-0000-0000-0000-000000000000'::uuid)), (coalesce(channel, '')));
 alter table ops.agent_policies enable row level security;
-revoke all on ops.agent_policies from public, anon, authenticated;
-grant select, insert, update, delete on ops.agent_policies to service_role;
 
 create table ops.policy_audit (
   id bigint generated always as identity primary key,
@@ -342,8 +330,6 @@ comment on table ops.policy_audit is
   'Every change of a policy, budget or alert mute, and every alert ack: who (the actor the operator function was given, else the session user), when, and the row before and after as JSON. Changes made with plain SQL are recorded too (action direct_insert/update/delete on <table>, by the session user). Written only by ops.audit and its triggers: nobody, service_role included, can insert a row of their own. Never purged.';
 create index policy_audit_org_at_idx on ops.policy_audit (org_id, at desc);
 alter table ops.policy_audit enable row level security;
-revoke all on ops.policy_audit from public, anon, authenticated;
-grant select on ops.policy_audit to service_role;
 
 -- ---------------------------------------------------------------------------
 -- Token quotas and enforced budgets: what is used, and what is on the way.
@@ -358,8 +344,6 @@ create table ops.token_counters (
 comment on table ops.token_counters is
   'Settled tokens (from usage rows) per sliding window: org:<id>:minute, org:<id>:day, user:<id>:minute, user:<id>:day; 20 slots per window (3 s for the minute, 72 min for the day). Written by the usage-row trigger, read by agent_begin_turn against the token quotas.';
 alter table ops.token_counters enable row level security;
-revoke all on ops.token_counters from public, anon, authenticated;
-grant select, insert, update, delete on ops.token_counters to service_role;
 
 create table ops.token_reservations (
   request_id text primary key,
@@ -377,8 +361,6 @@ create index token_reservations_org_idx on ops.token_reservations (org_id, expir
 create index token_reservations_user_idx on ops.token_reservations (user_id, expires_at);
 create index token_reservations_expires_idx on ops.token_reservations (expires_at);
 alter table ops.token_reservations enable row level security;
-revoke all on ops.token_reservations from public, anon, authenticated;
-grant select, insert, update, delete on ops.token_reservations to service_role;
 
 create table ops.spend_counters (
   org_id uuid not null,
@@ -391,8 +373,6 @@ create table ops.spend_counters (
 comment on table ops.spend_counters is
   'Month-to-date spend per org, added by the usage-row trigger at the price of the row''s insert (ops.event_cost_usd). What enforced budgets compare with; rebuild from the usage log with ops.rebuild_spend_counters after a retroactive price change.';
 alter table ops.spend_counters enable row level security;
-revoke all on ops.spend_counters from public, anon, authenticated;
-grant select, insert, update, delete on ops.spend_counters to service_role;
 
 -- ---------------------------------------------------------------------------
 -- Alerts: settings of the recorded check, and the alerts it records.
@@ -413,8 +393,6 @@ comment on column ops.alert_settings.budget_warning_ratios is 'Early budget warn
 comment on column ops.alert_settings.latency_p95_ms is 'Optional: a latency_p95 alert when the 95th percentile latency of answered requests over the trailing 15 minutes is above this; NULL = off.';
 insert into ops.alert_settings default values;
 alter table ops.alert_settings enable row level security;
-revoke all on ops.alert_settings from public, anon, authenticated;
-grant select, update on ops.alert_settings to service_role;
 
 create table ops.alert_events (
   id bigint generated always as identity primary key,
@@ -440,8 +418,6 @@ comment on column ops.alert_events.acknowledged_at is 'Set by ops.alert_ack: som
 create unique index alert_events_one_open_idx on ops.alert_events (kind, subject) where resolved_at is null;
 create index alert_events_raised_at_idx on ops.alert_events (raised_at desc);
 alter table ops.alert_events enable row level security;
-revoke all on ops.alert_events from public, anon, authenticated;
-grant select, insert, update on ops.alert_events to service_role;
 
 create table ops.alert_mutes (
   kind text not null check (kind in ('success_rate', 'budget', 'budget_warning', 'latency_p95', 'delivery_failed')),
@@ -455,12 +431,29 @@ create table ops.alert_mutes (
 comment on table ops.alert_mutes is
   'Muted alerts (ops.alert_mute): while now() < muted_until, ops.check_alerts raises no new event for this kind and subject and forwards nothing for it; an open event keeps being refreshed and resolves as usual.';
 alter table ops.alert_mutes enable row level security;
-revoke all on ops.alert_mutes from public, anon, authenticated;
-grant select, insert, update, delete on ops.alert_mutes to service_role;
 
 -- ---------------------------------------------------------------------------
--- The Edge Function's role
+-- Privileges of every table above, one statement per kind (org_memberships,
+-- when this file creates it, has its own in its block). Checked by
+-- supabase/tests/database/004_privileges_inventory.test.sql.
 -- ---------------------------------------------------------------------------
-grant select, insert, update, delete on public.agent_sessions, public.agent_session_messages,
-  public.agent_opt_outs, public.agent_usage_events to service_role;
-grant select on public.org_memberships to service_role;
+-- Deny: Supabase's default privileges on public, and PUBLIC's.
+revoke all on table
+  public.agent_sessions, public.agent_session_messages, public.agent_opt_outs, public.agent_usage_events,
+  ops.rate_limits, ops.model_prices, ops.budgets, ops.agent_policies, ops.policy_audit, ops.token_counters,
+  ops.token_reservations, ops.spend_counters, ops.alert_settings, ops.alert_events, ops.alert_mutes
+from public, anon, authenticated;
+revoke all on sequence public.agent_session_messages_id_seq, public.agent_usage_events_id_seq
+from public, anon, authenticated;
+-- The Edge Function's role (operators act as it too).
+grant select, insert, update, delete on table
+  public.agent_sessions, public.agent_session_messages, public.agent_opt_outs, public.agent_usage_events,
+  ops.rate_limits, ops.model_prices, ops.budgets, ops.agent_policies, ops.token_counters,
+  ops.token_reservations, ops.spend_counters, ops.alert_mutes
+to service_role;
+grant select, insert, update on table ops.alert_events to service_role;
+grant select, update on table ops.alert_settings to service_role;
+-- The audit is written only by ops.audit and its triggers.
+grant select on table ops.policy_audit, public.org_memberships to service_role;
+-- A member reads its own sessions and their messages (the RLS policies above).
+grant select on table public.agent_sessions, public.agent_session_messages to authenticated;

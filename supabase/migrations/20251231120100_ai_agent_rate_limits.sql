@@ -184,8 +184,6 @@ $$;
 comment on function ops.consume_rate_limits(text[], integer[], integer[], timestamptz) is
   'All-or-nothing sliding-window decision over several buckets, each with its limit and window: locks them in a fixed order, admits only if every bucket has room, then counts the request in each. Never more than N admissions in any W seconds per bucket; a refusal writes nothing. Returns one bucket: {allowed, scope, key, limit, window_seconds, remaining, reset_seconds, retry_after_seconds}, the one with the least room left when admitted, the first full one in lock order when refused.';
 
-revoke execute on function ops.consume_rate_limits(text[], integer[], integer[], timestamptz) from public, anon, authenticated;
-grant execute on function ops.consume_rate_limits(text[], integer[], integer[], timestamptz) to service_role;
 
 -- ---------------------------------------------------------------------------
 -- Token counters: the same sliding window, weighted by tokens. A window of W
@@ -208,8 +206,6 @@ as $$
 $$;
 comment on function ops.tokens_used(text, integer, timestamptz) is
   'Settled tokens of a token counter in the window of p_window_seconds ending at p_now (open reservations not included).';
-revoke execute on function ops.tokens_used(text, integer, timestamptz) from public, anon, authenticated;
-grant execute on function ops.tokens_used(text, integer, timestamptz) to service_role;
 
 -- When a refused token quota has room for p_needed more tokens: settled
 -- slots leave the window and open reservations expire (a reservation may
@@ -251,5 +247,19 @@ as $$
 $$;
 comment on function ops.tokens_retry_after(text, text, uuid, uuid, integer, bigint, boolean, timestamptz) is
   'Seconds until a token quota has room for p_needed more tokens (settled slots leaving the window, open reservations expiring); the whole window when the turn alone exceeds the quota.';
-revoke execute on function ops.tokens_retry_after(text, text, uuid, uuid, integer, bigint, boolean, timestamptz) from public, anon, authenticated;
-grant execute on function ops.tokens_retry_after(text, text, uuid, uuid, integer, bigint, boolean, timestamptz) to service_role;
+
+-- ---------------------------------------------------------------------------
+-- Privileges of every function above, in one statement each (checked by
+-- supabase/tests/database/004_privileges_inventory.test.sql): service_role
+-- alone may execute them.
+-- ---------------------------------------------------------------------------
+revoke execute on function
+  ops.consume_rate_limits(text[], integer[], integer[], timestamptz),
+  ops.tokens_used(text, integer, timestamptz),
+  ops.tokens_retry_after(text, text, uuid, uuid, integer, bigint, boolean, timestamptz)
+from public, anon, authenticated;
+grant execute on function
+  ops.consume_rate_limits(text[], integer[], integer[], timestamptz),
+  ops.tokens_used(text, integer, timestamptz),
+  ops.tokens_retry_after(text, text, uuid, uuid, integer, bigint, boolean, timestamptz)
+to service_role;

@@ -3,6 +3,107 @@
 -- latency per time bucket). Only service_role may execute or read them.
 
 -- ---------------------------------------------------------------------------
+-- Outcomes: which error codes are the service's fault.
+-- ---------------------------------------------------------------------------
+create function ops.is_served_outcome(p_success boolean, p_error_code text)
+returns boolean
+language sql
+immutable
+set search_path = ''
+as $$
+  select p_success or coalesce(p_error_code, 'internal_error') in ('openai_error', 'session_store_error', 'internal_error');
+$$;
+comment on function ops.is_served_outcome(boolean, text) is
+  'True for requests the service tried to answer (success, openai_error, session_store_error, internal_error). Refusals caused by the client (rate_limit, opt_out, invalid_request, unauthorized, forbidden, session_not_found) do not count against the success rate.';
+
+-- ---------------------------------------------------------------------------
+-- Billing: which rows cost money.
+-- ---------------------------------------------------------------------------
+create function ops.is_billed(p_prompt_tokens integer, p_completion_tokens integer, p_total_tokens integer)
+returns boolean
+language plpgsql
+immutable
+set search_path = ''
+as $$
+-- plpgsql, not sql: the settlement trigger calls it on every usage row, and
+-- a sql function with a SET clause is planned again on every such call.
+begin
+  return coalesce(p_prompt_tokens, 0) > 0 or coalesce(p_completion_tokens, 0) > 0 or coalesce(p_total_tokens, 0) > 0;
+end;
+$$;
+comment on function ops.is_billed(integer, integer, integer) is
+  'True for a row that reports tokens: a model call was made and is billed, whatever happened after it (success, client_closed, a failed save, a session taken over). Cost views and budgets count every billed row, not only successes.';
+
+-- ---------------------------------------------------------------------------
+-- Prices: one lookup (ops.model_price), priced two ways.
+-- ---------------------------------------------------------------------------
+-- plpgsql: its plan is cached for the session, so the settlement trigger
+-- and agent_begin_turn pay a lookup, not a planning, per call.
+create function ops.model_price(p_model text, p_at timestamptz default now())
+returns ops.model_prices
+language plpgsql
+stable
+set search_path = ''
+as $$
+declare
+  v_price ops.model_prices;
+begin
+  select p.* into v_price
+  from ops.model_prices p
+  where (p.model = p_model or starts_with(p_model, p.model || '-'))
+    and p.effective_from <= p_at
+  order by length(p.model) desc, p.effective_from desc
+  limit 1;
+  return v_price;
+end;
+$$;
+comment on function ops.model_price(text, timestamptz) is
+  'The price row of a model at an instant: the newest row effective at p_at whose model equals p_model or is its prefix before a dated suffix (gpt-4.1-mini prices gpt-4.1-mini-2025-04-14); all fields NULL when the model has no price.';
+
+-- Price of one event, or NULL when no price row matches its model.
+create function ops.event_cost_usd(
+  p_model text,
+  p_created_at timestamptz,
+  p_prompt_tokens integer,
+  p_cached_prompt_tokens integer,
+  p_completion_tokens integer
+)
+returns numeric
+language plpgsql
+stable
+set search_path = ''
+as $$
+declare
+  v_price ops.model_prices := ops.model_price(p_model, p_created_at);
+begin
+  return (greatest(coalesce(p_prompt_tokens, 0) - coalesce(p_cached_prompt_tokens, 0), 0) * v_price.input_usd_per_million
+          + coalesce(p_cached_prompt_tokens, 0) * v_price.cached_input_usd_per_million
+          + coalesce(p_completion_tokens, 0) * v_price.output_usd_per_million) / 1000000;
+end;
+$$;
+comment on function ops.event_cost_usd(text, timestamptz, integer, integer, integer) is
+  'Estimated USD cost of one usage event from ops.model_prices; NULL when the model has no price.';
+
+-- Worst-case USD of p_tokens tokens at the model's highest per-token price
+-- (what a reservation holds against an enforced budget); NULL when unpriced.
+create function ops.worst_case_usd(p_model text, p_tokens bigint, p_at timestamptz default now())
+returns numeric
+language plpgsql
+stable
+set search_path = ''
+as $$
+declare
+  v_price ops.model_prices := ops.model_price(p_model, p_at);
+begin
+  return coalesce(p_tokens, 0)
+         * greatest(v_price.input_usd_per_million, v_price.cached_input_usd_per_million, v_price.output_usd_per_million)
+         / 1000000;
+end;
+$$;
+comment on function ops.worst_case_usd(text, bigint, timestamptz) is
+  'USD of p_tokens tokens of a model at its highest per-token price (input, cached input or output): the cost a token reservation holds against an enforced budget. NULL when the model has no price (agent_begin_turn then refuses the turn under an enforced budget: price every model you enforce a budget on).';
+
+-- ---------------------------------------------------------------------------
 -- public.agent_log_usage: the single insert per request.
 --
 -- Metered exactly once: a row whose request_id is already logged (and is not
@@ -19,7 +120,7 @@ set search_path = ''
 set plan_cache_mode = force_generic_plan
 as $$
 begin
-  -- An Idempotency-Key's attempt settles with its usage row (20251231120600_ai_agent_idempotency).
+  -- An Idempotency-Key's attempt settles with its usage row (20251231120150_ai_agent_idempotency).
   if p_event ? 'idempotency' then perform ops.idempotency_settle(p_event); end if;
   insert into public.agent_usage_events (
     request_id, org_id, user_id, session_id, channel, model,
@@ -46,60 +147,6 @@ begin
 end $$;
 comment on function public.agent_log_usage(jsonb) is
   'agent-chat: inserts one row into public.agent_usage_events from a JSON object with the table''s column names (event_count defaults to 1). A request_id already logged is skipped, so a model call is metered once. service_role only.';
-revoke execute on function public.agent_log_usage(jsonb) from public, anon, authenticated;
-grant execute on function public.agent_log_usage(jsonb) to service_role;
-
--- ---------------------------------------------------------------------------
--- Prices
--- ---------------------------------------------------------------------------
--- Price of one event, or NULL when no price row matches its model.
-create function ops.event_cost_usd(
-  p_model text,
-  p_created_at timestamptz,
-  p_prompt_tokens integer,
-  p_cached_prompt_tokens integer,
-  p_completion_tokens integer
-)
-returns numeric
-language sql
-stable
-set search_path = ''
-as $$
-  select (
-      greatest(coalesce(p_prompt_tokens, 0) - coalesce(p_cached_prompt_tokens, 0), 0) * p.input_usd_per_million
-    + coalesce(p_cached_prompt_tokens, 0) * p.cached_input_usd_per_million
-    + coalesce(p_completion_tokens, 0) * p.output_usd_per_million
-  ) / 1000000
-  from ops.model_prices p
-  where (p.model = p_model or starts_with(p_model, p.model || '-'))
-    and p.effective_from <= p_created_at
-  order by length(p.model) desc, p.effective_from desc
-  limit 1;
-$$;
-comment on function ops.event_cost_usd(text, timestamptz, integer, integer, integer) is
-  'Estimated USD cost of one usage event from ops.model_prices; NULL when the model has no price.';
-revoke execute on function ops.event_cost_usd(text, timestamptz, integer, integer, integer) from public, anon, authenticated;
-grant execute on function ops.event_cost_usd(text, timestamptz, integer, integer, integer) to service_role;
-
--- Worst-case USD of p_tokens tokens at the model's highest per-token price
--- (what a reservation holds against an enforced budget); NULL when unpriced.
-create function ops.worst_case_usd(p_model text, p_tokens bigint, p_at timestamptz default now())
-returns numeric
-language sql
-stable
-set search_path = ''
-as $$
-  select coalesce(p_tokens, 0) * greatest(p.input_usd_per_million, p.cached_input_usd_per_million, p.output_usd_per_million) / 1000000
-  from ops.model_prices p
-  where (p.model = p_model or starts_with(p_model, p.model || '-'))
-    and p.effective_from <= p_at
-  order by length(p.model) desc, p.effective_from desc
-  limit 1;
-$$;
-comment on function ops.worst_case_usd(text, bigint, timestamptz) is
-  'USD of p_tokens tokens of a model at its highest per-token price (input, cached input or output): the cost a token reservation holds against an enforced budget. NULL when the model has no price (the reservation then holds $0: price every model you enforce a budget on).';
-revoke execute on function ops.worst_case_usd(text, bigint, timestamptz) from public, anon, authenticated;
-grant execute on function ops.worst_case_usd(text, bigint, timestamptz) to service_role;
 
 -- ---------------------------------------------------------------------------
 -- Settlement: every usage row that lands (metered once, see agent_log_usage)
@@ -115,8 +162,7 @@ set search_path = ''
 set plan_cache_mode = force_generic_plan
 as $$
 -- On every usage row: three statements (two when no reservation was made),
--- each a cached plan; the billing test and the price are inlined (a
--- LANGUAGE sql function with a SET clause would be planned on every call).
+-- each a cached plan, and the row's price (ops.event_cost_usd).
 declare
   v_tokens bigint;
   v_at_ms bigint;
@@ -125,15 +171,13 @@ begin
   if new.request_id is not null then
     delete from ops.token_reservations t where t.request_id = new.request_id;
   end if;
-  -- Billed (ops.is_billed): the row reports tokens.
-  if new.org_id is null
-     or not (coalesce(new.prompt_tokens, 0) > 0 or coalesce(new.completion_tokens, 0) > 0 or coalesce(new.total_tokens, 0) > 0) then
+  if new.org_id is null or not ops.is_billed(new.prompt_tokens, new.completion_tokens, new.total_tokens) then
     return null;
   end if;
   v_tokens := coalesce(new.total_tokens, coalesce(new.prompt_tokens, 0) + coalesce(new.completion_tokens, 0));
   v_at_ms := (extract(epoch from new.created_at) * 1000)::bigint;
   v_now_ms := (extract(epoch from greatest(new.created_at, now())) * 1000)::bigint;
-  -- The token counters (ops.add_tokens, four at once), in key order (org:
+  -- The four token counters at once, in key order (org:
   -- before user:, day before minute), as every settlement takes them. The
   -- slots are ascending: the ones that left the window are a prefix (k of
   -- them, width_bucket counts the ids below the window), and the row's slot
@@ -165,18 +209,11 @@ begin
              || excluded.slot_tokens
              || c.slot_tokens[width_bucket(excluded.slot_ids[1], c.slot_ids) + 1:] end,
       updated_at = now();
-  -- Month-to-date spend at the row's price (ops.event_cost_usd; $0 when unpriced).
+  -- Month-to-date spend at the row's price ($0 when unpriced).
   insert into ops.spend_counters as c (org_id, month, usd, billed_events, updated_at)
   values (new.org_id, date_trunc('month', new.created_at at time zone 'UTC')::date,
-          coalesce((
-            select (greatest(coalesce(new.prompt_tokens, 0) - coalesce(new.cached_prompt_tokens, 0), 0) * p.input_usd_per_million
-                    + coalesce(new.cached_prompt_tokens, 0) * p.cached_input_usd_per_million
-                    + coalesce(new.completion_tokens, 0) * p.output_usd_per_million) / 1000000
-            from ops.model_prices p
-            where (p.model = new.model or starts_with(new.model, p.model || '-'))
-              and p.effective_from <= new.created_at
-            order by length(p.model) desc, p.effective_from desc
-            limit 1), 0),
+          coalesce(ops.event_cost_usd(new.model, new.created_at, new.prompt_tokens, new.cached_prompt_tokens,
+                                      new.completion_tokens), 0),
           new.event_count, now())
   on conflict (org_id, month) do update
   set usd = c.usd + excluded.usd, billed_events = c.billed_events + excluded.billed_events, updated_at = now();
@@ -185,8 +222,6 @@ end;
 $$;
 comment on function ops.settle_usage() is
   'Trigger of public.agent_usage_events: releases the request''s token reservation, adds a billed row''s tokens to ops.token_counters and its cost to ops.spend_counters.';
-revoke execute on function ops.settle_usage() from public, anon, authenticated;
-grant execute on function ops.settle_usage() to service_role;
 create trigger agent_usage_events_settle
   after insert on public.agent_usage_events
   for each row execute function ops.settle_usage();
@@ -217,40 +252,6 @@ end;
 $$;
 comment on function ops.rebuild_spend_counters(timestamptz) is
   'Recomputes ops.spend_counters from the usage log for the months from p_from on (default: this month); returns the rows written.';
-revoke execute on function ops.rebuild_spend_counters(timestamptz) from public, anon, authenticated;
-grant execute on function ops.rebuild_spend_counters(timestamptz) to service_role;
-
--- ---------------------------------------------------------------------------
--- Outcomes: which error codes are the service's fault.
--- ---------------------------------------------------------------------------
-create function ops.is_served_outcome(p_success boolean, p_error_code text)
-returns boolean
-language sql
-immutable
-set search_path = ''
-as $$
-  select p_success or coalesce(p_error_code, 'internal_error') in ('openai_error', 'session_store_error', 'internal_error');
-$$;
-comment on function ops.is_served_outcome(boolean, text) is
-  'True for requests the service tried to answer (success, openai_error, session_store_error, internal_error). Refusals caused by the client (rate_limit, opt_out, invalid_request, unauthorized, forbidden, session_not_found) do not count against the success rate.';
-revoke execute on function ops.is_served_outcome(boolean, text) from public, anon, authenticated;
-grant execute on function ops.is_served_outcome(boolean, text) to service_role;
-
--- ---------------------------------------------------------------------------
--- Billing: which rows cost money.
--- ---------------------------------------------------------------------------
-create function ops.is_billed(p_prompt_tokens integer, p_completion_tokens integer, p_total_tokens integer)
-returns boolean
-language sql
-immutable
-set search_path = ''
-as $$
-  select coalesce(p_prompt_tokens, 0) > 0 or coalesce(p_completion_tokens, 0) > 0 or coalesce(p_total_tokens, 0) > 0;
-$$;
-comment on function ops.is_billed(integer, integer, integer) is
-  'True for a row that reports tokens: a model call was made and is billed, whatever happened after it (success, client_closed, a failed save, a session taken over). Cost views and budgets count every billed row, not only successes.';
-revoke execute on function ops.is_billed(integer, integer, integer) from public, anon, authenticated;
-grant execute on function ops.is_billed(integer, integer, integer) to service_role;
 
 -- ---------------------------------------------------------------------------
 -- Usage report: the one query behind the health view, the CLI and the HTML
@@ -323,8 +324,6 @@ as $$
 $$;
 comment on function ops.usage_report(timestamptz, timestamptz, interval, uuid, boolean) is
   'Requests (sum of event_count), success rate (answered / served), latency percentiles of answered requests, tokens and estimated cost of every billed row per time bucket, optionally for one org or per org. Buckets start on clock boundaries (date_bin from 2000-01-01 00:00 UTC) and do not move between calls; p_bucket null = one row for the whole period, starting at p_from.';
-revoke execute on function ops.usage_report(timestamptz, timestamptz, interval, uuid, boolean) from public, anon, authenticated;
-grant execute on function ops.usage_report(timestamptz, timestamptz, interval, uuid, boolean) to service_role;
 
 -- Whole quarter hours from 24 hours before the current one, which is last
 -- and still filling.
@@ -335,7 +334,6 @@ create view ops.health_15m with (security_invoker = true) as
     interval '15 minutes');
 comment on view ops.health_15m is
   'The last 24 hours in 15-minute buckets on clock boundaries (:00, :15, :30, :45; the current one last): requests, success rate, p50/p95/p99 latency, tokens, estimated cost.';
-grant select on ops.health_15m to service_role;
 
 create view ops.monthly_cost with (security_invoker = true) as
   select
@@ -356,7 +354,6 @@ create view ops.monthly_cost with (security_invoker = true) as
   group by 1, 2, 3;
 comment on view ops.monthly_cost is
   'Estimated monthly cost of every billed request (any row with tokens: answered, client_closed, failed saves) by org and model, priced from ops.model_prices. requests = billed requests, succeeded = those answered and stored; unpriced_events > 0 means a model has no price row.';
-grant select on ops.monthly_cost to service_role;
 
 -- Month-to-date spend per org (org_id) and in total (org_id NULL).
 create function ops.month_to_date_spend(p_now timestamptz default now())
@@ -375,5 +372,34 @@ as $$
 $$;
 comment on function ops.month_to_date_spend(timestamptz) is
   'Estimated spend of every billed row (ops.is_billed) since the start of p_now''s month (UTC): one row per org and one with org_id NULL for the total.';
-revoke execute on function ops.month_to_date_spend(timestamptz) from public, anon, authenticated;
-grant execute on function ops.month_to_date_spend(timestamptz) to service_role;
+
+-- ---------------------------------------------------------------------------
+-- Privileges of every function and view above, one statement each (checked
+-- by supabase/tests/database/004_privileges_inventory.test.sql): service_role
+-- alone may execute or read them.
+-- ---------------------------------------------------------------------------
+revoke execute on function
+  ops.is_served_outcome(boolean, text),
+  ops.is_billed(integer, integer, integer),
+  ops.model_price(text, timestamptz),
+  ops.event_cost_usd(text, timestamptz, integer, integer, integer),
+  ops.worst_case_usd(text, bigint, timestamptz),
+  public.agent_log_usage(jsonb),
+  ops.settle_usage(),
+  ops.rebuild_spend_counters(timestamptz),
+  ops.usage_report(timestamptz, timestamptz, interval, uuid, boolean),
+  ops.month_to_date_spend(timestamptz)
+from public, anon, authenticated;
+grant execute on function
+  ops.is_served_outcome(boolean, text),
+  ops.is_billed(integer, integer, integer),
+  ops.model_price(text, timestamptz),
+  ops.event_cost_usd(text, timestamptz, integer, integer, integer),
+  ops.worst_case_usd(text, bigint, timestamptz),
+  public.agent_log_usage(jsonb),
+  ops.settle_usage(),
+  ops.rebuild_spend_counters(timestamptz),
+  ops.usage_report(timestamptz, timestamptz, interval, uuid, boolean),
+  ops.month_to_date_spend(timestamptz)
+to service_role;
+grant select on ops.health_15m, ops.monthly_cost to service_role;

@@ -31,7 +31,6 @@ create view ops.rate_limit_status with (security_invoker = true) as
   ) u;
 comment on view ops.rate_limit_status is
   'Each bucket now: used and remaining in its window, when the oldest counted slot frees up (next_slot_frees_at) and when the bucket is empty (empty_at).';
-grant select on ops.rate_limit_status to service_role;
 
 create function ops.bucket_status(p_bucket_key text)
 returns table (
@@ -58,8 +57,6 @@ as $$
 $$;
 comment on function ops.bucket_status(text) is
   'One rate-limit bucket as ops.rate_limit_status shows it (used, remaining, when it frees up); a trailing * lists every bucket with that prefix, e.g. ''org:*''.';
-revoke execute on function ops.bucket_status(text) from public, anon, authenticated;
-grant execute on function ops.bucket_status(text) to service_role;
 
 create function ops.clear_rate_limit(p_bucket_key text)
 returns integer
@@ -80,8 +77,6 @@ end;
 $$;
 comment on function ops.clear_rate_limit(text) is
   'Empties one rate-limit bucket (deletes its row); returns 1 if it existed, 0 otherwise.';
-revoke execute on function ops.clear_rate_limit(text) from public, anon, authenticated;
-grant execute on function ops.clear_rate_limit(text) to service_role;
 
 -- ---------------------------------------------------------------------------
 -- Opt-outs
@@ -118,8 +113,6 @@ end;
 $$;
 comment on function ops.add_opt_out(uuid, uuid, text, text, text, timestamptz) is
   'Registers an opt-out: user NULL = whole org, channel NULL = every channel (case and surrounding blanks are normalised: '' SMS'' is sms), expires_at NULL = until expired.';
-revoke execute on function ops.add_opt_out(uuid, uuid, text, text, text, timestamptz) from public, anon, authenticated;
-grant execute on function ops.add_opt_out(uuid, uuid, text, text, text, timestamptz) to service_role;
 
 create function ops.expire_opt_out(
   p_id uuid,
@@ -149,8 +142,6 @@ end;
 $$;
 comment on function ops.expire_opt_out(uuid, text, timestamptz) is
   'Ends an opt-out now (keeps the row for audit). Expiring an already expired opt-out changes nothing.';
-revoke execute on function ops.expire_opt_out(uuid, text, timestamptz) from public, anon, authenticated;
-grant execute on function ops.expire_opt_out(uuid, text, timestamptz) to service_role;
 
 create function ops.list_opt_outs(
   p_org_id uuid default null,
@@ -182,8 +173,6 @@ as $$
 $$;
 comment on function ops.list_opt_outs(uuid, boolean, timestamptz) is
   'Opt-outs, newest first: the active ones, or all of them (the audit trail) with p_include_expired. user_id NULL = whole org, channel NULL = every channel.';
-revoke execute on function ops.list_opt_outs(uuid, boolean, timestamptz) from public, anon, authenticated;
-grant execute on function ops.list_opt_outs(uuid, boolean, timestamptz) to service_role;
 
 -- ---------------------------------------------------------------------------
 -- Tenant policies, switches and budgets. Scope: p_org_id NULL = global,
@@ -204,9 +193,8 @@ as $$
     'org_tokens_per_minute', 'org_tokens_per_day', 'user_tokens_per_minute', 'user_tokens_per_day',
     'note'];
 $$;
-comment on function ops.policy_fields() is 'The fields ops.policy_set accepts.';
-revoke execute on function ops.policy_fields() from public, anon, authenticated;
-grant execute on function ops.policy_fields() to service_role;
+comment on function ops.policy_fields() is
+  'The settable fields of ops.agent_policies, the one list of them: what ops.policy_set accepts and writes and ops.policy_show reports.';
 
 -- security definer: the audit table takes rows only from here and from the
 -- triggers below, so that no caller (service_role included) can forge one.
@@ -235,8 +223,6 @@ as $$
   select set_config('agent_chat.operator_change', 'on', true);
 $$;
 comment on function ops.operator_change() is 'Marks the change that follows as an operator function''s (audited by it with its action and actor), until ops.audit records it.';
-revoke execute on function ops.operator_change() from public, anon, authenticated;
-grant execute on function ops.operator_change() to service_role;
 
 -- security definer: writes the audit row that the caller may not write itself.
 create function ops.audit_direct_change()
@@ -259,15 +245,12 @@ begin
 end;
 $$;
 comment on function ops.audit_direct_change() is 'Audits a change of ops.agent_policies, ops.budgets or ops.alert_mutes made without the operator functions (plain SQL in Studio, say).';
-revoke execute on function ops.audit_direct_change() from public, anon, authenticated;
 create trigger agent_policies_audit after insert or update or delete on ops.agent_policies
   for each row execute function ops.audit_direct_change();
 create trigger budgets_audit after insert or update or delete on ops.budgets
   for each row execute function ops.audit_direct_change();
 create trigger alert_mutes_audit after insert or update or delete on ops.alert_mutes
   for each row execute function ops.audit_direct_change();
-revoke execute on function ops.audit(text, text, uuid, text, jsonb, jsonb) from public, anon, authenticated;
-grant execute on function ops.audit(text, text, uuid, text, jsonb, jsonb) to service_role;
 
 create function ops.policy_set(
   p_org_id uuid,
@@ -285,6 +268,9 @@ declare
   v_old ops.agent_policies;
   v_new ops.agent_policies;
   v_unknown text;
+  v_columns text;
+  v_values text;
+  v_updates text;
 begin
   perform ops.operator_change();
   if p_settings is null or jsonb_typeof(p_settings) <> 'object' or p_settings = '{}'::jsonb then
@@ -309,36 +295,26 @@ begin
   else
     v_new := jsonb_populate_record(v_old, p_settings);
   end if;
-  insert into ops.agent_policies as p (
-    org_id, channel, enabled, disabled_message,
-    org_max_requests, org_window_seconds, user_max_requests, user_window_seconds,
-    ip_max_requests, ip_window_seconds, channel_max_requests, channel_window_seconds,
-    org_tokens_per_minute, org_tokens_per_day, user_tokens_per_minute, user_tokens_per_day,
-    note, updated_by, created_at, updated_at)
-  values (
-    p_org_id, v_channel, v_new.enabled, v_new.disabled_message,
-    v_new.org_max_requests, v_new.org_window_seconds, v_new.user_max_requests, v_new.user_window_seconds,
-    v_new.ip_max_requests, v_new.ip_window_seconds, v_new.channel_max_requests, v_new.channel_window_seconds,
-    v_new.org_tokens_per_minute, v_new.org_tokens_per_day, v_new.user_tokens_per_minute, v_new.user_tokens_per_day,
-    v_new.note, coalesce(nullif(btrim(p_actor), ''), current_user::text), now(), now())
-  on conflict ((coalesce(org_id, '00000000-0000-0000-0000-000000000000'::uuid)), (coalesce(channel, ''))) do update
-  set enabled = excluded.enabled, disabled_message = excluded.disabled_message,
-      org_max_requests = excluded.org_max_requests, org_window_seconds = excluded.org_window_seconds,
-      user_max_requests = excluded.user_max_requests, user_window_seconds = excluded.user_window_seconds,
-      ip_max_requests = excluded.ip_max_requests, ip_window_seconds = excluded.ip_window_seconds,
-      channel_max_requests = excluded.channel_max_requests, channel_window_seconds = excluded.channel_window_seconds,
-      org_tokens_per_minute = excluded.org_tokens_per_minute, org_tokens_per_day = excluded.org_tokens_per_day,
-      user_tokens_per_minute = excluded.user_tokens_per_minute, user_tokens_per_day = excluded.user_tokens_per_day,
-      note = excluded.note, updated_by = excluded.updated_by, updated_at = now()
-  returning p.* into v_new;
+  -- Written field by field from ops.policy_fields(), the one list of them
+  -- (080_policies ties it to the table's columns).
+  select string_agg(format('%I', f), ', '), string_agg(format('($1).%I', f), ', '),
+         string_agg(format('%1$I = excluded.%1$I', f), ', ')
+  into v_columns, v_values, v_updates
+  from unnest(ops.policy_fields()) f;
+  execute format(
+    'insert into ops.agent_policies as p (org_id, channel, %s, updated_by, created_at, updated_at)
+     values ($2, $3, %s, $4, now(), now())
+     on conflict ((coalesce(org_id, %L::uuid)), (coalesce(channel, %L))) do update
+     set %s, updated_by = excluded.updated_by, updated_at = now()
+     returning p.*', v_columns, v_values, v_zero, '', v_updates)
+  using v_new, p_org_id, v_channel, coalesce(nullif(btrim(p_actor), ''), current_user::text)
+  into v_new;
   perform ops.audit(p_actor, 'policy_set', p_org_id, v_channel, to_jsonb(v_old), to_jsonb(v_new));
   return v_new;
 end;
 $$;
 comment on function ops.policy_set(uuid, text, jsonb, text) is
   'Sets fields of one policy scope (org NULL = global, channel NULL = every channel) from a JSON object, e.g. ''{"org_max_requests": 600, "user_tokens_per_day": 200000}''; a JSON null clears a field (back to the global row or the environment). Unknown fields and invalid values are errors; audited; applies to the next request. CLI: policy set.';
-revoke execute on function ops.policy_set(uuid, text, jsonb, text) from public, anon, authenticated;
-grant execute on function ops.policy_set(uuid, text, jsonb, text) to service_role;
 
 create function ops.policy_clear(p_org_id uuid, p_channel text default null, p_actor text default null)
 returns boolean
@@ -363,8 +339,6 @@ end;
 $$;
 comment on function ops.policy_clear(uuid, text, text) is
   'Deletes one policy scope (its limits fall back to the global row, then the environment); true if it existed. Audited. CLI: policy clear.';
-revoke execute on function ops.policy_clear(uuid, text, text) from public, anon, authenticated;
-grant execute on function ops.policy_clear(uuid, text, text) to service_role;
 
 create function ops.switch_off(
   p_org_id uuid default null,
@@ -384,8 +358,6 @@ as $$
 $$;
 comment on function ops.switch_off(uuid, text, text, text) is
   'Turns the assistant off (503 assistant_disabled with p_message) for everyone (p_org_id NULL), one tenant, or one channel of either. Takes effect on the next request. CLI: switch off [--org] [--channel] --message.';
-revoke execute on function ops.switch_off(uuid, text, text, text) from public, anon, authenticated;
-grant execute on function ops.switch_off(uuid, text, text, text) to service_role;
 
 create function ops.switch_on(p_org_id uuid default null, p_actor text default null, p_channel text default null)
 returns ops.agent_policies
@@ -396,8 +368,6 @@ as $$
 $$;
 comment on function ops.switch_on(uuid, text, text) is
   'Turns the switch of this scope back on. The assistant answers where no scope on the way (global, channel, tenant, tenant+channel) is off. CLI: switch on [--org] [--channel].';
-revoke execute on function ops.switch_on(uuid, text, text) from public, anon, authenticated;
-grant execute on function ops.switch_on(uuid, text, text) to service_role;
 
 create function ops.budget_set(
   p_org_id uuid,
@@ -433,8 +403,6 @@ end;
 $$;
 comment on function ops.budget_set(uuid, numeric, text, text, text) is
   'Sets the monthly budget in USD of one org (or the global one, p_org_id NULL): mode alert raises a budget alert, enforce also refuses new turns (402 budget_exceeded) once spend plus open reservations reach it. Audited. CLI: budget set [--org] --usd --mode.';
-revoke execute on function ops.budget_set(uuid, numeric, text, text, text) from public, anon, authenticated;
-grant execute on function ops.budget_set(uuid, numeric, text, text, text) to service_role;
 
 create function ops.budget_clear(p_org_id uuid, p_actor text default null)
 returns boolean
@@ -454,8 +422,6 @@ begin
 end;
 $$;
 comment on function ops.budget_clear(uuid, text) is 'Removes the budget of one org (or the global one); true if it existed. Audited. CLI: budget clear [--org].';
-revoke execute on function ops.budget_clear(uuid, text) from public, anon, authenticated;
-grant execute on function ops.budget_clear(uuid, text) to service_role;
 
 create function ops.policy_show(p_org_id uuid default null, p_channel text default null, p_now timestamptz default now())
 returns jsonb
@@ -491,8 +457,6 @@ as $$
 $$;
 comment on function ops.policy_show(uuid, text, timestamptz) is
   'The policy rows that apply to an org (and a channel), each field''s effective value and where it comes from (org, global, environment = the AI_AGENT_RATE_LIMIT_* default), whether the assistant is on, the budgets and the month-to-date spend. CLI: policy show [--org] [--channel].';
-revoke execute on function ops.policy_show(uuid, text, timestamptz) from public, anon, authenticated;
-grant execute on function ops.policy_show(uuid, text, timestamptz) to service_role;
 
 -- Per-org dashboard: every org with a policy, a budget or spend this month.
 create view ops.org_dashboard with (security_invoker = true) as
@@ -534,7 +498,6 @@ create view ops.org_dashboard with (security_invoker = true) as
   ) r on true;
 comment on view ops.org_dashboard is
   'Per org with a policy, a budget or spend this month: switch and message, effective request limits (NULL = the environment default), the org: bucket now, token quotas against settled tokens of the last minute and day and open reservations, month-to-date spend (+ reservations) against the budget and its mode.';
-grant select on ops.org_dashboard to service_role;
 
 -- ---------------------------------------------------------------------------
 -- Sessions and housekeeping
@@ -558,8 +521,6 @@ as $$
   where s.id = p_session_id;
 $$;
 comment on function ops.session_show(uuid, timestamptz) is 'One stored session with its messages, for support; NULL when unknown.';
-revoke execute on function ops.session_show(uuid, timestamptz) from public, anon, authenticated;
-grant execute on function ops.session_show(uuid, timestamptz) to service_role;
 
 create function ops.purge_expired(
   p_now timestamptz default now(),
@@ -602,5 +563,49 @@ end;
 $$;
 comment on function ops.purge_expired(timestamptz, interval) is
   'Deletes the messages of expired sessions, rate-limit rows that hold no admission, expired Idempotency-Key rows, token reservations expired a day ago, empty token counters, and (when p_usage_retention is given) older usage events. Scheduled nightly with pg_cron when present.';
-revoke execute on function ops.purge_expired(timestamptz, interval) from public, anon, authenticated;
-grant execute on function ops.purge_expired(timestamptz, interval) to service_role;
+
+-- ---------------------------------------------------------------------------
+-- Privileges of every function and view above, one statement each (checked
+-- by supabase/tests/database/004_privileges_inventory.test.sql): service_role
+-- alone may execute or read them.
+-- ---------------------------------------------------------------------------
+revoke execute on function
+  ops.bucket_status(text),
+  ops.clear_rate_limit(text),
+  ops.add_opt_out(uuid, uuid, text, text, text, timestamptz),
+  ops.expire_opt_out(uuid, text, timestamptz),
+  ops.list_opt_outs(uuid, boolean, timestamptz),
+  ops.policy_fields(),
+  ops.operator_change(),
+  ops.audit_direct_change(),
+  ops.audit(text, text, uuid, text, jsonb, jsonb),
+  ops.policy_set(uuid, text, jsonb, text),
+  ops.policy_clear(uuid, text, text),
+  ops.switch_off(uuid, text, text, text),
+  ops.switch_on(uuid, text, text),
+  ops.budget_set(uuid, numeric, text, text, text),
+  ops.budget_clear(uuid, text),
+  ops.policy_show(uuid, text, timestamptz),
+  ops.session_show(uuid, timestamptz),
+  ops.purge_expired(timestamptz, interval)
+from public, anon, authenticated;
+grant execute on function
+  ops.bucket_status(text),
+  ops.clear_rate_limit(text),
+  ops.add_opt_out(uuid, uuid, text, text, text, timestamptz),
+  ops.expire_opt_out(uuid, text, timestamptz),
+  ops.list_opt_outs(uuid, boolean, timestamptz),
+  ops.policy_fields(),
+  ops.operator_change(),
+  ops.audit(text, text, uuid, text, jsonb, jsonb),
+  ops.policy_set(uuid, text, jsonb, text),
+  ops.policy_clear(uuid, text, text),
+  ops.switch_off(uuid, text, text, text),
+  ops.switch_on(uuid, text, text),
+  ops.budget_set(uuid, numeric, text, text, text),
+  ops.budget_clear(uuid, text),
+  ops.policy_show(uuid, text, timestamptz),
+  ops.session_show(uuid, timestamptz),
+  ops.purge_expired(timestamptz, interval)
+to service_role;
+grant select on ops.rate_limit_status, ops.org_dashboard to service_role;

@@ -94,8 +94,6 @@ end;
 $$;
 comment on function ops.alert_enqueue(ops.alert_events, text, timestamptz, text) is
   'Queues one notification of an alert (raised, warning, resolved) for every reported destination but p_except, unless its kind and subject are muted. Returns the rows queued.';
-revoke execute on function ops.alert_enqueue(ops.alert_events, text, timestamptz, text) from public, anon, authenticated;
-grant execute on function ops.alert_enqueue(ops.alert_events, text, timestamptz, text) to service_role;
 
 -- ---------------------------------------------------------------------------
 -- The recorded check.
@@ -176,8 +174,6 @@ end;
 $$;
 comment on function ops.check_alerts(timestamptz) is
   'Records the alert conditions true at p_now (ops.evaluate_alerts) into ops.alert_events (raise once, refresh while true, resolve when cleared) and queues their notifications in ops.alert_outbox in the same transaction; a muted kind and subject raises nothing and queues nothing (counted as muted). Run every minute by pg_cron and by each agent-alerts cycle.';
-revoke execute on function ops.check_alerts(timestamptz) from public, anon, authenticated;
-grant execute on function ops.check_alerts(timestamptz) to service_role;
 
 -- ---------------------------------------------------------------------------
 -- Delivery: claim, record, fail over.
@@ -215,8 +211,6 @@ as $$
 $$;
 comment on function ops.alert_claim(text[], integer, integer, timestamptz) is
   'Claims up to p_limit due notifications of the given destinations for p_lease_seconds (for update skip locked: concurrent cycles never claim the same row), counting the attempt.';
-revoke execute on function ops.alert_claim(text[], integer, integer, timestamptz) from public, anon, authenticated;
-grant execute on function ops.alert_claim(text[], integer, integer, timestamptz) to service_role;
 
 create function ops.alert_delivery_failed(p_row ops.alert_outbox, p_now timestamptz default now())
 returns void
@@ -244,8 +238,6 @@ end;
 $$;
 comment on function ops.alert_delivery_failed(ops.alert_outbox, timestamptz) is
   'A notification ran out of attempts: raises (or counts into the open) delivery_failed alert of its destination, notified on the other destinations. observed: notifications failed since it was raised.';
-revoke execute on function ops.alert_delivery_failed(ops.alert_outbox, timestamptz) from public, anon, authenticated;
-grant execute on function ops.alert_delivery_failed(ops.alert_outbox, timestamptz) to service_role;
 
 create function ops.alert_delivery_done(
   p_id bigint,
@@ -307,8 +299,6 @@ end;
 $$;
 comment on function ops.alert_delivery_done(bigint, uuid, text, integer, text, integer, integer, timestamptz) is
   'Records one send of a claimed notification (p_outcome delivered, error or skipped), if the claim is still the row''s: delivered (never sent again; ends its destination''s delivery_failed alert), pending again after p_retry_base_seconds x 2^(attempts-1), or failed once attempts reach p_max_attempts (raises delivery_failed). Returns the row''s status, or stale.';
-revoke execute on function ops.alert_delivery_done(bigint, uuid, text, integer, text, integer, integer, timestamptz) from public, anon, authenticated;
-grant execute on function ops.alert_delivery_done(bigint, uuid, text, integer, text, integer, integer, timestamptz) to service_role;
 
 -- ---------------------------------------------------------------------------
 -- What agent-alerts calls (through the Data API).
@@ -345,8 +335,6 @@ end;
 $$;
 comment on function public.agent_alerts_begin_cycle(text[], integer, integer, timestamptz) is
   'One agent-alerts cycle, first half: records the destinations the function has (ops.alert_destinations), runs ops.check_alerts, and claims the due notifications. Returns {check, claimed: [...]}. Service role only.';
-revoke execute on function public.agent_alerts_begin_cycle(text[], integer, integer, timestamptz) from public, anon, authenticated;
-grant execute on function public.agent_alerts_begin_cycle(text[], integer, integer, timestamptz) to service_role;
 
 create function public.agent_alerts_record(
   p_results jsonb,
@@ -371,8 +359,6 @@ as $$
 $$;
 comment on function public.agent_alerts_record(jsonb, integer, integer, timestamptz) is
   'One agent-alerts cycle, second half: records each send [{id, claim_token, outcome: delivered|error|skipped, status, error}] with ops.alert_delivery_done. Returns how many rows ended in each status. Service role only.';
-revoke execute on function public.agent_alerts_record(jsonb, integer, integer, timestamptz) from public, anon, authenticated;
-grant execute on function public.agent_alerts_record(jsonb, integer, integer, timestamptz) to service_role;
 
 -- ---------------------------------------------------------------------------
 -- Operators: a test notification, and what was delivered.
@@ -403,8 +389,6 @@ end;
 $$;
 comment on function ops.alert_test(text, timestamptz) is
   'Queues a test notification for one reported destination (slack, pagerduty, webhook) or all of them; the next agent-alerts cycle sends it. CLI: alerts test [--destination].';
-revoke execute on function ops.alert_test(text, timestamptz) from public, anon, authenticated;
-grant execute on function ops.alert_test(text, timestamptz) to service_role;
 
 create view ops.open_alerts with (security_invoker = true) as
   select a.id, a.kind, a.subject, a.observed, a.threshold, a.raised_at, a.last_seen_at, a.details,
@@ -431,7 +415,6 @@ create view ops.open_alerts with (security_invoker = true) as
   order by a.raised_at;
 comment on view ops.open_alerts is
   'Alerts raised by ops.check_alerts that have not cleared yet, with who acknowledged them, until when they are muted, and the delivery state of their latest notification per destination ("recorded only, no destination" when the agent-alerts function has none).';
-grant select on ops.open_alerts to service_role;
 
 create view ops.alert_delivery_status with (security_invoker = true) as
   select x.destination, d.reported_at,
@@ -446,7 +429,6 @@ create view ops.alert_delivery_status with (security_invoker = true) as
   group by x.destination, d.reported_at;
 comment on view ops.alert_delivery_status is
   'Per destination: when the agent-alerts function last reported having it (NULL: not configured), notifications pending, delivered in the last 24 hours and failed, and the latest error.';
-grant select on ops.alert_delivery_status to service_role;
 
 -- ---------------------------------------------------------------------------
 -- Schedules.
@@ -476,7 +458,6 @@ end;
 $$;
 comment on function ops.schedule_alert_delivery() is
   'Schedules pg_cron job agent-chat-deliver-alerts: every minute, pg_net POSTs to the agent-alerts function at the URL and with the key stored in the Vault as agent_alerts_url and agent_alerts_key. Returns false (and does nothing) without pg_cron and pg_net. Re-run after enabling them (runbook).';
-revoke execute on function ops.schedule_alert_delivery() from public, anon, authenticated;
 
 -- Only where pg_cron is enabled (Database → Extensions on hosted Supabase);
 -- the delivery job also needs pg_net. Without them this block does nothing.
@@ -488,3 +469,32 @@ begin
   end if;
 end;
 $$;
+
+-- ---------------------------------------------------------------------------
+-- Privileges of every function and view above, one statement each (checked
+-- by supabase/tests/database/004_privileges_inventory.test.sql): service_role
+-- alone may execute or read them; ops.schedule_alert_delivery is the
+-- owner's (it writes a cron job).
+-- ---------------------------------------------------------------------------
+revoke execute on function
+  ops.alert_enqueue(ops.alert_events, text, timestamptz, text),
+  ops.check_alerts(timestamptz),
+  ops.alert_claim(text[], integer, integer, timestamptz),
+  ops.alert_delivery_failed(ops.alert_outbox, timestamptz),
+  ops.alert_delivery_done(bigint, uuid, text, integer, text, integer, integer, timestamptz),
+  public.agent_alerts_begin_cycle(text[], integer, integer, timestamptz),
+  public.agent_alerts_record(jsonb, integer, integer, timestamptz),
+  ops.alert_test(text, timestamptz),
+  ops.schedule_alert_delivery()
+from public, anon, authenticated;
+grant execute on function
+  ops.alert_enqueue(ops.alert_events, text, timestamptz, text),
+  ops.check_alerts(timestamptz),
+  ops.alert_claim(text[], integer, integer, timestamptz),
+  ops.alert_delivery_failed(ops.alert_outbox, timestamptz),
+  ops.alert_delivery_done(bigint, uuid, text, integer, text, integer, integer, timestamptz),
+  public.agent_alerts_begin_cycle(text[], integer, integer, timestamptz),
+  public.agent_alerts_record(jsonb, integer, integer, timestamptz),
+  ops.alert_test(text, timestamptz)
+to service_role;
+grant select on ops.open_alerts, ops.alert_delivery_status to service_role;

@@ -7,17 +7,19 @@
  */
 import type { Caller } from "../_shared/auth.ts";
 import { addressBlock } from "../_shared/client-ip.ts";
-import { AgentError, describe } from "../_shared/errors.ts";
-import type { BeginTurnResult, ChatMessage, TurnDatabase } from "./database.ts";
-import {
-  claimArgs,
-  type IdempotencyClaim,
-  idempotencyRefusal,
-  type StoredAnswer,
-} from "./idempotency.ts";
-import { decisionFromDatabase, type RateLimitDecision, rateLimitHeaders } from "./rate-limit.ts";
+import { AgentError } from "../_shared/errors.ts";
+import type { TurnDatabase } from "./database.ts";
+import { claimArgs, type IdempotencyClaim, idempotencyRefusal } from "./idempotency.ts";
+import { decisionFromDatabase, rateLimitHeaders } from "./rate-limit.ts";
 import type { ChatRequest } from "./request.ts";
-import type { SessionKey, SessionStore } from "./session-store.ts";
+import { type SessionStore, storeCall } from "./session-store.ts";
+import type {
+  BeginTurnResult,
+  ChatMessage,
+  RateLimitDecision,
+  SessionKey,
+  StoredAnswer,
+} from "./turn.ts";
 
 export interface AdmissionSettings {
   rateLimit: { org: number; user: number; ip: number; windowSeconds: number };
@@ -190,19 +192,4 @@ function budgetDetail(b: Extract<BeginTurnResult, { outcome: "budget_exceeded" }
     return `${budget}: model ${b.unpriced_model} has no price in ops.model_prices`;
   }
   return `${budget}: spent ${b.spent_usd}, reserved ${b.reserved_usd}`;
-}
-
-/** A failed call to a store is a 503: the client may try again. */
-export async function storeCall<T>(call: () => Promise<T>): Promise<T> {
-  try {
-    return await call();
-  } catch (error) {
-    throw storeError(error);
-  }
-}
-
-export function storeError(cause: unknown): AgentError {
-  return new AgentError("session_store_error", "the conversation store is unavailable, try again", {
-    detail: describe(cause),
-  });
 }

@@ -7,20 +7,14 @@
 import { AgentError, describe } from "../_shared/errors.ts";
 import { errorResponse, jsonResponse } from "../_shared/http.ts";
 import type { AdmittedTurn } from "./admission.ts";
-import { storeError } from "./admission.ts";
-import { settle, type StoredAnswer } from "./idempotency.ts";
-import {
-  type ModelAnswer,
-  type ModelClient,
-  ModelError,
-  type StreamEvent,
-  type TokenUsage,
-} from "./model.ts";
+import { REPLAYED_HEADER, settle } from "./idempotency.ts";
+import { type ModelAnswer, type ModelClient, ModelError, type StreamEvent } from "./model.ts";
 import type { ChatRequest } from "./request.ts";
-import type { SessionStore } from "./session-store.ts";
+import { type SessionStore, storeError } from "./session-store.ts";
 import { type SSEWriter, streamSSE } from "./sse.ts";
 import { estimateUsage } from "./token-estimate.ts";
-import { type Outcome, type RequestFacts, usageEvent, type UsageLogger } from "./usage.ts";
+import type { Outcome, RequestFacts, StoredAnswer, TokenUsage } from "./turn.ts";
+import { usageEvent, type UsageLogger } from "./usage.ts";
 
 export interface AnswerDeps {
   settings: { model: string; sessionStore: string; systemPrompt: string };
@@ -216,6 +210,27 @@ export async function answerStream(deps: AnswerDeps, ctx: TurnContext): Promise<
     return relay(deps, ctx, sse, first, events);
   });
   deps.extendLifetime?.(done);
+  return response;
+}
+
+/** The stored answer again: the JSON body, or the SSE events with the whole text as one delta. */
+export function replayAnswer(
+  answer: StoredAnswer,
+  body: { stream: boolean },
+  headers: Record<string, string>,
+  finished: (status: number, outcome: Outcome) => void,
+): Response {
+  const replayHeaders = { ...headers, [REPLAYED_HEADER]: "true" };
+  finished(200, { model: answer.model, replayed: true });
+  if (!body.stream) return jsonResponse(200, answer, replayHeaders);
+  const { message, ...done } = answer;
+  const { response } = streamSSE(replayHeaders, (sse) => {
+    sse.write("session", { session_id: answer.session_id, request_id: answer.request_id });
+    sse.write("delta", { text: message });
+    sse.write("done", done);
+    sse.close();
+    return Promise.resolve();
+  });
   return response;
 }
 

@@ -8,7 +8,7 @@
  */
 import type { SupabaseClient } from "@supabase/supabase-js";
 import postgres, { type Sql } from "postgres";
-import type { IdempotencySettlement, StoredAnswer } from "./idempotency.ts";
+import type { BeginTurnArgs, BeginTurnResult, EndTurnArgs, UsageEvent } from "./turn.ts";
 
 export interface DatabaseEnv {
   SUPABASE_URL?: string | undefined;
@@ -57,121 +57,6 @@ export function resolveDatabase(
     url: e.SUPABASE_URL ?? "",
     key: serviceKeys[0] ?? "",
   };
-}
-
-export interface BeginTurnArgs {
-  p_org_id: string;
-  p_user_id: string;
-  p_client_ip: string | null;
-  p_channel: string;
-  p_session_id: string | null;
-  p_org_limit: number;
-  p_user_limit: number;
-  p_ip_limit: number;
-  p_window_seconds: number;
-  p_max_messages: number;
-  p_load_history: boolean;
-  /** false: the session store knows the session is someone else's (refused in the database's order). */
-  p_session_owned: boolean | null;
-  /** Idempotency-Key (idempotency.ts): sent only when the request carries one. */
-  p_idempotency_key?: string;
-  p_request_hash?: string;
-  /** The server's request id: names the token reservation its usage row settles. */
-  p_request_id: string | null;
-  /** The turn's worst case: prompt estimate (history the database reads is added there) + max output tokens. */
-  p_reserve_tokens: number;
-  /** Prices the reservation against an enforced budget. */
-  p_model: string | null;
-  /** After this many seconds an unsettled reservation stops counting. */
-  p_reserve_seconds: number;
-}
-
-export interface EndTurnArgs {
-  p_session_id: string;
-  p_org_id: string;
-  p_user_id: string;
-  p_channel: string;
-  p_user_message: string;
-  p_assistant_message: string;
-  p_ttl_seconds: number;
-  p_max_messages: number;
-}
-
-/**
- * `member`: whether the user is a member of the org, on every outcome (a
- * non-member's usage row must not name the org). Refusals carry the
- * rate-limit decision of the user: slot they consumed.
- */
-export type BeginTurnResult =
-  & { member?: boolean }
-  & (
-    | {
-      outcome: "ok";
-      rate_limit: unknown;
-      session_exists: boolean;
-      history: ChatMessage[];
-      /** Tokens reserved under a quota or an enforced budget; null when none applies. */
-      reserved_tokens?: number | null;
-    }
-    | { outcome: "rate_limit"; rate_limit: unknown }
-    | {
-      outcome: "assistant_disabled";
-      message: string | null;
-      disabled_scope: "global" | "channel" | "org" | "org_channel";
-    }
-    | {
-      outcome: "budget_exceeded";
-      budget: {
-        scope: "org" | "global";
-        budget_usd: number;
-        spent_usd?: number;
-        reserved_usd?: number;
-        /** Refused because the model has no price, so no spend could be enforced. */
-        unpriced_model?: string;
-      };
-    }
-    | {
-      outcome: "opt_out";
-      opt_out_scope: "org" | "user";
-      opt_out_channel: string | null;
-      rate_limit?: unknown;
-    }
-    | { outcome: "forbidden"; rate_limit?: unknown }
-    | { outcome: "session_not_found"; rate_limit?: unknown }
-    | { outcome: "replay"; response: StoredAnswer }
-    | { outcome: "idempotency_mismatch" }
-    | {
-      outcome: "request_in_progress";
-      retry_after_seconds?: number;
-      request_id?: string;
-    }
-  );
-
-export interface ChatMessage {
-  role: "user" | "assistant";
-  content: string;
-}
-
-export interface UsageEvent {
-  request_id: string;
-  org_id: string | null;
-  user_id: string | null;
-  session_id: string | null;
-  channel: string | null;
-  model: string | null;
-  prompt_tokens: number | null;
-  cached_prompt_tokens: number | null;
-  completion_tokens: number | null;
-  total_tokens: number | null;
-  latency_ms: number;
-  success: boolean;
-  error_code: string | null;
-  error_message: string | null;
-  /** Requests this row stands for: 1, or more on an aggregated refusal row. */
-  event_count: number;
-  metadata: Record<string, unknown>;
-  /** Settles the attempt's Idempotency-Key; not a column (idempotency.ts). */
-  idempotency?: IdempotencySettlement;
 }
 
 /** What the handler needs from Postgres; tests swap the transport, not this. */

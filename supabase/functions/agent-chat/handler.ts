@@ -16,14 +16,15 @@ import { AgentError, asAgentError } from "../_shared/errors.ts";
 import { createCors, errorResponse, requestIds } from "../_shared/http.ts";
 import type { Logger } from "../_shared/log.ts";
 import { type AdmissionDeps, admit, identify, sessionKeyFor } from "./admission.ts";
-import { type AnswerDeps, answerJson, answerStream } from "./answer.ts";
+import { type AnswerDeps, answerJson, answerStream, replayAnswer } from "./answer.ts";
 import type { Config } from "./config.ts";
-import { idempotencyClaim, replayAnswer, REPLAYED_HEADER } from "./idempotency.ts";
+import { idempotencyClaim, REPLAYED_HEADER } from "./idempotency.ts";
 import { RATE_LIMIT_HEADER_NAMES, rateLimitHeaders } from "./rate-limit.ts";
 import { recordRefusal, type RefusalLedger } from "./refusals.ts";
 import { chatRequestSchema, parseChatRequest } from "./request.ts";
 import { requestLogLine } from "./request-log.ts";
-import { type Outcome, type RequestFacts, turnFacts } from "./usage.ts";
+import type { Outcome, RequestFacts } from "./turn.ts";
+import { turnFacts } from "./usage.ts";
 
 export type HandlerSettings =
   & Pick<

@@ -18,11 +18,8 @@
  *   no usage row; it answers with `idempotent-replayed: true`.
  */
 import { AgentError } from "../_shared/errors.ts";
-import { jsonResponse } from "../_shared/http.ts";
-import type { BeginTurnArgs, UsageEvent } from "./database.ts";
 import type { ChatRequest } from "./request.ts";
-import { streamSSE } from "./sse.ts";
-import type { Outcome } from "./usage.ts";
+import type { BeginTurnArgs, IdempotencySettlement, StoredAnswer, UsageEvent } from "./turn.ts";
 
 export const IDEMPOTENCY_HEADER = "idempotency-key";
 export const REPLAYED_HEADER = "idempotent-replayed";
@@ -35,23 +32,6 @@ export interface IdempotencyClaim {
   requestId: string;
   /** How long a completed key is kept: the session TTL. */
   ttlSeconds: number;
-}
-
-/** The answer a completed key stores and a replay sends: the JSON body of the first attempt. */
-export interface StoredAnswer {
-  session_id: string;
-  message: string;
-  usage: { prompt_tokens: number; completion_tokens: number; total_tokens: number };
-  model: string;
-  request_id: string;
-}
-
-/** What a usage event carries to settle its attempt's key (ops.idempotency_settle). */
-export interface IdempotencySettlement {
-  key: string;
-  outcome: "complete" | "release";
-  response?: StoredAnswer;
-  ttl_seconds?: number;
 }
 
 const PRINTABLE = /^[\x20-\x7e]+$/;
@@ -177,25 +157,4 @@ export function settle(
     ? { key: claim.key, outcome: "complete", response: answer, ttl_seconds: claim.ttlSeconds }
     : { key: claim.key, outcome: "release" };
   return { ...event, idempotency };
-}
-
-/** The stored answer again: the JSON body, or the SSE events with the whole text as one delta. */
-export function replayAnswer(
-  answer: StoredAnswer,
-  body: { stream: boolean },
-  headers: Record<string, string>,
-  finished: (status: number, outcome: Outcome) => void,
-): Response {
-  const replayHeaders = { ...headers, [REPLAYED_HEADER]: "true" };
-  finished(200, { model: answer.model, replayed: true });
-  if (!body.stream) return jsonResponse(200, answer, replayHeaders);
-  const { message, ...done } = answer;
-  const { response } = streamSSE(replayHeaders, (sse) => {
-    sse.write("session", { session_id: answer.session_id, request_id: answer.request_id });
-    sse.write("delta", { text: message });
-    sse.write("done", done);
-    sse.close();
-    return Promise.resolve();
-  });
-  return response;
 }

@@ -5,17 +5,10 @@
  * a stream of text deltas and final usage.
  */
 import OpenAI from "openai";
-import type { ChatMessage } from "./database.ts";
+import type { ChatMessage, TokenUsage } from "./turn.ts";
 import { RetriesExhausted, withRetries } from "./model-retry.ts";
 import { createFetchCompletion } from "./model-fetch.ts";
 import { storable } from "../_shared/text.ts";
-
-export interface TokenUsage {
-  prompt_tokens: number;
-  completion_tokens: number;
-  total_tokens: number;
-  cached_prompt_tokens: number;
-}
 
 export interface ModelAnswer {
   text: string;

@@ -3,19 +3,7 @@
  * result, and the RateLimit headers (IETF draft) that tell the client about it.
  */
 
-/** The request buckets, a policy's channel: bucket, and the token quotas (`tokens`). */
-export type RateLimitScope = "org" | "user" | "ip" | "channel" | "tokens";
-
-export interface RateLimitDecision {
-  allowed: boolean;
-  /** The refusing scope when refused; the one with the least left otherwise. */
-  scope: RateLimitScope;
-  limit: number;
-  remaining: number;
-  resetSeconds: number;
-  retryAfterSeconds: number;
-  windowSeconds: number;
-}
+import type { RateLimitDecision, RateLimitScope } from "./turn.ts";
 
 /** `windowSeconds` is the default; a decision names its bucket's own window (a policy may set it). */
 export function decisionFromDatabase(raw: unknown, windowSeconds: number): RateLimitDecision {

@@ -23,8 +23,8 @@
 import type { Caller } from "../_shared/auth.ts";
 import { addressBlock } from "../_shared/client-ip.ts";
 import type { AgentError } from "../_shared/errors.ts";
-import type { UsageEvent } from "./database.ts";
-import { type RequestFacts, usageEvent, type UsageSettings } from "./usage.ts";
+import type { RequestFacts, UsageEvent } from "./turn.ts";
+import { usageEvent, type UsageSettings } from "./usage.ts";
 
 export interface RefusalLedgerOptions {
   intervalMs: number;

@@ -4,7 +4,7 @@
  * server-side failures.
  */
 import type { Logger } from "../_shared/log.ts";
-import type { Outcome, RequestFacts } from "./usage.ts";
+import type { Outcome, RequestFacts } from "./turn.ts";
 
 export function requestLogLine(
   settings: { sessionStore: string; transport: string },

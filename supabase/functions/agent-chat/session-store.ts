@@ -8,14 +8,9 @@
  * charged exactly as with the Supabase store) and does every read and write
  * in one Lua script.
  */
-import type { ChatMessage, TurnDatabase, UsageEvent } from "./database.ts";
-
-export interface SessionKey {
-  sessionId: string;
-  orgId: string;
-  userId: string;
-  channel: string;
-}
+import { AgentError, describe } from "../_shared/errors.ts";
+import type { TurnDatabase } from "./database.ts";
+import type { ChatMessage, SessionKey, UsageEvent } from "./turn.ts";
 
 /** What a store knows about a session before the begin-turn call, and how it gets the history. */
 export interface SessionPlan {
@@ -167,4 +162,19 @@ export function createRedisSessionStore(
       return { owned: Number(result) === 1, usageLogged: false };
     },
   };
+}
+
+/** A failed call to a store is a 503: the client may try again. */
+export async function storeCall<T>(call: () => Promise<T>): Promise<T> {
+  try {
+    return await call();
+  } catch (error) {
+    throw storeError(error);
+  }
+}
+
+export function storeError(cause: unknown): AgentError {
+  return new AgentError("session_store_error", "the conversation store is unavailable, try again", {
+    detail: describe(cause),
+  });
 }

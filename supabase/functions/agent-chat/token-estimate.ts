@@ -5,8 +5,7 @@
  * encoding of the gpt-4o and gpt-4.1 families). The encoding (a few MB of
  * ranks) loads on first use only, so ordinary turns never pay for it.
  */
-import type { ChatMessage } from "./database.ts";
-import type { TokenUsage } from "./model.ts";
+import type { ChatMessage, TokenUsage } from "./turn.ts";
 
 /** Per-message framing tokens of the chat format (role and separators). */
 const PER_MESSAGE = 4;

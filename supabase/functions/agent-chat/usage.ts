@@ -5,12 +5,11 @@
  * string is made storable first, so no client input can make the insert
  * fail; a failed insert never fails the request, it becomes a log line.
  */
-import { describe, type ErrorCode } from "../_shared/errors.ts";
+import { describe } from "../_shared/errors.ts";
 import type { Logger } from "../_shared/log.ts";
 import { storable } from "../_shared/text.ts";
-import type { TurnDatabase, UsageEvent } from "./database.ts";
-import type { TokenUsage } from "./model.ts";
-import type { RateLimitDecision } from "./rate-limit.ts";
+import type { TurnDatabase } from "./database.ts";
+import type { Outcome, RequestFacts, UsageEvent } from "./turn.ts";
 
 /** Keeps the isolate alive until `promise` settles (EdgeRuntime.waitUntil). */
 export type ExtendLifetime = (promise: Promise<unknown>) => void;
@@ -19,25 +18,6 @@ export function edgeRuntimeLifetime(): ExtendLifetime | undefined {
   const runtime = (globalThis as { EdgeRuntime?: { waitUntil?: (p: Promise<unknown>) => void } })
     .EdgeRuntime;
   return typeof runtime?.waitUntil === "function" ? (p) => runtime.waitUntil!(p) : undefined;
-}
-
-/** What a request is known to be about when its row is written. */
-export interface RequestFacts {
-  requestId: string;
-  clientRequestId?: string | undefined;
-  started: number;
-  orgId?: string | null | undefined;
-  /** The org a refused non-member named: kept out of `org_id` so it cannot poison that org's reports. */
-  requestedOrgId?: string | undefined;
-  userId?: string | undefined;
-  sessionId?: string | undefined;
-  channel?: string | undefined;
-  clientIp?: string | undefined;
-  stream?: boolean | undefined;
-  rateLimit?: RateLimitDecision | undefined;
-  /** The bucket scope that refused the request, when a limit did. */
-  refusedScope?: string | undefined;
-  clientMetadata?: Record<string, unknown> | undefined;
 }
 
 /** The facts of a request once its body is read: who, which org, session and channel. */
@@ -61,18 +41,6 @@ export function turnFacts(
     stream: body.stream,
     clientMetadata: body.metadata,
   };
-}
-
-export interface Outcome {
-  model?: string | undefined;
-  usage?: TokenUsage | undefined;
-  /** The usage is an estimate (the upstream never reported it, or not for every attempt). */
-  estimated?: boolean | undefined;
-  /** Model calls made for this turn, when more than one (retries are billed too). */
-  attempts?: number | undefined;
-  error?: { code: ErrorCode; detail: string } | undefined;
-  /** The stored answer of an Idempotency-Key was sent again (no model call, no row). */
-  replayed?: boolean | undefined;
 }
 
 export interface UsageSettings {

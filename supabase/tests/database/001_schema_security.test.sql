@@ -1,40 +1,41 @@
 -- The schema's security posture, the checks Supabase's linter makes:
 -- RLS everywhere, pinned search_path, security_invoker views, service-only
--- functions.
+-- functions. Lists are compared as sets (is_empty, set_eq): the catalog
+-- returns rows in no defined order.
 begin;
 \ir ../support/pgtap-helpers.psql
 select plan(10);
 
 -- test: every table of ours has RLS
-select is(
-  (select array_agg(c.oid::regclass::text order by 1) from pg_class c join pg_namespace n on n.oid = c.relnamespace
-   where c.relkind = 'r' and n.nspname in ('public', 'ops') and not c.relrowsecurity),
-  null, 'RLS is enabled on every table in public and ops');
+select is_empty(
+  $$select c.oid::regclass::text from pg_class c join pg_namespace n on n.oid = c.relnamespace
+    where c.relkind in ('r', 'p') and n.nspname in ('public', 'ops') and not c.relrowsecurity$$,
+  'RLS is enabled on every table in public and ops');
 
 -- test: every function of ours pins search_path to ''
-select is(
-  (select array_agg(p.oid::regprocedure::text order by 1) from pg_proc p join pg_namespace n on n.oid = p.pronamespace
-   where n.nspname in ('public', 'ops') and not coalesce(p.proconfig @> array['search_path=""'], false)),
-  null, 'every function in public and ops sets search_path = ''''');
+select is_empty(
+  $$select p.oid::regprocedure::text from pg_proc p join pg_namespace n on n.oid = p.pronamespace
+    where n.nspname in ('public', 'ops') and not coalesce(p.proconfig @> array['search_path=""'], false)$$,
+  'every function in public and ops sets search_path = ''''');
 
-select is(
-  (select array_agg(c.oid::regclass::text order by 1) from pg_class c join pg_namespace n on n.oid = c.relnamespace
-   where c.relkind = 'v' and n.nspname in ('public', 'ops')
-     and not coalesce(c.reloptions @> array['security_invoker=true'], false)),
-  null, 'every view is security_invoker');
+select is_empty(
+  $$select c.oid::regclass::text from pg_class c join pg_namespace n on n.oid = c.relnamespace
+    where c.relkind = 'v' and n.nspname in ('public', 'ops')
+      and not coalesce(c.reloptions @> array['security_invoker=true'], false)$$,
+  'every view is security_invoker');
 
-select is(
-  (select array_agg(p.oid::regprocedure::text order by 1) from pg_proc p join pg_namespace n on n.oid = p.pronamespace
-   where n.nspname in ('public', 'ops') and p.prosecdef),
+select set_eq(
+  $$select p.oid::regprocedure::text from pg_proc p join pg_namespace n on n.oid = p.pronamespace
+    where n.nspname in ('public', 'ops') and p.prosecdef$$,
   array['ops.audit_direct_change()', 'ops.audit(text,text,uuid,text,jsonb,jsonb)'],
   'only the audit writers are security definer (nobody else may insert an audit row)');
 
 -- test: anon and authenticated can execute none of the service functions
-select is(
-  (select array_agg(distinct p.oid::regprocedure::text) from pg_proc p join pg_namespace n on n.oid = p.pronamespace
-   cross join (values ('anon'), ('authenticated')) r(role)
-   where n.nspname in ('public', 'ops') and has_function_privilege(r.role, p.oid, 'execute')),
-  null, 'anon and authenticated may execute no function in public or ops');
+select is_empty(
+  $$select r.role, p.oid::regprocedure::text from pg_proc p join pg_namespace n on n.oid = p.pronamespace
+    cross join (values ('anon'), ('authenticated')) r(role)
+    where n.nspname in ('public', 'ops') and has_function_privilege(r.role, p.oid, 'execute')$$,
+  'anon and authenticated may execute no function in public or ops');
 select ok(has_function_privilege('service_role', 'public.agent_begin_turn(uuid, uuid, text, text, uuid, integer, integer, integer, integer, integer, boolean, boolean, text, integer, text, integer, timestamptz, text, text)', 'execute'),
   'service_role may execute agent_begin_turn');
 select ok(not has_schema_privilege('authenticated', 'ops', 'usage') and not has_schema_privilege('anon', 'ops', 'usage'),

@@ -92,13 +92,13 @@ select ok((select count(*) from t_held where kind in ('function', 'procedure')) 
 
 -- No default privilege in a project schema (public's are the platform's, and
 -- revoked object by object) hands anon or authenticated the next object.
-select is(
-  (select array_agg(d.defaclnamespace::regnamespace::text || ':' || d.defaclobjtype::text || ':' || x.grantee::regrole::text)
-   from pg_default_acl d
-   join t_project_schemas s on s.oid = d.defaclnamespace
-   cross join lateral aclexplode(d.defaclacl) x
-   where s.nspname <> 'public' and x.grantee in ('anon'::regrole, 'authenticated'::regrole)),
-  null, 'no default privilege for anon or authenticated in a project schema other than public');
+select is_empty(
+  $$select d.defaclnamespace::regnamespace::text || ':' || d.defaclobjtype::text || ':' || x.grantee::regrole::text
+    from pg_default_acl d
+    join t_project_schemas s on s.oid = d.defaclnamespace
+    cross join lateral aclexplode(d.defaclacl) x
+    where s.nspname <> 'public' and x.grantee in ('anon'::regrole, 'authenticated'::regrole)$$,
+  'no default privilege for anon or authenticated in a project schema other than public');
 
 -- test: the denials, as each role
 select tests.authenticate_as_anon();

@@ -18,10 +18,10 @@ select tests.authenticate_as_service_role();
 select results_eq(
   $$select bucket_start, requests from ops.usage_report(
       (select t0 from t_ctx) + interval '2 seconds', (select t0 from t_ctx) + interval '3 hours',
-      '15 minutes', (select org from t_ctx))$$,
+      '15 minutes', (select org from t_ctx)) order by bucket_start$$,
   $$select bucket_start, requests from ops.usage_report(
       (select t0 from t_ctx) + interval '9 seconds', (select t0 from t_ctx) + interval '3 hours 7 seconds',
-      '15 minutes', (select org from t_ctx))$$,
+      '15 minutes', (select org from t_ctx)) order by bucket_start$$,
   'two reports asked 7 seconds apart have the same buckets');
 select is(
   (select count(*)::int from ops.usage_report((select t0 from t_ctx) + interval '2 seconds',

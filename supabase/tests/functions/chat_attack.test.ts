@@ -397,7 +397,7 @@ Deno.test("held: anon and authenticated reach no table, sequence or function bey
   }));
 
 // ---------------------------------------------------------------------------
-// Held: JWT tricks beyond chat_security.test.ts (alg none, unknown kid, a
+// Held: JWT tricks beyond chat_security_identity.test.ts (alg none, unknown kid, a
 // wrong audience, a token expired beyond the clock tolerance, a forged
 // signature on a good payload).
 // ---------------------------------------------------------------------------

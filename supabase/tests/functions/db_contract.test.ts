@@ -7,12 +7,8 @@
 import postgres from "postgres";
 import { assertEquals } from "./assert.ts";
 import { testUrls } from "../support/function-harness.ts";
-import {
-  type BeginTurnArgs,
-  CALL_PARAMETERS,
-  type EndTurnArgs,
-  type UsageEvent,
-} from "../../functions/agent-chat/database.ts";
+import { CALL_PARAMETERS } from "../../functions/agent-chat/database.ts";
+import type { BeginTurnArgs, EndTurnArgs, UsageEvent } from "../../functions/agent-chat/turn.ts";
 
 const begin: Required<BeginTurnArgs> = {
   p_org_id: "",

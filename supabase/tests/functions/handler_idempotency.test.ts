@@ -8,15 +8,11 @@ import { assert, assertEquals, assertMatch } from "./assert.ts";
 import { parseSse } from "../support/sse.ts";
 import { chatRequest, createFakes, ORG, SERVICE_TOKEN, USER } from "../support/fakes.ts";
 import { createAgentChatHandler } from "../../functions/agent-chat/handler.ts";
-import {
-  parseIdempotencyKey,
-  requestHash,
-  type StoredAnswer,
-} from "../../functions/agent-chat/idempotency.ts";
+import { parseIdempotencyKey, requestHash } from "../../functions/agent-chat/idempotency.ts";
 import { ModelError } from "../../functions/agent-chat/model.ts";
 import type { ChatRequest } from "../../functions/agent-chat/request.ts";
 import { createUsageLogger } from "../../functions/agent-chat/usage.ts";
-import type { UsageEvent } from "../../functions/agent-chat/database.ts";
+import type { StoredAnswer, UsageEvent } from "../../functions/agent-chat/turn.ts";
 import { expectError } from "../support/contract.ts";
 
 const hi = { message: "hi", org_id: ORG };

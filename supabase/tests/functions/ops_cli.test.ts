@@ -8,6 +8,7 @@ import { assert, assertEquals, assertMatch } from "./assert.ts";
 import { testUrls } from "../support/function-harness.ts";
 import { which } from "../support/tools.ts";
 import { runOps } from "../../../scripts/ops.ts";
+import { commands as opsCommands } from "../../../scripts/ops/commands.ts";
 
 const root = new URL("../../../", import.meta.url).pathname;
 
@@ -157,6 +158,25 @@ Deno.test("ops CLI: bad arguments are clear errors with exit code 2; database er
   assertEquals(r.code, 2);
   assertEquals(r.err.trim().split("\n").length, 1, r.err);
   assertMatch(r.err, /unknown option --bogus-flag/);
+  // Each command takes its own flags: another command's flag is refused, naming the command's help.
+  r = await ops("buckets", "user:" + crypto.randomUUID(), "--org", crypto.randomUUID());
+  assertEquals(r.code, 2);
+  assertMatch(r.err, /^error: unknown option --org \(ops buckets --help\)/);
+  r = await ops("usage", "--html", "x.html");
+  assertEquals(r.code, 2);
+  assertMatch(r.err, /unknown option --html/);
+});
+
+Deno.test("ops CLI: every command's --help says what it does, its flags and an example", async () => {
+  for (const name of Object.keys(opsCommands)) {
+    const r = await ops(name, "--help");
+    assertEquals(r.code, 0, `${name}: ${r.err}`);
+    assertMatch(r.out, new RegExp(`^usage: deno task ops ${name}`), name);
+    assertMatch(r.out, /\nexample:\n {2}npm run ops -- /, name);
+    for (const flag of Object.keys(opsCommands[name]!.flags)) {
+      assertMatch(r.out, new RegExp(`--${flag}\\b`), `${name} --help names --${flag}`);
+    }
+  }
 });
 
 const commands: Array<[string, string[]]> = [

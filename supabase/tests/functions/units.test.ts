@@ -4,7 +4,7 @@ import { ConfigError, loadConfig } from "../../functions/agent-chat/config.ts";
 import { addressBlock, clientIpFrom, normalizeIp } from "../../functions/_shared/client-ip.ts";
 import { findUnstorable, MAX_JSON_DEPTH } from "../../functions/_shared/text.ts";
 import { createRefusalLedger } from "../../functions/agent-chat/refusals.ts";
-import type { UsageEvent } from "../../functions/agent-chat/database.ts";
+import type { UsageEvent } from "../../functions/agent-chat/turn.ts";
 import { chatRequestSchema, parseChatRequest } from "../../functions/agent-chat/request.ts";
 import { secretsEqual } from "../../functions/_shared/auth.ts";
 import { AgentError, type ErrorCode } from "../../functions/_shared/errors.ts";

@@ -6,16 +6,28 @@
  *     `aud: authenticated`, `exp`, `iat`, `iss`, `app_metadata`,
  *     `user_metadata`, `session_id`; and service-role tokens
  *     (`role: service_role`, no `sub`) as the legacy service key is;
- *   - the legacy HS256 shared secret, for projects that still sign with it.
+ *   - the legacy HS256 shared secret, for projects that still sign with it;
+ *   - GET /auth/v1/user: the user of a valid access token (what supabase-js'
+ *     `auth.setSession` and `auth.getUser` ask), 401 `bad_jwt` otherwise.
  * Not covered: sign-up, sign-in, refresh, key rotation endpoints.
  */
-import { exportJWK, generateKeyPair, importJWK, type JWK, SignJWT } from "jose";
+import {
+  createLocalJWKSet,
+  decodeProtectedHeader,
+  exportJWK,
+  generateKeyPair,
+  importJWK,
+  type JWK,
+  jwtVerify,
+  SignJWT,
+} from "jose";
 
 export interface AuthStandIn {
   issuer: string;
   jwtSecret: string;
   jwks: { keys: JWK[] };
-  handle(request: Request): Response | undefined;
+  /** JWKS and GET /auth/v1/user; undefined for other paths. */
+  handle(request: Request): Promise<Response> | Response | undefined;
   userToken(sub: string, options?: TokenOptions): Promise<string>;
   serviceToken(options?: { alg?: "ES256" | "HS256" }): Promise<string>;
   /** A token signed by a key the project does not know. */
@@ -58,6 +70,31 @@ export async function createAuthStandIn(
     return await jwt.sign(alg === "ES256" ? privateKey : hmac);
   }
 
+  const localJwks = createLocalJWKSet({ keys: [publicJwk] });
+  /** GoTrue's GET /user: the user a valid access token names. */
+  async function userOf(request: Request): Promise<Response> {
+    const token = /^Bearer (\S+)$/i.exec(request.headers.get("authorization") ?? "")?.[1] ?? "";
+    try {
+      const { payload: p } = decodeProtectedHeader(token).alg === "HS256"
+        ? await jwtVerify(token, hmac, { issuer, algorithms: ["HS256"] })
+        : await jwtVerify(token, localJwks, { issuer, algorithms: ["ES256"] });
+      if (typeof p.sub !== "string") throw new Error("no sub");
+      return Response.json({
+        id: p.sub,
+        aud: p.aud,
+        role: p.role,
+        email: p.email ?? "",
+        app_metadata: p.app_metadata ?? {},
+        user_metadata: p.user_metadata ?? {},
+        created_at: new Date(0).toISOString(),
+      });
+    } catch {
+      return Response.json({ code: 401, error_code: "bad_jwt", msg: "invalid JWT" }, {
+        status: 401,
+      });
+    }
+  }
+
   return {
     issuer,
     jwtSecret,
@@ -69,6 +106,7 @@ export async function createAuthStandIn(
           headers: { "cache-control": "public, max-age=600" },
         });
       }
+      if (path === "/auth/v1/user" && request.method === "GET") return userOf(request);
       return undefined;
     },
     userToken: (sub, o = {}) =>

@@ -5,7 +5,13 @@
  *   /rest/v1/rpc/<fn>                PostgREST stand-in (real SQL)
  *   /functions/v1/<name>             the functions' handlers (agent-chat, agent-alerts), in process
  * Like the real gateway it appends the caller's address to X-Forwarded-For,
- * so the function sees one trusted hop.
+ * so the function sees one trusted hop. API keys: PostgREST maps a secret
+ * key to `service_role` and a publishable (anon) key to `anon`; a function
+ * deployed with `verify_jwt = false` (agent-chat) gets every request as sent,
+ * `apikey` and `Authorization` included, as the hosted platform forwards it:
+ * supabase-js sends `apikey: <anon key>` and `Authorization: Bearer <the
+ * user's access token>` (no Authorization without a session), and the
+ * function decides.
  */
 import type { AuthStandIn } from "./auth.ts";
 import { createPostgrestStandIn, type PostgrestStandIn } from "./postgrest.ts";
@@ -31,6 +37,7 @@ export function startGateway(options: {
   databaseUrl: string;
   auth: AuthStandIn;
   secretKeys?: string[];
+  publishableKeys?: string[];
   port?: number;
 }): Gateway {
   const postgrest = createPostgrestStandIn({
@@ -38,6 +45,7 @@ export function startGateway(options: {
     jwks: options.auth.jwks,
     jwtSecret: options.auth.jwtSecret,
     secretKeys: options.secretKeys ?? [],
+    publishableKeys: options.publishableKeys ?? [],
   });
   const functions = new Map<string, FunctionHandler>();
   const server = Deno.serve(

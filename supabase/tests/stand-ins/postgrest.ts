@@ -5,7 +5,9 @@
  *   - requires an `apikey` header (401 without one) and verifies the JWT in
  *     `Authorization: Bearer` (or the apikey when no Authorization is sent):
  *     ES256 via the project's JWKS, or the legacy HS256 secret; opaque secret
- *     keys (`sb_secret_…`) map to the service role as the gateway does;
+ *     keys (`sb_secret_…`) map to the service role and publishable keys
+ *     (`sb_publishable_…`, the anon key of supabase-js' `createClient`) to
+ *     `anon`, as the gateway does;
  *   - in one transaction: `set local role <jwt role>`, sets
  *     `request.jwt.claims` (and `request.jwt.claim.role`/`.sub`), calls the
  *     function with named arguments (a JSON array given to an array
@@ -64,7 +66,8 @@ export function createPostgrestStandIn(options: {
   jwtSecret: string;
   /** Opaque secret API keys the gateway maps to the service role. */
   secretKeys?: string[];
-  anonKey?: string;
+  /** Opaque publishable API keys the gateway maps to `anon`. */
+  publishableKeys?: string[];
 }): PostgrestStandIn {
   const sql = postgres(options.databaseUrl, {
     max: 8,
@@ -79,6 +82,7 @@ export function createPostgrestStandIn(options: {
 
   async function claimsOf(token: string): Promise<Record<string, unknown>> {
     if (options.secretKeys?.includes(token)) return { role: "service_role" };
+    if (options.publishableKeys?.includes(token)) return { role: "anon" };
     const alg = JSON.parse(atob(token.split(".")[0]!.replace(/-/g, "+").replace(/_/g, "/"))).alg;
     const { payload } = alg === "HS256"
       ? await jwtVerify(token, hmac, { algorithms: ["HS256"] })

@@ -10,7 +10,7 @@ import type {
   BeginTurnResult,
   ChatMessage,
   UsageEvent,
-} from "../../functions/agent-chat/database.ts";
+} from "../../functions/agent-chat/turn.ts";
 import type { AgentChatDeps, HandlerSettings } from "../../functions/agent-chat/handler.ts";
 import type { ModelAnswer, ModelClient, StreamEvent } from "../../functions/agent-chat/model.ts";
 import { createRefusalLedger } from "../../functions/agent-chat/refusals.ts";
@@ -44,7 +44,7 @@ export interface Fakes {
   begins: BeginTurnArgs[];
   saved: Array<{ sessionId: string; user: string; assistant: string }>;
   modelCalls: number;
-  logs: Array<{ event: string; fields: Record<string, unknown> }>;
+  logs: Array<{ level: string; event: string; fields: Record<string, unknown> }>;
   /** What the next begin-turn call answers (or throws). */
   begin: (args: BeginTurnArgs) => Promise<BeginTurnResult>;
   /** What the model does. */
@@ -143,7 +143,7 @@ export function createFakes(settings: Partial<HandlerSettings> = {}, ipLimit = 3
     model,
     usage,
     refusals: createRefusalLedger({ intervalMs: 60_000, ipLimit, write: usage.record }),
-    log: (_level, event, fields) => f.logs.push({ event, fields }),
+    log: (level, event, fields) => f.logs.push({ level, event, fields }),
   };
   return f;
 }

@@ -116,6 +116,9 @@ export interface PlatformOptions {
   port?: number;
   /** Auth signing key; default a new one. */
   signingKey?: JWK;
+  /** The project's secret (service) and publishable (anon) API keys; default new ones. */
+  secretKey?: string;
+  publishableKey?: string;
   /** Auth issuer; default the stand-in's own. */
   issuer?: string;
   /** Serve the OpenAI stand-in and point the function at it (default true). */
@@ -137,7 +140,11 @@ export interface Platform {
   upstash: UpstashStandIn | undefined;
   /** The secret key the gateway and the function accept as the service role. */
   secretKey: string;
+  /** The publishable (anon) key: supabase-js' `createClient(projectUrl, publishableKey)`. */
+  publishableKey: string;
   config: Config;
+  /** The project URL (the gateway), as `SUPABASE_URL`. */
+  projectUrl: string;
   functionUrl: string;
   /** agent-alerts beside agent-chat (POST with secretKey runs one cycle). */
   alertsUrl: string;
@@ -152,7 +159,8 @@ export interface Platform {
  * /functions/v1/agent-alerts.
  */
 export async function startPlatform(options: PlatformOptions): Promise<Platform> {
-  const secretKey = `sb_secret_${crypto.randomUUID().replaceAll("-", "")}`;
+  const secretKey = options.secretKey ?? newApiKey("secret");
+  const publishableKey = options.publishableKey ?? newApiKey("publishable");
   const auth = await createAuthStandIn({
     ...(options.signingKey ? { signingKey: options.signingKey } : {}),
     ...(options.issuer ? { issuer: options.issuer } : {}),
@@ -161,6 +169,7 @@ export async function startPlatform(options: PlatformOptions): Promise<Platform>
     databaseUrl: options.databaseUrl,
     auth,
     secretKeys: [secretKey],
+    publishableKeys: [publishableKey],
     ...(options.port ? { port: options.port } : {}),
   });
   const openai = options.openai === false ? undefined : createOpenAIStandIn();
@@ -205,7 +214,9 @@ export async function startPlatform(options: PlatformOptions): Promise<Platform>
       openai,
       upstash,
       secretKey,
+      publishableKey,
       config,
+      projectUrl: gateway.url,
       functionUrl: gateway.functionUrl,
       alertsUrl: `${gateway.functionsUrl}/agent-alerts`,
       async stop() {
@@ -217,6 +228,11 @@ export async function startPlatform(options: PlatformOptions): Promise<Platform>
     await stopAll();
     throw error;
   }
+}
+
+/** A new opaque API key in the hosted format (`sb_secret_…`, `sb_publishable_…`). */
+export function newApiKey(kind: "secret" | "publishable"): string {
+  return `sb_${kind}_${crypto.randomUUID().replaceAll("-", "")}`;
 }
 
 // ------------------------------------------------------------ processes

@@ -29,12 +29,17 @@ export async function listMigrations(dir = migrationsDir): Promise<string[]> {
 
 export async function migrate(
   url: string,
-  options: { pgCron: boolean; log?: (line: string) => void; migrationsDir?: string } = {
-    pgCron: false,
-  },
+  options: {
+    pgCron: boolean;
+    log?: (line: string) => void;
+    migrationsDir?: string;
+    /** Runs after each applied migration (a check of what it left); a throw stops the run. */
+    afterEach?: (file: string) => Promise<void>;
+  } = { pgCron: false },
 ): Promise<string[]> {
   const log = options.log ?? (() => {});
   const dir = options.migrationsDir ?? migrationsDir;
+  // A database whose platform is already there (supabase-like.psql) is not bootstrapped again.
   const bootstrapped =
     (await psql(url, ["-Atc", "select to_regnamespace('auth') is not null"])).trim() === "t";
   if (!bootstrapped) {
@@ -42,14 +47,14 @@ export async function migrate(
     if (options.pgCron) {
       await psql(url, ["-c", "create extension if not exists pg_cron with schema pg_catalog"]);
     }
-    await psql(url, [
-      "-c",
-      "create schema if not exists supabase_migrations; " +
-      "create table if not exists supabase_migrations.schema_migrations " +
-      "(version text primary key, statements text[], name text)",
-    ]);
     log("bootstrapped Supabase roles, auth schema and extensions");
   }
+  await psql(url, [
+    "-c",
+    "create schema if not exists supabase_migrations; " +
+    "create table if not exists supabase_migrations.schema_migrations " +
+    "(version text primary key, statements text[], name text)",
+  ]);
   const applied = new Map(
     (await psql(url, ["-Atc", "select version, name from supabase_migrations.schema_migrations"]))
       .split("\n").filter(Boolean).map((line) => line.split("|") as [string, string]),
@@ -84,6 +89,7 @@ export async function migrate(
     }
     log(`applied ${file}`);
     done.push(file);
+    await options.afterEach?.(file);
   }
   return done;
 }

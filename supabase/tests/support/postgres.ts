@@ -24,6 +24,8 @@ export interface StartPostgresOptions {
   /** fsync off and friends: for tests, never for figures about durability. */
   fast?: boolean;
   extraSettings?: Record<string, string>;
+  /** The cluster's bootstrap superuser, and the user of `url` (default postgres). */
+  superuser?: string;
 }
 
 const isRoot = Deno.uid() === 0;
@@ -60,6 +62,7 @@ function asServerUser(
 export async function startPostgres(options: StartPostgresOptions = {}): Promise<PostgresServer> {
   const tools = await findPostgresTools();
   const ids = await unprivilegedIds();
+  const superuser = options.superuser ?? "postgres";
   const throwaway = !options.dataDir;
   const base = options.dataDir ?? await Deno.makeTempDir({ prefix: "agent-chat-pg-" });
   const dataDir = `${base}/data`;
@@ -75,7 +78,7 @@ export async function startPostgres(options: StartPostgresOptions = {}): Promise
       "-D",
       dataDir,
       "-U",
-      "postgres",
+      superuser,
       "--auth=trust",
       "--encoding=UTF8",
       "--locale=C.UTF-8",
@@ -103,7 +106,7 @@ export async function startPostgres(options: StartPostgresOptions = {}): Promise
   let child: Deno.ChildProcess | null = null;
   const logPath = `${base}/postgres.log`;
 
-  const url = `postgres://postgres@127.0.0.1:${port}/postgres`;
+  const url = `postgres://${superuser}@127.0.0.1:${port}/postgres`;
 
   async function startServer() {
     const [cmd, cmdArgs] = asServerUser(ids, `${tools.bin}/postgres`, args);

@@ -1,12 +1,16 @@
 /**
- * `deno task test`: starts a throwaway PostgreSQL (migrated) and Redis, runs
- * the pgTAP files with pg_prove, then the Deno tests, and ends with one line
- * `N passed, N failed`. Exits non-zero on any failure.
+ * `deno task test`: runs the pgTAP files with pg_prove against a Supabase-like
+ * database (supabase-like.ts: Supabase's roles, grants and `extensions`
+ * schema, postgres not a superuser, each migration checked to call only what
+ * an earlier one defines), then starts a throwaway PostgreSQL (migrated) and
+ * Redis for the Deno tests, and ends with one line `N passed, N failed`.
+ * Exits non-zero on any failure.
  *
  *   --only db | functions   run one half
  *   <files or folders>      the Deno tests to run (default supabase/tests/functions/)
  */
 import { type LocalStack, startLocalStack } from "./local-stack.ts";
+import { startSupabaseLike, type SupabaseLikeDatabase } from "./supabase-like.ts";
 import { MissingToolError, which } from "./tools.ts";
 import { choiceFlag, commandLine } from "../../../scripts/cli.ts";
 
@@ -14,8 +18,9 @@ const root = new URL("../../../", import.meta.url).pathname;
 const { only, paths } = commandLine({
   usage: `usage: deno task test [--only db|functions] [test files or folders]
 
-Starts a throwaway PostgreSQL and Redis, runs the pgTAP tests with pg_prove (as
-\`supabase test db\` does), then the Deno tests, and prints "N passed, N failed".`,
+Runs the pgTAP tests with pg_prove (as \`supabase test db\` does) on a Supabase-like
+database, then the Deno tests on a throwaway PostgreSQL and Redis, and prints
+"N passed, N failed".`,
   options: { only: { type: "string" } },
   positionals: true,
 }, ({ values, positionals }) => ({
@@ -74,12 +79,12 @@ async function runPgTap(url: string): Promise<Tally> {
     );
   }
   // Exactly the command `supabase test db` runs, connected through the same
-  // PG* variables: every .sql/.pg file under supabase/tests is a pgTAP test.
+  // PG* variables, as postgres: every .sql/.pg file under supabase/tests is a pgTAP test.
   const u = new URL(url);
   const res = await streamed(pgProve, ["--ext", ".pg", "--ext", ".sql", "-r", "supabase/tests"], {
     PGHOST: u.hostname,
     PGPORT: u.port,
-    PGUSER: "postgres",
+    PGUSER: decodeURIComponent(u.username),
     PGDATABASE: "postgres",
     PGOPTIONS: "--client-min-messages=warning",
   });
@@ -111,15 +116,30 @@ async function runDenoTests(env: Record<string, string>): Promise<Tally> {
 let tally: Tally = { passed: 0, failed: 0 };
 let code = 0;
 let stack: LocalStack | null = null;
+let supabaseLike: SupabaseLikeDatabase | null = null;
+const log = (l: string) => console.log(`[harness] ${l}`);
 try {
-  stack = await startLocalStack({ log: (l) => console.log(`[harness] ${l}`) });
-  stack.defer(stopCurrent);
-  console.log(`[harness] postgres ${stack.postgres.url}  redis ${stack.redis.url}`);
   if (only !== "functions") {
-    const t = await runPgTap(stack.postgres.url);
-    tally = { passed: tally.passed + t.passed, failed: tally.failed + t.failed };
+    // Ctrl-C while pg_prove runs: stop it and the database, as the stack does below.
+    const onSignal = () =>
+      void stopCurrent().then(() => supabaseLike?.stop()).finally(() => Deno.exit(130));
+    for (const signal of ["SIGINT", "SIGTERM"] as const) Deno.addSignalListener(signal, onSignal);
+    try {
+      supabaseLike = await startSupabaseLike(log);
+      const t = await runPgTap(supabaseLike.url);
+      tally = { passed: tally.passed + t.passed, failed: tally.failed + t.failed };
+    } finally {
+      for (const signal of ["SIGINT", "SIGTERM"] as const) {
+        Deno.removeSignalListener(signal, onSignal);
+      }
+      await supabaseLike?.stop();
+      supabaseLike = null;
+    }
   }
   if (only !== "db") {
+    stack = await startLocalStack({ log });
+    stack.defer(stopCurrent);
+    log(`postgres ${stack.postgres.url}  redis ${stack.redis.url}`);
     const t = await runDenoTests({
       AGENT_CHAT_TEST_DATABASE_URL: stack.postgres.url,
       AGENT_CHAT_TEST_REDIS_URL: stack.redis.url,
@@ -130,6 +150,8 @@ try {
   console.error(error instanceof MissingToolError ? `error: ${error.message}` : error);
   tally.failed += 1;
 } finally {
+  await stopCurrent();
+  await supabaseLike?.stop();
   await stack?.stop();
 }
 if (tally.failed > 0) code = 1;

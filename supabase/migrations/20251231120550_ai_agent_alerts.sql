@@ -111,13 +111,24 @@ as $$
 $$;
 comment on function ops.evaluate_alerts(timestamptz) is
   'Alert conditions true at p_now, with the thresholds of ops.alert_settings: success rate below the threshold (98%) over the trailing 15 minutes, globally and per org (each with at least min_requests served; requests counted with sum(event_count)); month-to-date spend over a global or per-org budget (budget) and at or over a share of it (budget_warning, the highest of budget_warning_ratios reached; it stays while the budget alert holds); optionally the p95 latency of answered requests over latency_p95_ms.';
-revoke execute on function ops.evaluate_alerts(timestamptz) from public, anon, authenticated;
-grant execute on function ops.evaluate_alerts(timestamptz) to service_role;
 
 create view ops.active_alerts with (security_invoker = true) as
   select * from ops.evaluate_alerts();
 comment on view ops.active_alerts is 'Alert conditions true right now (see ops.evaluate_alerts).';
-grant select on ops.active_alerts to service_role;
+
+create function ops.alert_muted_until(p_kind text, p_subject text, p_now timestamptz default now())
+returns timestamptz
+language sql
+stable
+set search_path = ''
+as $$
+  select max(m.muted_until)
+  from ops.alert_mutes m
+  where m.subject = p_subject and m.muted_until > p_now
+    and (m.kind = p_kind or (m.kind = 'budget' and p_kind = 'budget_warning'));
+$$;
+comment on function ops.alert_muted_until(text, text, timestamptz) is
+  'Until when alerts of this kind and subject are muted at p_now (NULL: not muted). A mute of a budget also mutes its early warnings.';
 
 create function ops.alert_ack(p_alert_id bigint, p_actor text default null, p_now timestamptz default now())
 returns ops.alert_events
@@ -145,24 +156,6 @@ end;
 $$;
 comment on function ops.alert_ack(bigint, text, timestamptz) is
   'Acknowledges an open alert (someone is on it); it stays open until its condition clears. Audited. CLI: alerts ack <id>.';
-revoke execute on function ops.alert_ack(bigint, text, timestamptz) from public, anon, authenticated;
-grant execute on function ops.alert_ack(bigint, text, timestamptz) to service_role;
-
-create function ops.alert_muted_until(p_kind text, p_subject text, p_now timestamptz default now())
-returns timestamptz
-language sql
-stable
-set search_path = ''
-as $$
-  select max(m.muted_until)
-  from ops.alert_mutes m
-  where m.subject = p_subject and m.muted_until > p_now
-    and (m.kind = p_kind or (m.kind = 'budget' and p_kind = 'budget_warning'));
-$$;
-comment on function ops.alert_muted_until(text, text, timestamptz) is
-  'Until when alerts of this kind and subject are muted at p_now (NULL: not muted). A mute of a budget also mutes its early warnings.';
-revoke execute on function ops.alert_muted_until(text, text, timestamptz) from public, anon, authenticated;
-grant execute on function ops.alert_muted_until(text, text, timestamptz) to service_role;
 
 create function ops.alert_mute(
   p_kind text,
@@ -207,9 +200,7 @@ begin
 end;
 $$;
 comment on function ops.alert_mute(text, text, timestamptz, text, text, timestamptz) is
-  'Mutes alerts of one kind (success_rate, budget, budget_warning, latency_p95, delivery_failed) and subject (global, org:<uuid>, destination:<name>) until p_until: ops.check_alerts raises no new event and sends no notification for them meanwhile. Audited. CLI: alerts mute <kind> <subject> --until.';
-revoke execute on function ops.alert_mute(text, text, timestamptz, text, text, timestamptz) from public, anon, authenticated;
-grant execute on function ops.alert_mute(text, text, timestamptz, text, text, timestamptz) to service_role;
+  'Mutes alerts of one kind (success_rate, budget, budget_warning, latency_p95, delivery_failed) and subject (global, org:<uuid>, destination:<name>) until p_until: ops.check_alerts raises no new event and sends no notification for them meanwhile (a budget''s mute covers its warnings too). Audited. CLI: alerts mute <kind> <subject> --until --by.';
 
 create function ops.alert_unmute(p_kind text, p_subject text, p_actor text default null)
 returns boolean
@@ -229,8 +220,6 @@ begin
 end;
 $$;
 comment on function ops.alert_unmute(text, text, text) is 'Ends a mute now; true if there was one. Audited. CLI: alerts unmute <kind> <subject>.';
-revoke execute on function ops.alert_unmute(text, text, text) from public, anon, authenticated;
-grant execute on function ops.alert_unmute(text, text, text) to service_role;
 
 -- The nightly purge, only where pg_cron is enabled (Database → Extensions on
 -- hosted Supabase; enable it, then re-run this block from the runbook). The
@@ -238,7 +227,28 @@ grant execute on function ops.alert_unmute(text, text, text) to service_role;
 do $$
 begin
   if exists (select 1 from pg_extension where extname = 'pg_cron') then
-    perform cron.schedule('agent-chat-purge-expired', '17 3 * * *', 'select ops.purge_expired()');
+    perform cron.schedule('agent-chat-purge-expired', '17 3 * * *', 'call ops.purge_nightly()');
   end if;
 end;
 $$;
+
+-- ---------------------------------------------------------------------------
+-- Privileges of every function and view above, one statement each (checked
+-- by supabase/tests/database/004_privileges_inventory.test.sql): service_role
+-- alone may execute or read them.
+-- ---------------------------------------------------------------------------
+revoke execute on function
+  ops.evaluate_alerts(timestamptz),
+  ops.alert_muted_until(text, text, timestamptz),
+  ops.alert_ack(bigint, text, timestamptz),
+  ops.alert_mute(text, text, timestamptz, text, text, timestamptz),
+  ops.alert_unmute(text, text, text)
+from public, anon, authenticated;
+grant execute on function
+  ops.evaluate_alerts(timestamptz),
+  ops.alert_muted_until(text, text, timestamptz),
+  ops.alert_ack(bigint, text, timestamptz),
+  ops.alert_mute(text, text, timestamptz, text, text, timestamptz),
+  ops.alert_unmute(text, text, text)
+to service_role;
+grant select on ops.active_alerts to service_role;

@@ -1,7 +1,7 @@
 -- agent-chat: a turn in the database. One call before the model
 -- (agent_begin_turn) and, with the Supabase session store, one after it
 -- (agent_finish_turn, which is agent_end_turn plus the usage row of
--- agent_log_usage, defined with the usage log in a later migration).
+-- agent_log_usage, defined with the usage log in the migration before).
 -- Only service_role may execute them.
 
 -- ---------------------------------------------------------------------------
@@ -130,7 +130,7 @@ begin
   if p_max_messages is null or p_max_messages < 0 then
     raise exception 'max_messages must be zero or more' using errcode = '22023';
   end if;
-  -- 0. Idempotency-Key, before any check or bucket (20251231120600_ai_agent_idempotency):
+  -- 0. Idempotency-Key, before any check or bucket (20251231120150_ai_agent_idempotency):
   -- a replay, or a duplicate of an attempt still running (409: the client
   -- does what the protocol asks, waits and retries), ends here, free; a
   -- different body (422, a client bug or a probe) is a refusal, charged
@@ -332,13 +332,7 @@ begin
 
     -- Enforced budgets: refuse once spend plus open reservations reach them.
     -- The reservation holds its tokens at the model's highest per-token price.
-    v_reserve_usd := (
-      select v_reserve * greatest(p.input_usd_per_million, p.cached_input_usd_per_million, p.output_usd_per_million) / 1000000
-      from ops.model_prices p
-      where (p.model = p_model or starts_with(p_model, p.model || '-'))
-        and p.effective_from <= p_now
-      order by length(p.model) desc, p.effective_from desc
-      limit 1);
+    v_reserve_usd := ops.worst_case_usd(p_model, v_reserve, p_now);
     -- A model without a price could spend without limit under an enforced
     -- budget: refused until ops.model_prices has its price (fail closed).
     if v_reserve_usd is null and coalesce(v_org_budget, v_global_budget) is not null then
@@ -428,12 +422,10 @@ $$;
 comment on function public.agent_begin_turn(uuid, uuid, text, text, uuid, integer, integer, integer, integer, integer, boolean, boolean, text, integer, text, integer, timestamptz, text, text) is
   'agent-chat, before the model, in one call: membership, switches (ops.agent_policies), opt-outs, session ownership (p_session_owned from the Redis store, or the session row), token quotas and enforced budgets (reserving the turn''s worst case under p_request_id), all-or-nothing request buckets org:/user:/ip:/channel: with the policy''s limits (else the arguments), and (Supabase store) the session history. A refusal (forbidden, opt_out, session_not_found) consumes one user: slot and is rate_limit past the user limit. With an Idempotency-Key (p_idempotency_key, checked before anything else): replay, idempotency_mismatch or request_in_progress. Returns {outcome: ok|forbidden|assistant_disabled|opt_out|session_not_found|rate_limit|budget_exceeded|replay|idempotency_mismatch|request_in_progress, member, rate_limit, message, budget, reserved_tokens, history}. service_role only.';
 
-revoke execute on function public.agent_begin_turn(uuid, uuid, text, text, uuid, integer, integer, integer, integer, integer, boolean, boolean, text, integer, text, integer, timestamptz, text, text) from public, anon, authenticated;
-grant execute on function public.agent_begin_turn(uuid, uuid, text, text, uuid, integer, integer, integer, integer, integer, boolean, boolean, text, integer, text, integer, timestamptz, text, text) to service_role;
 
 -- ---------------------------------------------------------------------------
 -- public.agent_end_turn: store one answered turn (Supabase store, usage log
--- off; with the usage log agent_finish_turn does the same and logs usage).
+-- off; with the usage log agent_finish_turn calls it and logs usage).
 --
 -- The session row is one upsert with the owner check: a new session is
 -- inserted, a live session of the same (org, user) is refreshed; the row is
@@ -523,17 +515,14 @@ end;
 $$;
 comment on function public.agent_end_turn(uuid, uuid, uuid, text, text, text, integer, integer, timestamptz) is
   'agent-chat, after the model: appends the user message and the reply, trims to p_max_messages, refreshes expires_at. Creates the session on its first turn; another owner gets {outcome: session_not_found}. service_role only.';
-revoke execute on function public.agent_end_turn(uuid, uuid, uuid, text, text, text, integer, integer, timestamptz) from public, anon, authenticated;
-grant execute on function public.agent_end_turn(uuid, uuid, uuid, text, text, text, integer, integer, timestamptz) to service_role;
 
 -- ---------------------------------------------------------------------------
 -- public.agent_finish_turn: an answered turn and its usage row in one round
--- trip (Supabase store): one call and one commit instead of two. The same
--- statements as agent_end_turn, then the usage row, inserted inline as
--- agent_log_usage inserts it (metered once, settling its reservation and
--- Idempotency-Key). No nested call and no exception block: the event is the
--- function's own, typed; a call that fails saves nothing and the function
--- logs the usage row on its own path (usage_logged false).
+-- trip (Supabase store): one call and one commit instead of two. The turn
+-- is saved by agent_end_turn and the row written by agent_log_usage, each
+-- the one body of its behaviour (metered once, settling the reservation and
+-- the Idempotency-Key); no exception block: a call that fails saves nothing
+-- and the function logs the usage row on its own path (usage_logged false).
 -- ---------------------------------------------------------------------------
 create function public.agent_finish_turn(
   p_session_id uuid,
@@ -549,94 +538,37 @@ create function public.agent_finish_turn(
 returns jsonb
 language plpgsql
 set search_path = ''
-set plan_cache_mode = force_generic_plan
 as $$
+-- Two calls and simple expressions: no statement of its own to plan.
 declare
-  v_now timestamptz := now();
-  v_expires timestamptz := now() + make_interval(secs => p_ttl_seconds);
-  v_new boolean;
-  v_org uuid;
-  v_user uuid;
+  v_saved jsonb := public.agent_end_turn(p_session_id, p_org_id, p_user_id, p_channel, p_user_message,
+                                         p_assistant_message, p_ttl_seconds, p_max_messages, now());
 begin
-  if p_session_id is null or p_org_id is null or p_user_id is null then
-    raise exception 'session_id, org_id and user_id are required' using errcode = '22023';
+  -- Another owner's session: the caller logs that outcome itself.
+  if v_saved ->> 'outcome' <> 'ok' then
+    return v_saved || '{"usage_logged": false}';
   end if;
-  if p_ttl_seconds is null or p_ttl_seconds < 1 then
-    raise exception 'ttl_seconds must be a positive integer' using errcode = '22023';
-  end if;
-  if p_max_messages is null or p_max_messages < 0 then
-    raise exception 'max_messages must be zero or more' using errcode = '22023';
-  end if;
-
-  -- The session, as agent_end_turn does it.
-  insert into public.agent_sessions as s (id, org_id, user_id, channel, created_at, updated_at, expires_at)
-  values (p_session_id, p_org_id, p_user_id, coalesce(p_channel, 'app'), v_now, v_now, v_expires)
-  on conflict (id) do update
-  set updated_at = v_now, expires_at = v_expires
-  where s.org_id = p_org_id and s.user_id = p_user_id and s.expires_at > v_now
-  returning s.xmax = 0 into v_new;
-  if v_new is null then
-    select s.org_id, s.user_id into v_org, v_user from public.agent_sessions s where s.id = p_session_id;
-    -- Another owner's session: the caller logs that outcome itself.
-    if v_org <> p_org_id or v_user <> p_user_id then
-      return jsonb_build_object('outcome', 'session_not_found', 'usage_logged', false);
-    end if;
-    delete from public.agent_session_messages m where m.session_id = p_session_id;
-    update public.agent_sessions s set updated_at = v_now, expires_at = v_expires where s.id = p_session_id;
-    v_new := true;
-  end if;
-
-  insert into public.agent_session_messages (session_id, role, content, created_at)
-  values (p_session_id, 'user', p_user_message, v_now),
-         (p_session_id, 'assistant', p_assistant_message, v_now);
-
-  if not v_new or p_max_messages < 2 then
-    delete from public.agent_session_messages m
-    where m.id in (
-      select o.id from public.agent_session_messages o
-      where o.session_id = p_session_id
-        and o.id <= (select c.id from public.agent_session_messages c
-                     where c.session_id = p_session_id
-                     order by c.id desc
-                     offset p_max_messages
-                     limit 1)
-      order by o.id
-      limit 64
-    );
-  end if;
-
   if p_usage is not null then
-    -- An Idempotency-Key's attempt settles with its usage row (20251231120600_ai_agent_idempotency).
-    if p_usage ? 'idempotency' then perform ops.idempotency_settle(p_usage); end if;
-    insert into public.agent_usage_events (
-      request_id, org_id, user_id, session_id, channel, model,
-      prompt_tokens, cached_prompt_tokens, completion_tokens, total_tokens,
-      latency_ms, success, error_code, error_message, event_count, metadata, created_at
-    )
-    select
-      left(e.request_id, 128), e.org_id, e.user_id, e.session_id, left(e.channel, 64), left(e.model, 128),
-      -- Token counts come from the upstream: a negative one is stored as 0, so it can
-      -- never lower a month's spend.
-      case when e.prompt_tokens < 0 then 0 else e.prompt_tokens end,
-      case when e.cached_prompt_tokens < 0 then 0 else e.cached_prompt_tokens end,
-      case when e.completion_tokens < 0 then 0 else e.completion_tokens end,
-      case when e.total_tokens < 0 then 0 else e.total_tokens end,
-      e.latency_ms, coalesce(e.success, false), left(e.error_code, 64), left(e.error_message, 2000),
-      greatest(coalesce(e.event_count, 1), 1), coalesce(e.metadata, '{}'::jsonb), coalesce(e.created_at, v_now)
-    from jsonb_to_record(p_usage) as e (
-      request_id text, org_id uuid, user_id uuid, session_id uuid, channel text, model text,
-      prompt_tokens integer, cached_prompt_tokens integer, completion_tokens integer, total_tokens integer,
-      latency_ms integer, success boolean, error_code text, error_message text, event_count integer,
-      metadata jsonb, created_at timestamptz
-    )
-    on conflict do nothing;
+    perform public.agent_log_usage(p_usage);
   end if;
-
-  return jsonb_build_object('outcome', 'ok', 'session_id', p_session_id, 'expires_at', v_expires,
-                            'usage_logged', p_usage is not null);
+  return v_saved || jsonb_build_object('usage_logged', p_usage is not null);
 end;
 $$;
 comment on function public.agent_finish_turn(uuid, uuid, uuid, text, text, text, integer, integer, jsonb) is
   'agent-chat, Supabase store: agent_end_turn, then (when the turn was saved) the usage row of p_usage as agent_log_usage writes it, in one transaction. Returns the end-turn result plus usage_logged. service_role only.';
-revoke execute on function public.agent_finish_turn(uuid, uuid, uuid, text, text, text, integer, integer, jsonb) from public, anon, authenticated;
-grant execute on function public.agent_finish_turn(uuid, uuid, uuid, text, text, text, integer, integer, jsonb) to service_role;
+
+-- ---------------------------------------------------------------------------
+-- Privileges of every function above, in one statement each (checked by
+-- supabase/tests/database/004_privileges_inventory.test.sql): service_role
+-- alone may execute them.
+-- ---------------------------------------------------------------------------
+revoke execute on function
+  public.agent_begin_turn(uuid, uuid, text, text, uuid, integer, integer, integer, integer, integer, boolean, boolean, text, integer, text, integer, timestamptz, text, text),
+  public.agent_end_turn(uuid, uuid, uuid, text, text, text, integer, integer, timestamptz),
+  public.agent_finish_turn(uuid, uuid, uuid, text, text, text, integer, integer, jsonb)
+from public, anon, authenticated;
+grant execute on function
+  public.agent_begin_turn(uuid, uuid, text, text, uuid, integer, integer, integer, integer, integer, boolean, boolean, text, integer, text, integer, timestamptz, text, text),
+  public.agent_end_turn(uuid, uuid, uuid, text, text, text, integer, integer, timestamptz),
+  public.agent_finish_turn(uuid, uuid, uuid, text, text, text, integer, integer, jsonb)
+to service_role;

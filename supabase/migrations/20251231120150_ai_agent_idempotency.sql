@@ -94,8 +94,6 @@ end;
 $$;
 comment on function ops.idempotency_check(uuid, text, text, timestamptz) is
   'agent_begin_turn''s first step for an Idempotency-Key: waits for a concurrent duplicate''s begin-turn to end, then returns NULL (the key is free or expired), {outcome: replay, response}, {outcome: idempotency_mismatch} or {outcome: request_in_progress, retry_after_seconds}.';
-revoke execute on function ops.idempotency_check(uuid, text, text, timestamptz) from public, anon, authenticated;
-grant execute on function ops.idempotency_check(uuid, text, text, timestamptz) to service_role;
 
 -- ---------------------------------------------------------------------------
 -- ops.idempotency_claim: agent_begin_turn's last step when the turn is admitted.
@@ -135,8 +133,6 @@ end;
 $$;
 comment on function ops.idempotency_claim(uuid, text, text, uuid, text, timestamptz, interval) is
   'Records an admitted turn''s Idempotency-Key as running for p_lease (longer than the Edge Function''s wall-clock limit), after which an attempt that never settled is presumed dead and the key is free again.';
-revoke execute on function ops.idempotency_claim(uuid, text, text, uuid, text, timestamptz, interval) from public, anon, authenticated;
-grant execute on function ops.idempotency_claim(uuid, text, text, uuid, text, timestamptz, interval) to service_role;
 
 -- ---------------------------------------------------------------------------
 -- ops.idempotency_settle: called by agent_log_usage with the attempt's usage event.
@@ -177,8 +173,6 @@ end;
 $$;
 comment on function ops.idempotency_settle(jsonb, timestamptz) is
   'Settles the Idempotency-Key of a usage event''s attempt ({idempotency: {key, outcome: complete|release, response, ttl_seconds}} beside the event''s user_id and request_id): complete stores the answer for ttl_seconds, release frees the key so a retry runs. Only the attempt that holds the claim settles it.';
-revoke execute on function ops.idempotency_settle(jsonb, timestamptz) from public, anon, authenticated;
-grant execute on function ops.idempotency_settle(jsonb, timestamptz) to service_role;
 
 -- ---------------------------------------------------------------------------
 -- public.agent_settle_idempotency: the settlement alone, for deployments that
@@ -195,8 +189,6 @@ end;
 $$;
 comment on function public.agent_settle_idempotency(jsonb) is
   'agent-chat with the usage log off: settles an Idempotency-Key as agent_log_usage would, without writing a usage row. service_role only.';
-revoke execute on function public.agent_settle_idempotency(jsonb) from public, anon, authenticated;
-grant execute on function public.agent_settle_idempotency(jsonb) to service_role;
 
 -- ---------------------------------------------------------------------------
 -- ops.purge_idempotency_keys: part of ops.purge_expired.
@@ -216,5 +208,23 @@ end;
 $$;
 comment on function ops.purge_idempotency_keys(timestamptz) is
   'Deletes expired Idempotency-Key rows (answers past the session TTL, lapsed claims). Run by ops.purge_expired.';
-revoke execute on function ops.purge_idempotency_keys(timestamptz) from public, anon, authenticated;
-grant execute on function ops.purge_idempotency_keys(timestamptz) to service_role;
+
+-- ---------------------------------------------------------------------------
+-- Privileges of every function above, in one statement each (checked by
+-- supabase/tests/database/004_privileges_inventory.test.sql): service_role
+-- alone may execute them.
+-- ---------------------------------------------------------------------------
+revoke execute on function
+  ops.idempotency_check(uuid, text, text, timestamptz),
+  ops.idempotency_claim(uuid, text, text, uuid, text, timestamptz, interval),
+  ops.idempotency_settle(jsonb, timestamptz),
+  public.agent_settle_idempotency(jsonb),
+  ops.purge_idempotency_keys(timestamptz)
+from public, anon, authenticated;
+grant execute on function
+  ops.idempotency_check(uuid, text, text, timestamptz),
+  ops.idempotency_claim(uuid, text, text, uuid, text, timestamptz, interval),
+  ops.idempotency_settle(jsonb, timestamptz),
+  public.agent_settle_idempotency(jsonb),
+  ops.purge_idempotency_keys(timestamptz)
+to service_role;
