@@ -1,4 +1,12 @@
 -- Local seed for `supabase db reset`. Intentionally empty: tenants and
 -- members are created by `deno task token -- --user <uuid> --org <uuid>`,
 -- which signs a token and adds the membership it needs.
+--
+-- Opt-outs are history: to re-enable a member who asks for it, expire the
+-- record (never delete it; a delete is refused):
+--   select ops.expire_opt_out('<opt-out id>', 'you@example.com');
+-- and see every change of a member's opt-outs, who made it and when:
+--   select a.at, a.action, a.actor, a.db_role, a.new_value
+--   from ops.opt_out_audit a join public.agent_opt_outs o on o.id = a.opt_out_id
+--   where o.user_id = '<user uuid>' order by a.at;
 select 1;

@@ -17,6 +17,7 @@ import {
 } from "./args.ts";
 import { policyCommands } from "./policy-commands.ts";
 import { alertCommand } from "./alert-commands.ts";
+import { memberCommands } from "./member-commands.ts";
 
 function period(ctx: CommandContext): { from: Date; to: Date } {
   const to = optionalTimestamp(ctx.flags.to, "--to") ?? new Date();
@@ -181,12 +182,13 @@ example:
   },
   alerts: alertCommand,
   ...policyCommands,
+  ...memberCommands,
   purge: {
     usage:
-      "purge [--usage-retention 90d]   delete expired session messages, empty buckets, old usage rows",
+      "purge [--usage-retention 90d]   apply the retention periods (ops.retention_settings) until done",
     flags: { "usage-retention": { type: "string" } },
-    help:
-      `Deletes what has expired (ops.purge_expired); usage rows only older than --usage-retention.
+    help: `Applies the retention periods (ops.retention_settings) in bounded rounds until nothing is
+left; --usage-retention overrides the usage-row period for this run.
 
 example:
   npm run ops -- purge --usage-retention 400d`,
@@ -194,9 +196,18 @@ example:
       const retention = typeof ctx.flags["usage-retention"] === "string"
         ? `${durationFlag(ctx.flags["usage-retention"], "--usage-retention") / 1000} seconds`
         : null;
-      const [row] = await ctx
-        .sql`select ops.purge_expired(now(), ${retention}::interval) as result`;
-      print(ctx, [row!.result as Record<string, unknown>]);
+      // One bounded round per call, each its own transaction, until nothing is left.
+      const totals: Record<string, number> = { rounds: 0 };
+      for (let more = true; more && totals.rounds! < 1000; totals.rounds!++) {
+        const [row] = await ctx
+          .sql`select ops.purge_expired(now(), ${retention}::interval) as result`;
+        const result = row!.result as Record<string, number | boolean>;
+        more = result.more === true;
+        for (const [key, n] of Object.entries(result)) {
+          if (typeof n === "number") totals[key] = (totals[key] ?? 0) + n;
+        }
+      }
+      print(ctx, [totals]);
     },
   },
   report: {

@@ -8,8 +8,9 @@
 --   20251231120300_ai_agent_usage_costs         agent_log_usage (the usage insert, settlement), prices, cost and health reports
 --   20251231120350_ai_agent_turns               agent_begin_turn (policies, quotas, budgets), agent_end_turn, agent_finish_turn
 --   20251231120500_ai_agent_operator_functions  buckets, opt-outs, sessions, policies, switches, budgets, audit, dashboard, purge
---   20251231120550_ai_agent_alerts              alert conditions, ack and mute, the purge's schedule
+--   20251231120550_ai_agent_alerts              alert conditions, ack and mute
 --   20251231120700_ai_agent_alert_delivery      the recorded check, the notification outbox agent-alerts delivers, schedules
+--   20251231120800_ai_agent_members_data        erasure, export, retention and the nightly purge (and its schedule), opt-out history
 --
 -- Deny by default: every table has RLS; anon and authenticated get only the
 -- reads a policy allows; service_role, the Edge Function's role, gets what
@@ -133,7 +134,7 @@ create table public.agent_opt_outs (
   constraint agent_opt_outs_channel_format check (channel is null or channel ~ '^[a-z][a-z0-9_-]{0,31}$')
 );
 comment on table public.agent_opt_outs is
-  'Opt-out registry. A row is active while expires_at is null or in the future. Rows are expired, never deleted, so the audit trail stays.';
+  'Opt-out registry. A row is active while expires_at is null or in the future. Rows are expired (ops.expire_opt_out), never deleted: a delete by any role but the table owner is refused, and every insert and update is recorded in ops.opt_out_audit. A member''s erasure keeps their opt-outs (they are the member''s instruction).';
 comment on column public.agent_opt_outs.user_id is 'NULL = the whole organization.';
 comment on column public.agent_opt_outs.channel is
   'NULL = every channel; otherwise only requests on this channel are refused. Lowercase, as requests carry it (ops.add_opt_out normalises case).';
@@ -447,11 +448,14 @@ revoke all on sequence public.agent_session_messages_id_seq, public.agent_usage_
 from public, anon, authenticated;
 -- The Edge Function's role (operators act as it too).
 grant select, insert, update, delete on table
-  public.agent_sessions, public.agent_session_messages, public.agent_opt_outs, public.agent_usage_events,
+  public.agent_sessions, public.agent_session_messages, public.agent_usage_events,
   ops.rate_limits, ops.model_prices, ops.budgets, ops.agent_policies, ops.token_counters,
   ops.token_reservations, ops.spend_counters, ops.alert_mutes
 to service_role;
 grant select, insert, update on table ops.alert_events to service_role;
+-- Opt-outs are history: expired, never deleted (20251231120800_ai_agent_members_data
+-- also refuses a delete by any role but the owner, and audits every change).
+grant select, insert, update on table public.agent_opt_outs to service_role;
 grant select, update on table ops.alert_settings to service_role;
 -- The audit is written only by ops.audit and its triggers.
 grant select on table ops.policy_audit, public.org_memberships to service_role;

@@ -2,7 +2,7 @@
 -- (npm run ops) call: inspect and clear rate-limit buckets, add, expire and
 -- list opt-outs, show a stored session, tenant policies, switches and
 -- budgets (validated and audited in ops.policy_audit), the per-org
--- dashboard, purge what has expired. Each takes what a CLI flag would give
+-- dashboard. Each takes what a CLI flag would give
 -- and returns what it should print, so a CLI command is one call.
 -- service_role only (Supabase Studio's SQL editor runs as postgres).
 
@@ -500,7 +500,7 @@ comment on view ops.org_dashboard is
   'Per org with a policy, a budget or spend this month: switch and message, effective request limits (NULL = the environment default), the org: bucket now, token quotas against settled tokens of the last minute and day and open reservations, month-to-date spend (+ reservations) against the budget and its mode.';
 
 -- ---------------------------------------------------------------------------
--- Sessions and housekeeping
+-- Sessions (the purge is in 20251231120800_ai_agent_members_data)
 -- ---------------------------------------------------------------------------
 create function ops.session_show(p_session_id uuid, p_now timestamptz default now())
 returns jsonb
@@ -521,48 +521,6 @@ as $$
   where s.id = p_session_id;
 $$;
 comment on function ops.session_show(uuid, timestamptz) is 'One stored session with its messages, for support; NULL when unknown.';
-
-create function ops.purge_expired(
-  p_now timestamptz default now(),
-  p_usage_retention interval default null
-)
-returns jsonb
-language plpgsql
-set search_path = ''
-as $$
-declare
-  v_messages integer;
-  v_buckets integer;
-  v_usage integer := 0;
-begin
-  -- Messages of expired sessions go; the session row stays so its id
-  -- keeps belonging to its owner.
-  delete from public.agent_session_messages m
-  using public.agent_sessions s
-  where m.session_id = s.id and s.expires_at <= p_now;
-  get diagnostics v_messages = row_count;
-
-  -- Buckets whose every admission has left the window hold nothing.
-  delete from ops.rate_limits r
-  where r.updated_at < p_now - make_interval(secs => r.window_seconds + r.slot_ms / 1000.0);
-  get diagnostics v_buckets = row_count;
-
-  -- Reservations that expired a day ago (they stopped counting then), and
-  -- token counters with nothing left in their window.
-  delete from ops.token_reservations t where t.expires_at < p_now - interval '1 day';
-  delete from ops.token_counters c where c.updated_at < p_now - interval '1 day' - make_interval(secs => c.slot_ms / 1000.0);
-
-  if p_usage_retention is not null then
-    delete from public.agent_usage_events e where e.created_at < p_now - p_usage_retention;
-    get diagnostics v_usage = row_count;
-  end if;
-
-  return jsonb_build_object('messages_deleted', v_messages, 'buckets_deleted', v_buckets, 'usage_events_deleted', v_usage)
-    || ops.purge_idempotency_keys(p_now);
-end;
-$$;
-comment on function ops.purge_expired(timestamptz, interval) is
-  'Deletes the messages of expired sessions, rate-limit rows that hold no admission, expired Idempotency-Key rows, token reservations expired a day ago, empty token counters, and (when p_usage_retention is given) older usage events. Scheduled nightly with pg_cron when present.';
 
 -- ---------------------------------------------------------------------------
 -- Privileges of every function and view above, one statement each (checked
@@ -586,8 +544,7 @@ revoke execute on function
   ops.budget_set(uuid, numeric, text, text, text),
   ops.budget_clear(uuid, text),
   ops.policy_show(uuid, text, timestamptz),
-  ops.session_show(uuid, timestamptz),
-  ops.purge_expired(timestamptz, interval)
+  ops.session_show(uuid, timestamptz)
 from public, anon, authenticated;
 grant execute on function
   ops.bucket_status(text),
@@ -605,7 +562,6 @@ grant execute on function
   ops.budget_set(uuid, numeric, text, text, text),
   ops.budget_clear(uuid, text),
   ops.policy_show(uuid, text, timestamptz),
-  ops.session_show(uuid, timestamptz),
-  ops.purge_expired(timestamptz, interval)
+  ops.session_show(uuid, timestamptz)
 to service_role;
 grant select on ops.rate_limit_status, ops.org_dashboard to service_role;

@@ -1,5 +1,4 @@
--- agent-chat: alert conditions, acknowledging and muting alerts, and the
--- nightly purge's schedule.
+-- agent-chat: alert conditions, and acknowledging and muting alerts.
 --
 -- ops.evaluate_alerts says which conditions are true at a moment: the
 -- success rate (global, and per org), budgets reached and early budget
@@ -220,17 +219,6 @@ begin
 end;
 $$;
 comment on function ops.alert_unmute(text, text, text) is 'Ends a mute now; true if there was one. Audited. CLI: alerts unmute <kind> <subject>.';
-
--- The nightly purge, only where pg_cron is enabled (Database → Extensions on
--- hosted Supabase; enable it, then re-run this block from the runbook). The
--- alert check and delivery are scheduled by 20251231120700_ai_agent_alert_delivery.
-do $$
-begin
-  if exists (select 1 from pg_extension where extname = 'pg_cron') then
-    perform cron.schedule('agent-chat-purge-expired', '17 3 * * *', 'call ops.purge_nightly()');
-  end if;
-end;
-$$;
 
 -- ---------------------------------------------------------------------------
 -- Privileges of every function and view above, one statement each (checked

@@ -55,19 +55,35 @@ export function resolveRedis(
   return { url, token };
 }
 
-export interface RedisConnection extends RedisScriptRunner {
+export interface RedisConnection<Name extends string = keyof typeof SESSION_SCRIPTS>
+  extends RedisScriptRunner<Name> {
   close(): Promise<void>;
 }
 
-const SCRIPTS = { load: LOAD_SCRIPT, append: APPEND_SCRIPT } as const;
+const SESSION_SCRIPTS = { load: LOAD_SCRIPT, append: APPEND_SCRIPT } as const;
 
-export function connectRedis(url: string, token: string | undefined): RedisConnection {
+/** The session store's connection; `scripts` gives another set (the operator CLI's). */
+export function connectRedis(url: string, token: string | undefined): RedisConnection;
+export function connectRedis<Name extends string>(
+  url: string,
+  token: string | undefined,
+  scripts: Record<Name, string>,
+): RedisConnection<Name>;
+export function connectRedis(
+  url: string,
+  token: string | undefined,
+  scripts: Record<string, string> = SESSION_SCRIPTS,
+): RedisConnection<string> {
   const scheme = new URL(url).protocol;
-  if (scheme === "https:" || scheme === "http:") return upstash(url, token ?? "");
-  return tcp(url);
+  if (scheme === "https:" || scheme === "http:") return upstash(url, token ?? "", scripts);
+  return tcp(url, scripts);
 }
 
-function upstash(url: string, token: string): RedisConnection {
+function upstash(
+  url: string,
+  token: string,
+  lua: Record<string, string>,
+): RedisConnection<string> {
   const client = new UpstashRedis({
     url,
     token,
@@ -75,17 +91,16 @@ function upstash(url: string, token: string): RedisConnection {
     enableTelemetry: false,
     retry: { retries: 1, backoff: () => 50 },
   });
-  const scripts = {
-    load: client.createScript(SCRIPTS.load),
-    append: client.createScript(SCRIPTS.append),
-  };
+  const scripts = Object.fromEntries(
+    Object.entries(lua).map(([name, body]) => [name, client.createScript(body)]),
+  );
   return {
-    run: (name, keys, args) => scripts[name].exec(keys, args),
+    run: (name, keys, args) => scripts[name]!.exec(keys, args),
     close: () => Promise.resolve(),
   };
 }
 
-function tcp(url: string): RedisConnection {
+function tcp(url: string, scripts: Record<string, string>): RedisConnection<string> {
   const client = new IORedis(url, {
     lazyConnect: false,
     maxRetriesPerRequest: 1,
@@ -96,12 +111,16 @@ function tcp(url: string): RedisConnection {
   });
   // Errors surface on the command that fails; the connection keeps retrying.
   client.on("error", () => {});
-  for (const [name, lua] of Object.entries(SCRIPTS)) {
-    client.defineCommand(`agentChat_${name}`, { numberOfKeys: 2, lua });
+  // No fixed numberOfKeys: each call passes its key count first (EVALSHA's numkeys).
+  for (const [name, lua] of Object.entries(scripts)) {
+    client.defineCommand(`agentChat_${name}`, { lua });
   }
-  const commands = client as unknown as Record<string, (...a: string[]) => Promise<unknown>>;
+  const commands = client as unknown as Record<
+    string,
+    (...a: Array<string | number>) => Promise<unknown>
+  >;
   return {
-    run: (name, keys, args) => commands[`agentChat_${name}`]!(...keys, ...args),
+    run: (name, keys, args) => commands[`agentChat_${name}`]!(keys.length, ...keys, ...args),
     close: async () => {
       client.disconnect();
       await Promise.resolve();

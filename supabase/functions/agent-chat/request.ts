@@ -23,12 +23,17 @@ export function chatRequestSchema(maxMessageChars: number) {
     ),
     org_id: uuid,
     session_id: uuid.optional(),
-    channel: z.string().regex(CHANNEL_PATTERN, "must be a lowercase token of at most 32 characters")
+    channel: z.string().regex(
+      CHANNEL_PATTERN,
+      "must be a lowercase token of at most 32 characters",
+    )
       .optional(),
     stream: z.boolean().default(false),
     metadata: z.record(z.string().max(64), z.unknown()).optional().refine(
       (m) =>
-        m === undefined || new TextEncoder().encode(JSON.stringify(m)).length <= MAX_METADATA_BYTES,
+        m === undefined ||
+        new TextEncoder().encode(JSON.stringify(m)).length <=
+          MAX_METADATA_BYTES,
       `must be at most ${MAX_METADATA_BYTES} bytes as JSON`,
     ),
     user_id: uuid.optional(),
@@ -58,7 +63,11 @@ export interface RequestRules {
   userChannels: string[];
 }
 
-export function parseChatRequest(text: string, caller: Caller, rules: RequestRules): ChatRequest {
+export function parseChatRequest(
+  text: string,
+  caller: Caller,
+  rules: RequestRules,
+): ChatRequest {
   const body = validate(parseJson(text), rules.schema);
   if (caller.mode === "user") {
     if (body.user_id !== undefined || body.client_ip !== undefined) {
@@ -69,14 +78,25 @@ export function parseChatRequest(text: string, caller: Caller, rules: RequestRul
     }
     const channel = body.channel ?? rules.userChannels[0]!;
     if (!rules.userChannels.includes(channel)) {
-      throw new AgentError("forbidden", `channel ${channel} is not open to user tokens`);
+      throw new AgentError(
+        "forbidden",
+        `channel ${channel} is not open to user tokens`,
+      );
     }
     return chatRequest(body, channel, undefined, undefined);
   }
   if (!body.user_id) {
-    throw new AgentError("invalid_request", "user_id: required with a service key");
+    throw new AgentError(
+      "invalid_request",
+      "user_id: required with a service key",
+    );
   }
-  return chatRequest(body, body.channel ?? "app", body.user_id, normalizeIp(body.client_ip));
+  return chatRequest(
+    body,
+    body.channel ?? "app",
+    body.user_id,
+    normalizeIp(body.client_ip),
+  );
 }
 
 function chatRequest(
@@ -108,18 +128,51 @@ function parseJson(text: string): Record<string, unknown> {
     throw new AgentError("invalid_request", "body must be a JSON object");
   }
   const unstorable = findUnstorable(json);
-  if (unstorable) throw new AgentError("invalid_request", unstorable.slice(0, 300));
+  if (unstorable) {
+    throw new AgentError("invalid_request", unstorable.slice(0, 300), {
+      detail: withoutNames(unstorable),
+    });
+  }
   return json as Record<string, unknown>;
+}
+
+/**
+ * The client is told which of its keys is wrong; the usage row and the log
+ * keep no name the client chose (a metadata key or an unknown field may be
+ * anything, a phone number included): only the documented field it is under.
+ */
+const FIELDS = new Set(Object.keys(chatRequestSchema(1).shape));
+
+function safePath(where: string): string {
+  const key = where.endsWith(" (a key)") ? " (a key)" : "";
+  const parts = where.slice(0, where.length - key.length).split(".");
+  const body = parts[0] === "body" ? ["body"] : [];
+  const [field, ...below] = parts.slice(body.length);
+  if (field === undefined) return where;
+  const named = FIELDS.has(field) ? [field, ...(below.length > 0 ? ["…"] : [])] : ["…"];
+  return [...body, ...named].join(".") + key;
+}
+
+function withoutNames(problem: string): string {
+  const cut = problem.lastIndexOf(": ");
+  return safePath(problem.slice(0, cut)) + problem.slice(cut);
 }
 
 function validate(json: Record<string, unknown>, schema: ChatSchema): Parsed {
   const result = schema.safeParse(json);
   if (result.success) return result.data;
-  const first = result.error.issues.slice(0, 3).map((i) => {
-    const where = i.path.length ? i.path.join(".") : "body";
-    return i.code === "unrecognized_keys"
-      ? `unknown field(s): ${i.keys.join(", ")}`
-      : `${where}: ${i.message}`;
+  const issues = result.error.issues.slice(0, 3);
+  const describe = (names: boolean) =>
+    issues.map((i) => {
+      const where = i.path.length ? i.path.map(String).join(".") : "body";
+      if (i.code === "unrecognized_keys") {
+        return names
+          ? `unknown field(s): ${i.keys.join(", ")}`
+          : `${i.keys.length} unknown field(s)`;
+      }
+      return `${names ? where : safePath(where)}: ${i.message}`;
+    }).join("; ").slice(0, 300);
+  throw new AgentError("invalid_request", describe(true), {
+    detail: describe(false),
   });
-  throw new AgentError("invalid_request", first.join("; ").slice(0, 300));
 }

@@ -6,7 +6,10 @@
  * (one hash slot per session), reads them before the begin-turn call (whose
  * p_session_owned says what it found, so a foreign session is refused and
  * charged exactly as with the Supabase store) and does every read and write
- * in one Lua script.
+ * in one Lua script. The append also keeps the member's index of sessions,
+ * `agent-chat:member:{<user id>}:sessions` (a sorted set scored by when each
+ * owner key expires, living as long as the newest), which erasure and
+ * export read (scripts/ops/member-redis.ts).
  */
 import { AgentError, describe } from "../_shared/errors.ts";
 import type { TurnDatabase } from "./database.ts";
@@ -76,8 +79,8 @@ export function createSupabaseSessionStore(db: TurnDatabase, limits: SessionLimi
 }
 
 /** Runs a Lua script by SHA, loading it on NOSCRIPT; both Redis clients provide this. */
-export interface RedisScriptRunner {
-  run(script: "load" | "append", keys: string[], args: string[]): Promise<unknown>;
+export interface RedisScriptRunner<Name extends string = "load" | "append"> {
+  run(script: Name, keys: string[], args: string[]): Promise<unknown>;
 }
 
 export const LOAD_SCRIPT = `
@@ -93,6 +96,10 @@ local owner = redis.call('GET', KEYS[1])
 if owner and owner ~= ARGV[1] then return 0 end
 local max = tonumber(ARGV[4])
 redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[6])
+local now = tonumber(ARGV[8])
+redis.call('ZADD', KEYS[3], now + tonumber(ARGV[6]), ARGV[7])
+redis.call('ZREMRANGEBYSCORE', KEYS[3], '-inf', now)
+redis.call('EXPIRE', KEYS[3], ARGV[6])
 if max == 0 then
   redis.call('DEL', KEYS[2])
   return 1
@@ -113,6 +120,11 @@ export function ownerTtlSeconds(ttlSeconds: number): number {
 
 export function sessionKeys(sessionId: string): [string, string] {
   return [`agent-chat:{${sessionId}}:owner`, `agent-chat:{${sessionId}}:messages`];
+}
+
+/** The member's index of session ids (scored by owner-key expiry, in seconds). */
+export function memberIndexKey(userId: string): string {
+  return `agent-chat:member:{${userId}}:sessions`;
 }
 
 function parseMessage(raw: unknown): ChatMessage | null {
@@ -151,13 +163,16 @@ export function createRedisSessionStore(
       return plan(true, history);
     },
     async append(key, user, assistant) {
-      const result = await redis.run("append", sessionKeys(key.sessionId), [
+      const keys = [...sessionKeys(key.sessionId), memberIndexKey(key.userId)];
+      const result = await redis.run("append", keys, [
         owner(key),
         JSON.stringify({ role: "user", content: user }),
         JSON.stringify({ role: "assistant", content: assistant }),
         String(limits.maxMessages),
         String(limits.ttlSeconds),
         String(ownerTtlSeconds(limits.ttlSeconds)),
+        key.sessionId,
+        String(Math.floor(Date.now() / 1000)),
       ]);
       return { owned: Number(result) === 1, usageLogged: false };
     },

@@ -4,7 +4,7 @@
 -- returns rows in no defined order.
 begin;
 \ir ../support/pgtap-helpers.psql
-select plan(10);
+select plan(11);
 
 -- test: every table of ours has RLS
 select is_empty(
@@ -12,11 +12,15 @@ select is_empty(
     where c.relkind in ('r', 'p') and n.nspname in ('public', 'ops') and not c.relrowsecurity$$,
   'RLS is enabled on every table in public and ops');
 
--- test: every function of ours pins search_path to ''
-select is_empty(
+-- test: every function of ours pins search_path to '' (but the one procedure
+-- that commits between rounds: Postgres refuses COMMIT in a procedure with a
+-- SET clause; it is not security definer and qualifies every name)
+select set_eq(
   $$select p.oid::regprocedure::text from pg_proc p join pg_namespace n on n.oid = p.pronamespace
     where n.nspname in ('public', 'ops') and not coalesce(p.proconfig @> array['search_path=""'], false)$$,
-  'every function in public and ops sets search_path = ''''');
+  array['ops.purge_nightly(integer)'], 'every function in public and ops sets search_path = ''''');
+select ok((select not prosecdef from pg_proc where oid = 'ops.purge_nightly(integer)'::regprocedure),
+  'and the procedure that does not is not security definer');
 
 select is_empty(
   $$select c.oid::regclass::text from pg_class c join pg_namespace n on n.oid = c.relnamespace
@@ -27,8 +31,11 @@ select is_empty(
 select set_eq(
   $$select p.oid::regprocedure::text from pg_proc p join pg_namespace n on n.oid = p.pronamespace
     where n.nspname in ('public', 'ops') and p.prosecdef$$,
-  array['ops.audit_direct_change()', 'ops.audit(text,text,uuid,text,jsonb,jsonb)'],
-  'only the audit writers are security definer (nobody else may insert an audit row)');
+  array['ops.audit_direct_change()', 'ops.audit(text,text,uuid,text,jsonb,jsonb)',
+        -- members' data: the erasure (also from the auth.users trigger), its record and the opt-out audit
+        'ops.forget_deleted_auth_user()', 'ops.forget_user(uuid,text,timestamp with time zone,text)',
+        'ops.record_opt_out_change()', 'ops.redis_erasure_done(bigint,integer,text,text,timestamp with time zone)'],
+  'only the audit and erasure writers are security definer (nobody else may insert an audit or erasure row)');
 
 -- test: anon and authenticated can execute none of the service functions
 select is_empty(

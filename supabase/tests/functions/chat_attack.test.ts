@@ -358,6 +358,15 @@ Deno.test("held: anon and authenticated reach no table, sequence or function bey
       "usage report": "select * from ops.usage_report(now() - interval '1 day', now())",
       "health view": "select * from ops.health_15m",
       "purge": "select ops.purge_expired()",
+      // Members' data: only operators erase or export, and opt-outs are history.
+      "erase another member": `select ops.forget_user('${owner.userId}', 'attacker')`,
+      "erase oneself": `select ops.forget_user('${other.userId}', 'me')`,
+      "export another member": `select ops.export_user('${owner.userId}')`,
+      "complete a Redis erasure": "select ops.redis_erasure_done(1, 0)",
+      "shorten retention": `select ops.retention_set('{"usage_row_months": 1}')`,
+      "read erasures": "select * from ops.member_erasures",
+      "delete an opt-out": "delete from public.agent_opt_outs",
+      "read the opt-out audit": "select * from ops.opt_out_audit",
     };
     for (const role of ["anon", "authenticated"]) {
       for (const [name, statement] of Object.entries(attempts)) {

@@ -3,7 +3,7 @@
  * suite, exactly as index.ts wires it, plus what the hosted runtime provides:
  * `EdgeRuntime.waitUntil` (usage inserts leave the critical path). Prints one
  * line `{"port": n}` when it listens. Configuration comes from the environment;
- * AGENT_CHAT_LOG_LEVEL=error prints only error lines (default: warn and error).
+ * AGENT_CHAT_LOG_LEVEL=error prints only error lines, info every line (default: warn and error).
  */
 import { loadConfig } from "../../functions/agent-chat/config.ts";
 import { buildDependencies } from "../../functions/agent-chat/deps.ts";
@@ -18,7 +18,12 @@ const pending = new Set<Promise<unknown>>();
 };
 
 const config = loadConfig(Deno.env.toObject());
-const printed = Deno.env.get("AGENT_CHAT_LOG_LEVEL") === "error" ? ["error"] : ["warn", "error"];
+const level = Deno.env.get("AGENT_CHAT_LOG_LEVEL");
+const printed = level === "error"
+  ? ["error"]
+  : level === "info"
+  ? ["info", "warn", "error"]
+  : ["warn", "error"];
 const deps = buildDependencies(config, {
   log: (level, event, fields) => {
     if (printed.includes(level)) console.error(JSON.stringify({ level, event, ...fields }));
