@@ -433,17 +433,38 @@ comment on view ops.alert_delivery_status is
 -- ---------------------------------------------------------------------------
 -- Schedules.
 -- ---------------------------------------------------------------------------
-create function ops.schedule_alert_delivery()
-returns boolean
+create function ops.schedule_alert_delivery(p_url text default null, p_key text default null)
+returns text
 language plpgsql
 set search_path = ''
 as $$
+declare
+  v_secret record;
+  v_updated integer;
 begin
-  if not exists (select 1 from pg_extension where extname = 'pg_cron')
-     or not exists (select 1 from pg_extension where extname = 'pg_net') then
-    return false;
+  if not exists (select 1 from pg_extension where extname = 'pg_cron') then
+    return 'not scheduled: enable pg_cron, pg_net and supabase_vault (Database → Extensions), then run this again';
   end if;
-  -- The URL and key live in the Vault (runbook: vault.create_secret), never in the job's text.
+  -- The check records alerts (and queues their notifications) even without the function.
+  perform cron.schedule('agent-chat-check-alerts', '* * * * *', 'select ops.check_alerts()');
+  if (select count(*) from pg_extension where extname in ('pg_net', 'supabase_vault')) < 2 then
+    return 'check scheduled; delivery not: enable pg_net and supabase_vault (Database → Extensions), then run this again';
+  end if;
+  if p_url is not null and p_url !~ '^https://' then
+    raise exception 'the agent-alerts URL must be https://, got %', p_url using errcode = '22023';
+  end if;
+  -- The URL and key live in the Vault, never in the job's text.
+  for v_secret in
+    select * from (values ('agent_alerts_url', p_url), ('agent_alerts_key', p_key)) x (name, value)
+    where x.value is not null
+  loop
+    execute 'select vault.update_secret(s.id, $2) from vault.secrets s where s.name = $1'
+      using v_secret.name, v_secret.value;
+    get diagnostics v_updated = row_count;  -- EXECUTE leaves FOUND alone
+    if v_updated = 0 then
+      execute 'select vault.create_secret($2, $1)' using v_secret.name, v_secret.value;
+    end if;
+  end loop;
   execute $sql$select cron.schedule('agent-chat-deliver-alerts', '* * * * *', $job$
     select net.http_post(
       url := (select decrypted_secret from vault.decrypted_secrets where name = 'agent_alerts_url'),
@@ -453,28 +474,22 @@ begin
       body := '{}'::jsonb,
       timeout_milliseconds := 55000)
   $job$)$sql$;
-  return true;
+  return 'scheduled: agent-chat-deliver-alerts POSTs to agent-alerts every minute';
 end;
 $$;
-comment on function ops.schedule_alert_delivery() is
-  'Schedules pg_cron job agent-chat-deliver-alerts: every minute, pg_net POSTs to the agent-alerts function at the URL and with the key stored in the Vault as agent_alerts_url and agent_alerts_key. Returns false (and does nothing) without pg_cron and pg_net. Re-run after enabling them (runbook).';
+comment on function ops.schedule_alert_delivery(text, text) is
+  'Schedules pg_cron job agent-chat-check-alerts (ops.check_alerts every minute) and, with pg_net and supabase_vault, stores the agent-alerts URL and the service (or a secret) key in the Vault as agent_alerts_url and agent_alerts_key (when given) and schedules agent-chat-deliver-alerts: every minute, pg_net POSTs to the function with that key. Says what is missing instead. Run by the project owner (Studio SQL editor); see the runbook.';
 
 -- Only where pg_cron is enabled (Database → Extensions on hosted Supabase);
--- the delivery job also needs pg_net. Without them this block does nothing.
-do $$
-begin
-  if exists (select 1 from pg_extension where extname = 'pg_cron') then
-    perform cron.schedule('agent-chat-check-alerts', '* * * * *', 'select ops.check_alerts()');
-    perform ops.schedule_alert_delivery();
-  end if;
-end;
-$$;
+-- the delivery job also needs pg_net and the Vault. Without them this does
+-- nothing (and says so).
+select ops.schedule_alert_delivery();
 
 -- ---------------------------------------------------------------------------
 -- Privileges of every function and view above, one statement each (checked
 -- by supabase/tests/database/004_privileges_inventory.test.sql): service_role
 -- alone may execute or read them; ops.schedule_alert_delivery is the
--- owner's (it writes a cron job).
+-- owner's (it writes Vault secrets and a cron job).
 -- ---------------------------------------------------------------------------
 revoke execute on function
   ops.alert_enqueue(ops.alert_events, text, timestamptz, text),
@@ -485,7 +500,7 @@ revoke execute on function
   public.agent_alerts_begin_cycle(text[], integer, integer, timestamptz),
   public.agent_alerts_record(jsonb, integer, integer, timestamptz),
   ops.alert_test(text, timestamptz),
-  ops.schedule_alert_delivery()
+  ops.schedule_alert_delivery(text, text)
 from public, anon, authenticated;
 grant execute on function
   ops.alert_enqueue(ops.alert_events, text, timestamptz, text),
