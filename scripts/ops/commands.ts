@@ -221,8 +221,10 @@ example:
       org: { type: "string" },
     },
     help:
-      `Writes one self-contained HTML page (no network): charts of requests, success rate, latency,
-tokens and cost, the per-org and tenant tables, the open alerts.
+      `Writes one self-contained HTML page (no network): charts of requests, success rate (with the
+alert's 98% line), latency, tokens and cost over every bucket of the period (empty ones as zero),
+requests and success rate of the busiest orgs, spend against each budget, errors by code, the
+per-org and tenant tables, the open alerts with their delivery state.
 
 example:
   npm run ops -- report --html report.html --since 7d`,
@@ -244,6 +246,12 @@ example:
       const byOrg = await ctx
         .sql`select * from ops.usage_report(${from}, ${to}, null, ${org}::uuid, true)`;
       const alerts = await ctx.sql`select * from ops.open_alerts`;
+      const orgSeries = await ctx
+        .sql`select * from ops.usage_report(${from}, ${to}, ${bucket}::interval, ${org}::uuid, true)`;
+      const budgets = await ctx.sql`select * from ops.budget_status()
+        where ${org}::uuid is null or org_id is null or org_id = ${org}::uuid`;
+      const errors = await ctx.sql`select * from ops.errors_by_code(${from}, ${to}, ${org}::uuid)`;
+      const [settings] = await ctx.sql`select success_threshold from ops.alert_settings`;
       const tenants = await ctx.sql`select * from ops.org_dashboard
         where ${org}::uuid is null or org_id = ${org}::uuid
         order by budget_used_ratio desc nulls last, org_id`;
@@ -256,6 +264,10 @@ example:
         series,
         byOrg,
         alerts,
+        orgSeries,
+        budgets,
+        errors,
+        successThreshold: Number(settings?.success_threshold ?? 0.98),
         generatedAt: new Date(),
       });
       await Deno.writeTextFile(file, html);

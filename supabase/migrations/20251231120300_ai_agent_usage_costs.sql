@@ -373,6 +373,40 @@ $$;
 comment on function ops.month_to_date_spend(timestamptz) is
   'Estimated spend of every billed row (ops.is_billed) since the start of p_now''s month (UTC): one row per org and one with org_id NULL for the total.';
 
+-- Failed and refused requests of a period by error code (the report's "errors by code").
+create function ops.errors_by_code(p_from timestamptz, p_to timestamptz, p_org_id uuid default null)
+returns table (error_code text, served boolean, requests bigint)
+language sql
+stable
+set search_path = ''
+as $$
+  select coalesce(e.error_code, 'internal_error'), ops.is_served_outcome(false, e.error_code),
+         sum(e.event_count)::bigint
+  from public.agent_usage_events e
+  where not e.success and e.created_at >= p_from and e.created_at < p_to
+    and (p_org_id is null or e.org_id = p_org_id)
+  group by 1, 2
+  order by 3 desc, 1;
+$$;
+comment on function ops.errors_by_code(timestamptz, timestamptz, uuid) is
+  'Requests that did not succeed in [p_from, p_to), optionally of one org, by error code (sum of event_count); served = true for the failures that count against the success rate, false for refusals.';
+
+-- Month-to-date spend against every budget (global: org_id NULL).
+create function ops.budget_status(p_now timestamptz default now())
+returns table (org_id uuid, mode text, monthly_usd numeric, spent_usd numeric, used_ratio numeric)
+language sql
+stable
+set search_path = ''
+as $$
+  select b.org_id, b.mode, b.monthly_usd, coalesce(s.estimated_usd, 0),
+         round(coalesce(s.estimated_usd, 0) / nullif(b.monthly_usd, 0), 4)
+  from ops.budgets b
+  left join ops.month_to_date_spend(p_now) s on s.org_id is not distinct from b.org_id
+  order by b.org_id nulls first;
+$$;
+comment on function ops.budget_status(timestamptz) is
+  'Each budget (org_id NULL = the global one) with the month-to-date estimated spend of p_now''s month against it (ops.month_to_date_spend).';
+
 -- ---------------------------------------------------------------------------
 -- Privileges of every function and view above, one statement each (checked
 -- by supabase/tests/database/004_privileges_inventory.test.sql): service_role
@@ -388,7 +422,9 @@ revoke execute on function
   ops.settle_usage(),
   ops.rebuild_spend_counters(timestamptz),
   ops.usage_report(timestamptz, timestamptz, interval, uuid, boolean),
-  ops.month_to_date_spend(timestamptz)
+  ops.month_to_date_spend(timestamptz),
+  ops.errors_by_code(timestamptz, timestamptz, uuid),
+  ops.budget_status(timestamptz)
 from public, anon, authenticated;
 grant execute on function
   ops.is_served_outcome(boolean, text),
@@ -400,6 +436,8 @@ grant execute on function
   ops.settle_usage(),
   ops.rebuild_spend_counters(timestamptz),
   ops.usage_report(timestamptz, timestamptz, interval, uuid, boolean),
-  ops.month_to_date_spend(timestamptz)
+  ops.month_to_date_spend(timestamptz),
+  ops.errors_by_code(timestamptz, timestamptz, uuid),
+  ops.budget_status(timestamptz)
 to service_role;
 grant select on ops.health_15m, ops.monthly_cost to service_role;
