@@ -75,7 +75,10 @@ as $$
 declare
   v_count integer;
 begin
-  if ops.alert_muted_until(p_event.kind, p_event.subject, p_now) is not null then
+  -- Muted: nothing is sent, except the resolve of an alert whose raise was
+  -- sent before the mute (so a PagerDuty incident it opened is closed).
+  if ops.alert_muted_until(p_event.kind, p_event.subject, p_now) is not null
+     and not (p_state = 'resolved' and exists (select 1 from ops.alert_outbox o where o.alert_id = p_event.id)) then
     return 0;
   end if;
   insert into ops.alert_outbox (alert_id, state, destination, dedup_key, payload, next_attempt_at)
@@ -93,7 +96,7 @@ begin
 end;
 $$;
 comment on function ops.alert_enqueue(ops.alert_events, text, timestamptz, text) is
-  'Queues one notification of an alert (raised, warning, resolved) for every reported destination but p_except, unless its kind and subject are muted. Returns the rows queued.';
+  'Queues one notification of an alert (raised, warning, resolved) for every reported destination but p_except, unless its kind and subject are muted (a resolve still goes out when the raise did). Returns the rows queued.';
 
 -- ---------------------------------------------------------------------------
 -- The recorded check.

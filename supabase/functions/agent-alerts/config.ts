@@ -89,6 +89,9 @@ export function loadAlertsConfig(env: Record<string, string | undefined>): Alert
       "AI_AGENT_ALERT_WEBHOOK_SECRET: required with AI_AGENT_ALERT_WEBHOOK_URL, whsec_ and base64 of 24 to 64 bytes",
     );
   }
+  if (!config.pagerduty && e.AI_AGENT_ALERT_PAGERDUTY_URL) {
+    problems.push("AI_AGENT_ALERT_PAGERDUTY_URL: set without AI_AGENT_ALERT_PAGERDUTY_ROUTING_KEY");
+  }
   if (!config.webhook && e.AI_AGENT_ALERT_WEBHOOK_SECRET) {
     problems.push("AI_AGENT_ALERT_WEBHOOK_SECRET: set without AI_AGENT_ALERT_WEBHOOK_URL");
   }

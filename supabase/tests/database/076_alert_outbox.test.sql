@@ -3,7 +3,7 @@
 -- after the last attempt, which alerts on the other destinations.
 begin;
 \ir ../support/pgtap-helpers.psql
-select plan(24);
+select plan(26);
 
 -- setup: a quiet far-future day; org a fails each of its 10 requests, org b answers
 -- its 590 (98.3% overall)
@@ -78,6 +78,16 @@ select is((select state from ops.alert_outbox o join ops.alert_events e on e.id 
 update ops.spend_counters set usd = 1.2 where org_id = (select a from t_ctx);
 select is((select ops.check_alerts(t0 + interval '3 hours 1 minute') ->> 'raised' from t_ctx)::int, 1,
   'at 120% the overrun is raised (the warning stays open, not notified again)');
+
+-- test: muted, the resolve of an alert whose raise went out is still sent (its incident closes)
+select ops.alert_mute('budget', 'org:' || a, t0 + interval '1 day', 'known', 'test', t0 + interval '3 hours 2 minutes') from t_ctx;
+update ops.spend_counters set usd = 0.1 where org_id = (select a from t_ctx);
+select is((select ops.check_alerts(t0 + interval '3 hours 3 minutes') ->> 'resolved' from t_ctx)::int, 2,
+  'the overrun and the warning resolve');
+select is((select array_agg(e.kind order by e.kind) from ops.alert_outbox o join ops.alert_events e on e.id = o.alert_id
+           where o.state = 'resolved' and o.destination = 'slack' and e.kind like 'budget%'
+             and e.subject = (select 'org:' || a from t_ctx)),
+  array['budget', 'budget_warning'], 'while muted, both resolves are queued (their raises went out)');
 
 -- test: a test notification goes to one destination
 select is((select count(*)::int from ops.alert_test('slack')), 1, 'alert_test queues one row for slack');

@@ -152,6 +152,7 @@ Deno.test("alerts: with no destination an alert is only recorded, and the open a
     env: {
       AI_AGENT_ALERT_SLACK_WEBHOOK_URL: "",
       AI_AGENT_ALERT_PAGERDUTY_ROUTING_KEY: "",
+      AI_AGENT_ALERT_PAGERDUTY_URL: "",
       AI_AGENT_ALERT_WEBHOOK_URL: "",
       AI_AGENT_ALERT_WEBHOOK_SECRET: "",
     },
