@@ -6,17 +6,17 @@
  * ops.alert_mute, ops.alert_unmute, ops.alert_test).
  */
 import { numberFlag, UsageError } from "../cli.ts";
-import { type Command, type CommandContext, optionalTimestamp, print, text } from "./args.ts";
+import {
+  type Command,
+  type CommandContext,
+  optionalTimestamp,
+  print,
+  requiredBy,
+  text,
+} from "./args.ts";
 import { inertJson } from "./format.ts";
 
 const DESTINATIONS = ["slack", "pagerduty", "webhook"];
-
-/** Who acted, for the audit: required, never guessed. */
-function actor(ctx: CommandContext, action: string): string {
-  const by = text(ctx.flags.by)?.trim();
-  if (!by) throw new UsageError(`--by: required (alerts ${action} is audited: who is acting?)`);
-  return by;
-}
 
 async function openAlerts(ctx: CommandContext) {
   if (ctx.flags.check === true) {
@@ -97,19 +97,24 @@ example:
     if (action === "test") return await testNotification(ctx);
     if (action === "ack") {
       const id = numberFlag(a ?? "", "alert id", { min: 1, integer: true });
-      return print(ctx, await ctx.sql`select * from ops.alert_ack(${id}, ${actor(ctx, "ack")})`);
+      return print(
+        ctx,
+        await ctx.sql`select * from ops.alert_ack(${id}, ${requiredBy(ctx, "alerts ack")})`,
+      );
     }
     if (action !== "mute" && action !== "unmute") {
       throw new UsageError("alerts takes test, ack, mute or unmute (or nothing: the open alerts)");
     }
     if (!a || !b) throw new UsageError(`alerts ${action}: needs <kind> <subject>`);
     if (action === "unmute") {
-      const [row] = await ctx.sql`select ops.alert_unmute(${a}, ${b}, ${actor(ctx, action)}) as u`;
+      const [row] = await ctx.sql`select ops.alert_unmute(${a}, ${b}, ${
+        requiredBy(ctx, `alerts ${action}`)
+      }) as u`;
       return print(ctx, [{ kind: a, subject: b, unmuted: row!.u === true }]);
     }
     const until = optionalTimestamp(ctx.flags.until, "--until");
     if (!until) throw new UsageError("--until: missing (alerts mute … --until <iso>)");
-    const by = actor(ctx, action);
+    const by = requiredBy(ctx, `alerts ${action}`);
     print(
       ctx,
       await ctx.sql`select * from ops.alert_mute(${a}, ${b}, ${until}, ${

@@ -69,3 +69,10 @@ export interface Command {
 export function text(value: unknown): string | null {
   return typeof value === "string" ? value : null;
 }
+
+/** Who acted, for an audited change: --by, required (never guessed from the OS user). */
+export function requiredBy(ctx: CommandContext, action: string): string {
+  const by = text(ctx.flags.by)?.trim();
+  if (!by) throw new UsageError(`--by: required (${action} is audited: who is acting?)`);
+  return by;
+}

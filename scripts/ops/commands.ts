@@ -13,6 +13,7 @@ import {
   optionalTimestamp,
   optionalUuid,
   print,
+  requiredBy,
   uuidArg,
 } from "./args.ts";
 import { policyCommands } from "./policy-commands.ts";
@@ -61,8 +62,8 @@ example:
   },
   "opt-out": {
     usage:
-      "opt-out add --org <uuid> [--user <uuid>] [--channel <c>] [--reason <text>] [--by <who>] [--expires <iso>]\n" +
-      "  opt-out expire <id> [--by <who>]\n  opt-out list [--org <uuid>] [--all]",
+      "opt-out add --org <uuid> [--user <uuid>] [--channel <c>] [--reason <text>] --by <who> [--expires <iso>]\n" +
+      "  opt-out expire <id> --by <who>\n  opt-out list [--org <uuid>] [--all]",
     flags: {
       org: { type: "string" },
       user: { type: "string" },
@@ -85,16 +86,17 @@ example:
       const f = ctx.flags;
       const str = (v: unknown) => (typeof v === "string" ? v : null);
       if (action === "add") {
-        const rows = await ctx.sql`select * from ops.add_opt_out(
-          ${uuidArg(f.org, "--org")}::uuid, ${optionalUuid(f.user, "--user")}::uuid, ${
-          str(f.channel)
-        },
-          ${str(f.reason)}, ${str(f.by)}, ${optionalTimestamp(f.expires, "--expires")})`;
+        const org = uuidArg(f.org, "--org");
+        const user = optionalUuid(f.user, "--user");
+        const expires = optionalTimestamp(f.expires, "--expires");
+        const by = requiredBy(ctx, "opt-out add");
+        const rows = await ctx.sql`select * from ops.add_opt_out(${org}::uuid, ${user}::uuid,
+          ${str(f.channel)}, ${str(f.reason)}, ${by}, ${expires})`;
         print(ctx, rows);
       } else if (action === "expire") {
-        const rows = await ctx.sql`select * from ops.expire_opt_out(${
-          uuidArg(id, "opt-out id")
-        }::uuid, ${str(f.by)})`;
+        const optOut = uuidArg(id, "opt-out id");
+        const by = requiredBy(ctx, "opt-out expire");
+        const rows = await ctx.sql`select * from ops.expire_opt_out(${optOut}::uuid, ${by})`;
         print(ctx, rows);
       } else if (action === "list") {
         const rows = await ctx.sql`select * from ops.list_opt_outs(${

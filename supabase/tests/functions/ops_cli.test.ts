@@ -151,7 +151,7 @@ Deno.test("ops CLI: bad arguments are clear errors with exit code 2; database er
   r = await ops("usage", "--bucket", "weekly");
   assertEquals(r.code, 2);
   assertMatch(r.err, /^error: --bucket: /);
-  r = await ops("opt-out", "expire", crypto.randomUUID());
+  r = await ops("opt-out", "expire", crypto.randomUUID(), "--by", "ops");
   assertEquals(r.code, 1);
   assertMatch(r.err, /no opt-out with id/);
   r = await ops("usage", "--bogus-flag");
