@@ -20,10 +20,11 @@ export async function postJson(
       signal,
       redirect: "manual",
     });
-    const text = (await response.text()).slice(0, 300);
     if (response.status >= 200 && response.status < 300) {
+      await response.body?.cancel();
       return { outcome: "delivered", status: response.status };
     }
+    const text = await firstBytes(response);
     return { outcome: "error", status: response.status, error: `HTTP ${response.status}: ${text}` };
   } catch (error) {
     if (signal.aborted) {
@@ -38,4 +39,13 @@ function describeFailure(error: unknown): string {
   if (!(error instanceof Error)) return String(error);
   const cause = error.cause instanceof Error ? `: ${error.cause.message}` : "";
   return `${error.message}${cause}`.slice(0, 300);
+}
+
+/** The start of an error answer, for the outbox's last_error; the rest is never read. */
+async function firstBytes(response: Response): Promise<string> {
+  const reader = response.body?.getReader();
+  if (!reader) return "";
+  const { value } = await reader.read();
+  await reader.cancel().catch(() => {});
+  return new TextDecoder().decode(value ?? new Uint8Array()).slice(0, 300);
 }
