@@ -391,21 +391,32 @@ $$;
 comment on function ops.errors_by_code(timestamptz, timestamptz, uuid) is
   'Requests that did not succeed in [p_from, p_to), optionally of one org, by error code (sum of event_count); served = true for the failures that count against the success rate, false for refusals.';
 
--- Month-to-date spend against every budget (global: org_id NULL).
+-- Month-to-date spend against every budget (global: org_id NULL): the usage
+-- log, or the spend counters where they are higher (they keep counting when
+-- the usage log is switched off). What budget alerts and the report compare.
 create function ops.budget_status(p_now timestamptz default now())
 returns table (org_id uuid, mode text, monthly_usd numeric, spent_usd numeric, used_ratio numeric)
 language sql
 stable
 set search_path = ''
 as $$
-  select b.org_id, b.mode, b.monthly_usd, coalesce(s.estimated_usd, 0),
-         round(coalesce(s.estimated_usd, 0) / nullif(b.monthly_usd, 0), 4)
+  with spend as (
+    select x.org_id, max(x.usd) as usd
+    from (select m.org_id, m.estimated_usd as usd from ops.month_to_date_spend(p_now) m
+          union all
+          select c.org_id, sum(c.usd) from ops.spend_counters c
+          where c.month = date_trunc('month', p_now at time zone 'UTC')::date
+          group by grouping sets ((c.org_id), ())) x
+    group by x.org_id
+  )
+  select b.org_id, b.mode, b.monthly_usd, coalesce(s.usd, 0),
+         round(coalesce(s.usd, 0) / b.monthly_usd, 4)
   from ops.budgets b
-  left join ops.month_to_date_spend(p_now) s on s.org_id is not distinct from b.org_id
+  left join spend s on s.org_id is not distinct from b.org_id
   order by b.org_id nulls first;
 $$;
 comment on function ops.budget_status(timestamptz) is
-  'Each budget (org_id NULL = the global one) with the month-to-date estimated spend of p_now''s month against it (ops.month_to_date_spend).';
+  'Each budget (org_id NULL = the global one) with the month-to-date estimated spend of p_now''s month against it: the usage log (ops.month_to_date_spend) or the spend counters, whichever is higher. Budget alerts and the report read it.';
 
 -- ---------------------------------------------------------------------------
 -- Privileges of every function and view above, one statement each (checked

@@ -55,25 +55,12 @@ as $$
           group by grouping sets ((r.error_code), (r.org_id, r.error_code))) f
     group by f.is_global, f.org_id
   ),
-  -- Month-to-date spend: the usage log, or the spend counters where they are
-  -- higher (they keep counting when the usage log is switched off).
-  spend as (
-    select x.org_id, max(x.usd) as usd
-    from (select m.org_id, m.estimated_usd as usd from ops.month_to_date_spend(p_now) m
-          union all
-          select c.org_id, sum(c.usd) from ops.spend_counters c
-          where c.month = date_trunc('month', p_now at time zone 'UTC')::date
-          group by grouping sets ((c.org_id), ())) x
-    group by x.org_id
-  ),
   budgets as (
-    select b.org_id, b.monthly_usd, s.usd,
+    select b.org_id, b.monthly_usd, b.spent_usd as usd,
            case when b.org_id is null then 'global' else 'org:' || b.org_id end as subject,
            (select max(r) from settings, unnest(settings.budget_warning_ratios) r
-            where s.usd >= b.monthly_usd * r) as warning_ratio
-    from ops.budgets b
-    join spend s on s.org_id is not distinct from b.org_id
-    where b.monthly_usd > 0
+            where b.spent_usd >= b.monthly_usd * r) as warning_ratio
+    from ops.budget_status(p_now) b
   )
   select 'success_rate', case when r.is_global then 'global' else 'org:' || r.org_id end,
          p_now - interval '15 minutes', p_now,
