@@ -43,15 +43,15 @@ const FUNCTION_IMPORTS = [
 const RELATIVE_IMPORT =
   /(?:^|[\n;])\s*(?:import|export)\b[^;]*?\bfrom\s*["'](\.{1,2}\/[^"']+)["']|\bimport\s*\(\s*["'](\.{1,2}\/[^"']+)["']\s*\)|(?:^|[\n;])\s*import\s*["'](\.{1,2}\/[^"']+)["']/g;
 
-/** Each `.ts` file under `dirs` (relative to the root) with the files it imports. */
-async function importGraph(dirs: string[]): Promise<Map<string, string[]>> {
+/** Each `.ts` file under `dirs` (relative to `base`) with the files it imports. */
+async function importGraph(dirs: string[], base: string): Promise<Map<string, string[]>> {
   const graph = new Map<string, string[]>();
   async function walk(dir: string) {
-    for await (const entry of Deno.readDir(`${root}${dir}`)) {
+    for await (const entry of Deno.readDir(`${base}${dir}`)) {
       const path = `${dir}/${entry.name}`;
       if (entry.isDirectory) await walk(path);
       else if (entry.isFile && path.endsWith(".ts")) {
-        const text = await Deno.readTextFile(`${root}${path}`);
+        const text = await Deno.readTextFile(`${base}${path}`);
         const targets = [...text.matchAll(RELATIVE_IMPORT)].map((m) =>
           new URL(m[1] ?? m[2] ?? m[3], `file:///${path}`).pathname.slice(1)
         );
@@ -63,9 +63,9 @@ async function importGraph(dirs: string[]): Promise<Map<string, string[]>> {
   return graph;
 }
 
-/** One circle per strongly connected set of modules (Tarjan), written `a → b → a`. */
-export async function importCircles(dirs: string[]): Promise<string[]> {
-  const graph = await importGraph(dirs);
+/** One circle per strongly connected set of modules (Tarjan), written `a → b → a`; `base` ends in `/`. */
+export async function importCircles(dirs: string[], base = root): Promise<string[]> {
+  const graph = await importGraph(dirs, base);
   const index = new Map<string, number>();
   const low = new Map<string, number>();
   const stack: string[] = [];

@@ -92,7 +92,7 @@ example:
     const redis = await redisOf(ctx);
     try {
       if (ctx.flags.pending === true) return await forgetPending(ctx, redis);
-      const user = uuidArg(ctx.flags.user, "--user");
+      const user = uuidArg(ctx.flags.user, "--user").toLowerCase();
       const by = who(ctx);
       const [row] = await ctx.sql`select ops.forget_user(${user}::uuid, ${by}) as r`;
       const result = row!.r as Record<string, unknown> & { erasure_id: number; user_id: string };
@@ -115,7 +115,7 @@ messages (Postgres and Redis), opt-outs and usage rows (ops.export_user for the 
 example:
   npm run ops -- export --user 22222222-2222-4222-8222-222222222222 > member.json`,
   async run(ctx) {
-    const user = uuidArg(ctx.flags.user, "--user");
+    const user = uuidArg(ctx.flags.user, "--user").toLowerCase();
     const redis = await redisOf(ctx);
     try {
       const [row] = await ctx.sql`select ops.export_user(${user}::uuid) as doc`;

@@ -491,8 +491,8 @@ select ops.schedule_alert_delivery();
 -- ---------------------------------------------------------------------------
 -- Privileges of every function and view above, one statement each (checked
 -- by supabase/tests/database/004_privileges_inventory.test.sql): service_role
--- alone may execute or read them; ops.schedule_alert_delivery is the
--- owner's (it writes Vault secrets and a cron job).
+-- alone may execute or read them (ops.schedule_alert_delivery also needs the
+-- rights on cron and the Vault that the project owner has).
 -- ---------------------------------------------------------------------------
 revoke execute on function
   ops.alert_enqueue(ops.alert_events, text, timestamptz, text),
@@ -513,6 +513,7 @@ grant execute on function
   ops.alert_delivery_done(bigint, uuid, text, integer, text, integer, integer, timestamptz),
   public.agent_alerts_begin_cycle(text[], integer, integer, timestamptz),
   public.agent_alerts_record(jsonb, integer, integer, timestamptz),
-  ops.alert_test(text, timestamptz)
+  ops.alert_test(text, timestamptz),
+  ops.schedule_alert_delivery(text, text)
 to service_role;
 grant select on ops.open_alerts, ops.alert_delivery_status to service_role;

@@ -2,7 +2,8 @@
  * Owns the answer to an admitted turn, as JSON or as Server-Sent Events, and
  * the one usage row of its model call: whatever happens after admission
  * (model failure, save failure, ownership race, client gone), exactly one row
- * is written, with the tokens the upstream reported or an estimate.
+ * is written, with the tokens the upstream reported or an estimate. Also the
+ * replay of an Idempotency-Key's stored answer (no model call, no row).
  */
 import { AgentError, describe } from "../_shared/errors.ts";
 import { errorResponse, jsonResponse } from "../_shared/http.ts";

@@ -9,7 +9,9 @@
  * in one Lua script. The append also keeps the member's index of sessions,
  * `agent-chat:member:{<user id>}:sessions` (a sorted set scored by when each
  * owner key expires, living as long as the newest), which erasure and
- * export read (scripts/ops/member-redis.ts).
+ * export read (scripts/ops/member-redis.ts). A store call that fails (either
+ * store, or the begin-turn call) is 503 `session_store_error` (`storeCall`,
+ * `storeError`).
  */
 import { AgentError, describe } from "../_shared/errors.ts";
 import type { TurnDatabase } from "./database.ts";

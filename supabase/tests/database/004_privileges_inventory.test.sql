@@ -9,7 +9,7 @@
 -- so a new schema is inventoried without editing this file.
 begin;
 \ir ../support/pgtap-helpers.psql
-select plan(8);
+select plan(10);
 
 -- setup: the effective privileges (has_*_privilege: direct, through PUBLIC
 -- or through a role) of anon and authenticated, one row each.
@@ -99,6 +99,19 @@ select is_empty(
     cross join lateral aclexplode(d.defaclacl) x
     where s.nspname <> 'public' and x.grantee in ('anon'::regrole, 'authenticated'::regrole)$$,
   'no default privilege for anon or authenticated in a project schema other than public');
+
+-- test: the grants gathered at the end of each migration reach every object
+-- the Edge Function's role needs (trigger functions run as the trigger, not called)
+select is_empty(
+  $$select p.oid::regprocedure::text from pg_proc p join pg_namespace n on n.oid = p.pronamespace
+    where n.nspname in ('public', 'ops') and p.prorettype <> 'trigger'::regtype
+      and not has_function_privilege('service_role', p.oid, 'execute')$$,
+  'service_role may execute every function in public and ops');
+select is_empty(
+  $$select c.oid::regclass::text from pg_class c join pg_namespace n on n.oid = c.relnamespace
+    where n.nspname in ('public', 'ops') and c.relkind in ('r', 'p', 'v')
+      and not has_table_privilege('service_role', c.oid, 'select')$$,
+  'service_role may read every table and view in public and ops');
 
 -- test: the denials, as each role
 select tests.authenticate_as_anon();

@@ -94,7 +94,8 @@ for (const v of variants) {
         const tokensBefore = await orgTokens(h, m.orgId, requestIds);
         assert(tokensBefore > 0);
 
-        const exported = await ops(h, v, "export", "--user", m.userId);
+        // An id typed in capitals names the same member in both stores.
+        const exported = await ops(h, v, "export", "--user", m.userId.toUpperCase());
         assertEquals(exported.code, 0, exported.err);
         const doc = JSON.parse(exported.out);
         assertEquals(doc.sessions.length, 1, "one session, from the store in use");
@@ -186,22 +187,23 @@ Deno.test("members: forget, export and retention refuse bad arguments with exit 
   const user = crypto.randomUUID();
   for (
     const argv of [
-      ["forget", "--user", user],
-      ["forget", "--user", "not-a-uuid", "--by", "x"],
-      ["forget", "--by", "x"],
-      ["export"],
+      ["forget", "--user", user, "--no-redis"],
+      ["forget", "--user", "not-a-uuid", "--by", "x", "--no-redis"],
+      ["forget", "--by", "x", "--no-redis"],
+      ["export", "--no-redis"],
       ["retention", "set", "keep_forever=1"],
       ["retention", "set", "usage_row_months=many"],
     ]
   ) {
     let err = "";
     const code = await runOps(
-      [...argv, "--no-redis", "--db", testUrls().databaseUrl],
+      [...argv, "--db", testUrls().databaseUrl],
       () => {},
       (s) => (err += s),
     );
     assertEquals(code, 2, `${argv.join(" ")}: ${err}`);
     assertEquals(err.trim().split("\n").length, 1, err);
+    assert(!/unknown option/.test(err), `${argv.join(" ")}: refused for its own reason: ${err}`);
   }
   const [row] = await withDb((sql) =>
     sql`select count(*)::int as n from ops.member_erasures where user_id = ${user}`
@@ -236,3 +238,36 @@ Deno.test("members: Redis down during forget: Postgres is erased, the Redis part
   );
   assertEquals(queued, { redis_state: "pending", attempts: 1, has_error: true });
 });
+
+Deno.test("members: a member cannot erase or export another member through the Data API", () =>
+  withHarness({}, async (h) => {
+    const victim = await h.member();
+    const attacker = await h.member(victim.orgId);
+    await chat(h, victim, "My phone is +250788123456");
+    for (
+      const [fn, args] of [
+        ["forget_user", { p_user_id: victim.userId, p_by: "attacker" }],
+        ["export_user", { p_user_id: victim.userId }],
+        ["redis_erasure_done", { p_erasure_id: 1, p_sessions_deleted: 0 }],
+      ] as const
+    ) {
+      for (const profile of [{}, { "content-profile": "ops" }] as Array<Record<string, string>>) {
+        const r = await fetch(`${h.gateway.url}/rest/v1/rpc/${fn}`, {
+          method: "POST",
+          headers: {
+            apikey: attacker.token,
+            authorization: `Bearer ${attacker.token}`,
+            "content-type": "application/json",
+            ...profile,
+          },
+          body: JSON.stringify(args),
+        });
+        const body = await r.text();
+        assert(r.status >= 400 && r.status < 500, `${fn}: ${r.status} ${body}`);
+        assert(!body.includes("+250788123456"), `${fn} leaked the victim's text`);
+      }
+    }
+    const [left] = await h
+      .sql`select count(*)::int as n from public.agent_sessions where user_id = ${victim.userId}`;
+    assertEquals(left!.n, 1, "the victim's conversation is intact");
+  }));

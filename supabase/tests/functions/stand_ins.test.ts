@@ -149,7 +149,13 @@ Deno.test("auth + postgrest stand-ins: JWKS, apikey and JWT checks, roles, named
   const { databaseUrl } = testUrls();
   const auth = await createAuthStandIn();
   const secret = "sb_secret_standin_test";
-  const gw = startGateway({ databaseUrl, auth, secretKeys: [secret] });
+  const publishable = "sb_publishable_standin_test";
+  const gw = startGateway({
+    databaseUrl,
+    auth,
+    secretKeys: [secret],
+    publishableKeys: [publishable],
+  });
   const sql = postgres(databaseUrl, { max: 1, onnotice: () => {} });
   try {
     const jwks = await (await fetch(`${gw.url}/auth/v1/.well-known/jwks.json`)).json();
@@ -184,6 +190,23 @@ Deno.test("auth + postgrest stand-ins: JWKS, apikey and JWT checks, roles, named
     });
     assertEquals(forged.status, 401);
     assertEquals((await forged.json()).code, "PGRST301");
+
+    // The publishable (anon) key alone is the anon role: a service-only function is 401 for anon.
+    const anon = await rpc("agent_log_usage", { p_event: { success: true } }, {
+      apikey: publishable,
+    });
+    assertEquals(anon.status, 401);
+    assertEquals((await anon.json()).code, "42501");
+    // GoTrue's GET /user: a valid access token names its user; anything else is 401 bad_jwt.
+    const sub = crypto.randomUUID();
+    const me = await fetch(`${gw.url}/auth/v1/user`, {
+      headers: { apikey: publishable, authorization: `Bearer ${await auth.userToken(sub)}` },
+    });
+    assertEquals([me.status, (await me.json()).id], [200, sub]);
+    const stranger = await fetch(`${gw.url}/auth/v1/user`, {
+      headers: { apikey: publishable, authorization: `Bearer ${await auth.foreignToken(sub)}` },
+    });
+    assertEquals([stranger.status, (await stranger.json()).error_code], [401, "bad_jwt"]);
 
     const missing = await rpc("no_such_function", {}, { apikey: secret });
     assertEquals(missing.status, 404);

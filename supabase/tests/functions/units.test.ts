@@ -1,4 +1,5 @@
 /** Unit tests of the pure modules: configuration, client IP, request body, secrets. */
+import { importCircles } from "../../../scripts/check-imports.ts";
 import { assert, assertEquals, assertMatch } from "./assert.ts";
 import { ConfigError, loadConfig } from "../../functions/agent-chat/config.ts";
 import { addressBlock, clientIpFrom, normalizeIp } from "../../functions/_shared/client-ip.ts";
@@ -307,4 +308,26 @@ Deno.test("request log: failures of the service are errors; the kill switch and 
   assertEquals(level(429, "rate_limit"), "warn");
   assertEquals(level(499, "client_closed"), "info");
   assertEquals(level(200), "info");
+});
+
+Deno.test("check-imports: an import circle is found through type imports and re-exports; none in the repository", async () => {
+  const base = await Deno.makeTempDir({ prefix: "agent-chat-imports-" });
+  try {
+    await Deno.mkdir(`${base}/fn/sub`, { recursive: true });
+    await Deno.writeTextFile(`${base}/fn/words.ts`, "export type Word = string;\n");
+    await Deno.writeTextFile(
+      `${base}/fn/a.ts`,
+      'import type { Word } from "./words.ts";\nimport type { B } from "./sub/b.ts";\nexport type A = Word | B;\n',
+    );
+    await Deno.writeTextFile(`${base}/fn/sub/b.ts`, 'export type { A as B } from "../a.ts";\n');
+    assertEquals(await importCircles(["fn"], `${base}/`), ["fn/a.ts → fn/sub/b.ts → fn/a.ts"]);
+    await Deno.writeTextFile(
+      `${base}/fn/sub/b.ts`,
+      'import type { Word } from "../words.ts";\nexport type B = Word;\n',
+    );
+    assertEquals(await importCircles(["fn"], `${base}/`), []);
+  } finally {
+    await Deno.remove(base, { recursive: true });
+  }
+  assertEquals(await importCircles(["supabase", "scripts"]), []);
 });

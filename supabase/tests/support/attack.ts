@@ -2,7 +2,8 @@
  * What the security tests (chat_security_*.test.ts) share: bounded polls on
  * an observable (a row, a log line, a recorded upstream request), the rows
  * and buckets a test reads, per-test addresses, raw HTTP/1.1 heads and
- * chunks for what fetch will not send, and hand-signed HS256 tokens.
+ * chunks for what fetch will not send, hand-signed HS256 tokens, and an
+ * OpenAI-compatible upstream that holds its answers until released.
  */
 import type postgres from "postgres";
 import { SignJWT } from "jose";
