@@ -1,7 +1,7 @@
 /**
  * `deno task bench [--quick] [--only a,b] [--write-docs] [--record-baseline]`
  * (npm run bench): the benchmark scenarios (scripts/bench/: begin-turn,
- * http, growth, cold-start, memory on one local stack with durable
+ * hot-tenant, ideal-turn, http, growth, cold-start, memory on one local stack with durable
  * PostgreSQL settings; sql-cost on a PostgreSQL of its own). Prints the
  * targets and tables, and writes the results regions of docs/benchmarks.md
  * (to .local/results/ unless --write-docs; with --only, the regions of the
@@ -21,6 +21,8 @@ import {
   type Target,
 } from "./bench/context.ts";
 import { beginTurn } from "./bench/begin-turn.ts";
+import { hotTenant } from "./bench/hot-tenant.ts";
+import { idealTurn } from "./bench/ideal-turn.ts";
 import { http } from "./bench/http.ts";
 import { growth } from "./bench/growth.ts";
 import { coldStart } from "./bench/cold-start.ts";
@@ -33,6 +35,8 @@ const ON_STACK: Record<
   (ctx: BenchContext, o: { recordBaseline: boolean }) => Promise<ScenarioResult>
 > = {
   "begin-turn": (ctx) => beginTurn(ctx),
+  "hot-tenant": (ctx) => hotTenant(ctx),
+  "ideal-turn": (ctx) => idealTurn(ctx),
   http: (ctx, o) => http(ctx, o),
   growth: (ctx) => growth(ctx),
   "cold-start": (ctx) => coldStart(ctx),

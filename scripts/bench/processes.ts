@@ -7,11 +7,15 @@ export async function residentMiB(pid: number): Promise<number> {
   return kb / 1024;
 }
 
-/** CPU time (user + system) a process has used, in milliseconds (Linux /proc, 100 ticks/s). */
+/**
+ * CPU time (user + system) a process has used, with that of its children that
+ * have exited (so a postmaster counts the backends of connections that came and
+ * went, as pgbench's do), in milliseconds (Linux /proc, 100 ticks/s).
+ */
 export async function cpuMs(pid: number): Promise<number> {
   try {
     const fields = (await Deno.readTextFile(`/proc/${pid}/stat`)).split(") ")[1]!.split(" ");
-    return (Number(fields[11]) + Number(fields[12])) * 10;
+    return (Number(fields[11]) + Number(fields[12]) + Number(fields[13]) + Number(fields[14])) * 10;
   } catch {
     return 0; // the process has exited
   }

@@ -5,7 +5,9 @@
 --   20251231120000_ai_agent_sessions_usage      tables, RLS policies, grants (this file)
 --   20251231120100_ai_agent_rate_limits         ops.consume_rate_limits, token counters
 --   20251231120150_ai_agent_idempotency         Idempotency-Key claims, replays and settlement
+--   20251231120250_ai_agent_usage_scale         usage partitions (made ahead), the usage rollup's tables
 --   20251231120300_ai_agent_usage_costs         agent_log_usage (the usage insert, settlement), prices, cost and health reports
+--   20251231120320_ai_agent_usage_rollup        the rollup's fold and refresh, usage retention by partition, schedules
 --   20251231120350_ai_agent_turns               agent_begin_turn (policies, quotas, budgets), agent_end_turn, agent_finish_turn
 --   20251231120500_ai_agent_operator_functions  buckets, opt-outs, sessions, policies, switches, budgets, audit, dashboard, purge
 --   20251231120550_ai_agent_alerts              alert conditions, ack and mute
@@ -149,9 +151,18 @@ alter table public.agent_opt_outs enable row level security;
 -- several refusals of one kind (event_count). No foreign keys and no checks
 -- beyond success being known and the count being positive, so the insert
 -- cannot fail because the session lives in Redis or was never saved.
+--
+-- Partitioned by day on created_at (20251231120250_ai_agent_usage_scale
+-- creates the days ahead and drops whole days past retention). A default
+-- partition takes any row whose day has no partition (back-dated, far
+-- future), so an insert never fails for want of one. Every unique index
+-- holds the partition key: the primary key is (id, created_at) and metering
+-- once is (request_id, created_at), which is why the function sends the
+-- request's arrival time as created_at (every write of one request carries
+-- the same instant).
 -- ---------------------------------------------------------------------------
 create table public.agent_usage_events (
-  id bigint generated always as identity primary key,
+  id bigint generated always as identity,
   request_id text,
   org_id uuid,
   user_id uuid,
@@ -168,12 +179,16 @@ create table public.agent_usage_events (
   error_message text,
   event_count integer not null default 1 check (event_count >= 1),
   metadata jsonb not null default '{}'::jsonb,
-  created_at timestamptz not null default now()
-);
+  created_at timestamptz not null default now(),
+  primary key (id, created_at)
+)
+partition by range (created_at);
 comment on table public.agent_usage_events is
-  'One row per agent-chat request, whatever its outcome; refusals past the first of their kind in an interval are aggregated into one row (event_count). Count requests with sum(event_count), never count(*). Feeds the cost and health views in schema ops.';
+  'One row per agent-chat request, whatever its outcome; refusals past the first of their kind in an interval are aggregated into one row (event_count). Count requests with sum(event_count), never count(*). Partitioned by UTC day (agent_usage_events_pYYYYMMDD, plus agent_usage_events_default for rows of a day without a partition). Feeds the cost and health views in schema ops through the rollup ops.usage_rollup_minute.';
 comment on column public.agent_usage_events.request_id is
-  'The server''s request id (x-request-id of the answer). Unique among rows that are not aggregated, so a model call is metered once even when its row is written twice (a save that timed out but committed later).';
+  'The server''s request id (x-request-id of the answer). Unique with created_at (the request''s arrival, the partition key) among rows that are not aggregated, so a model call is metered once even when its row is written twice (a save that timed out but committed later).';
+comment on column public.agent_usage_events.created_at is
+  'When the request arrived (sent by the function, so every write of one request carries the same instant); now() when a writer omits it. The partition key.';
 comment on column public.agent_usage_events.event_count is
   'Requests this row stands for: 1, or the number of refusals an aggregated row counts (metadata.aggregated = true).';
 comment on column public.agent_usage_events.success is 'true when the assistant answered and the turn was stored.';
@@ -188,9 +203,13 @@ create index agent_usage_events_org_created_idx on public.agent_usage_events (or
 create index agent_usage_events_created_idx on public.agent_usage_events (created_at);
 create index agent_usage_events_user_id_idx on public.agent_usage_events (user_id);
 -- Metered exactly once: the usage inserts are `on conflict do nothing`.
-create unique index agent_usage_events_request_id_idx on public.agent_usage_events (request_id)
+create unique index agent_usage_events_request_id_idx on public.agent_usage_events (request_id, created_at)
   where (metadata -> 'aggregated') is distinct from 'true'::jsonb;
+create table public.agent_usage_events_default partition of public.agent_usage_events default;
+comment on table public.agent_usage_events_default is
+  'Usage rows of a day without its own partition (back-dated past the partitions made, or far ahead). ops.create_usage_partitions moves them into their day when it creates it.';
 alter table public.agent_usage_events enable row level security;
+alter table public.agent_usage_events_default enable row level security;
 
 -- ---------------------------------------------------------------------------
 -- Rate-limit buckets: one row per bucket, written only by
@@ -294,6 +313,7 @@ create table ops.agent_policies (
   org_tokens_per_day integer check (org_tokens_per_day > 0),
   user_tokens_per_minute integer check (user_tokens_per_minute > 0),
   user_tokens_per_day integer check (user_tokens_per_day > 0),
+  org_bucket_shards integer check (org_bucket_shards between 1 and 64),
   note text,
   updated_by text,
   created_at timestamptz not null default now(),
@@ -304,7 +324,7 @@ create table ops.agent_policies (
     channel is null
     or num_nonnulls(org_max_requests, org_window_seconds, user_max_requests, user_window_seconds,
                     ip_max_requests, ip_window_seconds, org_tokens_per_minute, org_tokens_per_day,
-                    user_tokens_per_minute, user_tokens_per_day) = 0),
+                    user_tokens_per_minute, user_tokens_per_day, org_bucket_shards) = 0),
   constraint agent_policies_channel_bucket check (channel is not null or num_nonnulls(channel_max_requests, channel_window_seconds) = 0)
 );
 comment on table ops.agent_policies is
@@ -312,6 +332,8 @@ comment on table ops.agent_policies is
 comment on column ops.agent_policies.enabled is 'false = assistant off in this scope (global, channel, tenant or tenant+channel): 503 assistant_disabled. NULL or true = on.';
 comment on column ops.agent_policies.disabled_message is 'What users are told while enabled = false (for example where to reach human support).';
 comment on column ops.agent_policies.channel_max_requests is 'Limit of this row''s channel: bucket per channel_window_seconds (default: the request window).';
+comment on column ops.agent_policies.org_bucket_shards is
+  'K: the org: bucket is split into K rows (org:<id>#0 .. #K-1) whose limits add up to the org limit, so K turns of one busy org decide at once instead of queueing on one row (ops.consume_rate_limits_sharded). Never over-admits; a turn is refused only when no shard it can take has room. NULL or 1 = one row.';
 comment on column ops.agent_policies.org_tokens_per_day is 'Tokens per rolling 24 hours for the org (all its members); the turn reserves its worst case at admission.';
 create unique index agent_policies_scope_idx on ops.agent_policies (
   (coalesce(org_id, '00000000-0000-0000-0000-000000000000'::uuid)), (coalesce(channel, '')));
@@ -441,7 +463,7 @@ alter table ops.alert_mutes enable row level security;
 -- Deny: Supabase's default privileges on public, and PUBLIC's.
 revoke all on table
   public.agent_sessions, public.agent_session_messages, public.agent_opt_outs, public.agent_usage_events,
-  ops.rate_limits, ops.model_prices, ops.budgets, ops.agent_policies, ops.policy_audit, ops.token_counters,
+  public.agent_usage_events_default, ops.rate_limits, ops.model_prices, ops.budgets, ops.agent_policies, ops.policy_audit, ops.token_counters,
   ops.token_reservations, ops.spend_counters, ops.alert_settings, ops.alert_events, ops.alert_mutes
 from public, anon, authenticated;
 revoke all on sequence public.agent_session_messages_id_seq, public.agent_usage_events_id_seq

@@ -75,9 +75,9 @@ begin
   -- tightest bucket, built once. A refusal writes nothing and answers null
   -- here: the statement below names the full bucket.
   with b as (
-    select t.key, t.lim, t.win, t.slot_ms, v_now_ms / t.slot_ms as slot, k.used,
+    select t.key, t.lim, t.win, t.slot_ms, n.now_ms / t.slot_ms as slot, k.used,
            case when r.slot_ms = t.slot_ms then r.slot_ids[k.dropped + 1:]
-                when k.used > 0 then array[v_now_ms / t.slot_ms] else '{}' end as ids,
+                when k.used > 0 then array[n.now_ms / t.slot_ms] else '{}' end as ids,
            case when r.slot_ms = t.slot_ms then r.slot_counts[k.dropped + 1:]
                 when k.used > 0 then array[k.used] else '{}' end as counts
     from (select u.key, u.lim, u.win, u.win::bigint * 50 as slot_ms
@@ -89,12 +89,19 @@ begin
       select r.slot_ms, r.window_seconds, r.slot_ids, r.slot_counts
       from ops.rate_limits r where r.bucket_key = t.key offset 0
     ) r
+    -- The bucket's clock never goes back: a turn whose transaction started
+    -- before the newest admission's (it waited for the lock) decides at that
+    -- admission's slot. So the slots stay ascending and what one decision
+    -- drops as out of the window no later decision would have counted.
+    cross join lateral (
+      select greatest(v_now_ms, case when r.slot_ms = t.slot_ms then r.slot_ids[cardinality(r.slot_ids)] * t.slot_ms end) as now_ms
+    ) n
     cross join lateral (
       select coalesce(sum(s.n) filter (where s.keep), 0)::integer as used,
              (count(*) filter (where not s.keep))::integer as dropped
       from (select x.n,
-                   case when r.slot_ms = t.slot_ms then x.id >= (v_now_ms - t.win::bigint * 1000) / t.slot_ms
-                        else (x.id + 1) * r.slot_ms > v_now_ms - r.window_seconds::bigint * 1000 end as keep
+                   case when r.slot_ms = t.slot_ms then x.id >= (n.now_ms - t.win::bigint * 1000) / t.slot_ms
+                        else (x.id + 1) * r.slot_ms > n.now_ms - r.window_seconds::bigint * 1000 end as keep
             from unnest(r.slot_ids, r.slot_counts) as x (id, n)) s
     ) k
   ),
@@ -186,6 +193,88 @@ comment on function ops.consume_rate_limits(text[], integer[], integer[], timest
 
 
 -- ---------------------------------------------------------------------------
+-- A hot tenant's org: bucket split into K shards, org:<id>#0 .. #K-1, whose
+-- limits add up to the org limit (floor(N/K), one more for the first N mod K).
+-- A turn takes one shard nobody else holds (for update skip locked, from a
+-- random start), then the usual all-or-nothing decision runs with that shard
+-- as the org bucket; if the shard is full it tries the next free one. So K
+-- turns of one org decide at once instead of queueing on one row.
+--
+-- Exact: a shard never admits past its own limit, so the org never admits
+-- past the sum, N, in any window. The price: a turn is refused when every
+-- shard it could take without waiting is full, though a shard held by
+-- another turn at that instant may have had room (under-admission, never
+-- over-admission). Lock order: the first shard is taken before the other
+-- buckets (holding nothing else, so waiting for it cannot deadlock); later
+-- shards only with skip locked, never waiting.
+-- ---------------------------------------------------------------------------
+create function ops.consume_rate_limits_sharded(
+  p_bucket_keys text[],
+  p_limits integer[],
+  p_windows integer[],
+  p_now timestamptz,
+  p_shards integer
+)
+returns jsonb
+language plpgsql
+set search_path = ''
+set plan_cache_mode = force_generic_plan
+as $$
+-- p_bucket_keys[1] is the org: key (the one sharded), as agent_begin_turn passes it.
+declare
+  v_shards integer := least(greatest(coalesce(p_shards, 1), 1), greatest(p_limits[1], 1));
+  v_start integer := floor(random() * least(greatest(coalesce(p_shards, 1), 1), greatest(p_limits[1], 1)))::integer;
+  v_keys text[];
+  v_tried text[] := '{}';
+  v_key text;
+  v_shard integer;
+  v_decision jsonb;
+  v_refusal jsonb;
+begin
+  if v_shards = 1 then
+    return ops.consume_rate_limits(p_bucket_keys, p_limits, p_windows, p_now);
+  end if;
+  select array_agg(p_bucket_keys[1] || '#' || s order by (s - v_start + v_shards) % v_shards)
+  into v_keys from generate_series(0, v_shards - 1) s;
+  loop
+    select r.bucket_key into v_key
+    from ops.rate_limits r
+    where r.bucket_key = any (v_keys) and not (r.bucket_key = any (v_tried))
+    order by array_position(v_keys, r.bucket_key)
+    for update skip locked
+    limit 1;
+    if v_key is null and cardinality(v_tried) = 0 then
+      -- First use (the shards do not exist yet), or every shard held: make
+      -- them and wait for the first in this turn's order (holding nothing).
+      insert into ops.rate_limits (bucket_key, max_requests, window_seconds, slot_ms)
+      select k, 1, p_windows[1], p_windows[1]::bigint * 50 from unnest(v_keys) k
+      on conflict (bucket_key) do nothing;
+      select r.bucket_key into v_key from ops.rate_limits r where r.bucket_key = v_keys[1] for update;
+    end if;
+    exit when v_key is null;
+    v_tried := v_tried || v_key;
+    v_shard := split_part(v_key, '#', 2)::integer;
+    v_decision := ops.consume_rate_limits(
+      v_key || p_bucket_keys[2:],
+      (p_limits[1] / v_shards + case when v_shard < p_limits[1] % v_shards then 1 else 0 end) || p_limits[2:],
+      p_windows, p_now);
+    -- Admitted, or refused by another bucket (all-or-nothing): that is the answer.
+    if (v_decision ->> 'allowed')::boolean or v_decision ->> 'key' <> v_key then
+      return v_decision;
+    end if;
+    -- This shard is full: the org has room again when the first shard frees.
+    if v_refusal is null or (v_decision ->> 'retry_after_seconds')::integer < (v_refusal ->> 'retry_after_seconds')::integer then
+      v_refusal := v_decision;
+    end if;
+    v_key := null;
+  end loop;
+  return v_refusal || jsonb_build_object('key', p_bucket_keys[1], 'limit', p_limits[1]);
+end;
+$$;
+comment on function ops.consume_rate_limits_sharded(text[], integer[], integer[], timestamptz, integer) is
+  'ops.consume_rate_limits with the first bucket (the org:) split into p_shards rows whose limits add up to its limit: takes a free shard from a random start (skip locked), tries the next on a full one. Never admits more than the limit in any window; refuses only when every shard it can take without waiting is full.';
+
+-- ---------------------------------------------------------------------------
 -- Token counters: the same sliding window, weighted by tokens. A window of W
 -- seconds is 20 slots of W/20; a counter keeps the settled tokens per recent
 -- slot (ascending). Written when a usage row is inserted (ops.settle_usage,
@@ -255,11 +344,13 @@ comment on function ops.tokens_retry_after(text, text, uuid, uuid, integer, bigi
 -- ---------------------------------------------------------------------------
 revoke execute on function
   ops.consume_rate_limits(text[], integer[], integer[], timestamptz),
+  ops.consume_rate_limits_sharded(text[], integer[], integer[], timestamptz, integer),
   ops.tokens_used(text, integer, timestamptz),
   ops.tokens_retry_after(text, text, uuid, uuid, integer, bigint, boolean, timestamptz)
 from public, anon, authenticated;
 grant execute on function
   ops.consume_rate_limits(text[], integer[], integer[], timestamptz),
+  ops.consume_rate_limits_sharded(text[], integer[], integer[], timestamptz, integer),
   ops.tokens_used(text, integer, timestamptz),
   ops.tokens_retry_after(text, text, uuid, uuid, integer, bigint, boolean, timestamptz)
 to service_role;

@@ -254,6 +254,112 @@ comment on function ops.rebuild_spend_counters(timestamptz) is
   'Recomputes ops.spend_counters from the usage log for the months from p_from on (default: this month); returns the rows written.';
 
 -- ---------------------------------------------------------------------------
+-- The usage every report reads: the rollup (20251231120250_ai_agent_usage_scale)
+-- for the whole days (p_days) and whole minutes of [p_from, p_to), plus the
+-- raw rows it does not hold: those of the partial minutes at either end, and
+-- those above its watermark (not folded yet, late rows included). Each raw
+-- row is a cell of its own at its exact created_at; a rollup cell sits at its
+-- minute or day. So the sums over any period equal the raw rows', and so do
+-- buckets made of whole cells (p_rollup false: raw rows only, for any other
+-- bucket; p_days false: no day cells, for buckets shorter than a day).
+-- ---------------------------------------------------------------------------
+create function ops.usage_cells(
+  p_from timestamptz,
+  p_to timestamptz,
+  p_org_id uuid default null,
+  p_rollup boolean default true,
+  p_days boolean default false
+)
+returns table (
+  at timestamptz,
+  org_id uuid,
+  model text,
+  channel text,
+  success boolean,
+  error_code text,
+  requests bigint,
+  billed_requests bigint,
+  prompt_tokens bigint,
+  cached_prompt_tokens bigint,
+  completion_tokens bigint,
+  total_tokens bigint,
+  usd numeric,
+  unpriced_rows bigint,
+  latency_values integer[],
+  latency_counts bigint[]
+)
+language plpgsql
+stable
+set search_path = ''
+as $$
+-- plpgsql so the bounds are values: each branch below is an index range
+-- scan of the partitions or rollup rows it touches.
+declare
+  v_origin constant timestamptz := '2000-01-01 00:00:00+00';
+  v_through bigint;
+  -- [v_a, v_b): whole minutes; [v_da, v_db) within it: whole days.
+  v_a timestamptz := case when isfinite(p_from)
+                          then date_bin(interval '1 minute', p_from - interval '1 microsecond', v_origin) + interval '1 minute'
+                          else p_from end;
+  v_b timestamptz := case when isfinite(p_to) then date_bin(interval '1 minute', p_to, v_origin) else p_to end;
+  v_da timestamptz := case when isfinite(p_from)
+                           then date_bin(interval '1 day', p_from - interval '1 microsecond', v_origin) + interval '1 day'
+                           else p_from end;
+  v_db timestamptz := case when isfinite(p_to) then date_bin(interval '1 day', p_to, v_origin) else p_to end;
+begin
+  if not coalesce(p_rollup, false) or v_a >= v_b then
+    v_a := p_to;
+    v_b := p_to;
+  end if;
+  if not coalesce(p_days, false) or v_da >= v_db or v_a = p_to then
+    v_da := v_b;
+    v_db := v_b;
+  end if;
+  select s.folded_through into v_through from ops.usage_rollup_state s where s.id;
+  return query
+  select r.bucket_start, r.org_id, r.model, r.channel, r.success, r.error_code, r.requests, r.billed_requests,
+         r.prompt_tokens, r.cached_prompt_tokens, r.completion_tokens, r.total_tokens, r.usd, r.unpriced_rows,
+         r.latency_values, r.latency_counts
+  from (
+    select x.* from ops.usage_rollup x
+    where x.grain = interval '1 day' and x.bucket_start >= v_da and x.bucket_start < v_db
+    union all
+    select x.* from ops.usage_rollup x
+    where x.grain = interval '1 minute' and x.bucket_start >= v_a and x.bucket_start < v_da
+    union all
+    select x.* from ops.usage_rollup x
+    where x.grain = interval '1 minute' and x.bucket_start >= greatest(v_db, v_a) and x.bucket_start < v_b
+  ) r
+  where p_org_id is null or r.org_id = p_org_id
+  union all
+  select e.created_at, e.org_id, e.model, e.channel, e.success, e.error_code, e.event_count::bigint,
+         case when b.billed then e.event_count else 0 end::bigint,
+         coalesce(e.prompt_tokens, 0)::bigint, case when b.billed then coalesce(e.cached_prompt_tokens, 0) else 0 end::bigint,
+         coalesce(e.completion_tokens, 0)::bigint, coalesce(e.total_tokens, 0)::bigint, coalesce(c.usd, 0),
+         (b.billed and c.usd is null)::integer::bigint,
+         case when e.success and e.latency_ms is not null then array[e.latency_ms] end,
+         case when e.success and e.latency_ms is not null then array[1::bigint] end
+  from (
+    -- The partial minutes at either end, and the rows above the watermark.
+    select x.* from public.agent_usage_events x
+    where x.created_at >= p_from and x.created_at < v_a and (p_org_id is null or x.org_id = p_org_id)
+    union all
+    select x.* from public.agent_usage_events x
+    where x.created_at >= greatest(v_b, p_from) and x.created_at < p_to and (p_org_id is null or x.org_id = p_org_id)
+    union all
+    select x.* from public.agent_usage_events x
+    where x.id > v_through and x.created_at >= v_a and x.created_at < v_b and (p_org_id is null or x.org_id = p_org_id)
+  ) e
+  cross join lateral (select ops.is_billed(e.prompt_tokens, e.completion_tokens, e.total_tokens) as billed) b
+  cross join lateral (
+    select ops.event_cost_usd(e.model, e.created_at, e.prompt_tokens, e.cached_prompt_tokens, e.completion_tokens) as usd
+  ) c;
+end;
+$$;
+comment on function ops.usage_cells(timestamptz, timestamptz, uuid, boolean, boolean) is
+  'The usage of [p_from, p_to) (one org or all) as cells: rollup days (p_days) and minutes plus the raw rows the rollup does not hold, so sums (and, through latency_values/latency_counts, latency percentiles) equal the raw rows''. A cell sits at its day, minute or created_at (raw row). p_rollup false: raw rows only. What every report, view and alert condition reads.';
+
+-- ---------------------------------------------------------------------------
 -- Usage report: the one query behind the health view, the CLI and the HTML
 -- report. Buckets are aligned to clock boundaries (date_bin from 2000-01-01
 -- 00:00 UTC: quarter hours, hours, days), so a bucket starts at the same
@@ -289,36 +395,61 @@ language sql
 stable
 set search_path = ''
 as $$
+  -- Cells (rollup minutes and raw rows, ops.usage_cells) into buckets; the
+  -- rollup only when a bucket is whole minutes. Latency percentiles are
+  -- percentile_cont's, computed from the cells' latency counts: the value at
+  -- 0-based rank floor(p * (n - 1)) and the next, interpolated in float8 as
+  -- percentile_cont does, so they equal it on the raw rows.
+  with c as (
+    select case when p_bucket is null then p_from
+                else date_bin(p_bucket, x.at, timestamptz '2000-01-01 00:00:00+00') end as bucket,
+           case when p_by_org then x.org_id end as org,
+           ops.is_served_outcome(x.success, x.error_code) as served,
+           x.*
+    from ops.usage_cells(p_from, p_to, p_org_id,
+                         p_bucket is null or (extract(epoch from p_bucket) > 0 and extract(epoch from p_bucket) % 60 = 0),
+                         p_bucket is null or (extract(epoch from p_bucket) > 0 and extract(epoch from p_bucket) % 86400 = 0)) x
+  ),
+  l as (
+    select c.bucket, c.org, u.v, sum(u.n) as n
+    from c cross join lateral unnest(c.latency_values, c.latency_counts) as u (v, n)
+    group by 1, 2, 3
+  ),
+  p as (
+    select r.bucket, r.org, r.total,
+           min(r.v) filter (where r.rank_after > floor(0.50::float8 * (r.total - 1))) as p50_lo,
+           min(r.v) filter (where r.rank_after > ceil(0.50::float8 * (r.total - 1))) as p50_hi,
+           min(r.v) filter (where r.rank_after > floor(0.95::float8 * (r.total - 1))) as p95_lo,
+           min(r.v) filter (where r.rank_after > ceil(0.95::float8 * (r.total - 1))) as p95_hi,
+           min(r.v) filter (where r.rank_after > floor(0.99::float8 * (r.total - 1))) as p99_lo,
+           min(r.v) filter (where r.rank_after > ceil(0.99::float8 * (r.total - 1))) as p99_hi
+    from (select l.*, sum(l.n) over (partition by l.bucket, l.org order by l.v) as rank_after,
+                 sum(l.n) over (partition by l.bucket, l.org) as total
+          from l) r
+    group by 1, 2, 3
+  )
   select
-    case
-      when p_bucket is null then p_from
-      else date_bin(p_bucket, e.created_at, timestamptz '2000-01-01 00:00:00+00')
-    end as bucket_start,
-    case when p_by_org then e.org_id end as org_id,
-    sum(e.event_count)::bigint as requests,
-    coalesce(sum(e.event_count) filter (where ops.is_served_outcome(e.success, e.error_code)), 0)::bigint as served,
-    coalesce(sum(e.event_count) filter (where e.success), 0)::bigint as succeeded,
-    coalesce(sum(e.event_count) filter (where not ops.is_served_outcome(e.success, e.error_code)), 0)::bigint as refused,
+    c.bucket as bucket_start,
+    c.org as org_id,
+    sum(c.requests)::bigint as requests,
+    coalesce(sum(c.requests) filter (where c.served), 0)::bigint as served,
+    coalesce(sum(c.requests) filter (where c.success), 0)::bigint as succeeded,
+    coalesce(sum(c.requests) filter (where not c.served), 0)::bigint as refused,
     round(
-      coalesce(sum(e.event_count) filter (where e.success), 0)::numeric
-        / nullif(sum(e.event_count) filter (where ops.is_served_outcome(e.success, e.error_code)), 0),
+      coalesce(sum(c.requests) filter (where c.success), 0)::numeric
+        / nullif(sum(c.requests) filter (where c.served), 0),
       4
     ) as success_rate,
-    round((percentile_cont(0.50) within group (order by e.latency_ms) filter (where e.success))::numeric, 1),
-    round((percentile_cont(0.95) within group (order by e.latency_ms) filter (where e.success))::numeric, 1),
-    round((percentile_cont(0.99) within group (order by e.latency_ms) filter (where e.success))::numeric, 1),
-    coalesce(sum(e.prompt_tokens), 0)::bigint,
-    coalesce(sum(e.completion_tokens), 0)::bigint,
-    coalesce(sum(e.total_tokens), 0)::bigint,
+    round(min(p.p50_lo + (p.p50_hi - p.p50_lo) * (0.50::float8 * (p.total - 1) - floor(0.50::float8 * (p.total - 1))))::numeric, 1),
+    round(min(p.p95_lo + (p.p95_hi - p.p95_lo) * (0.95::float8 * (p.total - 1) - floor(0.95::float8 * (p.total - 1))))::numeric, 1),
+    round(min(p.p99_lo + (p.p99_hi - p.p99_lo) * (0.99::float8 * (p.total - 1) - floor(0.99::float8 * (p.total - 1))))::numeric, 1),
+    coalesce(sum(c.prompt_tokens), 0)::bigint,
+    coalesce(sum(c.completion_tokens), 0)::bigint,
+    coalesce(sum(c.total_tokens), 0)::bigint,
     round(coalesce(sum(c.usd), 0), 6) as estimated_usd,
-    count(*) filter (where c.usd is null and ops.is_billed(e.prompt_tokens, e.completion_tokens, e.total_tokens)) as unpriced_events
-  from public.agent_usage_events e
-  cross join lateral (
-    select ops.event_cost_usd(e.model, e.created_at, e.prompt_tokens, e.cached_prompt_tokens, e.completion_tokens) as usd
-  ) c
-  where e.created_at >= p_from
-    and e.created_at < p_to
-    and (p_org_id is null or e.org_id = p_org_id)
+    coalesce(sum(c.unpriced_rows), 0)::bigint as unpriced_events
+  from c
+  left join p on p.bucket = c.bucket and p.org is not distinct from c.org
   group by 1, 2
   order by 1, 2;
 $$;
@@ -337,20 +468,18 @@ comment on view ops.health_15m is
 
 create view ops.monthly_cost with (security_invoker = true) as
   select
-    date_trunc('month', e.created_at, 'UTC') as month,
-    e.org_id,
-    e.model,
-    sum(e.event_count)::bigint as requests,
-    coalesce(sum(e.event_count) filter (where e.success), 0)::bigint as succeeded,
-    coalesce(sum(e.prompt_tokens), 0)::bigint as prompt_tokens,
-    coalesce(sum(e.cached_prompt_tokens), 0)::bigint as cached_prompt_tokens,
-    coalesce(sum(e.completion_tokens), 0)::bigint as completion_tokens,
-    round(coalesce(sum(ops.event_cost_usd(e.model, e.created_at, e.prompt_tokens, e.cached_prompt_tokens, e.completion_tokens)), 0), 6) as estimated_usd,
-    count(*) filter (
-      where ops.event_cost_usd(e.model, e.created_at, e.prompt_tokens, e.cached_prompt_tokens, e.completion_tokens) is null
-    ) as unpriced_events
-  from public.agent_usage_events e
-  where ops.is_billed(e.prompt_tokens, e.completion_tokens, e.total_tokens)
+    date_trunc('month', c.at, 'UTC') as month,
+    c.org_id,
+    c.model,
+    sum(c.billed_requests)::bigint as requests,
+    coalesce(sum(c.billed_requests) filter (where c.success), 0)::bigint as succeeded,
+    coalesce(sum(c.prompt_tokens), 0)::bigint as prompt_tokens,
+    coalesce(sum(c.cached_prompt_tokens), 0)::bigint as cached_prompt_tokens,
+    coalesce(sum(c.completion_tokens), 0)::bigint as completion_tokens,
+    round(coalesce(sum(c.usd), 0), 6) as estimated_usd,
+    coalesce(sum(c.unpriced_rows), 0)::bigint as unpriced_events
+  from ops.usage_cells('-infinity', 'infinity', null, true, true) c
+  where c.billed_requests > 0
   group by 1, 2, 3;
 comment on view ops.monthly_cost is
   'Estimated monthly cost of every billed request (any row with tokens: answered, client_closed, failed saves) by org and model, priced from ops.model_prices. requests = billed requests, succeeded = those answered and stored; unpriced_events > 0 means a model has no price row.';
@@ -362,13 +491,10 @@ language sql
 stable
 set search_path = ''
 as $$
-  select e.org_id,
-         round(coalesce(sum(ops.event_cost_usd(e.model, e.created_at, e.prompt_tokens, e.cached_prompt_tokens, e.completion_tokens)), 0), 6)
-  from public.agent_usage_events e
-  where ops.is_billed(e.prompt_tokens, e.completion_tokens, e.total_tokens)
-    and e.created_at >= date_trunc('month', p_now, 'UTC')
-    and e.created_at <= p_now
-  group by grouping sets ((e.org_id), ());
+  select c.org_id, round(coalesce(sum(c.usd), 0), 6)
+  from ops.usage_cells(date_trunc('month', p_now, 'UTC'), p_now + interval '1 microsecond', null, true, true) c
+  where c.billed_requests > 0
+  group by grouping sets ((c.org_id), ());
 $$;
 comment on function ops.month_to_date_spend(timestamptz) is
   'Estimated spend of every billed row (ops.is_billed) since the start of p_now''s month (UTC): one row per org and one with org_id NULL for the total.';
@@ -380,11 +506,10 @@ language sql
 stable
 set search_path = ''
 as $$
-  select coalesce(e.error_code, 'internal_error'), ops.is_served_outcome(false, e.error_code),
-         sum(e.event_count)::bigint
-  from public.agent_usage_events e
-  where not e.success and e.created_at >= p_from and e.created_at < p_to
-    and (p_org_id is null or e.org_id = p_org_id)
+  select coalesce(c.error_code, 'internal_error'), ops.is_served_outcome(false, c.error_code),
+         sum(c.requests)::bigint
+  from ops.usage_cells(p_from, p_to, p_org_id) c
+  where not c.success
   group by 1, 2
   order by 3 desc, 1;
 $$;
@@ -432,6 +557,7 @@ revoke execute on function
   public.agent_log_usage(jsonb),
   ops.settle_usage(),
   ops.rebuild_spend_counters(timestamptz),
+  ops.usage_cells(timestamptz, timestamptz, uuid, boolean, boolean),
   ops.usage_report(timestamptz, timestamptz, interval, uuid, boolean),
   ops.month_to_date_spend(timestamptz),
   ops.errors_by_code(timestamptz, timestamptz, uuid),
@@ -446,6 +572,7 @@ grant execute on function
   public.agent_log_usage(jsonb),
   ops.settle_usage(),
   ops.rebuild_spend_counters(timestamptz),
+  ops.usage_cells(timestamptz, timestamptz, uuid, boolean, boolean),
   ops.usage_report(timestamptz, timestamptz, interval, uuid, boolean),
   ops.month_to_date_spend(timestamptz),
   ops.errors_by_code(timestamptz, timestamptz, uuid),

@@ -108,6 +108,7 @@ declare
   v_org_tpd integer;
   v_user_tpm integer;
   v_user_tpd integer;
+  v_org_shards integer;
   v_org_budget numeric;
   v_global_budget numeric;
   v_any_budget boolean;
@@ -158,7 +159,7 @@ begin
          coalesce(pol.global_user_limit, p_user_limit), coalesce(pol.global_user_window, p_window_seconds),
          pol.channel_limit, coalesce(pol.channel_window, p_window_seconds),
          pol.org_channel_limit, coalesce(pol.org_channel_window, p_window_seconds),
-         pol.org_tpm, pol.org_tpd, pol.user_tpm, pol.user_tpd,
+         pol.org_tpm, pol.org_tpd, pol.user_tpm, pol.user_tpd, pol.org_shards,
          bud.org_budget, bud.global_budget, bud.any_budget,
          oo.found, oo.user_id, oo.channel,
          s.org_id, s.user_id, s.expires_at,
@@ -177,7 +178,7 @@ begin
        v_org_limit, v_org_window, v_user_limit, v_user_window, v_ip_limit, v_ip_window,
        v_global_user_limit, v_global_user_window,
        v_channel_limit, v_channel_window, v_org_channel_limit, v_org_channel_window,
-       v_org_tpm, v_org_tpd, v_user_tpm, v_user_tpd, v_org_budget, v_global_budget, v_any_budget,
+       v_org_tpm, v_org_tpd, v_user_tpm, v_user_tpd, v_org_shards, v_org_budget, v_global_budget, v_any_budget,
        v_opt_out, v_opt_out_user, v_opt_out_channel,
        v_session_org, v_session_user, v_session_expires, v_history
   from (
@@ -204,7 +205,8 @@ begin
            coalesce(max(p.org_tokens_per_minute) filter (where p.org_id is not null), max(p.org_tokens_per_minute)) as org_tpm,
            coalesce(max(p.org_tokens_per_day) filter (where p.org_id is not null), max(p.org_tokens_per_day)) as org_tpd,
            coalesce(max(p.user_tokens_per_minute) filter (where p.org_id is not null), max(p.user_tokens_per_minute)) as user_tpm,
-           coalesce(max(p.user_tokens_per_day) filter (where p.org_id is not null), max(p.user_tokens_per_day)) as user_tpd
+           coalesce(max(p.user_tokens_per_day) filter (where p.org_id is not null), max(p.user_tokens_per_day)) as user_tpd,
+           coalesce(max(p.org_bucket_shards) filter (where p.org_id is not null), max(p.org_bucket_shards)) as org_shards
     from ops.agent_policies p
     where coalesce(p.org_id, v_zero) in (v_zero, p_org_id) and coalesce(p.channel, '') in ('', p_channel)
   ) pol
@@ -367,8 +369,15 @@ begin
   end if;
 
   -- 6. Request buckets, all-or-nothing: org:, user:, ip: (when the IP is
-  -- known) and the channel: buckets a policy sets.
-  if v_channel_limit is null and v_org_channel_limit is null then
+  -- known) and the channel: buckets a policy sets. A hot tenant's org:
+  -- bucket may be split into shards (org_bucket_shards, 20251231120100).
+  if v_channel_limit is null and v_org_channel_limit is null and v_org_shards > 1 then
+    v_decision := ops.consume_rate_limits_sharded(
+      array['org:' || p_org_id, 'user:' || p_user_id, 'ip:' || nullif(p_client_ip, '')],
+      array[v_org_limit, v_user_limit, v_ip_limit],
+      array[v_org_window, v_user_window, v_ip_window],
+      p_now, v_org_shards);
+  elsif v_channel_limit is null and v_org_channel_limit is null then
     v_decision := ops.consume_rate_limits(
       array['org:' || p_org_id, 'user:' || p_user_id, 'ip:' || nullif(p_client_ip, '')],
       array[v_org_limit, v_user_limit, v_ip_limit],
@@ -388,7 +397,7 @@ begin
       v_limits := v_limits || v_org_channel_limit;
       v_windows := v_windows || v_org_channel_window;
     end if;
-    v_decision := ops.consume_rate_limits(v_keys, v_limits, v_windows, p_now);
+    v_decision := ops.consume_rate_limits_sharded(v_keys, v_limits, v_windows, p_now, v_org_shards);
   end if;
   if not (v_decision ->> 'allowed')::boolean then
     return jsonb_build_object('outcome', 'rate_limit', 'member', true, 'rate_limit', v_decision);

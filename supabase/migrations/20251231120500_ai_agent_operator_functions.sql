@@ -70,13 +70,15 @@ begin
     raise exception 'bucket key must look like org:<id>, user:<id>, ip:<address> or channel:<name>, got %', coalesce(p_bucket_key, 'NULL')
       using errcode = '22023';
   end if;
-  delete from ops.rate_limits r where r.bucket_key = p_bucket_key;
+  -- A sharded org: bucket (org_bucket_shards) is its rows org:<id>#0 .. #K-1.
+  delete from ops.rate_limits r
+  where r.bucket_key = p_bucket_key or (starts_with(r.bucket_key, p_bucket_key || '#') and r.bucket_key ~ '^org:[^#]+#[0-9]+$');
   get diagnostics v_deleted = row_count;
   return v_deleted;
 end;
 $$;
 comment on function ops.clear_rate_limit(text) is
-  'Empties one rate-limit bucket (deletes its row); returns 1 if it existed, 0 otherwise.';
+  'Empties one rate-limit bucket (deletes its row, or the rows of a sharded org: bucket); returns the rows deleted.';
 
 -- ---------------------------------------------------------------------------
 -- Opt-outs
@@ -191,7 +193,7 @@ as $$
     'org_max_requests', 'org_window_seconds', 'user_max_requests', 'user_window_seconds',
     'ip_max_requests', 'ip_window_seconds', 'channel_max_requests', 'channel_window_seconds',
     'org_tokens_per_minute', 'org_tokens_per_day', 'user_tokens_per_minute', 'user_tokens_per_day',
-    'note'];
+    'org_bucket_shards', 'note'];
 $$;
 comment on function ops.policy_fields() is
   'The settable fields of ops.agent_policies, the one list of them: what ops.policy_set accepts and writes and ops.policy_show reports.';

@@ -13,7 +13,11 @@
 -- ---------------------------------------------------------------------------
 -- Alert conditions, evaluated live.
 -- ---------------------------------------------------------------------------
-create function ops.evaluate_alerts(p_now timestamptz default now())
+create function ops.evaluate_alerts(
+  p_now timestamptz default now(),
+  p_min_requests integer default null,
+  p_success_threshold numeric default null
+)
 returns table (
   kind text,
   subject text,
@@ -27,33 +31,27 @@ language sql
 stable
 set search_path = ''
 as $$
+  -- The trailing 15 minutes, (p_now - 15 minutes, p_now], from the rollup and
+  -- the raw tail (ops.usage_report over ops.usage_cells): evaluated every
+  -- minute, this covers any 15-minute window to the minute.
   with settings as (
-    select s.min_requests, s.success_threshold, s.budget_warning_ratios, s.latency_p95_ms
+    select coalesce(p_min_requests, s.min_requests) as min_requests,
+           coalesce(p_success_threshold, s.success_threshold) as success_threshold,
+           s.budget_warning_ratios, s.latency_p95_ms
     from ops.alert_settings s
   ),
-  -- Served requests of the trailing 15 minutes (evaluated every minute, this
-  -- covers any 15-minute window to the minute); refusals do not count.
-  recent as (
-    select e.org_id, e.success, coalesce(e.error_code, 'internal_error') as error_code,
-           e.event_count, e.latency_ms
-    from public.agent_usage_events e
-    where e.created_at > p_now - interval '15 minutes' and e.created_at <= p_now
-      and ops.is_served_outcome(e.success, e.error_code)
+  win as (
+    select p_now - interval '15 minutes' + interval '1 microsecond' as from_at,
+           p_now + interval '1 microsecond' as to_at
   ),
-  -- Global (org_id NULL, is_global) and per org.
+  -- Global (one row, org_id NULL) and per org.
   rates as (
-    select grouping(r.org_id) = 1 as is_global, r.org_id,
-           sum(r.event_count) as served,
-           coalesce(sum(r.event_count) filter (where r.success), 0) as succeeded
-    from recent r
-    group by grouping sets ((), (r.org_id))
-  ),
-  failures as (
-    select f.is_global, f.org_id, jsonb_object_agg(f.error_code, f.n) as by_code
-    from (select grouping(r.org_id) = 1 as is_global, r.org_id, r.error_code, sum(r.event_count) as n
-          from recent r where not r.success
-          group by grouping sets ((r.error_code), (r.org_id, r.error_code))) f
-    group by f.is_global, f.org_id
+    select true as is_global, r.*
+    from win, ops.usage_report(win.from_at, win.to_at, null, null, false) r
+    union all
+    select false, r.*
+    from win, ops.usage_report(win.from_at, win.to_at, null, null, true) r
+    where r.org_id is not null
   ),
   budgets as (
     select b.org_id, b.monthly_usd, b.spent_usd as usd,
@@ -63,15 +61,15 @@ as $$
     from ops.budget_status(p_now) b
   )
   select 'success_rate', case when r.is_global then 'global' else 'org:' || r.org_id end,
-         p_now - interval '15 minutes', p_now,
-         round(r.succeeded::numeric / r.served, 4), st.success_threshold,
+         p_now - interval '15 minutes', p_now, r.success_rate, st.success_threshold,
          jsonb_build_object('org_id', r.org_id, 'served', r.served, 'succeeded', r.succeeded,
-                            'failures_by_code', coalesce(f.by_code, '{}'::jsonb))
+                            'failures_by_code',
+                            (select coalesce(jsonb_object_agg(f.error_code, f.requests), '{}'::jsonb)
+                             from win, ops.errors_by_code(win.from_at, win.to_at, r.org_id) f
+                             where f.served))
   from rates r
   cross join settings st
-  left join failures f on f.is_global = r.is_global and f.org_id is not distinct from r.org_id
-  where (r.is_global or r.org_id is not null)
-    and r.served >= st.min_requests and r.succeeded::numeric / r.served < st.success_threshold
+  where r.served >= st.min_requests and r.succeeded::numeric / r.served < st.success_threshold
   union all
   select 'budget', b.subject, date_trunc('month', p_now, 'UTC'), p_now, b.usd, b.monthly_usd,
          jsonb_build_object('org_id', b.org_id, 'budget_usd', b.monthly_usd, 'spent_usd', b.usd)
@@ -85,18 +83,15 @@ as $$
   from budgets b
   where b.warning_ratio is not null
   union all
-  select 'latency_p95', 'global', p_now - interval '15 minutes', p_now, l.p95, st.latency_p95_ms,
-         jsonb_build_object('answered', l.answered, 'p95_ms', l.p95)
-  from settings st
-  cross join lateral (
-    select round(percentile_cont(0.95) within group (order by r.latency_ms)::numeric) as p95,
-           count(*) as answered
-    from recent r where r.success and r.latency_ms is not null
-  ) l
-  where st.latency_p95_ms is not null and l.answered >= st.min_requests and l.p95 > st.latency_p95_ms;
+  select 'latency_p95', 'global', p_now - interval '15 minutes', p_now, r.latency_p95_ms, st.latency_p95_ms,
+         jsonb_build_object('answered', r.succeeded, 'p95_ms', r.latency_p95_ms)
+  from rates r
+  cross join settings st
+  where r.is_global and st.latency_p95_ms is not null and r.succeeded >= st.min_requests
+    and r.latency_p95_ms > st.latency_p95_ms;
 $$;
-comment on function ops.evaluate_alerts(timestamptz) is
-  'Alert conditions true at p_now, with the thresholds of ops.alert_settings: success rate below the threshold (98%) over the trailing 15 minutes, globally and per org (each with at least min_requests served; requests counted with sum(event_count)); month-to-date spend over a global or per-org budget (budget) and at or over a share of it (budget_warning, the highest of budget_warning_ratios reached; it stays while the budget alert holds); optionally the p95 latency of answered requests over latency_p95_ms.';
+comment on function ops.evaluate_alerts(timestamptz, integer, numeric) is
+  'Alert conditions true at p_now, with the thresholds of ops.alert_settings (p_min_requests and p_success_threshold override its success-rate ones): success rate below the threshold (98%) over the trailing 15 minutes, globally and per org (each with at least min_requests served; requests counted with sum(event_count)); month-to-date spend over a global or per-org budget (budget) and at or over a share of it (budget_warning, the highest of budget_warning_ratios reached; it stays while the budget alert holds); optionally the p95 latency of answered requests over latency_p95_ms.';
 
 create view ops.active_alerts with (security_invoker = true) as
   select * from ops.evaluate_alerts();
@@ -213,14 +208,14 @@ comment on function ops.alert_unmute(text, text, text) is 'Ends a mute now; true
 -- alone may execute or read them.
 -- ---------------------------------------------------------------------------
 revoke execute on function
-  ops.evaluate_alerts(timestamptz),
+  ops.evaluate_alerts(timestamptz, integer, numeric),
   ops.alert_muted_until(text, text, timestamptz),
   ops.alert_ack(bigint, text, timestamptz),
   ops.alert_mute(text, text, timestamptz, text, text, timestamptz),
   ops.alert_unmute(text, text, text)
 from public, anon, authenticated;
 grant execute on function
-  ops.evaluate_alerts(timestamptz),
+  ops.evaluate_alerts(timestamptz, integer, numeric),
   ops.alert_muted_until(text, text, timestamptz),
   ops.alert_ack(bigint, text, timestamptz),
   ops.alert_mute(text, text, timestamptz, text, text, timestamptz),

@@ -431,12 +431,10 @@ begin
     order by e2.created_at limit v_batch);
   get diagnostics v_scrubbed = row_count;
 
-  delete from public.agent_usage_events e
-  where (e.created_at, e.id) in (
-    select e2.created_at, e2.id from public.agent_usage_events e2
-    where e2.created_at < p_now - coalesce(p_usage_retention, make_interval(months => v_settings.usage_row_months))
-    order by e2.created_at limit v_batch);
-  get diagnostics v_usage = row_count;
+  -- Usage rows past retention go by whole UTC days: their daily partitions
+  -- are dropped and the rollup forgets them too (20251231120320_ai_agent_usage_rollup).
+  v_usage := (ops.drop_usage_partitions_before(
+    p_now - coalesce(p_usage_retention, make_interval(months => v_settings.usage_row_months))) ->> 'usage_events_deleted')::integer;
 
   -- Buckets whose every admission has left the window hold nothing (a small table).
   delete from ops.rate_limits r
@@ -456,7 +454,7 @@ begin
 end;
 $$;
 comment on function ops.purge_expired(timestamptz, interval, integer) is
-  'One bounded round of retention (ops.retention_settings): at most batch_rows each of expired sessions'' messages, sessions expired expired_session_days ago, usage rows past usage_personal_days to scrub (IP to its block, client metadata dropped) and usage rows past usage_row_months (or p_usage_retention) to delete; plus empty buckets, old reservations and counters, expired Idempotency-Keys. more = true: call again (ops.purge_nightly loops, committing between rounds).';
+  'One bounded round of retention (ops.retention_settings): at most batch_rows each of expired sessions'' messages, sessions expired expired_session_days ago, usage rows past usage_personal_days to scrub (IP to its block, client metadata dropped) and usage rows past usage_row_months (or p_usage_retention) deleted by whole UTC days (ops.drop_usage_partitions_before); plus empty buckets, old reservations and counters, expired Idempotency-Keys. more = true: call again (ops.purge_nightly loops, committing between rounds).';
 
 -- No `set search_path` clause: Postgres refuses COMMIT in a procedure that
 -- has one. Not security definer, and every name is qualified.

@@ -88,6 +88,7 @@ export function createAgentChatHandler(deps: AgentChatDeps) {
       requestId,
       clientRequestId,
       started: now(),
+      arrivedAt: new Date().toISOString(),
       clientIp: connectionIp,
     };
     let caller: Caller | undefined;

@@ -80,6 +80,8 @@ export interface UsageEvent {
   /** Requests this row stands for: 1, or more on an aggregated refusal row. */
   event_count: number;
   metadata: Record<string, unknown>;
+  /** The request's arrival (ISO 8601), the partition key; the database uses now() without it. */
+  created_at?: string;
   /** Settles the attempt's Idempotency-Key; not a column (idempotency.ts). */
   idempotency?: IdempotencySettlement;
 }
@@ -89,6 +91,8 @@ export interface RequestFacts {
   requestId: string;
   clientRequestId?: string | undefined;
   started: number;
+  /** Wall-clock arrival (ISO 8601): the usage row's created_at, the same on every write of the request. */
+  arrivedAt?: string | undefined;
   orgId?: string | null | undefined;
   /** The org a refused non-member named: kept out of `org_id` so it cannot poison that org's reports. */
   requestedOrgId?: string | undefined;

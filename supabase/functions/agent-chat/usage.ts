@@ -72,6 +72,8 @@ export function usageEvent(
     error_message: outcome.error?.detail ?? null,
     event_count: 1,
     metadata: metadataOf(settings, facts, outcome),
+    // The partition key and half of the metered-once key (request_id, created_at).
+    ...(facts.arrivedAt ? { created_at: facts.arrivedAt } : {}),
   };
 }
 

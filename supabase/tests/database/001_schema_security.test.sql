@@ -34,8 +34,10 @@ select set_eq(
   array['ops.audit_direct_change()', 'ops.audit(text,text,uuid,text,jsonb,jsonb)',
         -- members' data: the erasure (also from the auth.users trigger), its record and the opt-out audit
         'ops.forget_deleted_auth_user()', 'ops.forget_user(uuid,text,timestamp with time zone,text)',
-        'ops.record_opt_out_change()', 'ops.redis_erasure_done(bigint,integer,text,text,timestamp with time zone)'],
-  'only the audit and erasure writers are security definer (nobody else may insert an audit or erasure row)');
+        'ops.record_opt_out_change()', 'ops.redis_erasure_done(bigint,integer,text,text,timestamp with time zone)',
+        -- the usage log's partitions: creating and dropping one takes the table's owner
+        'ops.create_usage_partition(date)', 'ops.drop_usage_partitions_before(timestamp with time zone)'],
+  'only the audit and erasure writers and the usage partitions'' maker and dropper are security definer (nobody else may insert an audit or erasure row)');
 
 -- test: anon and authenticated can execute none of the service functions
 select is_empty(

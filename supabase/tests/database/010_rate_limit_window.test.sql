@@ -2,7 +2,7 @@
 -- as the clock moves; never more than N in any W seconds.
 begin;
 \ir ../support/pgtap-helpers.psql
-select plan(12);
+select plan(14);
 
 -- setup
 create temp table t_ctx as select gen_random_uuid() as org, tests.create_user() as usr;
@@ -65,6 +65,17 @@ select is(
 select cmp_ok(
   (select count(*)::int from t_burst where allowed), '>=', 60,
   'and the limiter does not starve: at least 10 per ~63 s were admitted');
+
+-- test: a turn whose clock is older than the bucket's newest admission (it
+-- waited for the lock) counts in that newest slot, so the slots stay ascending
+-- and nothing still in the window is ever dropped
+select ops.consume_rate_limits(array['user:late-clock'], array[10], array[60], '2026-03-01 10:00:30+00');
+select ops.consume_rate_limits(array['user:late-clock'], array[10], array[60], '2026-03-01 10:00:10+00');
+select is((select slot_ids from ops.rate_limits where bucket_key = 'user:late-clock'),
+  array[(extract(epoch from timestamptz '2026-03-01 10:00:30+00') * 1000)::bigint / 3000],
+  'the late turn is counted in the newest slot');
+select is((select slot_counts from ops.rate_limits where bucket_key = 'user:late-clock'), array[2],
+  'with the turn before it');
 
 select * from finish();
 rollback;

@@ -38,9 +38,9 @@ select is((select sum(event_count)::int from public.agent_usage_events where req
 select tests.clear_authentication();
 
 select is(
-  (select pg_get_indexdef(i.indexrelid) ~ 'UNIQUE.*\(request_id\) WHERE' from pg_index i
+  (select pg_get_indexdef(i.indexrelid) ~ 'UNIQUE.*\(request_id, created_at\) WHERE' from pg_index i
    where i.indrelid = 'public.agent_usage_events'::regclass and i.indisunique and not i.indisprimary),
-  true, 'a partial unique index on request_id holds the rule for every writer');
+  true, 'a partial unique index on request_id and the arrival (the partition key) holds the rule for every writer');
 
 -- test: callers without the service role
 select tests.authenticate_as_anon();

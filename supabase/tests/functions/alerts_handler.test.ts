@@ -145,7 +145,7 @@ function notification(
   };
 }
 
-const asReceived = (body: unknown) => ({ headers: {}, raw: JSON.stringify(body), body });
+const asReceived = (body: unknown) => ({ at: 0, headers: {}, raw: JSON.stringify(body), body });
 
 Deno.test("alerts payloads: Slack, PagerDuty and webhook messages pass the providers' contracts", async () => {
   for (const state of ["raised", "warning", "resolved", "test"] as const) {
@@ -179,7 +179,7 @@ Deno.test("alerts payloads: Slack, PagerDuty and webhook messages pass the provi
   assertEquals((await destination.send(notification("warning"))).outcome, "delivered");
   const raw = await sent!.text();
   const headers = Object.fromEntries(sent!.headers);
-  assertEquals(validateWebhook(secret)({ headers, raw, body: JSON.parse(raw) }), []);
+  assertEquals(validateWebhook(secret)({ at: 0, headers, raw, body: JSON.parse(raw) }), []);
   assertEquals(JSON.parse(raw).type, "alert.warning");
   assertEquals(headers["webhook-id"], "msg_0123456789abcdef0123456789abcdef");
   new Webhook(secret).verify(raw, headers);

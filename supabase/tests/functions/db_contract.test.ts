@@ -58,6 +58,7 @@ const usage: Required<Omit<UsageEvent, "idempotency">> = {
   error_code: null,
   error_message: null,
   metadata: {},
+  created_at: "",
 };
 
 Deno.test("database contract: the arguments the function sends are the Postgres functions' arguments", async () => {

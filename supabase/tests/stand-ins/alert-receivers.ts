@@ -25,6 +25,8 @@ import { Webhook } from "standardwebhooks";
 export type Fault = { status: number } | "hang";
 
 export interface ReceivedRequest {
+  /** performance.now() when it arrived. */
+  at: number;
   headers: Record<string, string>;
   raw: string;
   // deno-lint-ignore no-explicit-any
@@ -154,7 +156,7 @@ function startReceiver(
     } catch {
       body = undefined;
     }
-    const r = { headers: Object.fromEntries(req.headers), raw, body };
+    const r = { at: performance.now(), headers: Object.fromEntries(req.headers), raw, body };
     state.requests.push(r);
     const fault = faults.shift();
     if (fault === "hang") {

@@ -43,6 +43,20 @@ export function newWebhookSecret(): string {
   return `whsec_${btoa(String.fromCharCode(...crypto.getRandomValues(new Uint8Array(32))))}`;
 }
 
+/**
+ * The scheduled check (pg_cron, every minute at the real now()) would resolve
+ * the far-future alerts of a test between its cycles; it is paused for the
+ * test and scheduled again after it.
+ */
+async function pauseScheduledCheck(sql: postgres.Sql) {
+  await sql`select cron.unschedule(j.jobid) from cron.job j
+    where j.jobname = 'agent-chat-check-alerts'`.catch(() => {});
+}
+
+async function resumeScheduledCheck(sql: postgres.Sql) {
+  await sql`select ops.schedule_alert_delivery()`.catch(() => {});
+}
+
 export async function resetAlerts(sql: postgres.Sql) {
   await sql`delete from ops.alert_outbox`;
   await sql`update ops.alert_events set resolved_at = now() where resolved_at is null`;
@@ -57,6 +71,7 @@ export async function startAlertsHarness(options: {
 }): Promise<AlertsHarness> {
   const { databaseUrl } = testUrls();
   const sql = postgres(databaseUrl, { max: 4, onnotice: () => {} });
+  await pauseScheduledCheck(sql);
   await resetAlerts(sql);
   const slack = startSlackReceiver();
   const pagerduty = startPagerDutyReceiver();
@@ -112,6 +127,7 @@ export async function startAlertsHarness(options: {
     },
     async stop() {
       await resetAlerts(sql);
+      await resumeScheduledCheck(sql);
       await platform.stop();
       await Promise.all([slack.stop(), pagerduty.stop(), webhook.stop()]);
       await sql.end({ timeout: 1 });
