@@ -7,7 +7,11 @@
 import postgres from "postgres";
 import { assert, assertEquals, assertMatch } from "./assert.ts";
 import { testUrls } from "../support/function-harness.ts";
-import { resetAlerts } from "../support/alerts-harness.ts";
+import {
+  pauseScheduledCheck,
+  resetAlerts,
+  resumeScheduledCheck,
+} from "../support/alerts-harness.ts";
 import { runOps } from "../../../scripts/ops.ts";
 
 async function ops(...argv: string[]): Promise<{ code: number; out: string; err: string }> {
@@ -24,6 +28,7 @@ async function ops(...argv: string[]): Promise<{ code: number; out: string; err:
 Deno.test("ops alerts: open alerts with ack, mute and delivery state; test notifications; --by required", async () => {
   const sql = postgres(testUrls().databaseUrl, { max: 1, onnotice: () => {} });
   try {
+    await pauseScheduledCheck(sql);
     await resetAlerts(sql);
     const [event] = await sql`insert into ops.alert_events
       (kind, subject, window_start, observed, threshold, raised_at, last_seen_at)
@@ -85,6 +90,7 @@ Deno.test("ops alerts: open alerts with ack, mute and delivery state; test notif
     );
   } finally {
     await resetAlerts(sql);
+    await resumeScheduledCheck(sql);
     await sql.end();
   }
 });

@@ -48,12 +48,12 @@ export function newWebhookSecret(): string {
  * the far-future alerts of a test between its cycles; it is paused for the
  * test and scheduled again after it.
  */
-async function pauseScheduledCheck(sql: postgres.Sql) {
+export async function pauseScheduledCheck(sql: postgres.Sql) {
   await sql`select cron.unschedule(j.jobid) from cron.job j
     where j.jobname = 'agent-chat-check-alerts'`.catch(() => {});
 }
 
-async function resumeScheduledCheck(sql: postgres.Sql) {
+export async function resumeScheduledCheck(sql: postgres.Sql) {
   await sql`select ops.schedule_alert_delivery()`.catch(() => {});
 }
 
