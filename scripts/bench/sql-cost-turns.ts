@@ -56,6 +56,7 @@ export function beginArgs(
     p_reserve_tokens: 1200,
     p_model: MODEL,
     p_reserve_seconds: 300,
+    p_prompt_copies: 1,
   } satisfies BeginTurnArgs;
 }
 

@@ -19,6 +19,7 @@ import {
 import { policyCommands } from "./policy-commands.ts";
 import { alertCommand } from "./alert-commands.ts";
 import { memberCommands } from "./member-commands.ts";
+import { reconcileCommand } from "./reconcile.ts";
 
 function period(ctx: CommandContext): { from: Date; to: Date } {
   const to = optionalTimestamp(ctx.flags.to, "--to") ?? new Date();
@@ -183,6 +184,7 @@ example:
     },
   },
   alerts: alertCommand,
+  reconcile: reconcileCommand,
   ...policyCommands,
   ...memberCommands,
   purge: {

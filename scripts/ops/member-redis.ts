@@ -11,7 +11,11 @@ import {
   type RedisConnection,
   resolveRedis,
 } from "../../supabase/functions/agent-chat/redis-client.ts";
-import { memberIndexKey, sessionKeys } from "../../supabase/functions/agent-chat/session-store.ts";
+import {
+  memberIndexKey,
+  sessionKeys,
+  turnsKey,
+} from "../../supabase/functions/agent-chat/session-store.ts";
 import { CliError } from "../cli.ts";
 
 const MEMBER_SCRIPTS = {
@@ -30,14 +34,14 @@ for i = 1, #KEYS, 2 do
 end
 return out
 `,
-  // KEYS[1]: the index, then owner, messages of each session; ARGV: user id, session ids.
+  // KEYS[1]: the index, then owner, messages, append marks of each session; ARGV: user id, session ids.
   forget: `
 local deleted = 0
 local suffix = ':' .. ARGV[1]
-for i = 2, #KEYS, 2 do
+for i = 2, #KEYS, 3 do
   local owner = redis.call('GET', KEYS[i])
   if (not owner) or string.sub(owner, -#suffix) == suffix then
-    if redis.call('DEL', KEYS[i], KEYS[i + 1]) > 0 then deleted = deleted + 1 end
+    if redis.call('DEL', KEYS[i], KEYS[i + 1], KEYS[i + 2]) > 0 then deleted = deleted + 1 end
   end
 end
 for i = 2, #ARGV do redis.call('ZREM', KEYS[1], ARGV[i]) end
@@ -94,7 +98,10 @@ export async function forgetMemberSessions(redis: MemberRedis, userId: string): 
     const ids = await sessionIds(redis, userId);
     let left = 0;
     for (const part of chunks(ids)) {
-      const keys = [memberIndexKey(userId), ...part.flatMap((id) => sessionKeys(id))];
+      const keys = [
+        memberIndexKey(userId),
+        ...part.flatMap((id) => [...sessionKeys(id), turnsKey(id)]),
+      ];
       const [n, remaining] = await redis.run("forget", keys, [userId, ...part]) as [number, number];
       deleted += Number(n);
       left = Number(remaining);

@@ -5,6 +5,8 @@
  * OS user), and every change is in ops.policy_audit.
  */
 import { numberFlag, UsageError } from "../cli.ts";
+import { reserveTokens } from "../../supabase/functions/agent-chat/admission.ts";
+import { DEFAULT_SYSTEM_PROMPT } from "../../supabase/functions/agent-chat/config.ts";
 import { table } from "./format.ts";
 import {
   type Command,
@@ -36,6 +38,31 @@ export function policySettings(pairs: string[]): Record<string, unknown> {
     } else settings[field] = numberFlag(raw, field, { min: 1, integer: true });
   }
   return settings;
+}
+
+/**
+ * The least a turn reserves (admission.ts reserveTokens): the system prompt
+ * and a one-byte message at one token a byte, once per billable model call,
+ * plus the max output tokens, as the function's environment sets them (the
+ * CLI reads the same variables; defaults otherwise).
+ */
+export function smallestTurnTokens(env: (name: string) => string | undefined): number {
+  const prompt = env("AI_AGENT_SYSTEM_PROMPT") || DEFAULT_SYSTEM_PROMPT;
+  const maxOutput = Number(env("AI_AGENT_MAX_OUTPUT_TOKENS") || 800);
+  const attempts = Number(env("AI_AGENT_OPENAI_MAX_RETRIES") || 1) + 1;
+  return reserveTokens([{ content: prompt }, { content: "x" }], maxOutput, attempts);
+}
+
+/** A token quota no turn can ever fit would refuse forever: refused here with the floor. */
+export function checkTokenQuotas(settings: Record<string, unknown>, smallest: number): void {
+  for (const [field, value] of Object.entries(settings)) {
+    if (/_tokens_per_(minute|day)$/.test(field) && typeof value === "number" && value < smallest) {
+      throw new UsageError(
+        `${field}=${value}: no turn could ever fit; the smallest turn reserves ${smallest} tokens ` +
+          "(system prompt and max output tokens at one token a byte, per billable model call)",
+      );
+    }
+  }
 }
 
 function scope(ctx: CommandContext) {
@@ -75,6 +102,7 @@ example:
     if (action === "show") return await showPolicy(ctx);
     if (action === "set") {
       const settings = policySettings(pairs);
+      checkTokenQuotas(settings, smallestTurnTokens((name) => Deno.env.get(name)));
       const by = requiredBy(ctx, "policy set");
       const rows = await ctx.sql`select * from ops.policy_set(${org}::uuid, ${channel},
         ${ctx.sql.json(settings as never)}, ${by})`;

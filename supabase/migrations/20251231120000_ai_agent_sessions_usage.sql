@@ -11,7 +11,8 @@
 --   20251231120350_ai_agent_turns               agent_begin_turn (policies, quotas, budgets), agent_end_turn, agent_finish_turn
 --   20251231120500_ai_agent_operator_functions  buckets, opt-outs, sessions, policies, switches, budgets, audit, dashboard, purge
 --   20251231120550_ai_agent_alerts              alert conditions, ack and mute
---   20251231120700_ai_agent_alert_delivery      the recorded check, the notification outbox agent-alerts delivers, schedules
+--   20251231120700_ai_agent_metering            settlement without a row (usage log off), reconciliation
+--   20251231120750_ai_agent_alert_delivery      the recorded check, the notification outbox agent-alerts delivers, schedules
 --   20251231120800_ai_agent_members_data        erasure, export, retention and the nightly purge (and its schedule), opt-out history
 --
 -- Deny by default: every table has RLS; anon and authenticated get only the
@@ -419,7 +420,7 @@ alter table ops.alert_settings enable row level security;
 
 create table ops.alert_events (
   id bigint generated always as identity primary key,
-  kind text not null check (kind in ('success_rate', 'budget', 'budget_warning', 'latency_p95', 'delivery_failed')),
+  kind text not null check (kind in ('success_rate', 'budget', 'budget_warning', 'latency_p95', 'delivery_failed', 'unpriced_model')),
   subject text not null,
   window_start timestamptz not null,
   observed numeric not null,
@@ -432,7 +433,7 @@ create table ops.alert_events (
   acknowledged_by text
 );
 comment on table ops.alert_events is
-  'Alerts raised by ops.check_alerts: success_rate (subject global or org:<id>), budget and budget_warning (global or org:<id>), latency_p95 (global), and delivery_failed (destination:<name>, raised by the delivery of a notification that ran out of attempts). One open row per kind and subject; resolved_at is set when the condition clears. Rows are history: never deleted by the purge.';
+  'Alerts raised by ops.check_alerts: success_rate (subject global or org:<id>), budget and budget_warning (global or org:<id>), latency_p95 (global), delivery_failed (destination:<name>, raised by the delivery of a notification that ran out of attempts), and unpriced_model (model:<reported name>). One open row per kind and subject; resolved_at is set when the condition clears. Rows are history: never deleted by the purge.';
 comment on column ops.alert_events.window_start is
   'success_rate: when the alert was first seen (its window is the trailing 15 minutes at each check); budget: the first day of the month.';
 comment on column ops.alert_events.observed is 'Latest observed value: success rate (0..1) or month-to-date USD.';
@@ -443,7 +444,7 @@ create index alert_events_raised_at_idx on ops.alert_events (raised_at desc);
 alter table ops.alert_events enable row level security;
 
 create table ops.alert_mutes (
-  kind text not null check (kind in ('success_rate', 'budget', 'budget_warning', 'latency_p95', 'delivery_failed')),
+  kind text not null check (kind in ('success_rate', 'budget', 'budget_warning', 'latency_p95', 'delivery_failed', 'unpriced_model')),
   subject text not null,
   muted_until timestamptz not null,
   reason text,

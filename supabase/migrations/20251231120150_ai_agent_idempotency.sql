@@ -10,7 +10,8 @@
 --                      running is request_in_progress; otherwise the turn
 --                      goes on, and when it is admitted ops.idempotency_claim
 --                      records the key as running (a refused turn holds no key).
---   agent_log_usage    (also inside agent_finish_turn) ops.idempotency_settle:
+--   agent_log_usage    (also inside agent_finish_turn, and agent_settle_usage
+--                      with the usage log off) ops.idempotency_settle:
 --                      the usage row of the attempt completes the key with
 --                      the answer, or releases it when the attempt failed so
 --                      the retry runs.
@@ -175,22 +176,6 @@ comment on function ops.idempotency_settle(jsonb, timestamptz) is
   'Settles the Idempotency-Key of a usage event''s attempt ({idempotency: {key, outcome: complete|release, response, ttl_seconds}} beside the event''s user_id and request_id): complete stores the answer for ttl_seconds, release frees the key so a retry runs. Only the attempt that holds the claim settles it.';
 
 -- ---------------------------------------------------------------------------
--- public.agent_settle_idempotency: the settlement alone, for deployments that
--- write no usage rows (AI_AGENT_USAGE_LOG_ENABLED=false).
--- ---------------------------------------------------------------------------
-create function public.agent_settle_idempotency(p_event jsonb)
-returns void
-language plpgsql
-set search_path = ''
-as $$
-begin
-  perform ops.idempotency_settle(p_event);
-end;
-$$;
-comment on function public.agent_settle_idempotency(jsonb) is
-  'agent-chat with the usage log off: settles an Idempotency-Key as agent_log_usage would, without writing a usage row. service_role only.';
-
--- ---------------------------------------------------------------------------
 -- ops.purge_idempotency_keys: part of ops.purge_expired.
 -- ---------------------------------------------------------------------------
 create function ops.purge_idempotency_keys(p_now timestamptz default now())
@@ -218,13 +203,11 @@ revoke execute on function
   ops.idempotency_check(uuid, text, text, timestamptz),
   ops.idempotency_claim(uuid, text, text, uuid, text, timestamptz, interval),
   ops.idempotency_settle(jsonb, timestamptz),
-  public.agent_settle_idempotency(jsonb),
   ops.purge_idempotency_keys(timestamptz)
 from public, anon, authenticated;
 grant execute on function
   ops.idempotency_check(uuid, text, text, timestamptz),
   ops.idempotency_claim(uuid, text, text, uuid, text, timestamptz, interval),
   ops.idempotency_settle(jsonb, timestamptz),
-  public.agent_settle_idempotency(jsonb),
   ops.purge_idempotency_keys(timestamptz)
 to service_role;

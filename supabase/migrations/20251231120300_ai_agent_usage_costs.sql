@@ -149,34 +149,98 @@ comment on function public.agent_log_usage(jsonb) is
   'agent-chat: inserts one row into public.agent_usage_events from a JSON object with the table''s column names (event_count defaults to 1). A request_id already logged is skipped, so a model call is metered once. service_role only.';
 
 -- ---------------------------------------------------------------------------
--- Settlement: every usage row that lands (metered once, see agent_log_usage)
--- releases its request's reservation, adds its tokens to the org's and the
--- user's token counters, and its cost to the org's month-to-date spend. A
--- trigger, so every writer (agent_log_usage, agent_finish_turn, a backfill)
--- settles the same way.
+-- Prices that cannot be dodged: an upstream (an OpenAI-compatible gateway)
+-- may report a model name that has no price (`openai/gpt-4.1-mini`), which
+-- would cost $0 and never fill an enforced budget. The function writes the
+-- model it asked for as metadata.requested_model when the reported name
+-- differs; a row whose reported name has no price is charged at the
+-- requested model's price and says so: metadata.priced_as. Every cost (the
+-- spend counters, the reports, the views) prices
+-- coalesce(metadata ->> 'priced_as', model); the reported name stays in
+-- `model`, shows in ops.monthly_cost and raises the unpriced_model alert.
 -- ---------------------------------------------------------------------------
-create function ops.settle_usage()
+create function ops.priced_as(p_model text, p_requested_model text, p_at timestamptz)
+returns text
+language plpgsql
+stable
+set search_path = ''
+as $$
+begin
+  if p_requested_model is null or (ops.model_price(p_model, p_at)).model is not null
+     or (ops.model_price(p_requested_model, p_at)).model is null then
+    return null;
+  end if;
+  return p_requested_model;
+end;
+$$;
+comment on function ops.priced_as(text, text, timestamptz) is
+  'The model a usage row is priced as instead of its reported name: the requested model, when the reported name has no price in ops.model_prices and the requested one has; NULL otherwise (the row is priced as reported).';
+
+create function ops.price_as_requested()
 returns trigger
+language plpgsql
+set search_path = ''
+as $$
+declare
+  v_priced_as text;
+begin
+  if new.metadata ? 'requested_model' then
+    v_priced_as := ops.priced_as(new.model, new.metadata ->> 'requested_model', new.created_at);
+    if v_priced_as is not null then
+      new.metadata := new.metadata || jsonb_build_object('priced_as', v_priced_as);
+    end if;
+  end if;
+  return new;
+end;
+$$;
+comment on function ops.price_as_requested() is
+  'Trigger of public.agent_usage_events (before insert): records metadata.priced_as (ops.priced_as) on a row whose reported model has no price.';
+create trigger agent_usage_events_price_as_requested
+  before insert on public.agent_usage_events
+  for each row execute function ops.price_as_requested();
+
+-- ---------------------------------------------------------------------------
+-- Settlement: every metered model call releases its request's reservation,
+-- adds its tokens to the org's and the user's token counters, and its cost
+-- to the org's month-to-date spend. One body (ops.settle_usage_event),
+-- called by the usage-row trigger (so every writer: agent_log_usage,
+-- agent_finish_turn, a backfill, settles the same way) and, with the usage
+-- log off, by agent_settle_usage without a row: logging off stops rows,
+-- never the counters.
+-- ---------------------------------------------------------------------------
+create function ops.settle_usage_event(
+  p_request_id text,
+  p_org_id uuid,
+  p_user_id uuid,
+  p_price_model text,
+  p_prompt_tokens integer,
+  p_cached_prompt_tokens integer,
+  p_completion_tokens integer,
+  p_total_tokens integer,
+  p_event_count integer,
+  p_created_at timestamptz
+)
+returns void
 language plpgsql
 set search_path = ''
 set plan_cache_mode = force_generic_plan
 as $$
--- On every usage row: three statements (two when no reservation was made),
--- each a cached plan, and the row's price (ops.event_cost_usd).
+-- On every metered call: three statements (two when no reservation was
+-- made), each a cached plan, and the price (ops.event_cost_usd).
 declare
   v_tokens bigint;
   v_at_ms bigint;
   v_now_ms bigint;
 begin
-  if new.request_id is not null then
-    delete from ops.token_reservations t where t.request_id = new.request_id;
+  if p_request_id is not null then
+    delete from ops.token_reservations t where t.request_id = p_request_id;
   end if;
-  if new.org_id is null or not ops.is_billed(new.prompt_tokens, new.completion_tokens, new.total_tokens) then
-    return null;
+  if p_org_id is null or not ops.is_billed(p_prompt_tokens, p_completion_tokens, p_total_tokens) then
+    return;
   end if;
-  v_tokens := coalesce(new.total_tokens, coalesce(new.prompt_tokens, 0) + coalesce(new.completion_tokens, 0));
-  v_at_ms := (extract(epoch from new.created_at) * 1000)::bigint;
-  v_now_ms := (extract(epoch from greatest(new.created_at, now())) * 1000)::bigint;
+  v_tokens := coalesce(p_total_tokens, coalesce(p_prompt_tokens, 0) + coalesce(p_completion_tokens, 0));
+  v_at_ms := (extract(epoch from p_created_at) * 1000)::bigint;
+  v_now_ms := (extract(epoch from greatest(p_created_at, now())) * 1000)::bigint;
   -- The four token counters at once, in key order (org:
   -- before user:, day before minute), as every settlement takes them. The
   -- slots are ascending: the ones that left the window are a prefix (k of
@@ -185,8 +249,8 @@ begin
   -- slot j when that is s. Array expressions only: no unnest, no sort.
   insert into ops.token_counters as c (counter_key, slot_ms, slot_ids, slot_tokens, updated_at)
   select k.key, k.win * 50, array[v_at_ms / (k.win * 50)], array[v_tokens], now()
-  from (values ('org:' || new.org_id || ':day', 86400::bigint), ('org:' || new.org_id || ':minute', 60),
-               ('user:' || new.user_id || ':day', 86400), ('user:' || new.user_id || ':minute', 60)) as k (key, win)
+  from (values ('org:' || p_org_id || ':day', 86400::bigint), ('org:' || p_org_id || ':minute', 60),
+               ('user:' || p_user_id || ':day', 86400), ('user:' || p_user_id || ':minute', 60)) as k (key, win)
   where k.key is not null and v_at_ms / (k.win * 50) >= (v_now_ms - k.win * 1000) / (k.win * 50)
   on conflict (counter_key) do update
   set slot_ids = case
@@ -209,19 +273,34 @@ begin
              || excluded.slot_tokens
              || c.slot_tokens[width_bucket(excluded.slot_ids[1], c.slot_ids) + 1:] end,
       updated_at = now();
-  -- Month-to-date spend at the row's price ($0 when unpriced).
+  -- Month-to-date spend at the price charged (priced_as when the reported
+  -- name has none; $0 when neither has a price).
   insert into ops.spend_counters as c (org_id, month, usd, billed_events, updated_at)
-  values (new.org_id, date_trunc('month', new.created_at at time zone 'UTC')::date,
-          coalesce(ops.event_cost_usd(new.model, new.created_at, new.prompt_tokens, new.cached_prompt_tokens,
-                                      new.completion_tokens), 0),
-          new.event_count, now())
+  values (p_org_id, date_trunc('month', p_created_at at time zone 'UTC')::date,
+          coalesce(ops.event_cost_usd(p_price_model, p_created_at, p_prompt_tokens, p_cached_prompt_tokens,
+                                      p_completion_tokens), 0),
+          greatest(coalesce(p_event_count, 1), 1), now())
   on conflict (org_id, month) do update
   set usd = c.usd + excluded.usd, billed_events = c.billed_events + excluded.billed_events, updated_at = now();
+end;
+$$;
+comment on function ops.settle_usage_event(text, uuid, uuid, text, integer, integer, integer, integer, integer, timestamptz) is
+  'Settles one metered model call: releases its token reservation, adds its tokens to ops.token_counters and its cost at p_price_model''s price to ops.spend_counters. Called by the usage-row trigger and, with the usage log off, by agent_settle_usage.';
+
+create function ops.settle_usage()
+returns trigger
+language plpgsql
+set search_path = ''
+as $$
+begin
+  perform ops.settle_usage_event(new.request_id, new.org_id, new.user_id, coalesce(new.metadata ->> 'priced_as', new.model),
+                                 new.prompt_tokens, new.cached_prompt_tokens, new.completion_tokens, new.total_tokens,
+                                 new.event_count, new.created_at);
   return null;
 end;
 $$;
 comment on function ops.settle_usage() is
-  'Trigger of public.agent_usage_events: releases the request''s token reservation, adds a billed row''s tokens to ops.token_counters and its cost to ops.spend_counters.';
+  'Trigger of public.agent_usage_events (after insert): settles the row (ops.settle_usage_event).';
 create trigger agent_usage_events_settle
   after insert on public.agent_usage_events
   for each row execute function ops.settle_usage();
@@ -239,7 +318,7 @@ begin
   delete from ops.spend_counters c where c.month >= date_trunc('month', p_from at time zone 'UTC')::date;
   insert into ops.spend_counters (org_id, month, usd, billed_events)
   select e.org_id, date_trunc('month', e.created_at at time zone 'UTC')::date,
-         coalesce(sum(ops.event_cost_usd(e.model, e.created_at, e.prompt_tokens, e.cached_prompt_tokens, e.completion_tokens)), 0),
+         coalesce(sum(ops.event_cost_usd(coalesce(e.metadata ->> 'priced_as', e.model), e.created_at, e.prompt_tokens, e.cached_prompt_tokens, e.completion_tokens)), 0),
          sum(e.event_count)
   from public.agent_usage_events e
   where e.org_id is not null
@@ -352,7 +431,7 @@ begin
   ) e
   cross join lateral (select ops.is_billed(e.prompt_tokens, e.completion_tokens, e.total_tokens) as billed) b
   cross join lateral (
-    select ops.event_cost_usd(e.model, e.created_at, e.prompt_tokens, e.cached_prompt_tokens, e.completion_tokens) as usd
+    select ops.event_cost_usd(coalesce(e.metadata ->> 'priced_as', e.model), e.created_at, e.prompt_tokens, e.cached_prompt_tokens, e.completion_tokens) as usd
   ) c;
 end;
 $$;
@@ -482,7 +561,7 @@ create view ops.monthly_cost with (security_invoker = true) as
   where c.billed_requests > 0
   group by 1, 2, 3;
 comment on view ops.monthly_cost is
-  'Estimated monthly cost of every billed request (any row with tokens: answered, client_closed, failed saves) by org and model, priced from ops.model_prices. requests = billed requests, succeeded = those answered and stored; unpriced_events > 0 means a model has no price row.';
+  'Estimated monthly cost of every billed request (any row with tokens: answered, client_closed, failed saves) by org and reported model, priced from ops.model_prices (a reported name without a price at the requested model''s, metadata.priced_as; the unpriced_model alert names it). requests = billed requests, succeeded = those answered and stored; unpriced_events > 0 means neither name has a price row.';
 
 -- Month-to-date spend per org (org_id) and in total (org_id NULL).
 create function ops.month_to_date_spend(p_now timestamptz default now())
@@ -549,6 +628,9 @@ comment on function ops.budget_status(timestamptz) is
 -- alone may execute or read them.
 -- ---------------------------------------------------------------------------
 revoke execute on function
+  ops.priced_as(text, text, timestamptz),
+  ops.price_as_requested(),
+  ops.settle_usage_event(text, uuid, uuid, text, integer, integer, integer, integer, integer, timestamptz),
   ops.is_served_outcome(boolean, text),
   ops.is_billed(integer, integer, integer),
   ops.model_price(text, timestamptz),
@@ -564,6 +646,9 @@ revoke execute on function
   ops.budget_status(timestamptz)
 from public, anon, authenticated;
 grant execute on function
+  ops.priced_as(text, text, timestamptz),
+  ops.price_as_requested(),
+  ops.settle_usage_event(text, uuid, uuid, text, integer, integer, integer, integer, integer, timestamptz),
   ops.is_served_outcome(boolean, text),
   ops.is_billed(integer, integer, integer),
   ops.model_price(text, timestamptz),

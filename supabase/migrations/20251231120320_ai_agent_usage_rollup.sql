@@ -30,7 +30,7 @@ begin
     from public.agent_usage_events e
     cross join lateral (select ops.is_billed(e.prompt_tokens, e.completion_tokens, e.total_tokens) as billed) b
     cross join lateral (
-      select ops.event_cost_usd(e.model, e.created_at, e.prompt_tokens, e.cached_prompt_tokens, e.completion_tokens) as usd
+      select ops.event_cost_usd(coalesce(e.metadata ->> 'priced_as', e.model), e.created_at, e.prompt_tokens, e.cached_prompt_tokens, e.completion_tokens) as usd
     ) c
     where e.id > p_after and e.id <= p_through and e.created_at >= p_from
     group by 1, 2, 3, 4, 5, 6, 7

@@ -67,7 +67,8 @@ create function public.agent_begin_turn(
   p_reserve_seconds integer default 300,
   p_now timestamptz default now(),
   p_idempotency_key text default null,
-  p_request_hash text default null
+  p_request_hash text default null,
+  p_prompt_copies integer default 1
 )
 returns jsonb
 language plpgsql
@@ -132,13 +133,16 @@ begin
     raise exception 'max_messages must be zero or more' using errcode = '22023';
   end if;
   -- 0. Idempotency-Key, before any check or bucket (20251231120150_ai_agent_idempotency):
-  -- a replay, or a duplicate of an attempt still running (409: the client
-  -- does what the protocol asks, waits and retries), ends here, free; a
-  -- different body (422, a client bug or a probe) is a refusal, charged
-  -- below like the others.
+  -- a replay, a duplicate of an attempt still running (409) or a different
+  -- body (422) ends the turn. A 422 is a refusal: one slot of the user:
+  -- bucket (below). A replay or a 409 is what the protocol asks a client
+  -- to do, so it must not eat the user's questions, but it is not free
+  -- either: it takes a slot of the user's replay: bucket, ten times the
+  -- user limit per user window. They are answered whatever the membership
+  -- says (the key is the user's own), but held to the org's limits only for
+  -- a member.
   if p_idempotency_key is not null then
     v_idempotency := ops.idempotency_check(p_user_id, p_idempotency_key, p_request_hash, p_now);
-    if v_idempotency ->> 'outcome' in ('replay', 'request_in_progress') then return v_idempotency; end if;
     v_refusal := v_idempotency;
   end if;
 
@@ -240,7 +244,7 @@ begin
   -- channels or this one. 4. Session ownership: an id belongs to its first
   -- (org, user) for good.
   if v_refusal is not null then
-    null; -- an Idempotency-Key refusal, decided before membership
+    v_refusal := v_refusal || jsonb_build_object('member', v_member); -- decided by the Idempotency-Key
   elsif not v_member then
     v_refusal := '{"outcome": "forbidden", "member": false}';
   elsif v_disabled_scope is not null then
@@ -254,17 +258,23 @@ begin
     v_refusal := '{"outcome": "session_not_found", "member": true}';
   end if;
 
-  -- A refusal costs one slot of the user: bucket; past the limit it is rate_limit.
-  -- A non-member (or a caller whose membership an Idempotency-Key refusal
-  -- did not check) is held to the global user limit: the org's own policy is
-  -- none of its business (its RateLimit headers would show it).
+  -- A refusal (or an Idempotency-Key outcome) costs one slot of the user:
+  -- bucket; past the limit it is rate_limit. A non-member is held to the
+  -- global user limit: the org's own policy is none of its business (its
+  -- RateLimit headers would show it).
   if v_refusal is not null then
     if (v_refusal ->> 'member') is distinct from 'true' then
       v_user_limit := v_global_user_limit;
       v_user_window := v_global_user_window;
     end if;
-    v_decision := ops.consume_rate_limits(
-      array['user:' || p_user_id], array[v_user_limit], array[v_user_window], p_now);
+    if v_refusal ->> 'outcome' in ('replay', 'request_in_progress') then
+      v_decision := ops.consume_rate_limits(
+        array['replay:' || p_user_id], array[least(v_user_limit::bigint * 10, 2147483647)::integer],
+        array[v_user_window], p_now);
+    else
+      v_decision := ops.consume_rate_limits(
+        array['user:' || p_user_id], array[v_user_limit], array[v_user_window], p_now);
+    end if;
     if not (v_decision ->> 'allowed')::boolean then
       return jsonb_build_object('outcome', 'rate_limit', 'member', v_refusal -> 'member',
                                 'rate_limit', v_decision);
@@ -274,13 +284,15 @@ begin
 
   -- 5. Token quotas and enforced budgets, serialised (see the header); none
   -- of this runs when no quota or enforced budget applies. The history read
-  -- above is part of the prompt the turn reserves (2 bytes a token, 4 a
-  -- message: more than the tokenizer counts, never less for ordinary text).
+  -- above is part of the prompt the turn reserves, counted as the function
+  -- counts its part (admission.ts reserveTokens): one token per UTF-8 byte
+  -- (no byte-level tokenizer makes more) and 4 a message, once per model
+  -- call that may be billed (p_prompt_copies: the first and its retries).
   v_admission := coalesce(v_org_tpm, v_org_tpd, v_user_tpm, v_user_tpd) is not null or v_any_budget;
   if v_admission then
     if v_history <> '[]'::jsonb then
-      v_reserve := v_reserve + (select coalesce(sum(ceil(octet_length(h ->> 'content') / 2.0) + 4), 0)::bigint
-                                from jsonb_array_elements(v_history) h);
+      v_reserve := v_reserve + greatest(coalesce(p_prompt_copies, 1), 1)
+        * (select coalesce(sum(octet_length(h ->> 'content') + 4), 0)::bigint from jsonb_array_elements(v_history) h);
     end if;
     if v_global_budget is not null then
       perform pg_advisory_xact_lock(hashtextextended('agent-chat:admission:global', 0));
@@ -312,18 +324,23 @@ begin
         where q.lim is not null
       loop
         -- Every full quota is checked: the refusal names the one that frees
-        -- last, so a client that waits its Retry-After fits them all.
+        -- last, so a client that waits its Retry-After fits them all. A turn
+        -- larger than a quota itself never fits: that refusal wins and says
+        -- so (never_fits), and the function promises no Retry-After.
         if v_quota.used + v_quota.reserved + v_reserve > v_quota.lim then
           v_retry := ops.tokens_retry_after(v_quota.key, v_quota.kind, p_org_id, p_user_id, v_quota.win,
                                             v_quota.used + v_quota.reserved + v_reserve - v_quota.lim,
                                             v_reserve > v_quota.lim, p_now);
-          if v_refusal is null or v_retry > (v_refusal ->> 'retry_after_seconds')::integer then
+          if v_refusal is null
+             or (v_reserve > v_quota.lim and not (v_refusal ->> 'never_fits')::boolean)
+             or (v_retry > (v_refusal ->> 'retry_after_seconds')::integer
+                 and (v_reserve > v_quota.lim) = (v_refusal ->> 'never_fits')::boolean) then
             v_refusal := jsonb_build_object(
               'allowed', false, 'scope', 'tokens', 'key', 'tokens:' || v_quota.key,
               'limit', v_quota.lim, 'window_seconds', v_quota.win,
               'remaining', greatest(v_quota.lim - v_quota.used - v_quota.reserved, 0),
               'reset_seconds', v_retry, 'retry_after_seconds', v_retry,
-              'reserve_tokens', v_reserve);
+              'reserve_tokens', v_reserve, 'never_fits', v_reserve > v_quota.lim);
           end if;
         end if;
       end loop;
@@ -428,8 +445,8 @@ begin
   );
 end;
 $$;
-comment on function public.agent_begin_turn(uuid, uuid, text, text, uuid, integer, integer, integer, integer, integer, boolean, boolean, text, integer, text, integer, timestamptz, text, text) is
-  'agent-chat, before the model, in one call: membership, switches (ops.agent_policies), opt-outs, session ownership (p_session_owned from the Redis store, or the session row), token quotas and enforced budgets (reserving the turn''s worst case under p_request_id), all-or-nothing request buckets org:/user:/ip:/channel: with the policy''s limits (else the arguments), and (Supabase store) the session history. A refusal (forbidden, opt_out, session_not_found) consumes one user: slot and is rate_limit past the user limit. With an Idempotency-Key (p_idempotency_key, checked before anything else): replay, idempotency_mismatch or request_in_progress. Returns {outcome: ok|forbidden|assistant_disabled|opt_out|session_not_found|rate_limit|budget_exceeded|replay|idempotency_mismatch|request_in_progress, member, rate_limit, message, budget, reserved_tokens, history}. service_role only.';
+comment on function public.agent_begin_turn(uuid, uuid, text, text, uuid, integer, integer, integer, integer, integer, boolean, boolean, text, integer, text, integer, timestamptz, text, text, integer) is
+  'agent-chat, before the model, in one call: membership, switches (ops.agent_policies), opt-outs, session ownership (p_session_owned from the Redis store, or the session row), token quotas and enforced budgets (reserving the turn''s worst case under p_request_id), all-or-nothing request buckets org:/user:/ip:/channel: with the policy''s limits (else the arguments), and (Supabase store) the session history. A refusal (forbidden, opt_out, session_not_found) consumes one user: slot and is rate_limit past the user limit. With an Idempotency-Key (p_idempotency_key, checked before anything else): replay, idempotency_mismatch (one user: slot, like a refusal) or request_in_progress (a replay and a 409 take a slot of the replay: bucket, ten times the user limit). Returns {outcome: ok|forbidden|assistant_disabled|opt_out|session_not_found|rate_limit|budget_exceeded|replay|idempotency_mismatch|request_in_progress, member, rate_limit, message, budget, reserved_tokens, history}. service_role only.';
 
 
 -- ---------------------------------------------------------------------------
@@ -548,11 +565,25 @@ returns jsonb
 language plpgsql
 set search_path = ''
 as $$
--- Two calls and simple expressions: no statement of its own to plan.
+-- A request-id guard (an advisory lock, one index lookup), then two calls.
 declare
-  v_saved jsonb := public.agent_end_turn(p_session_id, p_org_id, p_user_id, p_channel, p_user_message,
-                                         p_assistant_message, p_ttl_seconds, p_max_messages, now());
+  v_saved jsonb;
 begin
+  -- Idempotent by the usage row's request id: a save the function sends
+  -- again after an unknown outcome (timed out, connection lost: recovery.ts)
+  -- waits here for the first to end, and appends nothing when the first
+  -- landed (its usage row is there). So a turn is saved and metered once.
+  if p_usage ? 'request_id' then
+    perform pg_advisory_xact_lock(hashtextextended('agent-chat:turn:' || (p_usage ->> 'request_id'), 0));
+    if exists (select 1 from public.agent_usage_events e
+               where e.request_id = left(p_usage ->> 'request_id', 128)
+                 and (e.metadata -> 'aggregated') is distinct from 'true'::jsonb) then
+      return jsonb_build_object('outcome', 'ok', 'session_id', p_session_id, 'usage_logged', true,
+                                'already_saved', true);
+    end if;
+  end if;
+  v_saved := public.agent_end_turn(p_session_id, p_org_id, p_user_id, p_channel, p_user_message,
+                                   p_assistant_message, p_ttl_seconds, p_max_messages, now());
   -- Another owner's session: the caller logs that outcome itself.
   if v_saved ->> 'outcome' <> 'ok' then
     return v_saved || '{"usage_logged": false}';
@@ -564,7 +595,7 @@ begin
 end;
 $$;
 comment on function public.agent_finish_turn(uuid, uuid, uuid, text, text, text, integer, integer, jsonb) is
-  'agent-chat, Supabase store: agent_end_turn, then (when the turn was saved) the usage row of p_usage as agent_log_usage writes it, in one transaction. Returns the end-turn result plus usage_logged. service_role only.';
+  'agent-chat, Supabase store: agent_end_turn, then (when the turn was saved) the usage row of p_usage as agent_log_usage writes it, in one transaction. Idempotent by p_usage.request_id: sent again, it waits for the first call and saves nothing more when that one landed (already_saved). Returns the end-turn result plus usage_logged. service_role only.';
 
 -- ---------------------------------------------------------------------------
 -- Privileges of every function above, in one statement each (checked by
@@ -572,12 +603,12 @@ comment on function public.agent_finish_turn(uuid, uuid, uuid, text, text, text,
 -- alone may execute them.
 -- ---------------------------------------------------------------------------
 revoke execute on function
-  public.agent_begin_turn(uuid, uuid, text, text, uuid, integer, integer, integer, integer, integer, boolean, boolean, text, integer, text, integer, timestamptz, text, text),
+  public.agent_begin_turn(uuid, uuid, text, text, uuid, integer, integer, integer, integer, integer, boolean, boolean, text, integer, text, integer, timestamptz, text, text, integer),
   public.agent_end_turn(uuid, uuid, uuid, text, text, text, integer, integer, timestamptz),
   public.agent_finish_turn(uuid, uuid, uuid, text, text, text, integer, integer, jsonb)
 from public, anon, authenticated;
 grant execute on function
-  public.agent_begin_turn(uuid, uuid, text, text, uuid, integer, integer, integer, integer, integer, boolean, boolean, text, integer, text, integer, timestamptz, text, text),
+  public.agent_begin_turn(uuid, uuid, text, text, uuid, integer, integer, integer, integer, integer, boolean, boolean, text, integer, text, integer, timestamptz, text, text, integer),
   public.agent_end_turn(uuid, uuid, uuid, text, text, text, integer, integer, timestamptz),
   public.agent_finish_turn(uuid, uuid, uuid, text, text, text, integer, integer, jsonb)
 to service_role;

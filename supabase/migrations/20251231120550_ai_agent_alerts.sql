@@ -4,7 +4,7 @@
 -- success rate (global, and per org), budgets reached and early budget
 -- warnings, and optionally the p95 latency. Recording them and notifying
 -- people (ops.check_alerts, the outbox, the agent-alerts Edge Function) is
--- 20251231120700_ai_agent_alert_delivery. An operator acknowledges an open
+-- 20251231120750_ai_agent_alert_delivery. An operator acknowledges an open
 -- alert (ops.alert_ack) or mutes a kind and subject until a time
 -- (ops.alert_mute): while muted, a condition raises no new event and no
 -- notification goes out, so a flapping success rate or a known budget overrun
@@ -88,10 +88,26 @@ as $$
   from rates r
   cross join settings st
   where r.is_global and st.latency_p95_ms is not null and r.succeeded >= st.min_requests
-    and r.latency_p95_ms > st.latency_p95_ms;
+    and r.latency_p95_ms > st.latency_p95_ms
+  union all
+  -- A reported model name without a price in the last hour: charged at the
+  -- requested model's price (metadata.priced_as) or, without one, at $0.
+  -- Either way the operator adds the name to ops.model_prices.
+  select 'unpriced_model', 'model:' || u.model, p_now - interval '1 hour', p_now,
+         u.events, 0,
+         jsonb_build_object('model', u.model, 'events', u.events, 'priced_as', u.priced_as)
+  from (
+    select e.model, sum(e.event_count) as events,
+           (array_agg(distinct e.metadata ->> 'priced_as') filter (where e.metadata ? 'priced_as'))[1] as priced_as
+    from public.agent_usage_events e
+    where e.created_at > p_now - interval '1 hour' and e.created_at <= p_now
+      and ops.is_billed(e.prompt_tokens, e.completion_tokens, e.total_tokens)
+    group by e.model
+  ) u
+  where ops.event_cost_usd(u.model, p_now, 0, 0, 0) is null;
 $$;
 comment on function ops.evaluate_alerts(timestamptz, integer, numeric) is
-  'Alert conditions true at p_now, with the thresholds of ops.alert_settings (p_min_requests and p_success_threshold override its success-rate ones): success rate below the threshold (98%) over the trailing 15 minutes, globally and per org (each with at least min_requests served; requests counted with sum(event_count)); month-to-date spend over a global or per-org budget (budget) and at or over a share of it (budget_warning, the highest of budget_warning_ratios reached; it stays while the budget alert holds); optionally the p95 latency of answered requests over latency_p95_ms.';
+  'Alert conditions true at p_now, with the thresholds of ops.alert_settings (p_min_requests and p_success_threshold override its success-rate ones): success rate below the threshold (98%) over the trailing 15 minutes, globally and per org (each with at least min_requests served; requests counted with sum(event_count)); month-to-date spend over a global or per-org budget (budget) and at or over a share of it (budget_warning, the highest of budget_warning_ratios reached; it stays while the budget alert holds); optionally the p95 latency of answered requests over latency_p95_ms; a reported model name without a price in ops.model_prices in the last hour (unpriced_model, subject model:<name>).';
 
 create view ops.active_alerts with (security_invoker = true) as
   select * from ops.evaluate_alerts();
@@ -156,14 +172,20 @@ declare
   v_subject text := lower(btrim(p_subject));
 begin
   perform ops.operator_change();
-  if p_kind is null or p_kind not in ('success_rate', 'budget', 'budget_warning', 'latency_p95', 'delivery_failed') then
-    raise exception 'kind must be success_rate, budget, budget_warning, latency_p95 or delivery_failed, got %',
+  if p_kind is null or p_kind not in ('success_rate', 'budget', 'budget_warning', 'latency_p95', 'delivery_failed', 'unpriced_model') then
+    raise exception 'kind must be success_rate, budget, budget_warning, latency_p95, delivery_failed or unpriced_model, got %',
       coalesce(p_kind, 'NULL') using errcode = '22023';
   end if;
   -- The subject as alerts name it: global, org: and the org id in its
-  -- canonical (lowercase) form whatever case the operator typed, or a
-  -- destination (delivery_failed).
-  if v_subject is null or v_subject !~ '^(global|org:[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}|destination:(slack|pagerduty|webhook))$' then
+  -- canonical (lowercase) form whatever case the operator typed, a
+  -- destination (delivery_failed), or model: and a name as reported
+  -- (unpriced_model).
+  if p_kind = 'unpriced_model' then
+    v_subject := btrim(p_subject);
+    if v_subject is null or v_subject !~ '^model:.+' then
+      raise exception 'subject must be model:<name>, got %', coalesce(p_subject, 'NULL') using errcode = '22023';
+    end if;
+  elsif v_subject is null or v_subject !~ '^(global|org:[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}|destination:(slack|pagerduty|webhook))$' then
     raise exception 'subject must be global, org:<uuid> or destination:<slack|pagerduty|webhook>, got %',
       coalesce(p_subject, 'NULL') using errcode = '22023';
   end if;
@@ -181,7 +203,7 @@ begin
 end;
 $$;
 comment on function ops.alert_mute(text, text, timestamptz, text, text, timestamptz) is
-  'Mutes alerts of one kind (success_rate, budget, budget_warning, latency_p95, delivery_failed) and subject (global, org:<uuid>, destination:<name>) until p_until: ops.check_alerts raises no new event and sends no notification for them meanwhile (a budget''s mute covers its warnings too). Audited. CLI: alerts mute <kind> <subject> --until --by.';
+  'Mutes alerts of one kind (success_rate, budget, budget_warning, latency_p95, delivery_failed, unpriced_model) and subject (global, org:<uuid>, destination:<name>, model:<name>) until p_until: ops.check_alerts raises no new event and sends no notification for them meanwhile (a budget''s mute covers its warnings too). Audited. CLI: alerts mute <kind> <subject> --until --by.';
 
 create function ops.alert_unmute(p_kind text, p_subject text, p_actor text default null)
 returns boolean
@@ -192,7 +214,10 @@ declare
   v_old ops.alert_mutes;
 begin
   perform ops.operator_change();
-  delete from ops.alert_mutes m where m.kind = p_kind and m.subject = lower(btrim(p_subject)) returning m.* into v_old;
+  delete from ops.alert_mutes m
+  where m.kind = p_kind
+    and m.subject = case when p_kind = 'unpriced_model' then btrim(p_subject) else lower(btrim(p_subject)) end
+  returning m.* into v_old;
   if not found then
     return false;
   end if;

@@ -343,150 +343,6 @@ create trigger agent_chat_forget_deleted_user after delete on auth.users
   for each row execute function ops.forget_deleted_auth_user();
 
 -- ---------------------------------------------------------------------------
--- ops.export_user: the Postgres part of a subject-access request.
--- ---------------------------------------------------------------------------
-create function ops.export_user(p_user_id uuid, p_now timestamptz default now())
-returns jsonb
-language sql
-stable
-set search_path = ''
-as $$
-  select jsonb_build_object(
-    'user_id', p_user_id,
-    'exported_at', p_now,
-    'sessions', coalesce((
-      select jsonb_agg(jsonb_build_object(
-        'id', s.id, 'org_id', s.org_id, 'channel', s.channel, 'store', 'supabase',
-        'created_at', s.created_at, 'updated_at', s.updated_at, 'expires_at', s.expires_at,
-        'messages', coalesce((
-          select jsonb_agg(jsonb_build_object('role', m.role, 'content', m.content, 'created_at', m.created_at) order by m.id)
-          from public.agent_session_messages m where m.session_id = s.id), '[]'::jsonb))
-        order by s.created_at)
-      from public.agent_sessions s where s.user_id = p_user_id), '[]'::jsonb),
-    'stored_answers', coalesce((
-      select jsonb_agg(jsonb_build_object(
-        'idempotency_key', k.idempotency_key, 'org_id', k.org_id, 'state', k.state, 'response', k.response,
-        'created_at', k.created_at, 'expires_at', k.expires_at) order by k.created_at)
-      from ops.idempotency_keys k where k.user_id = p_user_id), '[]'::jsonb),
-    'opt_outs', coalesce((
-      select jsonb_agg(to_jsonb(o) order by o.created_at) from public.agent_opt_outs o where o.user_id = p_user_id), '[]'::jsonb),
-    'usage_events', coalesce((
-      select jsonb_agg(to_jsonb(e) - 'user_id' order by e.created_at, e.id)
-      from public.agent_usage_events e where e.user_id = p_user_id), '[]'::jsonb),
-    'erasures', coalesce((
-      select jsonb_agg(jsonb_build_object('erased_at', x.erased_at, 'requested_by', x.requested_by, 'source', x.source,
-                                          'redis_state', x.redis_state) order by x.erased_at)
-      from ops.member_erasures x where x.user_id = p_user_id), '[]'::jsonb)
-  );
-$$;
-comment on function ops.export_user(uuid, timestamptz) is
-  'Everything agent-chat keeps in Postgres about one member, as one JSON document: sessions with their messages, stored Idempotency-Key answers, opt-outs, usage rows, and earlier erasures. CLI: export --user <uuid> (adds the Redis sessions).';
-
--- ---------------------------------------------------------------------------
--- Purge: retention in bounded batches.
--- ---------------------------------------------------------------------------
-create function ops.purge_expired(
-  p_now timestamptz default now(),
-  p_usage_retention interval default null,
-  p_batch_rows integer default null
-)
-returns jsonb
-language plpgsql
-set search_path = ''
-as $$
-declare
-  v_settings ops.retention_settings;
-  v_batch integer;
-  v_messages integer;
-  v_sessions integer;
-  v_scrubbed integer;
-  v_usage integer;
-  v_buckets integer;
-begin
-  select r.* into v_settings from ops.retention_settings r;
-  v_batch := greatest(coalesce(p_batch_rows, v_settings.batch_rows, 5000), 1);
-
-  -- Messages of expired sessions go at expiry.
-  delete from public.agent_session_messages m
-  where m.id in (
-    select m2.id from public.agent_session_messages m2
-    join public.agent_sessions s on s.id = m2.session_id
-    where s.expires_at <= p_now limit v_batch);
-  get diagnostics v_messages = row_count;
-
-  -- The session row some days later: until then its id stays its owner's.
-  delete from public.agent_sessions s
-  where s.id in (
-    select s2.id from public.agent_sessions s2
-    where s2.expires_at <= p_now - make_interval(days => v_settings.expired_session_days) limit v_batch);
-  get diagnostics v_sessions = row_count;
-
-  -- Personal fields of usage rows: the IP becomes its block, client metadata goes.
-  update public.agent_usage_events e
-  set metadata = ops.scrub_usage_metadata(e.metadata, true)
-  where (e.created_at, e.id) in (
-    select e2.created_at, e2.id from public.agent_usage_events e2
-    where e2.metadata ?| array['client', 'client_ip', 'client_request_id', 'top_ips']
-      and e2.created_at < p_now - make_interval(days => v_settings.usage_personal_days)
-    order by e2.created_at limit v_batch);
-  get diagnostics v_scrubbed = row_count;
-
-  -- Usage rows past retention go by whole UTC days: their daily partitions
-  -- are dropped and the rollup forgets them too (20251231120320_ai_agent_usage_rollup).
-  v_usage := (ops.drop_usage_partitions_before(
-    p_now - coalesce(p_usage_retention, make_interval(months => v_settings.usage_row_months))) ->> 'usage_events_deleted')::integer;
-
-  -- Buckets whose every admission has left the window hold nothing (a small table).
-  delete from ops.rate_limits r
-  where r.updated_at < p_now - make_interval(secs => r.window_seconds + r.slot_ms / 1000.0);
-  get diagnostics v_buckets = row_count;
-
-  -- Reservations that expired a day ago (they stopped counting then), and
-  -- token counters with nothing left in their window.
-  delete from ops.token_reservations t where t.expires_at < p_now - interval '1 day';
-  delete from ops.token_counters c where c.updated_at < p_now - interval '1 day' - make_interval(secs => c.slot_ms / 1000.0);
-
-  return jsonb_build_object(
-    'messages_deleted', v_messages, 'sessions_deleted', v_sessions,
-    'usage_events_scrubbed', v_scrubbed, 'usage_events_deleted', v_usage, 'buckets_deleted', v_buckets,
-    'more', greatest(v_messages, v_sessions, v_scrubbed, v_usage) >= v_batch)
-    || ops.purge_idempotency_keys(p_now);
-end;
-$$;
-comment on function ops.purge_expired(timestamptz, interval, integer) is
-  'One bounded round of retention (ops.retention_settings): at most batch_rows each of expired sessions'' messages, sessions expired expired_session_days ago, usage rows past usage_personal_days to scrub (IP to its block, client metadata dropped) and usage rows past usage_row_months (or p_usage_retention) deleted by whole UTC days (ops.drop_usage_partitions_before); plus empty buckets, old reservations and counters, expired Idempotency-Keys. more = true: call again (ops.purge_nightly loops, committing between rounds).';
-
--- No `set search_path` clause: Postgres refuses COMMIT in a procedure that
--- has one. Not security definer, and every name is qualified.
-create procedure ops.purge_nightly(p_max_rounds integer default 1000)
-language plpgsql
-as $$
-declare
-  v_round integer := 0;
-  v_result jsonb;
-begin
-  loop
-    v_result := ops.purge_expired(pg_catalog.now());
-    commit;
-    v_round := v_round + 1;
-    exit when not (v_result ->> 'more')::boolean or v_round >= p_max_rounds;
-  end loop;
-end;
-$$;
-comment on procedure ops.purge_nightly(integer) is
-  'Runs ops.purge_expired until nothing is left (at most p_max_rounds), committing after each bounded round so no delete is huge and no transaction long. pg_cron runs it nightly (job agent-chat-purge-expired: call ops.purge_nightly()); call it alone, not inside a transaction.';
-
--- The nightly schedule, only where pg_cron is enabled (with the alert check's,
--- in the runbook's block for enabling pg_cron later).
-do $$
-begin
-  if exists (select 1 from pg_extension where extname = 'pg_cron') then
-    perform cron.schedule('agent-chat-purge-expired', '17 3 * * *', 'call ops.purge_nightly()');
-  end if;
-end;
-$$;
-
--- ---------------------------------------------------------------------------
 -- Opt-outs as history: never deleted, every change recorded.
 -- ---------------------------------------------------------------------------
 create table ops.opt_out_audit (
@@ -560,6 +416,155 @@ create trigger agent_opt_outs_no_delete before delete on public.agent_opt_outs
   for each row execute function ops.refuse_opt_out_delete();
 create trigger agent_opt_outs_no_truncate before truncate on public.agent_opt_outs
   for each statement execute function ops.refuse_opt_out_delete();
+
+-- ---------------------------------------------------------------------------
+-- ops.export_user: the Postgres part of a subject-access request.
+-- ---------------------------------------------------------------------------
+create function ops.export_user(p_user_id uuid, p_now timestamptz default now())
+returns jsonb
+language sql
+stable
+set search_path = ''
+as $$
+  select jsonb_build_object(
+    'user_id', p_user_id,
+    'exported_at', p_now,
+    'sessions', coalesce((
+      select jsonb_agg(jsonb_build_object(
+        'id', s.id, 'org_id', s.org_id, 'channel', s.channel, 'store', 'supabase',
+        'created_at', s.created_at, 'updated_at', s.updated_at, 'expires_at', s.expires_at,
+        'messages', coalesce((
+          select jsonb_agg(jsonb_build_object('role', m.role, 'content', m.content, 'created_at', m.created_at) order by m.id)
+          from public.agent_session_messages m where m.session_id = s.id), '[]'::jsonb))
+        order by s.created_at)
+      from public.agent_sessions s where s.user_id = p_user_id), '[]'::jsonb),
+    'stored_answers', coalesce((
+      select jsonb_agg(jsonb_build_object(
+        'idempotency_key', k.idempotency_key, 'org_id', k.org_id, 'state', k.state, 'response', k.response,
+        'created_at', k.created_at, 'expires_at', k.expires_at) order by k.created_at)
+      from ops.idempotency_keys k where k.user_id = p_user_id), '[]'::jsonb),
+    'opt_outs', coalesce((
+      select jsonb_agg(to_jsonb(o) order by o.created_at) from public.agent_opt_outs o where o.user_id = p_user_id), '[]'::jsonb),
+    'opt_out_history', coalesce((
+      select jsonb_agg(jsonb_build_object('opt_out_id', a.opt_out_id, 'at', a.at, 'action', a.action, 'actor', a.actor,
+                                          'new_value', a.new_value) order by a.at, a.id)
+      from ops.opt_out_audit a join public.agent_opt_outs o on o.id = a.opt_out_id where o.user_id = p_user_id), '[]'::jsonb),
+    'usage_events', coalesce((
+      select jsonb_agg(to_jsonb(e) - 'user_id' order by e.created_at, e.id)
+      from public.agent_usage_events e where e.user_id = p_user_id), '[]'::jsonb),
+    'erasures', coalesce((
+      select jsonb_agg(jsonb_build_object('erased_at', x.erased_at, 'requested_by', x.requested_by, 'source', x.source,
+                                          'redis_state', x.redis_state) order by x.erased_at)
+      from ops.member_erasures x where x.user_id = p_user_id), '[]'::jsonb)
+  );
+$$;
+comment on function ops.export_user(uuid, timestamptz) is
+  'Everything agent-chat keeps in Postgres about one member, as one JSON document: sessions with their messages, stored Idempotency-Key answers, opt-outs and their history, usage rows, and earlier erasures. CLI: export --user <uuid> (adds the Redis sessions).';
+
+-- ---------------------------------------------------------------------------
+-- Purge: retention in bounded batches.
+-- ---------------------------------------------------------------------------
+create function ops.purge_expired(
+  p_now timestamptz default now(),
+  p_usage_retention interval default null,
+  p_batch_rows integer default null
+)
+returns jsonb
+language plpgsql
+set search_path = ''
+as $$
+declare
+  v_settings ops.retention_settings;
+  v_batch integer;
+  v_messages integer;
+  v_sessions integer;
+  v_scrubbed integer;
+  v_usage integer;
+  v_buckets integer;
+begin
+  select r.* into v_settings from ops.retention_settings r;
+  v_batch := greatest(coalesce(p_batch_rows, v_settings.batch_rows, 5000), 1);
+
+  -- Messages of expired sessions go at expiry.
+  delete from public.agent_session_messages m
+  where m.id in (
+    select m2.id from public.agent_session_messages m2
+    join public.agent_sessions s on s.id = m2.session_id
+    where s.expires_at <= p_now limit v_batch);
+  get diagnostics v_messages = row_count;
+
+  -- The session row some days later: until then its id stays its owner's.
+  delete from public.agent_sessions s
+  where s.id in (
+    select s2.id from public.agent_sessions s2
+    where s2.expires_at <= p_now - make_interval(days => v_settings.expired_session_days) limit v_batch);
+  get diagnostics v_sessions = row_count;
+
+  -- Personal fields of usage rows: the IP becomes its block, client metadata goes.
+  update public.agent_usage_events e
+  set metadata = ops.scrub_usage_metadata(e.metadata, true)
+  where (e.created_at, e.id) in (
+    select e2.created_at, e2.id from public.agent_usage_events e2
+    where e2.metadata ?| array['client', 'client_ip', 'client_request_id', 'top_ips']
+      and e2.created_at < p_now - make_interval(days => v_settings.usage_personal_days)
+    order by e2.created_at limit v_batch);
+  get diagnostics v_scrubbed = row_count;
+
+  -- Usage rows past retention go by whole UTC days: their daily partitions
+  -- are dropped and the rollup forgets them too (20251231120320_ai_agent_usage_rollup).
+  v_usage := (ops.drop_usage_partitions_before(
+    p_now - coalesce(p_usage_retention, make_interval(months => v_settings.usage_row_months))) ->> 'usage_events_deleted')::integer;
+
+  -- Buckets whose every admission has left the window hold nothing (a small table).
+  delete from ops.rate_limits r
+  where r.updated_at < p_now - make_interval(secs => r.window_seconds + r.slot_ms / 1000.0);
+  get diagnostics v_buckets = row_count;
+
+  -- Reservations that expired a day ago (they stopped counting then), and
+  -- token counters with nothing left in their window.
+  delete from ops.token_reservations t where t.expires_at < p_now - interval '1 day';
+  delete from ops.token_counters c where c.updated_at < p_now - interval '1 day' - make_interval(secs => c.slot_ms / 1000.0);
+
+  return jsonb_build_object(
+    'messages_deleted', v_messages, 'sessions_deleted', v_sessions,
+    'usage_events_scrubbed', v_scrubbed, 'usage_events_deleted', v_usage, 'buckets_deleted', v_buckets,
+    'more', greatest(v_messages, v_sessions, v_scrubbed, v_usage) >= v_batch)
+    || ops.purge_idempotency_keys(p_now)
+    || ops.purge_settled_requests(p_now);
+end;
+$$;
+comment on function ops.purge_expired(timestamptz, interval, integer) is
+  'One bounded round of retention (ops.retention_settings): at most batch_rows each of expired sessions'' messages, sessions expired expired_session_days ago, usage rows past usage_personal_days to scrub (IP to its block, client metadata dropped) and usage rows past usage_row_months (or p_usage_retention) deleted by whole UTC days (ops.drop_usage_partitions_before); plus empty buckets, old reservations and counters, expired Idempotency-Keys, settlement marks older than two days. more = true: call again (ops.purge_nightly loops, committing between rounds).';
+
+-- No `set search_path` clause: Postgres refuses COMMIT in a procedure that
+-- has one. Not security definer, and every name is qualified.
+create procedure ops.purge_nightly(p_max_rounds integer default 1000)
+language plpgsql
+as $$
+declare
+  v_round integer := 0;
+  v_result jsonb;
+begin
+  loop
+    v_result := ops.purge_expired(pg_catalog.now());
+    commit;
+    v_round := v_round + 1;
+    exit when not (v_result ->> 'more')::boolean or v_round >= p_max_rounds;
+  end loop;
+end;
+$$;
+comment on procedure ops.purge_nightly(integer) is
+  'Runs ops.purge_expired until nothing is left (at most p_max_rounds), committing after each bounded round so no delete is huge and no transaction long. pg_cron runs it nightly (job agent-chat-purge-expired: call ops.purge_nightly()); call it alone, not inside a transaction.';
+
+-- The nightly schedule, only where pg_cron is enabled (with the alert check's,
+-- in the runbook's block for enabling pg_cron later).
+do $$
+begin
+  if exists (select 1 from pg_extension where extname = 'pg_cron') then
+    perform cron.schedule('agent-chat-purge-expired', '17 3 * * *', 'call ops.purge_nightly()');
+  end if;
+end;
+$$;
 
 -- ---------------------------------------------------------------------------
 -- Privileges of every table, function and procedure above, one statement per

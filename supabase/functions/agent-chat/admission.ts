@@ -28,20 +28,29 @@ export interface AdmissionSettings {
   systemPrompt: string;
   /** The model call's max_completion_tokens: part of the turn's worst case. */
   maxOutputTokens: number;
+  /** Model calls a turn may make and be billed for (1 + retries): each sends the prompt again. */
+  modelAttempts: number;
 }
 
 /** After this long an unsettled token reservation stops counting (a turn never takes that long). */
 export const RESERVATION_SECONDS = 600;
 
 /**
- * A generous token count for text: 2 UTF-8 bytes a token (the o200k tokenizer
- * averages about 4 for English, 3 bytes for most other scripts) plus the
- * chat format's 4 a message. The database counts the history it reads alike.
+ * A turn's worst case, a true upper bound for every model: one token per
+ * UTF-8 byte (a byte-level BPE tokenizer never makes more tokens than bytes;
+ * digits with commas come close), plus the chat format's 4 a message and 3
+ * to prime the reply, for each of the `attempts` calls that may be billed,
+ * plus the max output tokens. The database counts the history it reads alike
+ * (agent_begin_turn, p_prompt_copies).
  */
-export function reserveTokens(messages: ReadonlyArray<{ content: string }>, maxOutput: number) {
-  let tokens = 3 + maxOutput;
-  for (const m of messages) tokens += Math.ceil(utf8.encode(m.content).length / 2) + 4;
-  return tokens;
+export function reserveTokens(
+  messages: ReadonlyArray<{ content: string }>,
+  maxOutput: number,
+  attempts = 1,
+) {
+  let prompt = 3;
+  for (const m of messages) prompt += utf8.encode(m.content).length + 4;
+  return prompt * attempts + maxOutput;
 }
 const utf8 = new TextEncoder();
 
@@ -87,9 +96,10 @@ export async function admit(
   session: { key: SessionKey; isNew: boolean },
   requestId: string,
   idempotency?: IdempotencyClaim,
-): Promise<AdmittedTurn | { replay: StoredAnswer }> {
+): Promise<AdmittedTurn | { replay: StoredAnswer; member: boolean }> {
   const plan = await storeCall(() => deps.sessions.plan(session.key, session.isNew));
-  const { rateLimit: limits, sessionMaxMessages, model, systemPrompt } = deps.settings;
+  const { rateLimit: limits, sessionMaxMessages, model, systemPrompt, modelAttempts } =
+    deps.settings;
   // The history a store already holds (Redis) is in the estimate; the
   // database adds the history it reads itself.
   const prompt = [{ content: systemPrompt }, ...plan.history({}), { content: body.message }];
@@ -108,13 +118,14 @@ export async function admit(
       p_window_seconds: limits.windowSeconds,
       p_max_messages: sessionMaxMessages,
       p_request_id: requestId,
-      p_reserve_tokens: reserveTokens(prompt, deps.settings.maxOutputTokens),
+      p_reserve_tokens: reserveTokens(prompt, deps.settings.maxOutputTokens, modelAttempts),
       p_model: model,
       p_reserve_seconds: RESERVATION_SECONDS,
+      p_prompt_copies: modelAttempts,
       ...claimArgs(idempotency),
     })
   );
-  if (begin.outcome === "replay") return { replay: begin.response };
+  if (begin.outcome === "replay") return { replay: begin.response, member: begin.member === true };
   const rateLimit = decide(begin, limits.windowSeconds);
   const history = plan.history(begin as { history?: ChatMessage[] });
   return {
@@ -141,6 +152,9 @@ function decide(begin: BeginTurnResult, windowSeconds: number): RateLimitDecisio
     case "ok":
       return rl!;
     case "rate_limit":
+      if ((begin.rate_limit as { never_fits?: boolean } | null)?.never_fits === true) {
+        throw neverFits(headers, begin.rate_limit as { reserve_tokens?: number; limit?: number });
+      }
       throw new AgentError("rate_limit", `rate limit reached for the ${rl!.scope} bucket`, {
         headers,
         scope: rl!.scope,
@@ -184,6 +198,28 @@ function decide(begin: BeginTurnResult, windowSeconds: number): RateLimitDecisio
         detail: "unexpected begin-turn outcome",
       });
   }
+}
+
+/**
+ * A turn larger than a token quota itself: waiting cannot help, so no
+ * Retry-After is promised; a shorter conversation (a new session) or a
+ * larger quota can. The refusal is the operator's doing: it costs nothing.
+ */
+function neverFits(
+  headers: Record<string, string>,
+  q: { reserve_tokens?: number; limit?: number },
+): AgentError {
+  const { "retry-after": _, ...rest } = headers;
+  return new AgentError(
+    "rate_limit",
+    "this conversation is too long for the token quota: start a new session or ask for a larger quota",
+    {
+      headers: rest,
+      scope: "tokens",
+      member: true,
+      detail: `turn reserves ${q.reserve_tokens} tokens, quota ${q.limit}`,
+    },
+  );
 }
 
 function budgetDetail(b: Extract<BeginTurnResult, { outcome: "budget_exceeded" }>["budget"]) {

@@ -67,6 +67,10 @@ const envSchema = z.object({
   AI_AGENT_MAX_OUTPUT_TOKENS: int(1, 128_000, 800),
   AI_AGENT_OPENAI_TIMEOUT_MS: int(1000, 600_000, 30_000),
   AI_AGENT_OPENAI_MAX_RETRIES: int(0, 10, 1),
+  // Below the 10-minute reservation and Idempotency-Key lease (a save may be
+  // retried for as long again) and the platform's wall-clock limit (150 s on
+  // the free plan, 400 s on paid plans).
+  AI_AGENT_TURN_DEADLINE_SECONDS: int(2, 240, 120),
   AI_AGENT_OPENAI_CLIENT: oneOf(["fetch", "sdk"], "fetch"),
   AI_AGENT_MAX_MESSAGE_CHARS: int(1, 100_000, 4000),
   AI_AGENT_MAX_BODY_BYTES: int(1024, 10_000_000, 32_768),
@@ -112,6 +116,10 @@ function toConfig(e: Env, problems: string[]) {
     model: e.AI_AGENT_MODEL,
     systemPrompt: e.AI_AGENT_SYSTEM_PROMPT,
     maxOutputTokens: e.AI_AGENT_MAX_OUTPUT_TOKENS,
+    /** Every model call of a turn (JSON or stream, retries included) ends by then. */
+    turnDeadlineSeconds: e.AI_AGENT_TURN_DEADLINE_SECONDS,
+    /** Model calls one turn may be billed for: the first and its retries. */
+    modelAttempts: e.AI_AGENT_OPENAI_MAX_RETRIES + 1,
     openai: {
       apiKey: e.OPENAI_API_KEY,
       baseURL: e.OPENAI_BASE_URL,

@@ -69,8 +69,8 @@ export interface TurnDatabase {
     usage: UsageEvent,
   ): Promise<{ outcome: "ok" | "session_not_found"; usage_logged: boolean }>;
   logUsage(event: UsageEvent): Promise<void>;
-  /** The Idempotency-Key settlement alone, when the usage log is off. */
-  settleIdempotency(event: UsageEvent): Promise<void>;
+  /** The settlement of a usage row without the row (counters, reservation, key), when the usage log is off. */
+  settleUsage(event: UsageEvent): Promise<void>;
   close(): Promise<void>;
 }
 
@@ -102,8 +102,8 @@ export function createRpcDatabase(
     logUsage: async (event) => {
       await call("agent_log_usage", { p_event: event });
     },
-    settleIdempotency: async (event) => {
-      await call("agent_settle_idempotency", { p_event: event });
+    settleUsage: async (event) => {
+      await call("agent_settle_usage", { p_event: event });
     },
     close: () => Promise.resolve(),
   };
@@ -179,11 +179,12 @@ export const CALL_PARAMETERS = {
     "p_now",
     "p_idempotency_key",
     "p_request_hash",
+    "p_prompt_copies",
   ],
   agent_end_turn: [...END_TURN_PARAMETERS, "p_now"],
   agent_finish_turn: [...END_TURN_PARAMETERS, "p_usage"],
   agent_log_usage: ["p_event"],
-  agent_settle_idempotency: ["p_event"],
+  agent_settle_usage: ["p_event"],
 } as const;
 
 type CalledFunction = keyof typeof CALL_PARAMETERS;
@@ -254,7 +255,7 @@ export function createPostgresDatabase(
       }, timeoutMs);
     });
     try {
-      const rows = await Promise.race([pool.unsafe(text), timeout]);
+      const rows = await Promise.race([quietly(pool.unsafe(text)), timeout]);
       return (rows[0] as unknown as { result: T } | undefined)?.result as T;
     } finally {
       clearTimeout(timer);
@@ -283,11 +284,21 @@ export function createPostgresDatabase(
     logUsage: async (event) => {
       await call("agent_log_usage", { p_event: event });
     },
-    settleIdempotency: async (event) => {
-      await call("agent_settle_idempotency", { p_event: event });
+    settleUsage: async (event) => {
+      await call("agent_settle_usage", { p_event: event });
     },
     close: () => sql.end({ timeout: 1 }),
   };
+}
+
+/**
+ * The query as a promise whose failure, when it lost the race to the
+ * timeout (its pool ended), is expected and never an unhandled rejection.
+ */
+function quietly<T>(query: PromiseLike<T>): Promise<T> {
+  const promise = Promise.resolve(query);
+  promise.catch(() => {});
+  return promise;
 }
 
 /**

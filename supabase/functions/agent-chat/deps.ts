@@ -1,7 +1,7 @@
 /**
  * Owns building the handler's dependencies from the configuration, once per
  * isolate: one database transport, one Redis client, one OpenAI client, one
- * usage logger and one refusal ledger.
+ * usage logger, one durable retry and one refusal ledger.
  */
 import { createClient } from "@supabase/supabase-js";
 import { createAuthenticator } from "../_shared/auth.ts";
@@ -16,6 +16,7 @@ import {
 import type { AgentChatDeps } from "./handler.ts";
 import { createOpenAIModel } from "./model.ts";
 import { connectRedis } from "./redis-client.ts";
+import { createRecovery } from "./recovery.ts";
 import { createRefusalLedger } from "./refusals.ts";
 import { createRedisSessionStore, createSupabaseSessionStore } from "./session-store.ts";
 import { createUsageLogger, edgeRuntimeLifetime, type ExtendLifetime } from "./usage.ts";
@@ -45,7 +46,9 @@ export function buildDependencies(
   const db = createDatabase(config);
   const redis = config.redis ? connectRedis(config.redis.url, config.redis.token) : undefined;
   const limits = { ttlSeconds: config.sessionTtlSeconds, maxMessages: config.sessionMaxMessages };
-  const usage = createUsageLogger({ enabled: config.usageLogEnabled, db, log, extendLifetime });
+  const recovery = createRecovery({ log, extendLifetime });
+  const enabled = config.usageLogEnabled;
+  const usage = createUsageLogger({ enabled, db, log, extendLifetime, recovery });
   // Refusal rows go through whichever usage logger the deps hold (tests may swap it).
   const refusals = createRefusalLedger({
     intervalMs: config.refusalLogIntervalSeconds * 1000,
@@ -76,11 +79,13 @@ export function buildDependencies(
       client: config.openai.client,
     }),
     usage,
+    recovery,
     refusals,
     log,
     extendLifetime,
     close: async () => {
       await refusals.close();
+      await recovery.settled(2000); // what the stores did not take yet gets a last chance
       await redis?.close();
       await db.close();
     },

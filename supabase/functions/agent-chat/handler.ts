@@ -20,10 +20,11 @@ import { type AnswerDeps, answerJson, answerStream, replayAnswer } from "./answe
 import type { Config } from "./config.ts";
 import { idempotencyClaim, REPLAYED_HEADER } from "./idempotency.ts";
 import { RATE_LIMIT_HEADER_NAMES, rateLimitHeaders } from "./rate-limit.ts";
-import { recordRefusal, type RefusalLedger } from "./refusals.ts";
+import { recordRefusal, recordReplay, type RefusalLedger } from "./refusals.ts";
+import type { Recovery } from "./recovery.ts";
 import { chatRequestSchema, parseChatRequest } from "./request.ts";
 import { requestLogLine } from "./request-log.ts";
-import type { Outcome, RequestFacts } from "./turn.ts";
+import type { Outcome, RequestFacts, StoredAnswer } from "./turn.ts";
 import { turnFacts } from "./usage.ts";
 
 export type HandlerSettings =
@@ -42,6 +43,8 @@ export type HandlerSettings =
     | "allowedOrigins"
     | "userChannels"
     | "maxOutputTokens"
+    | "modelAttempts"
+    | "turnDeadlineSeconds"
     | "refusalLogIntervalSeconds"
   >
   & { transport: string };
@@ -55,6 +58,8 @@ export interface AgentChatDeps {
   model: AnswerDeps["model"];
   usage: AnswerDeps["usage"];
   extendLifetime?: AnswerDeps["extendLifetime"];
+  /** The durable retry of writes the stores did not take; woken by every request. */
+  recovery?: Recovery | undefined;
   refusals: RefusalLedger;
   log: Logger;
   now?: () => number;
@@ -76,6 +81,7 @@ export function createAgentChatHandler(deps: AgentChatDeps) {
     deps.log(...requestLogLine(settings, facts, status, outcome, now()));
 
   return async function handle(request: Request, info?: ConnInfo): Promise<Response> {
+    deps.recovery?.nudge();
     const { requestId, clientRequestId } = requestIds(request.headers);
     const headers = responseHeaders(
       cors(request.headers.get("origin")),
@@ -104,15 +110,14 @@ export function createAgentChatHandler(deps: AgentChatDeps) {
       facts = turnFacts(facts, body, who, session.key.sessionId);
       const key = await idempotencyClaim(request.headers, body, requestId, settings);
       const turn = await admit(deps, body, who, session, requestId, key);
-      if ("replay" in turn) {
-        return replayAnswer(turn.replay, body, headers, (s, o) => log(facts, s, o));
-      }
+      if ("replay" in turn) return await replay(deps, facts, turn, body, headers, now(), log);
       const admitted = { ...facts, rateLimit: turn.rateLimit };
       return await (body.stream ? answerStream : answerJson)(answerDeps, {
         facts: admitted,
         body,
         turn,
         clientSignal: request.signal,
+        deadline: AbortSignal.timeout(deadlineMs(settings, now() - facts.started)),
         headers: { ...headers, ...rateLimitHeaders(turn.rateLimit) },
         finished: (status, outcome) => log(admitted, status, outcome),
       });
@@ -150,6 +155,25 @@ function responseHeaders(
     "x-request-id": requestId,
     ...(clientRequestId ? { "x-client-request-id": clientRequestId } : {}),
   };
+}
+
+/** The stored answer again; the replay is counted like a refusal (it took a replay: slot). */
+async function replay(
+  deps: AgentChatDeps,
+  facts: RequestFacts,
+  turn: { replay: StoredAnswer; member: boolean },
+  body: { stream: boolean },
+  headers: Record<string, string>,
+  now: number,
+  log: (facts: RequestFacts, status: number, outcome: Outcome) => void,
+): Promise<Response> {
+  await recordReplay(deps, facts, turn, now);
+  return replayAnswer(turn.replay, body, headers, (s, o) => log(facts, s, o));
+}
+
+/** What is left of the turn's deadline after `elapsedMs` (at least 1 ms). */
+function deadlineMs(settings: Pick<HandlerSettings, "turnDeadlineSeconds">, elapsedMs: number) {
+  return Math.max(1, settings.turnDeadlineSeconds * 1000 - elapsedMs);
 }
 
 function peerOf(info: ConnInfo | undefined): string | undefined {

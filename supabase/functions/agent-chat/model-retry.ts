@@ -53,9 +53,29 @@ function retryable(error: unknown): boolean {
   return status === 408 || status === 409 || status === 429 || status >= 500;
 }
 
-/** Timed out or cut off after sending: the upstream may have run (and billed) the prompt. */
-function mayHaveBeenBilled(error: unknown): boolean {
-  return error instanceof OpenAI.APIConnectionError && !(error instanceof OpenAI.APIUserAbortError);
+/**
+ * Timed out or cut off after sending: the upstream may have run (and billed)
+ * the prompt. A connection that never opened (refused, no such host) sent
+ * nothing, and an error answer (4xx, 5xx) is not billed: neither is metered.
+ */
+export function mayHaveBeenBilled(error: unknown): boolean {
+  if (!(error instanceof OpenAI.APIConnectionError) || error instanceof OpenAI.APIUserAbortError) {
+    return false;
+  }
+  return error instanceof OpenAI.APIConnectionTimeoutError || !neverConnected(error);
+}
+
+const NOT_CONNECTED =
+  /\(Connect\)|tcp connect error|connection refused|ECONNREFUSED|ENOTFOUND|EAI_AGAIN|dns error|failed to lookup address/i;
+
+/** The error, or one of its causes, says the connection was never made. */
+function neverConnected(error: unknown): boolean {
+  for (let e: unknown = error, depth = 0; e && depth < 5; depth++) {
+    const { message, code, cause } = e as { message?: unknown; code?: unknown; cause?: unknown };
+    if (NOT_CONNECTED.test(`${String(message ?? "")} ${String(code ?? "")}`)) return true;
+    e = cause;
+  }
+  return false;
 }
 
 function delayMs(error: unknown, retry: number): number {

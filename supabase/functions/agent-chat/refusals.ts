@@ -250,3 +250,24 @@ export async function recordRefusal(
   await deps.refusals.refused(key, event, facts.clientIp);
   return refused;
 }
+
+/**
+ * A replayed answer costs no model call, but it is a request like any other:
+ * it took a user: slot in the begin-turn call and is counted here like a
+ * refusal (the first of a user's replays in an interval is its own row,
+ * the rest one aggregated row; metadata.replayed, no tokens). The row names
+ * the org only for a member.
+ */
+export async function recordReplay(
+  deps: { settings: UsageSettings; refusals: RefusalLedger },
+  facts: RequestFacts,
+  replay: { replay: { model: string }; member: boolean },
+  now: number,
+): Promise<void> {
+  const counted = replay.member || !facts.orgId
+    ? facts
+    : { ...facts, orgId: null, requestedOrgId: facts.orgId };
+  const outcome = { model: replay.replay.model, replayed: true };
+  const event = usageEvent(deps.settings, counted, outcome, now - facts.started);
+  await deps.refusals.refused(`${facts.userId}:replayed:`, event, facts.clientIp);
+}

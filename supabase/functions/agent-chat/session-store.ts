@@ -11,7 +11,9 @@
  * owner key expires, living as long as the newest), which erasure and
  * export read (scripts/ops/member-redis.ts). A store call that fails (either
  * store, or the begin-turn call) is 503 `session_store_error` (`storeCall`,
- * `storeError`).
+ * `storeError`). The append marks its request id in
+ * `agent-chat:{<session id>}:turns`, so a save the function sends again
+ * (recovery.ts) appends once.
  */
 import { AgentError, describe } from "../_shared/errors.ts";
 import type { TurnDatabase } from "./database.ts";
@@ -37,11 +39,14 @@ export interface SessionStore {
   /**
    * Appends one turn. A store that can write `usage` in the same round trip
    * does so and says `usageLogged: true`; otherwise the caller logs it.
+   * Idempotent by `requestId` (the Redis append; agent_finish_turn with its
+   * usage row): a save sent again after an unknown outcome appends once.
    */
   append(
     key: SessionKey,
     user: string,
     assistant: string,
+    requestId: string,
     usage?: UsageEvent,
   ): Promise<{ owned: boolean; usageLogged: boolean }>;
 }
@@ -59,7 +64,7 @@ export function createSupabaseSessionStore(db: TurnDatabase, limits: SessionLimi
         owned: true,
         history: (begin) => begin.history ?? [],
       }),
-    async append(key, user, assistant, usage) {
+    async append(key, user, assistant, _requestId, usage) {
       const args = {
         p_session_id: key.sessionId,
         p_org_id: key.orgId,
@@ -96,6 +101,9 @@ return {1, redis.call('LRANGE', KEYS[2], -n, -1)}
 export const APPEND_SCRIPT = `
 local owner = redis.call('GET', KEYS[1])
 if owner and owner ~= ARGV[1] then return 0 end
+if redis.call('ZADD', KEYS[4], 'NX', ARGV[8], ARGV[9]) == 0 then return 1 end
+redis.call('ZREMRANGEBYSCORE', KEYS[4], '-inf', tonumber(ARGV[8]) - tonumber(ARGV[10]))
+redis.call('EXPIRE', KEYS[4], ARGV[10])
 local max = tonumber(ARGV[4])
 redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[6])
 local now = tonumber(ARGV[8])
@@ -123,6 +131,17 @@ export function ownerTtlSeconds(ttlSeconds: number): number {
 export function sessionKeys(sessionId: string): [string, string] {
   return [`agent-chat:{${sessionId}}:owner`, `agent-chat:{${sessionId}}:messages`];
 }
+
+/**
+ * The request ids of the session's recent appends (a sorted set by time, the
+ * session's hash slot), so a save sent again appends once.
+ */
+export function turnsKey(sessionId: string): string {
+  return `agent-chat:{${sessionId}}:turns`;
+}
+
+/** How long a turn's append mark is kept: longer than any retry of its save. */
+export const TURN_MARK_SECONDS = 3600;
 
 /** The member's index of session ids (scored by owner-key expiry, in seconds). */
 export function memberIndexKey(userId: string): string {
@@ -164,8 +183,12 @@ export function createRedisSessionStore(
       );
       return plan(true, history);
     },
-    async append(key, user, assistant) {
-      const keys = [...sessionKeys(key.sessionId), memberIndexKey(key.userId)];
+    async append(key, user, assistant, requestId) {
+      const keys = [
+        ...sessionKeys(key.sessionId),
+        memberIndexKey(key.userId),
+        turnsKey(key.sessionId),
+      ];
       const result = await redis.run("append", keys, [
         owner(key),
         JSON.stringify({ role: "user", content: user }),
@@ -175,6 +198,8 @@ export function createRedisSessionStore(
         String(ownerTtlSeconds(limits.ttlSeconds)),
         key.sessionId,
         String(Math.floor(Date.now() / 1000)),
+        requestId,
+        String(TURN_MARK_SECONDS),
       ]);
       return { owned: Number(result) === 1, usageLogged: false };
     },

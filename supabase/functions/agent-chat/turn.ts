@@ -21,8 +21,8 @@ export interface TokenUsage {
   cached_prompt_tokens: number;
 }
 
-/** The request buckets, a policy's channel: bucket, and the token quotas (`tokens`). */
-export type RateLimitScope = "org" | "user" | "ip" | "channel" | "tokens";
+/** The request buckets, a policy's channel: bucket, the token quotas (`tokens`), and replays and 409s (`replay`). */
+export type RateLimitScope = "org" | "user" | "ip" | "channel" | "tokens" | "replay";
 
 /** The one shape of a rate-limit decision (rate-limit.ts reads it from the begin-turn result). */
 export interface RateLimitDecision {
@@ -117,7 +117,7 @@ export interface Outcome {
   attempts?: number | undefined;
   /** `code`: an `ErrorCode` of _shared/errors.ts (AgentError's code). */
   error?: { code: string; detail: string } | undefined;
-  /** The stored answer of an Idempotency-Key was sent again (no model call, no row). */
+  /** The stored answer of an Idempotency-Key was sent again (no model call; counted like a refusal). */
   replayed?: boolean | undefined;
 }
 
@@ -147,6 +147,8 @@ export interface BeginTurnArgs {
   p_model: string | null;
   /** After this many seconds an unsettled reservation stops counting. */
   p_reserve_seconds: number;
+  /** Times the prompt may be billed (1 + retries): the history the database reads counts this often. */
+  p_prompt_copies: number;
 }
 
 /** The arguments of `public.agent_end_turn` and `public.agent_finish_turn` (the stored turn). */

@@ -3,12 +3,14 @@
  * it is written (`createUsageLogger`): one insert, handed to
  * `EdgeRuntime.waitUntil` when the runtime has it, awaited otherwise. Every
  * string is made storable first, so no client input can make the insert
- * fail; a failed insert never fails the request, it becomes a log line.
+ * fail; a failed insert never fails the request: it becomes a log line and
+ * a durable retry (recovery.ts).
  */
 import { describe } from "../_shared/errors.ts";
 import type { Logger } from "../_shared/log.ts";
 import { storable } from "../_shared/text.ts";
 import type { TurnDatabase } from "./database.ts";
+import type { Recovery } from "./recovery.ts";
 import type { Outcome, RequestFacts, UsageEvent } from "./turn.ts";
 
 /** Keeps the isolate alive until `promise` settles (EdgeRuntime.waitUntil). */
@@ -85,7 +87,12 @@ function metadataOf(settings: UsageSettings, facts: RequestFacts, outcome: Outco
     stream: facts.stream ?? false,
     ...(facts.clientIp ? { client_ip: facts.clientIp } : {}),
     ...(scope ? { rate_limit: { scope, remaining: rl?.remaining ?? 0 } } : {}),
+    // The model asked for, when the upstream names another: an unpriced name is priced as this one.
+    ...(outcome.model && outcome.model !== settings.model
+      ? { requested_model: settings.model }
+      : {}),
     ...(outcome.estimated ? { tokens_estimated: true } : {}),
+    ...(outcome.replayed ? { replayed: true } : {}),
     ...(outcome.attempts && outcome.attempts > 1 ? { model_attempts: outcome.attempts } : {}),
     ...(facts.clientRequestId ? { client_request_id: facts.clientRequestId } : {}),
     ...(facts.requestedOrgId ? { requested_org_id: facts.requestedOrgId } : {}),
@@ -98,27 +105,34 @@ export interface UsageLogger {
   record(event: UsageEvent): Promise<void>;
 }
 
+/**
+ * Writes a usage event: its row (agent_log_usage), or with the log off its
+ * settlement alone (agent_settle_usage). A write the database did not take
+ * (or whose outcome is unknown) is logged and handed to the durable retry:
+ * the row lands once the database is back, once (unique request_id).
+ */
 export function createUsageLogger(options: {
   enabled: boolean;
-  db: Pick<TurnDatabase, "logUsage"> & Partial<Pick<TurnDatabase, "settleIdempotency">>;
+  db: Pick<TurnDatabase, "logUsage" | "settleUsage">;
   log: Logger;
   extendLifetime: ExtendLifetime | undefined;
+  recovery?: Pick<Recovery, "retry"> | undefined;
 }): UsageLogger {
   return {
     enabled: options.enabled,
     async record(event) {
-      // With the log off, an Idempotency-Key is still settled, without a row.
-      if (!options.enabled && !event.idempotency) return;
+      // With the log off the event is still settled, without a row: the
+      // reservation, the token and spend counters, the Idempotency-Key.
       const row = storable(event);
-      const call = options.enabled
-        ? options.db.logUsage(row)
-        : options.db.settleIdempotency?.(row) ?? Promise.resolve();
-      const insert = call.catch((error) => {
+      const write = () => options.enabled ? options.db.logUsage(row) : options.db.settleUsage(row);
+      const insert = write().catch((error) => {
         options.log("error", "usage_log_failed", {
           request_id: event.request_id,
           error_code: event.error_code,
           detail: describe(error),
+          retried: options.recovery !== undefined,
         });
+        options.recovery?.retry({ name: "usage row", requestId: event.request_id, attempt: write });
       });
       if (options.extendLifetime) options.extendLifetime(insert);
       else await insert;

@@ -45,7 +45,7 @@ select is_empty(
     cross join (values ('anon'), ('authenticated')) r(role)
     where n.nspname in ('public', 'ops') and has_function_privilege(r.role, p.oid, 'execute')$$,
   'anon and authenticated may execute no function in public or ops');
-select ok(has_function_privilege('service_role', 'public.agent_begin_turn(uuid, uuid, text, text, uuid, integer, integer, integer, integer, integer, boolean, boolean, text, integer, text, integer, timestamptz, text, text)', 'execute'),
+select ok(has_function_privilege('service_role', 'public.agent_begin_turn(uuid, uuid, text, text, uuid, integer, integer, integer, integer, integer, boolean, boolean, text, integer, text, integer, timestamptz, text, text, integer)', 'execute'),
   'service_role may execute agent_begin_turn');
 select ok(not has_schema_privilege('authenticated', 'ops', 'usage') and not has_schema_privilege('anon', 'ops', 'usage'),
   'anon and authenticated cannot even see schema ops');

@@ -4,7 +4,7 @@
 -- closed to anon and authenticated.
 begin;
 \ir ../support/pgtap-helpers.psql
-select plan(31);
+select plan(32);
 
 -- setup
 create temp table t_ctx as
@@ -47,13 +47,15 @@ select is((select expires_at from ops.idempotency_keys k, t_ctx where k.user_id 
   '2026-06-01 10:10:00+00'::timestamptz, 'for a lease of 10 minutes');
 
 -- test: duplicates while it runs
-select is((select tests.keyed_turn(alice, 'k-1', 'hash-a', 'req-2', t0 + interval '1 second') from t_ctx),
-  '{"outcome": "request_in_progress", "request_id": "req-1", "retry_after_seconds": 1}'::jsonb,
+select is((select tests.keyed_turn(alice, 'k-1', 'hash-a', 'req-2', t0 + interval '1 second') - 'rate_limit' from t_ctx),
+  '{"outcome": "request_in_progress", "member": true, "request_id": "req-1", "retry_after_seconds": 1}'::jsonb,
   'the same key and body while running: request_in_progress with a retry-after');
 select is((select tests.keyed_turn(alice, 'k-1', 'hash-b', 'req-3', t0 + interval '1 second') ->> 'outcome' from t_ctx),
   'idempotency_mismatch', 'the same key with another body: idempotency_mismatch');
 select is((select tests.user_bucket(alice) from t_ctx), 2,
-  'the 422 costs one user: slot like every refusal; the 409 (a protocol retry) is free');
+  'the 422 costs one user: slot like every refusal; the 409 (a protocol retry) does not eat the user''s questions');
+select is((select r.slot_total from ops.rate_limits r, t_ctx where r.bucket_key = 'replay:' || alice), 1,
+  'but it takes a slot of the user''s replay: bucket');
 select is((select tests.keyed_turn(bob, 'k-1', 'hash-b', 'req-4', t0) ->> 'outcome' from t_ctx), 'ok',
   'keys are per user: another user''s k-1 is its own');
 
@@ -70,10 +72,11 @@ select is((select state || ':' || (response ->> 'message') from ops.idempotency_
   'completed:the answer', 'the usage row of the attempt completes the key with its answer');
 select is((select count(*)::int from public.agent_usage_events where request_id = 'req-1'), 1,
   'and the usage row itself is written');
-select is((select tests.keyed_turn(alice, 'k-1', 'hash-a', 'req-5', now() + interval '1 minute') from t_ctx),
-  '{"outcome": "replay", "response": {"message": "the answer", "request_id": "req-1"}}'::jsonb,
+select is((select tests.keyed_turn(alice, 'k-1', 'hash-a', 'req-5', now() + interval '1 minute') - 'rate_limit' from t_ctx),
+  '{"outcome": "replay", "member": true, "response": {"message": "the answer", "request_id": "req-1"}}'::jsonb,
   'a retry with the same body replays the stored answer');
-select is((select tests.user_bucket(alice) from t_ctx), 2, 'without charging a bucket');
+select is((select r.slot_total from ops.rate_limits r, t_ctx where r.bucket_key = 'replay:' || alice), 1,
+  'and takes a slot of the replay: bucket (of this later window): replays are not free traffic');
 select is((select tests.keyed_turn(alice, 'k-1', 'hash-b', 'req-6', now() + interval '1 minute') ->> 'outcome' from t_ctx),
   'idempotency_mismatch', 'another body under a completed key: idempotency_mismatch');
 select ok((select expires_at > now() + interval '59 minutes' and expires_at <= now() + interval '1 hour'
@@ -99,10 +102,10 @@ select is((select state from ops.idempotency_keys k, t_ctx where k.user_id = ali
 
 -- test: with the usage log off, the settlement alone writes no usage row
 select tests.keyed_turn(alice, 'k-3', 'hash-a', 'req-9', t0) from t_ctx;
-select public.agent_settle_idempotency(jsonb_build_object('request_id', 'req-9', 'user_id', alice,
+select public.agent_settle_usage(jsonb_build_object('request_id', 'req-9', 'user_id', alice,
   'idempotency', jsonb_build_object('key', 'k-3', 'outcome', 'complete', 'ttl_seconds', 60, 'response', '{}'::jsonb))) from t_ctx;
 select is((select state from ops.idempotency_keys k, t_ctx where k.user_id = alice and k.idempotency_key = 'k-3'),
-  'completed', 'agent_settle_idempotency completes the key');
+  'completed', 'agent_settle_usage completes the key');
 select is((select count(*)::int from public.agent_usage_events where request_id = 'req-9'), 0, 'without a usage row');
 
 -- test: a refused turn holds no key
@@ -128,12 +131,12 @@ select tests.clear_authentication();
 
 -- test: anon and authenticated
 select tests.authenticate_as_anon();
-select throws_ok($$select public.agent_settle_idempotency('{}'::jsonb)$$, '42501', null,
-  'anon calling agent_settle_idempotency is denied');
+select throws_ok($$select public.agent_settle_usage('{}'::jsonb)$$, '42501', null,
+  'anon calling agent_settle_usage is denied');
 select tests.clear_authentication();
 select tests.authenticate_as((select alice from t_ctx));
-select throws_ok($$select public.agent_settle_idempotency('{}'::jsonb)$$, '42501', null,
-  'authenticated calling agent_settle_idempotency is denied');
+select throws_ok($$select public.agent_settle_usage('{}'::jsonb)$$, '42501', null,
+  'authenticated calling agent_settle_usage is denied');
 select throws_ok($$select count(*) from ops.idempotency_keys$$, '42501', null,
   'authenticated cannot read the keys');
 select tests.clear_authentication();

@@ -6,7 +6,7 @@
 -- kept. Only service_role may erase or export.
 begin;
 \ir ../support/pgtap-helpers.psql
-select plan(31);
+select plan(32);
 
 -- setup: alice talks in two sessions, with a stored answer, a reservation and usage rows; bob is untouched
 create temp table t_ctx as
@@ -20,6 +20,7 @@ select public.agent_end_turn(sb, org, bob, 'app', 'bob question', 'bob answer', 
 select tests.begin_turn(org, alice, '10.1.2.3', now()) from t_ctx;
 insert into ops.idempotency_keys (user_id, idempotency_key, request_hash, org_id, request_id, state, response, created_at, completed_at, expires_at)
 select alice, 'key-1', 'h', org, 'r-key-1', 'completed', '{"message": "Your balance is 12,000"}', now(), now(), now() + interval '1 day' from t_ctx;
+select ops.add_opt_out(org, alice, 'sms', 'asked by phone', 'dpo@example.test') from t_ctx;
 insert into ops.token_reservations (request_id, org_id, user_id, model, tokens, expires_at)
 select 'r-open', org, alice, 'gpt-4.1-mini', 1000, now() + interval '5 minutes' from t_ctx;
 insert into public.agent_usage_events (request_id, org_id, user_id, session_id, channel, model, prompt_tokens, completion_tokens,
@@ -58,6 +59,7 @@ select is((select doc #>> '{sessions,0,messages,0,content}' from t_export), 'My 
   'with their messages');
 select is((select jsonb_array_length(doc -> 'usage_events') from t_export), 3, 'her usage rows, not bob''s');
 select is((select doc #>> '{stored_answers,0,response,message}' from t_export), 'Your balance is 12,000', 'her stored answers');
+select is((select doc #>> '{opt_out_history,0,actor}' from t_export), 'dpo@example.test', 'her opt-outs with their history');
 
 -- test: forget_user as service_role
 select tests.authenticate_as_service_role();

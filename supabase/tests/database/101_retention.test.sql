@@ -6,7 +6,7 @@
 -- are audited.
 begin;
 \ir ../support/pgtap-helpers.psql
-select plan(20);
+select plan(22);
 
 -- setup
 create temp table t_ctx as select gen_random_uuid() as org, tests.create_user() as alice, gen_random_uuid() as s_old,
@@ -69,6 +69,17 @@ select is((select (ops.purge_expired(now) ->> 'usage_events_scrubbed')::int from
 select is((select ops.purge_expired(now) ->> 'more' from t_ctx), 'true', 'and says there is more');
 select is((select count(*)::int from public.agent_usage_events where request_id like 'ret-batch-%' and metadata ? 'client_ip'), 1,
   'the rest waits for the next call');
+
+-- test: the index the scrub reads and the scrub's own filter name exactly the personal keys
+select is((select pg_get_expr(i.indpred, i.indrelid) from pg_index i
+           where i.indexrelid = 'public.agent_usage_events_personal_idx'::regclass),
+  (select '(metadata ?| ARRAY[' || string_agg(quote_literal(k) || '::text', ', ') || '])'
+   from unnest(ops.personal_metadata_keys()) k),
+  'the partial index is over exactly ops.personal_metadata_keys()');
+select ok((select position((select 'metadata ?| array[' || string_agg(quote_literal(k), ', ') || ']'
+                            from unnest(ops.personal_metadata_keys()) k) in p.prosrc) > 0
+           from pg_proc p where p.oid = 'ops.purge_expired(timestamptz, interval, integer)'::regprocedure),
+  'and ops.purge_expired filters with the same list (so the index serves it)');
 
 -- test: settings are audited and checked
 select is((select actor || ' ' || action || ' ' || (new_value ->> 'batch_rows') from ops.policy_audit

@@ -299,8 +299,9 @@ Deno.test("app developer's path: npm run dev twice, then the README's supabase-j
       const again = await app.ask(a.supabase, body, key);
       assertEquals(again, first);
       assertEquals(await messages(first.session_id), 2);
+      // One model call; the replay is counted too, without tokens (metadata.replayed).
       const rows = await db`select count(*)::int as n from public.agent_usage_events
-                            where user_id = ${a.user} and success`;
+                            where user_id = ${a.user} and success and total_tokens > 0`;
       assertEquals(rows[0]!.n, 1);
     });
   } finally {

@@ -352,7 +352,7 @@ Deno.test("held: anon and authenticated reach no table, sequence or function bey
       "begin turn":
         `select public.agent_begin_turn('${owner.orgId}'::uuid, '${other.userId}'::uuid)`,
       "log usage": `select public.agent_log_usage('{"request_id":"x"}'::jsonb)`,
-      "settle a key": `select public.agent_settle_idempotency('{}'::jsonb)`,
+      "settle a key": `select public.agent_settle_usage('{}'::jsonb)`,
       "finish turn":
         `select public.agent_end_turn('${session_id}'::uuid, '${owner.orgId}'::uuid, '${other.userId}'::uuid, 'app', 'a', 'b')`,
       "usage report": "select * from ops.usage_report(now() - interval '1 day', now())",

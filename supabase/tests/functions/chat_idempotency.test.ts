@@ -25,6 +25,8 @@ async function waitFor<T>(probe: () => T, done: (v: T) => boolean, timeoutMs = 5
   return value;
 }
 
+type Meta = Record<string, unknown>;
+
 function keyed(h: Harness, m: Member, body: Json, key: string): Promise<Response> {
   return h.call(body, { token: m.token, ip: m.ip, headers: { "idempotency-key": key } });
 }
@@ -49,7 +51,7 @@ async function userBucket(h: Harness, m: Member): Promise<number> {
 }
 
 async function rowsOf(h: Harness, m: Member) {
-  return await h.sql`select error_code, success from public.agent_usage_events
+  return await h.sql`select error_code, success, metadata from public.agent_usage_events
     where user_id = ${m.userId} order by id`;
 }
 
@@ -118,10 +120,12 @@ for (const store of STORES) {
       assertEquals((await other.json()).error.code, "idempotency_mismatch");
 
       assertEquals(h.openai.requests.length, 1, "one model call in all");
-      // The answered turn and the 422 (a refusal, charged like the others); replays are free.
+      // The answered turn and the 422 (a refusal, charged like the others); replays take
+      // slots of the replay: bucket instead, and are counted like refusals.
       assertEquals(await userBucket(h, m), 2, "one charge for the turn, one for the 422");
       const rows = await rowsOf(h, m);
-      assertEquals(rows.filter((r) => r.success).length, 1, "one success row: replays write none");
+      const billed = rows.filter((r) => r.success && !(r.metadata as Meta).replayed);
+      assertEquals(billed.length, 1, "one answered row: replays are counted without tokens");
       assertEquals(rows.filter((r) => !r.success).map((r) => r.error_code), [
         "idempotency_mismatch",
       ]);
@@ -178,10 +182,10 @@ for (const store of STORES) {
           const replay = await keyed(h, m, body, "double-tap");
           assertEquals(await answerOf(replay), first);
           assertEquals(upstream.state.requests, 1, "exactly one model call");
-          // The turn and the 422 (a refusal, charged); the 409 and the replay are free.
+          // The turn and the 422 (a refusal, charged); the 409 and the replay take replay: slots.
           assertEquals(await userBucket(h, m), 2, "the turn and the 422");
           const rows = await rowsOf(h, m);
-          assertEquals(rows.filter((r) => r.success).length, 1);
+          assertEquals(rows.filter((r) => r.success && !(r.metadata as Meta).replayed).length, 1);
           const turns = await storedTurns(
             h,
             m,

@@ -29,6 +29,7 @@ const begin: Required<BeginTurnArgs> = {
   p_reserve_tokens: 0,
   p_model: null,
   p_reserve_seconds: 0,
+  p_prompt_copies: 1,
 };
 const end: Required<EndTurnArgs> = {
   p_session_id: "",

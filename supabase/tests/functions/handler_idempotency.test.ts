@@ -1,7 +1,7 @@
 /**
  * Idempotency-Key against the handler with in-memory fakes: the key rules
  * (400), what the begin-turn call is sent, the replay (JSON and SSE, no
- * model call, no row), 409/422, and how each outcome of an attempt settles
+ * model call, counted like a refusal), 409/422, and how each outcome of an attempt settles
  * its key in the usage row (complete with the answer, or release).
  */
 import { assert, assertEquals, assertMatch } from "./assert.ts";
@@ -104,7 +104,7 @@ Deno.test("request hash: the fields that define the turn; not stream, not metada
   }
 });
 
-Deno.test("replay (JSON): the stored body, idempotent-replayed, no model call, no usage row", async () => {
+Deno.test("replay (JSON): the stored body, idempotent-replayed, no model call, counted like a refusal", async () => {
   const f = createFakes();
   f.begin = () => Promise.resolve({ outcome: "replay", response: STORED });
   const res = await createAgentChatHandler(f.deps)(chatRequest(hi, keyed("k1")));
@@ -113,7 +113,9 @@ Deno.test("replay (JSON): the stored body, idempotent-replayed, no model call, n
   assertEquals(res.headers.get("idempotent-replayed"), "true");
   assert(res.headers.get("x-request-id") !== STORED.request_id, "the header is this request's id");
   assertEquals(res.headers.get("ratelimit-remaining"), null, "no bucket was consulted");
-  assertEquals([f.modelCalls, f.usage.length, f.saved.length], [0, 0, 0]);
+  assertEquals([f.modelCalls, f.saved.length], [0, 0]);
+  assertEquals(f.usage.length, 1, "the first replay of the interval is a row");
+  assertEquals([f.usage[0]!.total_tokens, f.usage[0]!.metadata.replayed], [null, true]);
   const line = f.logs.find((l) => l.event === "request")!;
   assertEquals([line.fields.status, line.fields.idempotent_replayed], [200, true]);
 });
@@ -132,7 +134,7 @@ Deno.test("replay (SSE): session, the whole answer as one delta, done", async ()
   assertEquals(events[1]!.data, { text: STORED.message });
   const { message: _, ...done } = STORED;
   assertEquals(events[2]!.data, done);
-  assertEquals([f.modelCalls, f.usage.length], [0, 0]);
+  assertEquals([f.modelCalls, f.usage.length], [0, 1]);
 });
 
 Deno.test("422 idempotency_mismatch and 409 request_in_progress with Retry-After; no model call", async () => {
@@ -216,13 +218,13 @@ Deno.test("settlement: a service caller's key belongs to the asserted user", asy
   assertEquals(f.usage[0]!.idempotency!.outcome, "complete");
 });
 
-Deno.test("usage log off: only a keyed attempt's settlement is sent, through agent_settle_idempotency", async () => {
+Deno.test("usage log off: every event is settled without a row, through agent_settle_usage", async () => {
   const calls: string[] = [];
   const logger = createUsageLogger({
     enabled: false,
     db: {
       logUsage: () => Promise.resolve(void calls.push("log")),
-      settleIdempotency: () => Promise.resolve(void calls.push("settle")),
+      settleUsage: () => Promise.resolve(void calls.push("settle")),
     },
     log: () => {},
     extendLifetime: undefined,
@@ -230,5 +232,5 @@ Deno.test("usage log off: only a keyed attempt's settlement is sent, through age
   const event = { request_id: "r", metadata: {} } as unknown as UsageEvent;
   await logger.record(event);
   await logger.record({ ...event, idempotency: { key: "k", outcome: "release" } });
-  assertEquals(calls, ["settle"]);
+  assertEquals(calls, ["settle", "settle"], "counters and keys are settled, no row is logged");
 });

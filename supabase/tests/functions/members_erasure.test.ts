@@ -108,6 +108,7 @@ for (const v of variants) {
         ]);
         assertEquals(doc.usage_events.length, 2);
         assertEquals(doc.opt_outs.map((o: { channel: string }) => o.channel), ["sms"]);
+        assertEquals(doc.opt_out_history.map((a: { action: string }) => a.action), ["insert"]);
 
         const forgot = await ops(h, v, "forget", "--user", m.userId, "--by", "ticket 7", "--json");
         assertEquals(forgot.code, 0, forgot.err);

@@ -9,6 +9,7 @@ import { assertEquals } from "./assert.ts";
 import { testUrls } from "../support/function-harness.ts";
 import { withDb } from "../support/test-helpers.ts";
 import { runOps } from "../../../scripts/ops.ts";
+import { addressBlock, normalizeIp } from "../../functions/_shared/client-ip.ts";
 
 const personal = {
   client_ip: "198.51.100.23",
@@ -71,3 +72,24 @@ for (const how of ["pg_cron's call ops.purge_nightly()", "npm run ops -- purge"]
       }
     }));
 }
+
+Deno.test("retention: ops.address_block writes an IPv6 block as _shared/client-ip.ts does, IPv4 as its /24", () =>
+  withDb(async (sql) => {
+    const v6 = [
+      "2001:db8::1",
+      "2001:0db8:0000:0012:abcd::1",
+      "::1",
+      "fe80::1:2:3:4",
+      "2001:db8:a:b:c:d:e:f",
+    ];
+    for (const raw of v6) {
+      const ip = normalizeIp(raw)!;
+      const [row] = await sql`select ops.address_block(${ip}) as block`;
+      assertEquals(row!.block, addressBlock(ip), ip);
+    }
+    for (const ip of ["10.20.30.40", "255.255.255.255", "::ffff:192.0.2.7"]) {
+      const [row] = await sql`select ops.address_block(${ip}) as block`;
+      const v4 = normalizeIp(ip)!;
+      assertEquals(row!.block, `${v4.split(".").slice(0, 3).join(".")}.0/24`, ip);
+    }
+  }));

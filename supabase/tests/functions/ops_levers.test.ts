@@ -33,6 +33,10 @@ Deno.test("ops levers: bad arguments exit 2 naming the argument", async () => {
       [["switch", "off"], /--by: required \(switch off/],
       [["opt-out", "add", "--org", org()], /--by: required \(opt-out add/],
       [["policy", "bogus"], /policy needs show, set, clear or audit/],
+      [
+        ["policy", "set", "--org", org(), "user_tokens_per_day=500"],
+        /user_tokens_per_day=500: no turn could ever fit; the smallest turn reserves \d+ tokens/,
+      ],
     ] as Array<[string[], RegExp]>
   ) {
     const r = await ops(...argv);

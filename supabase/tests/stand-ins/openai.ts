@@ -8,6 +8,12 @@
  *   `{error: {message, type, param, code}}`.
  * Scriptable per request: reply text, latency, HTTP errors (429, 500, 503),
  * malformed bodies, a stream cut midway, a hang. Records every request.
+ * Billing is scriptable too: `perByteTokens` counts one token per UTF-8 byte
+ * (what a byte-level tokenizer does to digits with commas: the worst case;
+ * the reply is cut at `max_completion_tokens` bytes, as a real upstream cuts
+ * it at that many tokens), and `reportModel` names another model in the
+ * answer than the one asked for (an OpenAI-compatible gateway's
+ * `openai/gpt-4.1-mini`).
  * Not covered: tools, images, audio, the Responses API, `n > 1`.
  */
 
@@ -39,6 +45,10 @@ export interface OpenAIStandIn {
   fallback: Behaviour;
   /** Requests whose connection the client closed. */
   aborted: number;
+  /** One token per UTF-8 byte in the reported usage (default: about 4 characters a token). */
+  perByteTokens: boolean;
+  /** The model name the answer reports (default: the requested one with a date suffix). */
+  reportModel: string | undefined;
   handle(request: Request): Promise<Response>;
   stop(): Promise<void>;
 }
@@ -58,6 +68,22 @@ export function countTokens(text: string): number {
   return Math.max(1, Math.ceil(text.length / 4));
 }
 
+/** One token per UTF-8 byte: the most any byte-level tokenizer counts. */
+export function byteCount(text: string): number {
+  return encoder.encode(text).length;
+}
+
+/** `text` cut to at most `max` UTF-8 bytes (whole characters). */
+function cutToBytes(text: string, max: number | undefined): string {
+  if (max === undefined) return text;
+  let out = "";
+  for (const c of text) {
+    if (byteCount(out + c) > max) break;
+    out += c;
+  }
+  return out;
+}
+
 export function defaultReply(messages: Array<{ content: string }>): string {
   const last = messages[messages.length - 1]?.content ?? "";
   return `You said: ${last.slice(0, 200)}`;
@@ -74,6 +100,8 @@ export function createOpenAIStandIn(
     script: (...b) => queue.push(...b),
     fallback: { kind: "reply" },
     aborted: 0,
+    perByteTokens: false,
+    reportModel: undefined,
     handle,
     stop: () => Promise.resolve(),
   };
@@ -123,12 +151,15 @@ export function createOpenAIStandIn(
         headers: { "content-type": body.stream ? "text/event-stream" : "application/json" },
       });
     }
-    const text = behaviour.kind === "reply" && behaviour.text !== undefined
+    const wanted = behaviour.kind === "reply" && behaviour.text !== undefined
       ? behaviour.text
       : defaultReply(body.messages);
     if (behaviour.kind === "reply" && behaviour.latencyMs) await sleep(behaviour.latencyMs, signal);
-    const promptTokens = body.messages.reduce((n, m) => n + countTokens(m.content) + 4, 0);
-    const completionTokens = countTokens(text);
+    const tokens = state.perByteTokens ? byteCount : countTokens;
+    const text = state.perByteTokens ? cutToBytes(wanted, body.max_completion_tokens) : wanted;
+    const promptTokens = (state.perByteTokens ? 3 : 0) +
+      body.messages.reduce((n, m) => n + tokens(m.content) + 4, 0);
+    const completionTokens = tokens(text);
     const usage = {
       prompt_tokens: promptTokens,
       completion_tokens: completionTokens,
@@ -137,7 +168,7 @@ export function createOpenAIStandIn(
     };
     const id = `chatcmpl-${crypto.randomUUID()}`;
     const created = Math.floor(Date.now() / 1000);
-    const model = `${body.model}-2025-04-14`;
+    const model = state.reportModel ?? `${body.model}-2025-04-14`;
     if (!body.stream) {
       return Response.json({
         id,

@@ -61,6 +61,8 @@ export const SETTINGS: HandlerSettings = {
   sessionStore: "supabase",
   sessionMaxMessages: 20,
   maxOutputTokens: 800,
+  modelAttempts: 1,
+  turnDeadlineSeconds: 120,
   sessionTtlSeconds: 3600,
   rateLimit: { org: 10, user: 10, ip: 10, windowSeconds: 60 },
   trustedProxyHops: 1,

@@ -10,6 +10,9 @@ export interface RedisServer {
   stop(): Promise<void>;
   pause(): Promise<void>;
   resume(): Promise<void>;
+  /** Stops the process (SIGSTOP) without closing a connection: every command hangs until `thaw`. */
+  freeze(): void;
+  thaw(): void;
 }
 
 /**
@@ -91,5 +94,7 @@ export async function startRedis(
     },
     pause: stopServer,
     resume: startServer,
+    freeze: () => child?.kill("SIGSTOP"),
+    thaw: () => child?.kill("SIGCONT"),
   };
 }

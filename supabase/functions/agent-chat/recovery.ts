@@ -1,0 +1,163 @@
+/**
+ * Owns the durable retry of writes whose outcome the function could not
+ * learn or that a store could not take: a usage row, a settlement without a
+ * row, a turn's save. Every such write is idempotent by its request id (the
+ * usage row's unique request_id, ops.settled_requests, the request-id guard
+ * of agent_finish_turn and of the Redis append), so sending it again is
+ * safe, and a write that did land is not repeated.
+ *
+ * Pending writes live in the isolate. One drain loop at a time, kept alive
+ * with EdgeRuntime.waitUntil: it tries the oldest write and, when that
+ * lands, the rest (the store is back); when it fails, it waits (backoff 0.2
+ * to 5 s) and tries again. The next request wakes it at once (`nudge`). A
+ * write past its `until` runs its `giveUp` once instead (the turn's save
+ * gives up into a failure row that releases its key). The queue is bounded:
+ * past `maxPending` the oldest write is dropped with an error line.
+ */
+import { describe } from "../_shared/errors.ts";
+import type { Logger } from "../_shared/log.ts";
+
+export interface PendingWrite {
+  /** What is written, for the log line: "usage row", "turn save". */
+  name: string;
+  requestId: string;
+  /** One try; throws when the store did not take it. */
+  attempt(): Promise<void>;
+  /** Clock time (ms) after which the write is given up. */
+  until?: number | undefined;
+  /** Runs once when the write is given up. */
+  giveUp?: (() => Promise<void>) | undefined;
+}
+
+export interface Recovery {
+  /** Queues a write that failed once, and starts the drain loop. */
+  retry(write: PendingWrite): void;
+  /** Tries the pending writes now (the next request calls this). */
+  nudge(): void;
+  readonly pending: number;
+  /** Resolves once nothing is pending, or after `ms`. */
+  settled(ms: number): Promise<void>;
+}
+
+export interface RecoveryOptions {
+  log: Logger;
+  extendLifetime?: ((p: Promise<unknown>) => void) | undefined;
+  now?: () => number;
+  maxPending?: number;
+  baseDelayMs?: number;
+  maxDelayMs?: number;
+}
+
+type Queued = PendingWrite & { tries: number };
+
+/** The pending writes of one isolate and the one loop that drains them. */
+class RecoveryQueue implements Recovery {
+  private readonly queue: Queued[] = [];
+  private loop: Promise<void> | undefined;
+  private wake: (() => void) | undefined;
+  private failures = 0;
+  private readonly now: () => number;
+
+  constructor(private readonly options: RecoveryOptions) {
+    this.now = options.now ?? (() => performance.now());
+  }
+
+  get pending() {
+    return this.queue.length;
+  }
+
+  retry(write: PendingWrite) {
+    if (this.queue.length >= (this.options.maxPending ?? 10_000)) {
+      const dropped = this.queue.shift()!;
+      this.options.log("error", "write_dropped", {
+        write: dropped.name,
+        request_id: dropped.requestId,
+      });
+    }
+    this.queue.push({ ...write, tries: 1 });
+    if (this.loop) return;
+    this.loop = this.drain().finally(() => (this.loop = undefined));
+    this.options.extendLifetime?.(this.loop);
+  }
+
+  nudge() {
+    if (this.queue.length > 0) this.wake?.();
+  }
+
+  async settled(ms: number) {
+    const until = this.now() + ms;
+    while ((this.queue.length > 0 || this.loop) && this.now() < until) {
+      await new Promise((r) => setTimeout(r, 10));
+    }
+  }
+
+  private async drain() {
+    while (this.queue.length > 0) {
+      await this.pass();
+      if (this.queue.length === 0) break;
+      await new Promise<void>((resolve) => {
+        const timer = setTimeout(resolve, this.delay());
+        this.wake = () => {
+          clearTimeout(timer);
+          resolve();
+        };
+      });
+      this.wake = undefined;
+    }
+  }
+
+  /** One pass: the oldest write first; the rest only when it landed (the store is back). */
+  private async pass() {
+    const head = this.queue.shift();
+    if (!head) return;
+    if (!await this.attempt(head)) {
+      this.failures++;
+      return;
+    }
+    this.failures = 0;
+    await Promise.all(this.queue.splice(0).map((w) => this.attempt(w)));
+  }
+
+  /** True when the write is done with: landed, or given up. */
+  private async attempt(w: Queued): Promise<boolean> {
+    w.tries++;
+    const fields = { write: w.name, request_id: w.requestId, tries: w.tries };
+    try {
+      await w.attempt();
+      this.options.log("info", "write_recovered", fields);
+      return true;
+    } catch (error) {
+      if (w.until === undefined || this.now() < w.until) {
+        this.queue.push(w);
+        return false;
+      }
+      this.options.log("error", "write_given_up", { ...fields, detail: describe(error) });
+      await w.giveUp?.().catch(() => {});
+      return true;
+    }
+  }
+
+  private delay() {
+    const { baseDelayMs = 200, maxDelayMs = 5000 } = this.options;
+    return Math.min(baseDelayMs * 2 ** this.failures, maxDelayMs) * (0.75 + Math.random() / 4);
+  }
+}
+
+export function createRecovery(options: RecoveryOptions): Recovery {
+  return new RecoveryQueue(options);
+}
+
+/**
+ * Whether a failed write may have landed, or may land once the store is
+ * back: anything but an error the store answered with (a SQLSTATE outside
+ * connection exceptions (08), operator intervention (57), insufficient
+ * resources (53) and transaction rollbacks (40); a Redis reply error). A
+ * timeout, a dropped connection, a refused one: unknown.
+ */
+export function outcomeUnknown(error: unknown): boolean {
+  const e = error as { code?: unknown; name?: unknown } | undefined;
+  if (e?.name === "ReplyError") return false;
+  const code = typeof e?.code === "string" ? e.code : "";
+  const sqlstate = /^([0-9][0-9A-Z]|F0|HV|P0|XX)[0-9A-Z]{3}$/.test(code);
+  return !sqlstate || /^(08|57|53|40)/.test(code);
+}

@@ -1,0 +1,91 @@
+/**
+ * recovery.ts, the durable retry: a write is retried until it lands, the
+ * rest go once the oldest landed, a write past its `until` gives up once,
+ * the queue is bounded; outcomeUnknown tells an unknown outcome from an
+ * answered error.
+ */
+import { assert, assertEquals } from "./assert.ts";
+import { createRecovery, outcomeUnknown } from "../../functions/agent-chat/recovery.ts";
+import { DatabaseError } from "../../functions/agent-chat/database.ts";
+
+function logger() {
+  const lines: Array<{ event: string; fields: Record<string, unknown> }> = [];
+  return {
+    lines,
+    log: (_: string, event: string, fields: Record<string, unknown>) =>
+      lines.push({ event, fields }),
+  };
+}
+
+Deno.test("recovery: a write that fails is retried until the store takes it, then the others follow", async () => {
+  const { lines, log } = logger();
+  const recovery = createRecovery({ log, baseDelayMs: 5, maxDelayMs: 20 });
+  let down = 3;
+  const landed: string[] = [];
+  const write = (id: string) => ({
+    name: "usage row",
+    requestId: id,
+    attempt: () => {
+      if (down > 0) {
+        down--;
+        return Promise.reject(new Error("connection refused"));
+      }
+      landed.push(id);
+      return Promise.resolve();
+    },
+  });
+  recovery.retry(write("a"));
+  recovery.retry(write("b"));
+  await recovery.settled(2000);
+  assertEquals(landed.sort(), ["a", "b"]);
+  assertEquals(recovery.pending, 0);
+  assertEquals(lines.filter((l) => l.event === "write_recovered").length, 2);
+});
+
+Deno.test("recovery: past its until a write gives up once; past maxPending the oldest is dropped", async () => {
+  const { lines, log } = logger();
+  let clock = 0;
+  const recovery = createRecovery({
+    log,
+    now: () => clock,
+    baseDelayMs: 1,
+    maxDelayMs: 2,
+    maxPending: 2,
+  });
+  let gaveUp = 0;
+  const failing = (id: string, until?: number) => ({
+    name: "turn save",
+    requestId: id,
+    attempt: () => Promise.reject(new Error("timeout")),
+    until,
+    giveUp: () => Promise.resolve(void gaveUp++),
+  });
+  recovery.retry(failing("first", 10)); // in flight at once
+  recovery.retry(failing("x", 10));
+  recovery.retry(failing("y", 10));
+  recovery.retry(failing("z", 10)); // two pending already: the oldest goes
+  assert(lines.some((l) => l.event === "write_dropped" && l.fields.request_id === "x"));
+  clock = 11;
+  const until = performance.now() + 2000;
+  while (recovery.pending > 0 && performance.now() < until) {
+    recovery.nudge();
+    await new Promise((r) => setTimeout(r, 5));
+  }
+  assertEquals(gaveUp, 3, "first, y and z each gave up once");
+  assertEquals(lines.filter((l) => l.event === "write_given_up").length, 3);
+});
+
+Deno.test("recovery: outcomeUnknown is true for timeouts and lost connections, false for an answered error", () => {
+  assert(outcomeUnknown(new DatabaseError("agent_finish_turn: no answer within 400 ms")));
+  assert(
+    outcomeUnknown(
+      Object.assign(new Error("write CONNECTION_DESTROYED"), { code: "CONNECTION_DESTROYED" }),
+    ),
+  );
+  assert(outcomeUnknown(Object.assign(new Error("reset"), { code: "EPIPE" })));
+  assert(outcomeUnknown(new DatabaseError("terminating connection", "57P01")));
+  assert(outcomeUnknown(new DatabaseError("deadlock", "40P01")));
+  assert(!outcomeUnknown(new DatabaseError("invalid input syntax", "22P02")));
+  assert(!outcomeUnknown(new DatabaseError("raise", "P0001")));
+  assert(!outcomeUnknown(Object.assign(new Error("ERR script"), { name: "ReplyError" })));
+});
