@@ -1,7 +1,7 @@
 /**
  * `deno task bench [--quick] [--only a,b] [--write-docs] [--record-baseline]`
  * (npm run bench): the benchmark scenarios (scripts/bench/: begin-turn,
- * hot-tenant, ideal-turn, http, growth, cold-start, memory on one local stack with durable
+ * hot-tenant, ideal-turn, http, growth, cold-start, memory, fallbacks on one local stack with durable
  * PostgreSQL settings; sql-cost on a PostgreSQL of its own). Prints the
  * targets and tables, and writes the results regions of docs/benchmarks.md
  * (to .local/results/ unless --write-docs; with --only, the regions of the
@@ -28,6 +28,7 @@ import { growth } from "./bench/growth.ts";
 import { coldStart } from "./bench/cold-start.ts";
 import { memory } from "./bench/memory.ts";
 import { SQL_COST_PROFILES, sqlCost } from "./bench/sql-cost.ts";
+import { fallbacks } from "./bench/fallbacks.ts";
 
 /** The scenarios on the shared stack, in the order they run. */
 const ON_STACK: Record<
@@ -41,6 +42,7 @@ const ON_STACK: Record<
   growth: (ctx) => growth(ctx),
   "cold-start": (ctx) => coldStart(ctx),
   memory: (ctx) => memory(ctx),
+  fallbacks: (ctx) => fallbacks(ctx),
 };
 const SCENARIOS = [...Object.keys(ON_STACK), "sql-cost"];
 
@@ -88,7 +90,8 @@ await report(results, flags.profile);
 
 /** The scenarios that share one local stack, on it; the stack is stopped either way. */
 async function runOnStack(names: string[], profile: BenchProfile): Promise<ScenarioResult[]> {
-  if (!(await which("wrk"))) {
+  const needsWrk = names.some((name) => name !== "cold-start" && name !== "fallbacks");
+  if (needsWrk && !(await which("wrk"))) {
     console.error("error: wrk not found: apt-get install wrk (scripts/setup.sh --with-bench)");
     Deno.exit(1);
   }

@@ -24,6 +24,8 @@ import {
   startLocalStack,
 } from "../supabase/tests/support/local-stack.ts";
 import { alertIntervalSeconds, scheduleAlertCycles } from "./dev-alerts.ts";
+import type { Config } from "../supabase/functions/agent-chat/config.ts";
+import { DEFAULT_OPENAI_BASE_URL } from "../supabase/functions/agent-chat/model-upstreams.ts";
 
 const usage = `usage: deno task dev   (npm run dev)
 
@@ -160,11 +162,19 @@ async function serve(
   console.log(banner(stack, platform, alertInterval));
 }
 
+/** Which OpenAI URL the function calls, and its fallbacks: the stand-in's failure markers work on it. */
+function openaiLine(config: Config, standIn: boolean): string {
+  const url = config.openai.baseURL ?? DEFAULT_OPENAI_BASE_URL;
+  const what = standIn
+    ? `${url}  (the stand-in; markers [[fail:500]] [[fail:429]] [[hang]] [[cut-after:2]] in a message rehearse failures; set OPENAI_API_KEY for the real API)`
+    : `${url}  (OPENAI_API_KEY is set)`;
+  const fallbacks = config.fallbacks.map((f) => `\n  fallback      ${f.model} at ${f.baseURL}`);
+  return `${config.model} at ${what}${fallbacks.join("")}`;
+}
+
 function banner(stack: LocalStack, platform: Platform, alertInterval: number): string {
   const { config, openai, projectUrl, publishableKey } = platform;
-  const model = openai
-    ? `stand-in at ${openai.baseURL} (set OPENAI_API_KEY for the real API)`
-    : "real API (OPENAI_API_KEY is set)";
+  const model = openaiLine(config, openai !== undefined);
   return `
 agent-chat local stack is up
   project URL   ${projectUrl}

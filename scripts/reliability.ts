@@ -15,6 +15,7 @@ import { type Check, createContext, PROFILES } from "./reliability/context.ts";
 import { load } from "./reliability/load.ts";
 import { faults } from "./reliability/faults.ts";
 import { upstream } from "./reliability/upstream.ts";
+import { upstreamFallback } from "./reliability/upstream-fallback.ts";
 import { badInput } from "./reliability/bad-input.ts";
 import { floods } from "./reliability/floods.ts";
 import { slowBodies } from "./reliability/slow-bodies.ts";
@@ -23,6 +24,7 @@ const SCENARIOS = {
   load,
   faults,
   upstream,
+  "upstream-fallback": upstreamFallback,
   "bad-input": badInput,
   floods,
   "slow-bodies": slowBodies,

@@ -32,6 +32,40 @@ function period(ctx: CommandContext): { from: Date; to: Date } {
 }
 
 export const commands: Record<string, Command> = {
+  breakers: {
+    usage:
+      "breakers                 circuit breakers per upstream (from every isolate's usage rows, last 24h)",
+    flags: {},
+    help: `Circuit breakers per upstream (model@host), as the usage rows of every isolate saw them
+(ops.upstream_breakers): when each last opened and closed, attempts skipped, failed and answered in
+the last 5 minutes, and the likely state ("open (in some isolates)" = requests skipped it).
+
+example:
+  npm run ops -- breakers
+  npm run ops -- breakers --json`,
+    async run(ctx) {
+      print(ctx, await ctx.sql`select * from ops.upstream_breakers`);
+    },
+  },
+  models: {
+    usage:
+      "models [--since 7d]      answers per model and day, and the share answered by fallbacks",
+    flags: {
+      since: { type: "string" },
+      from: { type: "string" },
+      to: { type: "string" },
+    },
+    help: `Answers per UTC day and model (the model that answered), how many a fallback answered,
+and the day's fallback share (ops.model_answer_report). A rising share: the primary is failing.
+  --since <duration>  the period before --to (default 24h); or --from <iso> --to <iso>
+
+example:
+  npm run ops -- models --since 7d`,
+    async run(ctx) {
+      const { from, to } = period(ctx);
+      print(ctx, await ctx.sql`select * from ops.model_answer_report(${from}, ${to})`);
+    },
+  },
   buckets: {
     usage:
       "buckets <key>            show a rate-limit bucket (user:<uuid>, org:<uuid>, ip:<addr>, or a prefix like org:*)",

@@ -17,7 +17,7 @@ import {
   text,
 } from "./args.ts";
 
-const TEXT_FIELDS = new Set(["disabled_message", "note"]);
+const TEXT_FIELDS = new Set(["disabled_message", "note", "model", "model_fallbacks"]);
 
 /** `field=value` pairs as the JSON object ops.policy_set takes (`null` clears a field). */
 export function policySettings(pairs: string[]): Record<string, unknown> {

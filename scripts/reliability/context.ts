@@ -96,6 +96,8 @@ export interface ReliabilityContext {
   guard: Service;
   /** A secret API key the guard process accepts for service mode. */
   serviceKey: string;
+  /** The environment of an agent-chat process for `store` with `userLimit` (to spawn another). */
+  functionEnv(store: Store, userLimit: number): Record<string, string>;
   /** Model calls the OpenAI stand-in has answered so far. */
   openaiCalls(): Promise<number>;
   /** Postgres's clock, to select what a check wrote. */
@@ -184,6 +186,7 @@ export async function createContext(
     roomy,
     guard,
     serviceKey,
+    functionEnv: env,
     openaiCalls: async () =>
       ((await (await fetch(`${standIns.url}/requests`)).json()) as { openai: number }).openai,
     dbNow: async () => (await sql`select now() as now`)[0]!.now as Date,

@@ -315,6 +315,8 @@ create table ops.agent_policies (
   user_tokens_per_minute integer check (user_tokens_per_minute > 0),
   user_tokens_per_day integer check (user_tokens_per_day > 0),
   org_bucket_shards integer check (org_bucket_shards between 1 and 64),
+  model text check (model ~ '^[A-Za-z0-9._:/-]{1,128}$'),
+  model_fallbacks text check (model_fallbacks ~ '^[A-Za-z0-9._:/-]{1,128}(,[A-Za-z0-9._:/-]{1,128}){0,7}$'),
   note text,
   updated_by text,
   created_at timestamptz not null default now(),
@@ -335,6 +337,8 @@ comment on column ops.agent_policies.disabled_message is 'What users are told wh
 comment on column ops.agent_policies.channel_max_requests is 'Limit of this row''s channel: bucket per channel_window_seconds (default: the request window).';
 comment on column ops.agent_policies.org_bucket_shards is
   'K: the org: bucket is split into K rows (org:<id>#0 .. #K-1) whose limits add up to the org limit, so K turns of one busy org decide at once instead of queueing on one row (ops.consume_rate_limits_sharded). Never over-admits; a turn is refused only when no shard it can take has room. NULL or 1 = one row.';
+comment on column ops.agent_policies.model is 'The model this scope''s turns call (a tenant''s rows before the global ones, else AI_AGENT_MODEL), at OPENAI_BASE_URL unless AI_AGENT_MODEL_FALLBACKS configures that model''s upstream.';
+comment on column ops.agent_policies.model_fallbacks is 'Comma-separated models tried in order after a retryable failure of the model (at most 8), each at its configured upstream or OPENAI_BASE_URL; NULL = AI_AGENT_MODEL_FALLBACKS when the model is the environment''s, else none.';
 comment on column ops.agent_policies.org_tokens_per_day is 'Tokens per rolling 24 hours for the org (all its members); the turn reserves its worst case at admission.';
 create unique index agent_policies_scope_idx on ops.agent_policies (
   (coalesce(org_id, '00000000-0000-0000-0000-000000000000'::uuid)), (coalesce(channel, '')));

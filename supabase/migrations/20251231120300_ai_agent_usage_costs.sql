@@ -11,10 +11,10 @@ language sql
 immutable
 set search_path = ''
 as $$
-  select p_success or coalesce(p_error_code, 'internal_error') in ('openai_error', 'session_store_error', 'internal_error');
+  select p_success or coalesce(p_error_code, 'internal_error') in ('openai_error', 'upstream_unavailable', 'session_store_error', 'internal_error');
 $$;
 comment on function ops.is_served_outcome(boolean, text) is
-  'True for requests the service tried to answer (success, openai_error, session_store_error, internal_error). Refusals caused by the client (rate_limit, opt_out, invalid_request, unauthorized, forbidden, session_not_found) do not count against the success rate.';
+  'True for requests the service tried to answer (success, openai_error, upstream_unavailable, session_store_error, internal_error). Refusals caused by the client (rate_limit, opt_out, invalid_request, unauthorized, forbidden, session_not_found) do not count against the success rate.';
 
 -- ---------------------------------------------------------------------------
 -- Billing: which rows cost money.
@@ -623,6 +623,108 @@ comment on function ops.budget_status(timestamptz) is
   'Each budget (org_id NULL = the global one) with the month-to-date estimated spend of p_now''s month against it: the usage log (ops.month_to_date_spend) or the spend counters, whichever is higher. Budget alerts and the report read it.';
 
 -- ---------------------------------------------------------------------------
+-- Model fallbacks and circuit breakers, read from the usage rows: an answer
+-- is a fallback's when its metadata.model_attempts (written by the function
+-- whenever more than one upstream was tried or skipped) does not start with
+-- the answer. Breakers live in each isolate; their transitions are on the
+-- attempts (breaker: opened | probe | closed), so these reports show every
+-- isolate's.
+-- ---------------------------------------------------------------------------
+create function ops.model_answer_report(p_from timestamptz, p_to timestamptz)
+returns table (
+  day date,
+  model text,
+  answers bigint,
+  fallback_answers bigint,
+  day_answers bigint,
+  day_fallback_share numeric
+)
+language sql
+stable
+set search_path = ''
+as $$
+  with per_model as (
+    select
+      (e.created_at at time zone 'UTC')::date as day,
+      e.model,
+      sum(e.event_count)::bigint as answers,
+      coalesce(sum(e.event_count) filter (
+        where e.metadata -> 'model_attempts' -> 0 ->> 'outcome' is distinct from 'answered'
+          and jsonb_typeof(e.metadata -> 'model_attempts') = 'array'
+      ), 0)::bigint as fallback_answers
+    from public.agent_usage_events e
+    where e.success
+      and e.created_at >= p_from
+      and e.created_at < p_to
+    group by 1, 2
+  )
+  select
+    m.day, m.model, m.answers, m.fallback_answers,
+    sum(m.answers) over w::bigint as day_answers,
+    round(sum(m.fallback_answers) over w / nullif(sum(m.answers) over w, 0), 4) as day_fallback_share
+  from per_model m
+  window w as (partition by m.day)
+  order by m.day, m.answers desc;
+$$;
+comment on function ops.model_answer_report(timestamptz, timestamptz) is
+  'Answered requests per UTC day and model (the model that answered), how many of them a fallback answered (the primary failed or its breaker was open), and the share of the whole day answered by fallbacks. A rising day_fallback_share means the primary upstream is failing.';
+
+create view ops.model_answers with (security_invoker = true) as
+  select * from ops.model_answer_report(date_trunc('day', now(), 'UTC') - interval '30 days', now() + interval '1 second');
+comment on view ops.model_answers is
+  'The last 30 UTC days: answers per model and the share answered by fallbacks (AI_AGENT_MODEL_FALLBACKS). See ops.model_answer_report.';
+
+create function ops.upstream_breaker_report(
+  p_now timestamptz default now(),
+  p_window interval default '24 hours',
+  p_recent interval default '5 minutes'
+)
+returns table (
+  upstream text,
+  last_opened_at timestamptz,
+  last_closed_at timestamptz,
+  skipped_recently bigint,
+  failed_recently bigint,
+  answered_recently bigint,
+  likely_state text
+)
+language sql
+stable
+set search_path = ''
+as $$
+  select
+    a ->> 'upstream' as upstream,
+    max(e.created_at) filter (where a ->> 'breaker' = 'opened') as last_opened_at,
+    max(e.created_at) filter (where a ->> 'breaker' = 'closed') as last_closed_at,
+    count(*) filter (where a ->> 'outcome' = 'skipped:breaker_open' and e.created_at > p_now - p_recent) as skipped_recently,
+    count(*) filter (where a ->> 'outcome' like 'failed:%' and e.created_at > p_now - p_recent) as failed_recently,
+    count(*) filter (where a ->> 'outcome' = 'answered' and e.created_at > p_now - p_recent) as answered_recently,
+    case
+      when count(*) filter (where a ->> 'outcome' = 'skipped:breaker_open' and e.created_at > p_now - p_recent) > 0
+        then 'open (in some isolates)'
+      when max(e.created_at) filter (where a ->> 'breaker' = 'opened')
+           > coalesce(max(e.created_at) filter (where a ->> 'breaker' = 'closed'), '-infinity')
+        then 'opened, not seen closed'
+      else 'closed'
+    end as likely_state
+  from public.agent_usage_events e
+  cross join lateral jsonb_array_elements(
+    case when jsonb_typeof(e.metadata -> 'model_attempts') = 'array' then e.metadata -> 'model_attempts' else '[]'::jsonb end
+  ) a
+  where e.created_at > p_now - p_window
+    and e.created_at <= p_now
+  group by 1
+  order by 1;
+$$;
+comment on function ops.upstream_breaker_report(timestamptz, interval, interval) is
+  'Circuit breakers per upstream (model@host), as the usage rows of the last p_window saw them: when one last opened and closed (in any isolate), and attempts skipped, failed and answered within p_recent. Breakers live per isolate: "open (in some isolates)" means requests skipped it recently. Attempts are listed only on rows with a fallback, a skip, a retry or a transition, so answered_recently counts those.';
+
+create view ops.upstream_breakers with (security_invoker = true) as
+  select * from ops.upstream_breaker_report();
+comment on view ops.upstream_breakers is
+  'Circuit breakers per upstream over the last 24 hours, from the usage rows (every isolate): last opened/closed, attempts skipped, failed and answered in the last 5 minutes, likely state. See ops.upstream_breaker_report.';
+
+-- ---------------------------------------------------------------------------
 -- Privileges of every function and view above, one statement each (checked
 -- by supabase/tests/database/004_privileges_inventory.test.sql): service_role
 -- alone may execute or read them.
@@ -643,7 +745,9 @@ revoke execute on function
   ops.usage_report(timestamptz, timestamptz, interval, uuid, boolean),
   ops.month_to_date_spend(timestamptz),
   ops.errors_by_code(timestamptz, timestamptz, uuid),
-  ops.budget_status(timestamptz)
+  ops.budget_status(timestamptz),
+  ops.model_answer_report(timestamptz, timestamptz),
+  ops.upstream_breaker_report(timestamptz, interval, interval)
 from public, anon, authenticated;
 grant execute on function
   ops.priced_as(text, text, timestamptz),
@@ -661,6 +765,8 @@ grant execute on function
   ops.usage_report(timestamptz, timestamptz, interval, uuid, boolean),
   ops.month_to_date_spend(timestamptz),
   ops.errors_by_code(timestamptz, timestamptz, uuid),
-  ops.budget_status(timestamptz)
+  ops.budget_status(timestamptz),
+  ops.model_answer_report(timestamptz, timestamptz),
+  ops.upstream_breaker_report(timestamptz, interval, interval)
 to service_role;
-grant select on ops.health_15m, ops.monthly_cost to service_role;
+grant select on ops.health_15m, ops.monthly_cost, ops.model_answers, ops.upstream_breakers to service_role;

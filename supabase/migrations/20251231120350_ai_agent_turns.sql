@@ -109,6 +109,8 @@ declare
   v_org_tpd integer;
   v_user_tpm integer;
   v_user_tpd integer;
+  v_model text;
+  v_model_fallbacks text;
   v_org_shards integer;
   v_org_budget numeric;
   v_global_budget numeric;
@@ -163,7 +165,7 @@ begin
          coalesce(pol.global_user_limit, p_user_limit), coalesce(pol.global_user_window, p_window_seconds),
          pol.channel_limit, coalesce(pol.channel_window, p_window_seconds),
          pol.org_channel_limit, coalesce(pol.org_channel_window, p_window_seconds),
-         pol.org_tpm, pol.org_tpd, pol.user_tpm, pol.user_tpd, pol.org_shards,
+         pol.org_tpm, pol.org_tpd, pol.user_tpm, pol.user_tpd, pol.org_shards, pol.model, pol.model_fallbacks,
          bud.org_budget, bud.global_budget, bud.any_budget,
          oo.found, oo.user_id, oo.channel,
          s.org_id, s.user_id, s.expires_at,
@@ -182,7 +184,8 @@ begin
        v_org_limit, v_org_window, v_user_limit, v_user_window, v_ip_limit, v_ip_window,
        v_global_user_limit, v_global_user_window,
        v_channel_limit, v_channel_window, v_org_channel_limit, v_org_channel_window,
-       v_org_tpm, v_org_tpd, v_user_tpm, v_user_tpd, v_org_shards, v_org_budget, v_global_budget, v_any_budget,
+       v_org_tpm, v_org_tpd, v_user_tpm, v_user_tpd, v_org_shards, v_model, v_model_fallbacks,
+       v_org_budget, v_global_budget, v_any_budget,
        v_opt_out, v_opt_out_user, v_opt_out_channel,
        v_session_org, v_session_user, v_session_expires, v_history
   from (
@@ -210,7 +213,9 @@ begin
            coalesce(max(p.org_tokens_per_day) filter (where p.org_id is not null), max(p.org_tokens_per_day)) as org_tpd,
            coalesce(max(p.user_tokens_per_minute) filter (where p.org_id is not null), max(p.user_tokens_per_minute)) as user_tpm,
            coalesce(max(p.user_tokens_per_day) filter (where p.org_id is not null), max(p.user_tokens_per_day)) as user_tpd,
-           coalesce(max(p.org_bucket_shards) filter (where p.org_id is not null), max(p.org_bucket_shards)) as org_shards
+           coalesce(max(p.org_bucket_shards) filter (where p.org_id is not null), max(p.org_bucket_shards)) as org_shards,
+           coalesce(max(p.model) filter (where p.org_id is not null), max(p.model)) as model,
+           coalesce(max(p.model_fallbacks) filter (where p.org_id is not null), max(p.model_fallbacks)) as model_fallbacks
     from ops.agent_policies p
     where coalesce(p.org_id, v_zero) in (v_zero, p_org_id) and coalesce(p.channel, '') in ('', p_channel)
   ) pol
@@ -351,14 +356,14 @@ begin
 
     -- Enforced budgets: refuse once spend plus open reservations reach them.
     -- The reservation holds its tokens at the model's highest per-token price.
-    v_reserve_usd := ops.worst_case_usd(p_model, v_reserve, p_now);
+    v_reserve_usd := ops.worst_case_usd(coalesce(v_model, p_model), v_reserve, p_now);
     -- A model without a price could spend without limit under an enforced
     -- budget: refused until ops.model_prices has its price (fail closed).
     if v_reserve_usd is null and coalesce(v_org_budget, v_global_budget) is not null then
       return jsonb_build_object('outcome', 'budget_exceeded', 'member', true,
         'budget', jsonb_build_object('scope', case when v_org_budget is not null then 'org' else 'global' end,
                                      'budget_usd', coalesce(v_org_budget, v_global_budget),
-                                     'unpriced_model', p_model));
+                                     'unpriced_model', coalesce(v_model, p_model)));
     end if;
     v_reserve_usd := coalesce(v_reserve_usd, 0);
     if v_org_budget is not null then
@@ -428,7 +433,7 @@ begin
   -- 7. The reservation, when a quota or an enforced budget applies.
   if v_admission and p_request_id is not null then
     insert into ops.token_reservations (request_id, org_id, user_id, model, tokens, usd, created_at, expires_at)
-    values (p_request_id, p_org_id, p_user_id, p_model, v_reserve, v_reserve_usd, p_now,
+    values (p_request_id, p_org_id, p_user_id, coalesce(v_model, p_model), v_reserve, v_reserve_usd, p_now,
             p_now + make_interval(secs => greatest(coalesce(p_reserve_seconds, 300), 1)))
     on conflict (request_id) do nothing;
   else
@@ -441,12 +446,14 @@ begin
     'rate_limit', v_decision,
     'reserved_tokens', v_reserve,
     'session_exists', coalesce(v_session_expires > p_now, false),
-    'history', v_history
+    'history', v_history,
+    'model', v_model,
+    'model_fallbacks', v_model_fallbacks
   );
 end;
 $$;
 comment on function public.agent_begin_turn(uuid, uuid, text, text, uuid, integer, integer, integer, integer, integer, boolean, boolean, text, integer, text, integer, timestamptz, text, text, integer) is
-  'agent-chat, before the model, in one call: membership, switches (ops.agent_policies), opt-outs, session ownership (p_session_owned from the Redis store, or the session row), token quotas and enforced budgets (reserving the turn''s worst case under p_request_id), all-or-nothing request buckets org:/user:/ip:/channel: with the policy''s limits (else the arguments), and (Supabase store) the session history. A refusal (forbidden, opt_out, session_not_found) consumes one user: slot and is rate_limit past the user limit. With an Idempotency-Key (p_idempotency_key, checked before anything else): replay, idempotency_mismatch (one user: slot, like a refusal) or request_in_progress (a replay and a 409 take a slot of the replay: bucket, ten times the user limit). Returns {outcome: ok|forbidden|assistant_disabled|opt_out|session_not_found|rate_limit|budget_exceeded|replay|idempotency_mismatch|request_in_progress, member, rate_limit, message, budget, reserved_tokens, history}. service_role only.';
+  'agent-chat, before the model, in one call: membership, switches (ops.agent_policies), opt-outs, session ownership (p_session_owned from the Redis store, or the session row), token quotas and enforced budgets (reserving the turn''s worst case under p_request_id), all-or-nothing request buckets org:/user:/ip:/channel: with the policy''s limits (else the arguments), and (Supabase store) the session history. A refusal (forbidden, opt_out, session_not_found) consumes one user: slot and is rate_limit past the user limit. With an Idempotency-Key (p_idempotency_key, checked before anything else): replay, idempotency_mismatch (one user: slot, like a refusal) or request_in_progress (a replay and a 409 take a slot of the replay: bucket, ten times the user limit). Returns {outcome: ok|forbidden|assistant_disabled|opt_out|session_not_found|rate_limit|budget_exceeded|replay|idempotency_mismatch|request_in_progress, member, rate_limit, message, budget, reserved_tokens, history, model and model_fallbacks (the policy''s, or null: the environment''s)}. service_role only.';
 
 
 -- ---------------------------------------------------------------------------

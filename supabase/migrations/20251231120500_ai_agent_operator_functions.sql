@@ -193,7 +193,7 @@ as $$
     'org_max_requests', 'org_window_seconds', 'user_max_requests', 'user_window_seconds',
     'ip_max_requests', 'ip_window_seconds', 'channel_max_requests', 'channel_window_seconds',
     'org_tokens_per_minute', 'org_tokens_per_day', 'user_tokens_per_minute', 'user_tokens_per_day',
-    'org_bucket_shards', 'note'];
+    'org_bucket_shards', 'model', 'model_fallbacks', 'note'];
 $$;
 comment on function ops.policy_fields() is
   'The settable fields of ops.agent_policies, the one list of them: what ops.policy_set accepts and writes and ops.policy_show reports.';

@@ -70,10 +70,9 @@ export function isLoopback(hostname: string): boolean {
 export function secureUrl() {
   return z.preprocess(
     unsetIfEmpty,
-    z.url().refine((v) => {
-      const u = new URL(v);
-      return u.protocol === "https:" || (u.protocol === "http:" && isLoopback(u.hostname));
-    }, "must be https:// (or http:// to a loopback host)").optional(),
+    z.url().refine((v) => webUrlProblem(v) === undefined, {
+      error: (issue) => webUrlProblem(String(issue.input)) ?? "not an outbound URL",
+    }).optional(),
   );
 }
 
@@ -106,4 +105,21 @@ export function serviceKeysFrom(
     problems.push("SUPABASE_SECRET_KEYS: not valid JSON");
     return keys;
   }
+}
+
+/**
+ * Why `raw` may not be an outbound URL, or undefined when it may: `https://`,
+ * or plain `http://` only to a loopback host (the local stand-ins).
+ */
+export function webUrlProblem(raw: string): string | undefined {
+  let parsed: URL;
+  try {
+    parsed = new URL(raw);
+  } catch {
+    return `not a URL: ${JSON.stringify(raw.slice(0, 200))}`;
+  }
+  if (parsed.username || parsed.password) return "must not carry credentials (user:password@)";
+  if (parsed.protocol === "https:") return undefined;
+  if (parsed.protocol === "http:" && isLoopback(parsed.hostname)) return undefined;
+  return "must be https://, or http:// to a loopback host";
 }

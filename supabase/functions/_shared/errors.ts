@@ -17,6 +17,8 @@ export type ErrorCode =
   | "openai_error"
   | "session_store_error"
   | "assistant_disabled"
+  /** Every upstream's circuit breaker is open: nothing was sent; `Retry-After`. */
+  | "upstream_unavailable"
   | "internal_error"
   /** The client went away: logged and metered, never sent (nobody is there to read it). */
   | "client_closed";
@@ -37,6 +39,7 @@ export const STATUS_BY_CODE: Record<ErrorCode, number> = {
   openai_error: 502,
   session_store_error: 503,
   assistant_disabled: 503,
+  upstream_unavailable: 503,
 };
 
 export interface AgentErrorOptions {

@@ -16,6 +16,7 @@ import { type SessionStore, storeCall } from "./session-store.ts";
 import type {
   BeginTurnResult,
   ChatMessage,
+  ModelRoute,
   RateLimitDecision,
   SessionKey,
   StoredAnswer,
@@ -68,6 +69,8 @@ export interface AdmittedTurn {
   rateLimit: RateLimitDecision;
   /** The Idempotency-Key this turn holds until its usage row settles it. */
   idempotency?: IdempotencyClaim | undefined;
+  /** The tenant policy's model and fallbacks; absent: the environment's. */
+  route?: ModelRoute | undefined;
 }
 
 /** Who the turn is for and from where: the token's user, or what a service caller asserted. */
@@ -134,6 +137,16 @@ export async function admit(
     messages: [...history, { role: "user", content: body.message }],
     rateLimit,
     idempotency,
+    route: routeOf(begin),
+  };
+}
+
+/** The policy's model route from the begin-turn result, when a policy names a model. */
+function routeOf(begin: BeginTurnResult): ModelRoute | undefined {
+  if (begin.outcome !== "ok" || (!begin.model && !begin.model_fallbacks)) return undefined;
+  return {
+    model: begin.model ?? "",
+    fallbacks: begin.model_fallbacks?.split(",").filter(Boolean),
   };
 }
 

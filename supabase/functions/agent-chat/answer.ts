@@ -13,6 +13,7 @@ import { REPLAYED_HEADER, settle } from "./idempotency.ts";
 import { type ModelAnswer, type ModelClient, ModelError, type StreamEvent } from "./model.ts";
 import { outcomeUnknown, type Recovery } from "./recovery.ts";
 import type { ChatRequest } from "./request.ts";
+import { unavailable, UpstreamUnavailable } from "./fallbacks.ts";
 import { type SessionStore, storeError } from "./session-store.ts";
 import { type SSEWriter, streamSSE } from "./sse.ts";
 import { estimateUsage } from "./token-estimate.ts";
@@ -64,10 +65,14 @@ async function estimate(deps: AnswerDeps, ctx: TurnContext, text: string): Promi
 }
 
 function modelError(error: unknown): AgentError {
+  if (error instanceof UpstreamUnavailable) return unavailable(error);
   return new AgentError("openai_error", "the assistant could not answer, try again", {
     detail: describe(error),
   });
 }
+
+/** The upstreams the model call tried (fallbacks.ts), for the usage row. */
+const attemptsOf = (error: unknown) => error instanceof ModelError ? error.attempts : undefined;
 
 /** `usage` plus the prompts of `n` more attempts (a retried call sends the same prompt). */
 function withPrompts(usage: TokenUsage, prompt: number, n: number): TokenUsage {
@@ -92,6 +97,7 @@ async function billed(deps: AnswerDeps, ctx: TurnContext, answer: ModelAnswer): 
     usage: withPrompts(usage, usage.prompt_tokens, n),
     estimated: !answer.usage || n > 0,
     attempts: n + 1,
+    modelAttempts: answer.attempts,
   };
 }
 
@@ -103,7 +109,7 @@ async function failed(
   failure: AgentError,
 ): Promise<Outcome> {
   const n = error instanceof ModelError ? error.unsettledAttempts : 0;
-  if (n === 0) return { error: failure };
+  if (n === 0) return { error: failure, modelAttempts: attemptsOf(error) };
   const { prompt_tokens } = await estimate(deps, ctx, "");
   const none = { prompt_tokens: 0, completion_tokens: 0, total_tokens: 0, cached_prompt_tokens: 0 };
   return {
@@ -111,6 +117,7 @@ async function failed(
     estimated: true,
     attempts: n,
     error: failure,
+    modelAttempts: attemptsOf(error),
   };
 }
 
@@ -282,7 +289,7 @@ export async function answerJson(deps: AnswerDeps, ctx: TurnContext): Promise<Re
   let answer: ModelAnswer;
   try {
     const signal = AbortSignal.any([ctx.clientSignal, ctx.deadline]);
-    answer = await deps.model.complete(ctx.turn.messages, signal);
+    answer = await deps.model.complete(ctx.turn.messages, signal, ctx.turn.route);
   } catch (error) {
     return await callFailed(deps, ctx, error, "during the model call");
   }
@@ -302,7 +309,9 @@ export async function answerStream(deps: AnswerDeps, ctx: TurnContext): Promise<
   const stopUpstream = () => upstream.abort();
   ctx.clientSignal.addEventListener("abort", stopUpstream, { once: true });
   ctx.deadline.addEventListener("abort", stopUpstream, { once: true });
-  const events = deps.model.stream(ctx.turn.messages, upstream.signal)[Symbol.asyncIterator]();
+  const events = deps.model.stream(ctx.turn.messages, upstream.signal, ctx.turn.route)[
+    Symbol.asyncIterator
+  ]();
   let first: IteratorResult<StreamEvent>;
   try {
     first = await events.next();
@@ -385,7 +394,8 @@ async function streamCutShort(
     return;
   }
   const failure = error instanceof AgentError ? error : modelError(error);
-  await meter(deps, ctx, failure.status, { usage, estimated: true, error: failure });
+  const modelAttempts = attemptsOf(error);
+  await meter(deps, ctx, failure.status, { usage, estimated: true, error: failure, modelAttempts });
   sse.write("error", errorBody(failure, ctx));
   sse.close();
 }

@@ -17,8 +17,11 @@ import {
   serviceKeysFrom,
   text,
   url,
+  webUrlProblem,
 } from "../_shared/env.ts";
 import { resolveDatabase } from "./database.ts";
+import { chainProblem, resolveFallbacks } from "./model-upstreams.ts";
+import { RESERVATION_SECONDS } from "./admission.ts";
 import { resolveRedis } from "./redis-client.ts";
 
 export { ConfigError };
@@ -78,11 +81,15 @@ const envSchema = z.object({
   AI_AGENT_ALLOWED_ORIGINS: text("*"),
   OPENAI_API_KEY: optionalText(),
   OPENAI_BASE_URL: url(),
+  AI_AGENT_MODEL_FALLBACKS: optionalText(),
+  AI_AGENT_BREAKER_FAILURES: int(1, 1000, 5),
+  AI_AGENT_BREAKER_OPEN_SECONDS: int(1, 3600, 30),
+  AI_AGENT_SHUTDOWN_GRACE_MS: int(0, 600_000, 25_000),
 });
 
 type Env = z.output<typeof envSchema>;
 
-function toConfig(e: Env, problems: string[]) {
+function toConfig(e: Env, env: Record<string, string | undefined>, problems: string[]) {
   const serviceKeys = serviceKeysFrom(
     e.SUPABASE_SERVICE_ROLE_KEY,
     e.SUPABASE_SECRET_KEYS,
@@ -127,10 +134,25 @@ function toConfig(e: Env, problems: string[]) {
       maxRetries: e.AI_AGENT_OPENAI_MAX_RETRIES,
       client: e.AI_AGENT_OPENAI_CLIENT,
     },
+    ...upstreamsConfig(e, env, problems),
     maxMessageChars: e.AI_AGENT_MAX_MESSAGE_CHARS,
     maxBodyBytes: e.AI_AGENT_MAX_BODY_BYTES,
     bodyTimeoutMs: e.AI_AGENT_BODY_TIMEOUT_MS,
     allowedOrigins: e.AI_AGENT_ALLOWED_ORIGINS,
+  };
+}
+
+/** The fallbacks, their breakers and the clean stop (model-upstreams.ts, shutdown.ts). */
+function upstreamsConfig(e: Env, env: Record<string, string | undefined>, problems: string[]) {
+  const primary = { model: e.AI_AGENT_MODEL, baseURL: e.OPENAI_BASE_URL, apiKey: e.OPENAI_API_KEY };
+  return {
+    fallbacks: resolveFallbacks(e.AI_AGENT_MODEL_FALLBACKS, primary, env, problems),
+    breaker: {
+      failures: e.AI_AGENT_BREAKER_FAILURES,
+      openSeconds: e.AI_AGENT_BREAKER_OPEN_SECONDS,
+    },
+    /** How long a stopping isolate lets the turns under way finish. */
+    shutdownGraceMs: e.AI_AGENT_SHUTDOWN_GRACE_MS,
   };
 }
 
@@ -142,7 +164,7 @@ export function loadConfig(env: Record<string, string | undefined>): Config {
   if (!parsed.success) throw new ConfigError(problemsOf(parsed.error));
   const e = parsed.data;
   const problems: string[] = [];
-  const config = toConfig(e, problems);
+  const config = toConfig(e, env, problems);
   if (!e.SUPABASE_JWT_SECRET && !e.SUPABASE_JWKS_URL && !e.SUPABASE_URL) {
     problems.push(
       "SUPABASE_URL (for its JWKS), SUPABASE_JWKS_URL or SUPABASE_JWT_SECRET: needed to verify user tokens",
@@ -153,6 +175,8 @@ export function loadConfig(env: Record<string, string | undefined>): Config {
       "SUPABASE_JWT_ISSUER (or SUPABASE_URL): needed to check the issuer of user tokens",
     );
   }
+  const baseUrlProblem = e.OPENAI_BASE_URL && webUrlProblem(e.OPENAI_BASE_URL);
+  if (baseUrlProblem) problems.push(`OPENAI_BASE_URL: ${baseUrlProblem}`);
   const localModel = e.OPENAI_BASE_URL !== undefined &&
     isLoopback(new URL(e.OPENAI_BASE_URL).hostname);
   if (!e.OPENAI_API_KEY && !localModel) {
@@ -160,6 +184,14 @@ export function loadConfig(env: Record<string, string | undefined>): Config {
       "OPENAI_API_KEY: required (only a loopback OPENAI_BASE_URL, the local stand-in, may go without)",
     );
   }
+  // Checked where fallbacks multiply the timeout (a single upstream keeps its old bounds).
+  const slow = config.fallbacks.length > 0 && chainProblem(
+    config.openai.timeoutMs,
+    config.openai.maxRetries,
+    config.fallbacks.length,
+    RESERVATION_SECONDS,
+  );
+  if (slow) problems.push(slow);
   if (problems.length > 0) throw new ConfigError(problems);
   return config;
 }

@@ -14,7 +14,7 @@ import {
   type TurnDatabase,
 } from "./database.ts";
 import type { AgentChatDeps } from "./handler.ts";
-import { createOpenAIModel } from "./model.ts";
+import { modelChainFor } from "./model-upstreams.ts";
 import { connectRedis } from "./redis-client.ts";
 import { createRecovery } from "./recovery.ts";
 import { createRefusalLedger } from "./refusals.ts";
@@ -37,7 +37,12 @@ export function createDatabase(
 
 export function buildDependencies(
   config: Config,
-  overrides: { log?: Logger; extendLifetime?: ExtendLifetime | undefined } = {},
+  overrides: {
+    log?: Logger;
+    extendLifetime?: ExtendLifetime | undefined;
+    /** The breakers' monotonic clock in milliseconds (tests move it). */
+    now?: () => number;
+  } = {},
 ): AgentChatDeps & { close(): Promise<void> } {
   const log = overrides.log ?? consoleLogger;
   const extendLifetime = "extendLifetime" in overrides
@@ -46,9 +51,12 @@ export function buildDependencies(
   const db = createDatabase(config);
   const redis = config.redis ? connectRedis(config.redis.url, config.redis.token) : undefined;
   const limits = { ttlSeconds: config.sessionTtlSeconds, maxMessages: config.sessionMaxMessages };
-  const recovery = createRecovery({ log, extendLifetime });
+  // Inserts handed to the runtime are tracked too, so close() waits for them.
+  const lifetime = trackedLifetime(extendLifetime);
+  const tracked = lifetime.extend;
+  const recovery = createRecovery({ log, extendLifetime: tracked });
   const enabled = config.usageLogEnabled;
-  const usage = createUsageLogger({ enabled, db, log, extendLifetime, recovery });
+  const usage = createUsageLogger({ enabled, db, log, extendLifetime: tracked, recovery });
   // Refusal rows go through whichever usage logger the deps hold (tests may swap it).
   const refusals = createRefusalLedger({
     intervalMs: config.refusalLogIntervalSeconds * 1000,
@@ -67,28 +75,39 @@ export function buildDependencies(
     sessions: redis
       ? createRedisSessionStore(redis, limits)
       : createSupabaseSessionStore(db, limits),
-    model: createOpenAIModel({
-      // Only a loopback stand-in may go without a key (checked by loadConfig).
-      apiKey: config.openai.apiKey ?? "local-stand-in",
-      baseURL: config.openai.baseURL,
-      model: config.model,
-      systemPrompt: config.systemPrompt,
-      maxOutputTokens: config.maxOutputTokens,
-      timeoutMs: config.openai.timeoutMs,
-      maxRetries: config.openai.maxRetries,
-      client: config.openai.client,
-    }),
+    model: modelChainFor(config, overrides.now, log),
     usage,
     recovery,
     refusals,
     log,
-    extendLifetime,
+    extendLifetime: tracked,
     close: async () => {
+      // The counted refusals first, then every insert under way, then the connections.
       await refusals.close();
+      await lifetime.settled(5000); // the inserts under way
       await recovery.settled(2000); // what the stores did not take yet gets a last chance
       await redis?.close();
       await db.close();
     },
   };
   return deps;
+}
+
+/** `extendLifetime` that also remembers what it was handed, until it settles. */
+function trackedLifetime(extendLifetime: ExtendLifetime | undefined) {
+  const inflight = new Set<Promise<unknown>>();
+  const extend: ExtendLifetime | undefined = extendLifetime && ((promise) => {
+    inflight.add(promise);
+    const done = () => void inflight.delete(promise);
+    promise.then(done, done);
+    extendLifetime(promise);
+  });
+  /** Resolves when what was handed has settled, or after `ms` (a drain loop may run on). */
+  const settled = async (ms: number) => {
+    let timer: ReturnType<typeof setTimeout> | undefined;
+    const bound = new Promise<void>((resolve) => (timer = setTimeout(resolve, ms)));
+    await Promise.race([Promise.allSettled([...inflight]), bound]);
+    clearTimeout(timer);
+  };
+  return { extend, settled };
 }

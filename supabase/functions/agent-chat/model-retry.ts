@@ -69,7 +69,7 @@ const NOT_CONNECTED =
   /\(Connect\)|tcp connect error|connection refused|ECONNREFUSED|ENOTFOUND|EAI_AGAIN|dns error|failed to lookup address/i;
 
 /** The error, or one of its causes, says the connection was never made. */
-function neverConnected(error: unknown): boolean {
+export function neverConnected(error: unknown): boolean {
   for (let e: unknown = error, depth = 0; e && depth < 5; depth++) {
     const { message, code, cause } = e as { message?: unknown; code?: unknown; cause?: unknown };
     if (NOT_CONNECTED.test(`${String(message ?? "")} ${String(code ?? "")}`)) return true;

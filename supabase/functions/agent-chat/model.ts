@@ -5,8 +5,8 @@
  * a stream of text deltas and final usage.
  */
 import OpenAI from "openai";
-import type { ChatMessage, TokenUsage } from "./turn.ts";
-import { RetriesExhausted, withRetries } from "./model-retry.ts";
+import type { ChatMessage, ModelAttempt, ModelRoute, TokenUsage } from "./turn.ts";
+import { neverConnected, RetriesExhausted, withRetries } from "./model-retry.ts";
 import { createFetchCompletion } from "./model-fetch.ts";
 import { storable } from "../_shared/text.ts";
 
@@ -17,18 +17,34 @@ export interface ModelAnswer {
   model: string;
   /** Earlier attempts of this call that may have been billed (timed out or cut off). */
   unsettledAttempts: number;
+  /** Each upstream tried for this answer, in order (fallbacks.ts); absent from a single client. */
+  attempts?: ModelAttempt[] | undefined;
 }
 
 export interface ModelClient {
-  complete(messages: ChatMessage[], signal: AbortSignal): Promise<ModelAnswer>;
+  /** `route`: a tenant policy's model and fallbacks (fallbacks.ts); a single client ignores it. */
+  complete(messages: ChatMessage[], signal: AbortSignal, route?: ModelRoute): Promise<ModelAnswer>;
   /** Text deltas, then one `done` event with the whole answer; throws ModelError. */
-  stream(messages: ChatMessage[], signal: AbortSignal): AsyncIterable<StreamEvent>;
+  stream(
+    messages: ChatMessage[],
+    signal: AbortSignal,
+    route?: ModelRoute,
+  ): AsyncIterable<StreamEvent>;
 }
 
 export type StreamEvent = { type: "delta"; text: string } | { type: "done"; answer: ModelAnswer };
 
+/** How a model call failed, for fallbacks and the breaker (fallbacks.ts). */
+export type FailureKind = "status" | "timeout" | "refused" | "connection" | "other";
+
 export class ModelError extends Error {
-  constructor(message: string, readonly status?: number, readonly unsettledAttempts = 0) {
+  constructor(
+    message: string,
+    readonly status?: number,
+    readonly unsettledAttempts = 0,
+    readonly kind: FailureKind = status === undefined ? "other" : "status",
+    readonly attempts?: ModelAttempt[],
+  ) {
     super(message);
     this.name = "ModelError";
   }
@@ -74,10 +90,20 @@ function wrap(thrown: unknown, unsettled = 0): ModelError {
       `openai ${thrown.status ?? "connection"}: ${thrown.message}`.slice(0, 1000),
       thrown.status,
       unsettled,
+      failureKind(thrown),
     );
   }
   const message = thrown instanceof Error ? `${thrown.name}: ${thrown.message}` : String(thrown);
-  return new ModelError(message, undefined, unsettled);
+  // A TypeError is fetch's network failure (a reset); a SyntaxError a malformed body.
+  const kind = thrown instanceof TypeError ? "connection" : "other";
+  return new ModelError(message, undefined, unsettled, kind);
+}
+
+function failureKind(error: InstanceType<typeof OpenAI.APIError>): FailureKind {
+  if (error instanceof OpenAI.APIConnectionTimeoutError) return "timeout";
+  if (neverConnected(error)) return "refused";
+  if (error instanceof OpenAI.APIConnectionError) return "connection";
+  return error.status === undefined ? "other" : "status";
 }
 
 export function createOpenAIModel(options: ModelOptions): ModelClient {

@@ -109,8 +109,11 @@ function tcp(url: string, scripts: Record<string, string>): RedisConnection<stri
     enableOfflineQueue: true,
     retryStrategy: (times: number) => Math.min(times * 100, 1000),
   });
-  // Errors surface on the command that fails; the connection keeps retrying.
-  client.on("error", () => {});
+  // Errors surface on the command that fails, naming the connection's last
+  // error (an untrusted certificate, a refused port); the connection keeps retrying.
+  let lastError: Error | undefined;
+  client.on("error", (error: Error) => void (lastError = error));
+  client.on("ready", () => void (lastError = undefined));
   // No fixed numberOfKeys: each call passes its key count first (EVALSHA's numkeys).
   for (const [name, lua] of Object.entries(scripts)) {
     client.defineCommand(`agentChat_${name}`, { lua });
@@ -120,7 +123,11 @@ function tcp(url: string, scripts: Record<string, string>): RedisConnection<stri
     (...a: Array<string | number>) => Promise<unknown>
   >;
   return {
-    run: (name, keys, args) => commands[`agentChat_${name}`]!(keys.length, ...keys, ...args),
+    run: (name, keys, args) =>
+      commands[`agentChat_${name}`]!(keys.length, ...keys, ...args).catch((error: Error) => {
+        if (!lastError) throw error;
+        throw new Error(`${error.message} (connection: ${lastError.message})`, { cause: error });
+      }),
     close: async () => {
       client.disconnect();
       await Promise.resolve();

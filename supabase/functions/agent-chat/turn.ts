@@ -107,6 +107,27 @@ export interface RequestFacts {
   clientMetadata?: Record<string, unknown> | undefined;
 }
 
+/** The models a tenant policy routes its turns to (ops.agent_policies.model, model_fallbacks). */
+export interface ModelRoute {
+  model: string;
+  fallbacks: string[] | undefined;
+}
+
+/** One upstream's part in a model call, as `metadata.model_attempts` lists it. */
+export interface ModelAttempt {
+  model: string;
+  /** `model@host` of the base URL: the circuit breaker's key, without path or key. */
+  upstream: string;
+  /** answered | failed:<HTTP status> | failed:timeout | failed:refused | failed:connection | failed:other | skipped:breaker_open */
+  outcome: string;
+  /** reported (the upstream's usage) | estimated (no usage, or may have run unseen) | none */
+  billed: "reported" | "estimated" | "none";
+  /** The breaker transition this attempt caused or ran under: opened, probe, closed. */
+  breaker?: "opened" | "probe" | "closed" | undefined;
+  /** Tries of this upstream (retries) that timed out or were cut off, metered as estimates. */
+  unsettled_tries?: number | undefined;
+}
+
 /** How a request ended: what was billed, and the error when it failed. */
 export interface Outcome {
   model?: string | undefined;
@@ -115,6 +136,8 @@ export interface Outcome {
   estimated?: boolean | undefined;
   /** Model calls made for this turn, when more than one (retries are billed too). */
   attempts?: number | undefined;
+  /** Each upstream tried (fallbacks.ts): `metadata.model_attempts` when there is more than one plain answer. */
+  modelAttempts?: ModelAttempt[] | undefined;
   /** `code`: an `ErrorCode` of _shared/errors.ts (AgentError's code). */
   error?: { code: string; detail: string } | undefined;
   /** The stored answer of an Idempotency-Key was sent again (no model call; counted like a refusal). */
@@ -179,6 +202,9 @@ export type BeginTurnResult =
       history: ChatMessage[];
       /** Tokens reserved under a quota or an enforced budget; null when none applies. */
       reserved_tokens?: number | null;
+      /** The tenant policy's model and comma-separated fallbacks; null: the environment's. */
+      model?: string | null;
+      model_fallbacks?: string | null;
     }
     | { outcome: "rate_limit"; rate_limit: unknown }
     | {

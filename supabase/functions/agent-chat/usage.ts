@@ -11,7 +11,7 @@ import type { Logger } from "../_shared/log.ts";
 import { storable } from "../_shared/text.ts";
 import type { TurnDatabase } from "./database.ts";
 import type { Recovery } from "./recovery.ts";
-import type { Outcome, RequestFacts, UsageEvent } from "./turn.ts";
+import type { ModelAttempt, Outcome, RequestFacts, UsageEvent } from "./turn.ts";
 
 /** Keeps the isolate alive until `promise` settles (EdgeRuntime.waitUntil). */
 export type ExtendLifetime = (promise: Promise<unknown>) => void;
@@ -93,11 +93,19 @@ function metadataOf(settings: UsageSettings, facts: RequestFacts, outcome: Outco
       : {}),
     ...(outcome.estimated ? { tokens_estimated: true } : {}),
     ...(outcome.replayed ? { replayed: true } : {}),
-    ...(outcome.attempts && outcome.attempts > 1 ? { model_attempts: outcome.attempts } : {}),
+    ...(notable(outcome.modelAttempts) ? { model_attempts: outcome.modelAttempts } : {}),
     ...(facts.clientRequestId ? { client_request_id: facts.clientRequestId } : {}),
     ...(facts.requestedOrgId ? { requested_org_id: facts.requestedOrgId } : {}),
     ...(facts.clientMetadata ? { client: facts.clientMetadata } : {}),
   };
+}
+
+/** Attempts worth a row's bytes: a fallback, a skip, a retry, a breaker transition. */
+function notable(attempts: ModelAttempt[] | undefined): boolean {
+  if (!attempts || attempts.length === 0) return false;
+  const [only] = attempts;
+  return attempts.length > 1 || only!.outcome !== "answered" || !!only!.breaker ||
+    !!only!.unsettled_tries;
 }
 
 export interface UsageLogger {

@@ -23,6 +23,8 @@ async function failingRequestsThenCycle(usageLog: boolean) {
   const h = await startHarness({
     env: {
       AI_AGENT_USAGE_LOG_ENABLED: String(usageLog),
+      // Ten failures in a row: the breaker stays closed, so each is a 502 openai_error.
+      AI_AGENT_BREAKER_FAILURES: "100",
       AI_AGENT_ALERT_SLACK_WEBHOOK_URL: slack.url,
       AI_AGENT_ALERT_PAGERDUTY_ROUTING_KEY: "R0UT1NGKEY0000000000000000000000",
       AI_AGENT_ALERT_PAGERDUTY_URL: pagerduty.url,

@@ -83,7 +83,10 @@ for (const client of ["fetch", "sdk"]) {
         assertEquals(res.status, 200, JSON.stringify(body));
         const [row] = await h.usageRows(body.request_id);
         assertEquals(Number(row!.prompt_tokens), 2 * body.usage.prompt_tokens);
-        assertEquals((row!.metadata as Record<string, unknown>).model_attempts, 2);
+        const attempts = (row!.metadata as { model_attempts: Array<Record<string, unknown>> })
+          .model_attempts;
+        assertEquals(attempts.length, 1);
+        assertEquals([attempts[0]!.outcome, attempts[0]!.unsettled_tries], ["answered", 1]);
       },
     ));
 

@@ -8,6 +8,11 @@
  *   `{error: {message, type, param, code}}`.
  * Scriptable per request: reply text, latency, HTTP errors (429, 500, 503),
  * malformed bodies, a stream cut midway, a hang. Records every request.
+ * Unscripted requests obey markers in the last user message (so failures
+ * can be rehearsed on `npm run dev`): `[[fail:500]]` (any 4xx/5xx status),
+ * `[[hang]]` (never answers), `[[cut-after:2]]` (a stream reset after 2
+ * deltas; a JSON answer cut short). `[[fail:500@gpt-4.1-mini]]` fails only
+ * requests for that model, so a fallback on the same stand-in answers.
  * Billing is scriptable too: `perByteTokens` counts one token per UTF-8 byte
  * (what a byte-level tokenizer does to digits with commas: the worst case;
  * the reply is cut at `max_completion_tokens` bytes, as a real upstream cuts
@@ -19,7 +24,7 @@
 
 export type Behaviour =
   | { kind: "reply"; text?: string; latencyMs?: number; chunkDelayMs?: number }
-  | { kind: "error"; status: 429 | 500 | 503 | 400 | 401; message?: string }
+  | { kind: "error"; status: number; message?: string }
   | { kind: "malformed" }
   | { kind: "cut"; afterChunks?: number }
   | { kind: "hang" };
@@ -89,10 +94,27 @@ export function defaultReply(messages: Array<{ content: string }>): string {
   return `You said: ${last.slice(0, 200)}`;
 }
 
+const MARKER = /\[\[(?:fail:([45]\d\d)|(hang)|cut-after:(\d{1,3}))(?:@([\w.:-]+))?\]\]/g;
+
+/** The behaviour a marker in the last user message asks for (for this model), if any. */
+export function markerBehaviour(body: RecordedRequest["body"]): Behaviour | undefined {
+  const last = body.messages.findLast((m) => m.role === "user")?.content ?? "";
+  for (const [, status, hang, cut, model] of last.matchAll(MARKER)) {
+    if (model && model !== body.model) continue;
+    if (status) {
+      return { kind: "error", status: Number(status), message: `marker [[fail:${status}]]` };
+    }
+    if (hang) return { kind: "hang" };
+    return { kind: "cut", afterChunks: Number(cut) };
+  }
+  return undefined;
+}
+
 export function createOpenAIStandIn(
   options: { port?: number; serve?: boolean; hostname?: string } = {},
 ): OpenAIStandIn {
   const queue: Behaviour[] = [];
+  const stopping = new AbortController();
   const state: OpenAIStandIn = {
     url: "",
     baseURL: "",
@@ -103,7 +125,8 @@ export function createOpenAIStandIn(
     perByteTokens: false,
     reportModel: undefined,
     handle,
-    stop: () => Promise.resolve(),
+    // Not serving: stopping releases the hung requests of whoever serves `handle`.
+    stop: () => Promise.resolve(stopping.abort()),
   };
 
   function error(status: number, message: string) {
@@ -133,20 +156,23 @@ export function createOpenAIStandIn(
       return error(400, "We could not parse the JSON body of your request.");
     }
     state.requests.push({ authorization: request.headers.get("authorization"), body });
-    const behaviour = queue.shift() ?? state.fallback;
+    const behaviour = queue.shift() ?? markerBehaviour(body) ?? state.fallback;
     const signal = request.signal;
     signal.addEventListener("abort", () => state.aborted++, { once: true });
 
     if (behaviour.kind === "hang") {
-      await new Promise<void>((resolve) =>
-        signal.addEventListener("abort", () => resolve(), { once: true })
-      );
+      // Until the client leaves, or the stand-in stops (a fetch aborted before
+      // the response headers does not always close its connection).
+      await new Promise<void>((resolve) => {
+        signal.addEventListener("abort", () => resolve(), { once: true });
+        stopping.signal.addEventListener("abort", () => resolve(), { once: true });
+      });
       return new Response(null, { status: 499 });
     }
     if (behaviour.kind === "error") {
       return error(behaviour.status, behaviour.message ?? "The server had an error");
     }
-    if (behaviour.kind === "malformed") {
+    if (behaviour.kind === "malformed" || (behaviour.kind === "cut" && !body.stream)) {
       return new Response('{"id": "chatcmpl-broken", "choices": [', {
         headers: { "content-type": body.stream ? "text/event-stream" : "application/json" },
       });
@@ -238,6 +264,7 @@ export function createOpenAIStandIn(
     state.url = `http://127.0.0.1:${server.addr.port}`;
     state.baseURL = `${state.url}/v1`;
     state.stop = async () => {
+      stopping.abort();
       await server.shutdown();
     };
   }

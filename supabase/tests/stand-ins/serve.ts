@@ -6,7 +6,7 @@
  * AGENT_CHAT_SIGNING_KEY, and, when AGENT_CHAT_DATABASE_URL is set, the
  * PostgREST stand-in at /rest/v1/ accepting AGENT_CHAT_SECRET_KEY as the
  * service role (the rpc transport). GET /requests answers how many model
- * calls the OpenAI stand-in has had. Prints `{"port": n}`.
+ * calls the OpenAI stand-in has had, in all and per model. Prints `{"port": n}`.
  */
 import { createOpenAIStandIn } from "./openai.ts";
 import { createAuthStandIn } from "./auth.ts";
@@ -38,11 +38,14 @@ const server = Deno.serve({
     return new Response("ok");
   }
   if (path === "/requests" && request.method === "GET") {
-    return Response.json({ openai: openai.requests.length });
+    const byModel: Record<string, number> = {};
+    for (const r of openai.requests) byModel[r.body.model] = (byModel[r.body.model] ?? 0) + 1;
+    return Response.json({ openai: openai.requests.length, by_model: byModel });
   }
   return await openai.handle(request);
 });
 const stop = async () => {
+  await openai.stop(); // a hung request ([[hang]]) would hold the shutdown forever
   await server.shutdown();
   await postgrest?.close();
   Deno.exit(0);

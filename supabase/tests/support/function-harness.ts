@@ -22,6 +22,8 @@ export interface HarnessOptions {
   env?: Record<string, string>;
   /** Swap one dependency (a failing transport, say) after they are built. */
   adjust?: (deps: AgentChatDeps) => void;
+  /** The circuit breakers' clock (milliseconds), for tests that move time. */
+  now?: () => number;
 }
 
 export interface Member {
@@ -90,6 +92,7 @@ export async function startHarness(options: HarnessOptions = {}): Promise<Harnes
     log,
     extendLifetime: undefined,
     ...(options.adjust ? { adjust: options.adjust } : {}),
+    ...(options.now ? { now: options.now } : {}),
   });
   const { gateway, auth, upstash, secretKey } = platform;
   const openai = platform.openai!;

@@ -129,6 +129,8 @@ export interface PlatformOptions {
   env?: Record<string, string>;
   log?: Logger;
   extendLifetime?: ((promise: Promise<unknown>) => void) | undefined;
+  /** The circuit breakers' clock (milliseconds), for tests that move time. */
+  now?: () => number;
   /** Swap one dependency (a failing transport, say) after they are built. */
   adjust?: (deps: AgentChatDeps) => void;
 }
@@ -194,6 +196,7 @@ export async function startPlatform(options: PlatformOptions): Promise<Platform>
     const deps = buildDependencies(config, {
       ...(options.log ? { log: options.log } : {}),
       ...("extendLifetime" in options ? { extendLifetime: options.extendLifetime } : {}),
+      ...(options.now ? { now: options.now } : {}),
     });
     options.adjust?.(deps);
     gateway.setFunction(createAgentChatHandler(deps));

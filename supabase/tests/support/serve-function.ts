@@ -8,6 +8,8 @@
 import { loadConfig } from "../../functions/agent-chat/config.ts";
 import { buildDependencies } from "../../functions/agent-chat/deps.ts";
 import { createAgentChatHandler } from "../../functions/agent-chat/handler.ts";
+import { onShutdown } from "../../functions/agent-chat/shutdown.ts";
+import type { Logger } from "../../functions/_shared/log.ts";
 
 const pending = new Set<Promise<unknown>>();
 (globalThis as Record<string, unknown>).EdgeRuntime = {
@@ -24,11 +26,10 @@ const printed = level === "error"
   : level === "info"
   ? ["info", "warn", "error"]
   : ["warn", "error"];
-const deps = buildDependencies(config, {
-  log: (level, event, fields) => {
-    if (printed.includes(level)) console.error(JSON.stringify({ level, event, ...fields }));
-  },
-});
+const log: Logger = (level, event, fields) => {
+  if (printed.includes(level)) console.error(JSON.stringify({ level, event, ...fields }));
+};
+const deps = buildDependencies(config, { log });
 const agentChat = createAgentChatHandler(deps);
 // Benchmarks only: GET /__heap answers the V8 heap in use after a full GC
 // (the process runs with --expose-gc), to tell a leak from heap growth.
@@ -45,11 +46,13 @@ const server = Deno.serve({
   hostname: "127.0.0.1",
   onListen: ({ port }) => console.log(JSON.stringify({ port })),
 }, handler);
-const stop = async () => {
-  await server.shutdown();
-  await Promise.allSettled([...pending]);
-  await deps.close();
-  Deno.exit(0);
-};
-Deno.addSignalListener("SIGTERM", stop);
-Deno.addSignalListener("SIGINT", stop);
+// As index.ts: SIGTERM stops taking requests, lets turns finish, writes what is pending.
+onShutdown({
+  server,
+  close: async () => {
+    await Promise.allSettled([...pending]);
+    await deps.close();
+  },
+  graceMs: config.shutdownGraceMs,
+  log,
+});
