@@ -1,7 +1,7 @@
 /**
  * `deno task check` (last step):
  *
- * - the function's own imports (supabase/functions/agent-chat/deno.json,
+ * - each function's own imports (supabase/functions/<fn>/deno.json,
  *   what `supabase functions deploy` bundles with) pin the same versions as
  *   the repository-wide import_map.json (what the tests and scripts run
  *   with), so the code that is tested is the code that is deployed;
@@ -14,19 +14,18 @@
  */
 const root = new URL("../", import.meta.url).pathname;
 async function versionMismatches(): Promise<string[]> {
-  const functionImports = await readImports(FUNCTION_IMPORTS);
   const repoImports = await readImports("import_map.json");
   const problems: string[] = [];
-  for (const [name, spec] of Object.entries(functionImports)) {
-    if (!spec.startsWith("npm:")) {
-      problems.push(`${FUNCTION_IMPORTS}: "${name}" is ${spec}; only npm: is reachable`);
-    }
-    if (repoImports[name] !== spec) {
-      problems.push(
-        `${FUNCTION_IMPORTS}: "${name}" is ${spec}, import_map.json has ${
-          repoImports[name] ?? "nothing"
-        }`,
-      );
+  for (const file of FUNCTION_IMPORTS) {
+    for (const [name, spec] of Object.entries(await readImports(file))) {
+      if (!spec.startsWith("npm:")) {
+        problems.push(`${file}: "${name}" is ${spec}; only npm: is reachable`);
+      }
+      if (repoImports[name] !== spec) {
+        problems.push(
+          `${file}: "${name}" is ${spec}, import_map.json has ${repoImports[name] ?? "nothing"}`,
+        );
+      }
     }
   }
   return problems;
@@ -35,7 +34,10 @@ async function versionMismatches(): Promise<string[]> {
 const readImports = async (path: string): Promise<Record<string, string>> =>
   JSON.parse(await Deno.readTextFile(`${root}${path}`)).imports ?? {};
 
-const FUNCTION_IMPORTS = "supabase/functions/agent-chat/deno.json";
+const FUNCTION_IMPORTS = [
+  "supabase/functions/agent-chat/deno.json",
+  "supabase/functions/agent-alerts/deno.json",
+];
 
 /** Relative specifiers of `import`/`export … from`, bare `import "…"` and `import("…")`. */
 const RELATIVE_IMPORT =
@@ -114,5 +116,5 @@ if (import.meta.main) {
     console.error(problems.map((p) => `error: ${p}`).join("\n"));
     Deno.exit(1);
   }
-  console.log(`${FUNCTION_IMPORTS}: same versions as import_map.json; no import circle`);
+  console.log(`${FUNCTION_IMPORTS.join(", ")}: same versions as import_map.json; no import circle`);
 }

@@ -23,6 +23,7 @@ import {
   type Platform,
   startLocalStack,
 } from "../supabase/tests/support/local-stack.ts";
+import { alertIntervalSeconds, scheduleAlertCycles } from "./dev-alerts.ts";
 import type { Config } from "../supabase/functions/agent-chat/config.ts";
 import { DEFAULT_OPENAI_BASE_URL } from "../supabase/functions/agent-chat/model-upstreams.ts";
 
@@ -134,6 +135,14 @@ async function serve(
     env: { AI_AGENT_REDIS_URL: stack.redis.url, AI_AGENT_TRUSTED_PROXY_HOPS: "1", ...env },
   });
   stack.defer(() => Deno.remove(stateFile).catch(() => {}));
+  const alertInterval = alertIntervalSeconds(env.AI_AGENT_ALERT_INTERVAL_SECONDS);
+  const alerts = scheduleAlertCycles({
+    url: platform.alertsUrl,
+    key: platform.secretKey,
+    intervalSeconds: alertInterval,
+    log: (l) => console.log(`  ${l}`),
+  });
+  stack.defer(() => alerts.stop());
   await Deno.writeTextFile(
     stateFile,
     JSON.stringify(
@@ -150,7 +159,7 @@ async function serve(
       2,
     ),
   );
-  console.log(banner(stack, platform));
+  console.log(banner(stack, platform, alertInterval));
 }
 
 /** Which OpenAI URL the function calls, and its fallbacks: the stand-in's failure markers work on it. */
@@ -163,7 +172,7 @@ function openaiLine(config: Config, standIn: boolean): string {
   return `${config.model} at ${what}${fallbacks.join("")}`;
 }
 
-function banner(stack: LocalStack, platform: Platform): string {
+function banner(stack: LocalStack, platform: Platform, alertInterval: number): string {
   const { config, openai, projectUrl, publishableKey } = platform;
   const model = openaiLine(config, openai !== undefined);
   return `
@@ -172,6 +181,7 @@ agent-chat local stack is up
   anon key      ${publishableKey}   (publishable: for apps)
   service key   ${platform.secretKey}   (secret: server-side callers only)
   functions     ${platform.functionUrl}
+                ${platform.alertsUrl}   (called every ${alertInterval} s)
   postgres      ${stack.postgres.url}   (data in ${localDir}/postgres)
   redis         ${stack.redis.url}
   session store ${config.sessionStore}    transport ${config.database.transport}

@@ -3,7 +3,7 @@
  * each error names the flag or argument it is about.
  */
 import type postgres from "postgres";
-import { table } from "./format.ts";
+import { inertJson, table } from "./format.ts";
 import { timestampFlag, UsageError, uuidFlag } from "../cli.ts";
 
 export interface CommandContext {
@@ -49,7 +49,7 @@ export function print(
   rows: Array<Record<string, unknown>>,
   columns?: string[],
 ) {
-  ctx.out(ctx.json ? JSON.stringify(rows, null, 2) : table(rows, columns));
+  ctx.out(ctx.json ? inertJson(rows) : table(rows, columns));
 }
 
 /** A flag of one command, as node:util's parseArgs takes it. */
@@ -68,4 +68,11 @@ export interface Command {
 /** A string flag's value, or null when it was not given. */
 export function text(value: unknown): string | null {
   return typeof value === "string" ? value : null;
+}
+
+/** Who acted, for an audited change: --by, required (never guessed from the OS user). */
+export function requiredBy(ctx: CommandContext, action: string): string {
+  const by = text(ctx.flags.by)?.trim();
+  if (!by) throw new UsageError(`--by: required (${action} is audited: who is acting?)`);
+  return by;
 }

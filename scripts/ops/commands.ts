@@ -2,7 +2,7 @@
  * The operator commands. Each one calls the SQL functions operators can also
  * run in Supabase Studio (ops.*), never the tables behind them.
  */
-import { table } from "./format.ts";
+import { inertJson, table } from "./format.ts";
 import { renderReport } from "./report-html.ts";
 import { CliError, durationFlag, UsageError } from "../cli.ts";
 import {
@@ -13,9 +13,11 @@ import {
   optionalTimestamp,
   optionalUuid,
   print,
+  requiredBy,
   uuidArg,
 } from "./args.ts";
-import { alertCommand, policyCommands } from "./policy-commands.ts";
+import { policyCommands } from "./policy-commands.ts";
+import { alertCommand } from "./alert-commands.ts";
 import { memberCommands } from "./member-commands.ts";
 import { reconcileCommand } from "./reconcile.ts";
 
@@ -95,8 +97,8 @@ example:
   },
   "opt-out": {
     usage:
-      "opt-out add --org <uuid> [--user <uuid>] [--channel <c>] [--reason <text>] [--by <who>] [--expires <iso>]\n" +
-      "  opt-out expire <id> [--by <who>]\n  opt-out list [--org <uuid>] [--all]",
+      "opt-out add --org <uuid> [--user <uuid>] [--channel <c>] [--reason <text>] --by <who> [--expires <iso>]\n" +
+      "  opt-out expire <id> --by <who>\n  opt-out list [--org <uuid>] [--all]",
     flags: {
       org: { type: "string" },
       user: { type: "string" },
@@ -119,16 +121,17 @@ example:
       const f = ctx.flags;
       const str = (v: unknown) => (typeof v === "string" ? v : null);
       if (action === "add") {
-        const rows = await ctx.sql`select * from ops.add_opt_out(
-          ${uuidArg(f.org, "--org")}::uuid, ${optionalUuid(f.user, "--user")}::uuid, ${
-          str(f.channel)
-        },
-          ${str(f.reason)}, ${str(f.by)}, ${optionalTimestamp(f.expires, "--expires")})`;
+        const org = uuidArg(f.org, "--org");
+        const user = optionalUuid(f.user, "--user");
+        const expires = optionalTimestamp(f.expires, "--expires");
+        const by = requiredBy(ctx, "opt-out add");
+        const rows = await ctx.sql`select * from ops.add_opt_out(${org}::uuid, ${user}::uuid,
+          ${str(f.channel)}, ${str(f.reason)}, ${by}, ${expires})`;
         print(ctx, rows);
       } else if (action === "expire") {
-        const rows = await ctx.sql`select * from ops.expire_opt_out(${
-          uuidArg(id, "opt-out id")
-        }::uuid, ${str(f.by)})`;
+        const optOut = uuidArg(id, "opt-out id");
+        const by = requiredBy(ctx, "opt-out expire");
+        const rows = await ctx.sql`select * from ops.expire_opt_out(${optOut}::uuid, ${by})`;
         print(ctx, rows);
       } else if (action === "list") {
         const rows = await ctx.sql`select * from ops.list_opt_outs(${
@@ -167,7 +170,7 @@ example:
       if (!row?.s) {
         throw new CliError("no such session (sessions in Redis are not in the database)");
       }
-      if (ctx.json) return ctx.out(JSON.stringify(row.s, null, 2));
+      if (ctx.json) return ctx.out(inertJson(row.s));
       const { messages, ...meta } = row.s as { messages: Array<Record<string, unknown>> };
       ctx.out(table([meta]));
       ctx.out("");
@@ -256,8 +259,10 @@ example:
       org: { type: "string" },
     },
     help:
-      `Writes one self-contained HTML page (no network): charts of requests, success rate, latency,
-tokens and cost, the per-org and tenant tables, the open alerts.
+      `Writes one self-contained HTML page (no network): charts of requests, success rate (with the
+alert's 98% line), latency, tokens and cost over every bucket of the period (empty ones as zero),
+requests and success rate of the busiest orgs, spend against each budget, errors by code, the
+per-org and tenant tables, the open alerts with their delivery state.
 
 example:
   npm run ops -- report --html report.html --since 7d`,
@@ -279,6 +284,12 @@ example:
       const byOrg = await ctx
         .sql`select * from ops.usage_report(${from}, ${to}, null, ${org}::uuid, true)`;
       const alerts = await ctx.sql`select * from ops.open_alerts`;
+      const orgSeries = await ctx
+        .sql`select * from ops.usage_report(${from}, ${to}, ${bucket}::interval, ${org}::uuid, true)`;
+      const budgets = await ctx.sql`select * from ops.budget_status()
+        where ${org}::uuid is null or org_id is null or org_id = ${org}::uuid`;
+      const errors = await ctx.sql`select * from ops.errors_by_code(${from}, ${to}, ${org}::uuid)`;
+      const [settings] = await ctx.sql`select success_threshold from ops.alert_settings`;
       const tenants = await ctx.sql`select * from ops.org_dashboard
         where ${org}::uuid is null or org_id = ${org}::uuid
         order by budget_used_ratio desc nulls last, org_id`;
@@ -291,6 +302,10 @@ example:
         series,
         byOrg,
         alerts,
+        orgSeries,
+        budgets,
+        errors,
+        successThreshold: Number(settings?.success_threshold ?? 0.98),
         generatedAt: new Date(),
       });
       await Deno.writeTextFile(file, html);

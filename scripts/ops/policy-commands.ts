@@ -1,8 +1,7 @@
 /**
- * The operator levers: tenant and channel policies, the kill switch,
- * budgets, and acknowledging or muting alerts. Each command is a thin
- * wrapper over one audited SQL function (ops.policy_set, ops.switch_off,
- * ops.budget_set, ops.alert_mute, …); `--by` names who acted (default: the
+ * The operator levers: tenant and channel policies, the kill switch and
+ * budgets (alerts: alert-commands.ts). Each command is a thin wrapper over
+ * one audited SQL function (ops.policy_set, ops.switch_off, ops.budget_set); `--by` names who acted (required: the
  * OS user), and every change is in ops.policy_audit.
  */
 import { numberFlag, UsageError } from "../cli.ts";
@@ -12,9 +11,9 @@ import { table } from "./format.ts";
 import {
   type Command,
   type CommandContext,
-  optionalTimestamp,
   optionalUuid,
   print,
+  requiredBy,
   text,
 } from "./args.ts";
 
@@ -70,7 +69,6 @@ function scope(ctx: CommandContext) {
   return {
     org: optionalUuid(ctx.flags.org, "--org"),
     channel: text(ctx.flags.channel),
-    by: text(ctx.flags.by) ?? Deno.env.get("USER") ?? null,
   };
 }
 
@@ -90,7 +88,7 @@ async function showPolicy(ctx: CommandContext) {
 }
 
 const policy: Command = {
-  usage: "policy show|set|clear|audit [--org <uuid>] [--channel <c>] [field=value …] [--by <who>]",
+  usage: "policy show|set|clear|audit [--org <uuid>] [--channel <c>] [field=value …] --by <who>",
   flags: { org: { type: "string" }, channel: { type: "string" }, by: { type: "string" } },
   help: `A tenant's or a channel's policy (ops.policy_show, ops.policy_set, ops.policy_clear,
 ops.policy_audit): no --org and no --channel is the global row. \`null\` clears a field.
@@ -99,17 +97,19 @@ example:
   npm run ops -- policy set --org 00000000-0000-4000-8000-0000000000a1 org_max_requests=600 user_tokens_per_day=200000 --by ops@example.com
   npm run ops -- policy show --org 00000000-0000-4000-8000-0000000000a1`,
   async run(ctx) {
-    const { org, channel, by } = scope(ctx);
+    const { org, channel } = scope(ctx);
     const [action, ...pairs] = ctx.args;
     if (action === "show") return await showPolicy(ctx);
     if (action === "set") {
       const settings = policySettings(pairs);
       checkTokenQuotas(settings, smallestTurnTokens((name) => Deno.env.get(name)));
+      const by = requiredBy(ctx, "policy set");
       const rows = await ctx.sql`select * from ops.policy_set(${org}::uuid, ${channel},
         ${ctx.sql.json(settings as never)}, ${by})`;
       return print(ctx, rows);
     }
     if (action === "clear") {
+      const by = requiredBy(ctx, "policy clear");
       const [row] = await ctx.sql`select ops.policy_clear(${org}::uuid, ${channel}, ${by}) as c`;
       return print(ctx, [{ org_id: org, channel, cleared: row!.c === true }]);
     }
@@ -123,7 +123,7 @@ example:
 };
 
 const kill: Command = {
-  usage: "switch off|on [--org <uuid>] [--channel <c>] [--message <text>] [--by <who>]",
+  usage: "switch off|on [--org <uuid>] [--channel <c>] [--message <text>] --by <who>",
   flags: {
     org: { type: "string" },
     channel: { type: "string" },
@@ -137,15 +137,17 @@ const kill: Command = {
 example:
   npm run ops -- switch off --message "Back at noon; your officers can help meanwhile." --by oncall@example.com`,
   async run(ctx) {
-    const { org, channel, by } = scope(ctx);
+    const { org, channel } = scope(ctx);
     const message = text(ctx.flags.message);
     if (ctx.args[0] === "off") {
+      const by = requiredBy(ctx, "switch off");
       const rows = await ctx.sql`select * from ops.switch_off(${org}::uuid, ${message}, ${by},
         ${channel})`;
       return print(ctx, rows);
     }
     if (ctx.args[0] === "on") {
       if (message !== null) throw new UsageError("--message: only with switch off");
+      const by = requiredBy(ctx, "switch on");
       const rows = await ctx.sql`select * from ops.switch_on(${org}::uuid, ${by}, ${channel})`;
       return print(ctx, rows);
     }
@@ -155,7 +157,7 @@ example:
 
 const budget: Command = {
   usage:
-    "budget set <usd> [--org <uuid>] [--mode alert|enforce] [--note <text>] [--by <who>] | budget clear [--org <uuid>]",
+    "budget set <usd> [--org <uuid>] [--mode alert|enforce] [--note <text>] --by <who> | budget clear [--org <uuid>] --by <who>",
   flags: {
     org: { type: "string" },
     mode: { type: "string" },
@@ -169,8 +171,9 @@ const budget: Command = {
 example:
   npm run ops -- budget set 50 --org 00000000-0000-4000-8000-0000000000a1 --mode enforce --note "pilot" --by ops@example.com`,
   async run(ctx) {
-    const { org, by } = scope(ctx);
+    const { org } = scope(ctx);
     if (ctx.args[0] === "clear") {
+      const by = requiredBy(ctx, "budget clear");
       const [row] = await ctx.sql`select ops.budget_clear(${org}::uuid, ${by}) as c`;
       return print(ctx, [{ org_id: org, cleared: row!.c === true }]);
     }
@@ -179,61 +182,10 @@ example:
     const usd = numberFlag(ctx.args[1], "monthly USD", { min: 0 });
     const mode = text(ctx.flags.mode) ?? "alert";
     if (mode !== "alert" && mode !== "enforce") throw new UsageError("--mode: alert or enforce");
+    const by = requiredBy(ctx, "budget set");
     const rows = await ctx.sql`select * from ops.budget_set(${org}::uuid, ${usd}, ${mode}, ${by},
       ${text(ctx.flags.note)})`;
     print(ctx, rows);
-  },
-};
-
-async function openAlerts(ctx: CommandContext) {
-  if (ctx.flags.check === true) {
-    const [r] = await ctx.sql`select ops.check_alerts() as result`;
-    if (!ctx.json) ctx.out(`check: ${JSON.stringify(r!.result)}`);
-  }
-  const rows = await ctx.sql`select * from ops.open_alerts`;
-  const columns = ["id", "kind", "subject", "observed", "threshold", "raised_at", "last_seen_at"];
-  print(ctx, rows, columns);
-}
-
-export const alertCommand: Command = {
-  usage: "alerts [--check] | alerts ack <id> | alerts mute <kind> <subject> --until <iso> " +
-    "[--reason <text>] | alerts unmute <kind> <subject>   (ack, mute, unmute: [--by <who>])",
-  flags: {
-    check: { type: "boolean" },
-    until: { type: "string" },
-    reason: { type: "string" },
-    by: { type: "string" },
-  },
-  help:
-    `The open alerts (--check evaluates them first), acknowledging one, muting a kind for a subject.
-
-example:
-  npm run ops -- alerts --check
-  npm run ops -- alerts mute budget org:00000000-0000-4000-8000-0000000000a1 --until 2027-01-01 --reason "raised next month"`,
-  async run(ctx) {
-    const [action, a, b] = ctx.args;
-    const by = scope(ctx).by;
-    if (action === undefined) return await openAlerts(ctx);
-    if (action === "ack") {
-      const id = numberFlag(a ?? "", "alert id", { min: 1, integer: true });
-      return print(ctx, await ctx.sql`select * from ops.alert_ack(${id}, ${by})`);
-    }
-    if (action !== "mute" && action !== "unmute") {
-      throw new UsageError("alerts takes ack, mute or unmute (or nothing: the open alerts)");
-    }
-    if (!a || !b) throw new UsageError(`alerts ${action}: needs <kind> <subject>`);
-    if (action === "unmute") {
-      const [row] = await ctx.sql`select ops.alert_unmute(${a}, ${b}, ${by}) as u`;
-      return print(ctx, [{ kind: a, subject: b, unmuted: row!.u === true }]);
-    }
-    const until = optionalTimestamp(ctx.flags.until, "--until");
-    if (!until) throw new UsageError("--until: missing (alerts mute … --until <iso>)");
-    print(
-      ctx,
-      await ctx.sql`select * from ops.alert_mute(${a}, ${b}, ${until}, ${
-        text(ctx.flags.reason)
-      }, ${by})`,
-    );
   },
 };
 

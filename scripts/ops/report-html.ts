@@ -1,7 +1,10 @@
 /**
  * The operator report: one self-contained HTML page (no network) with line
  * charts of requests, success rate, latency percentiles, tokens and cost over
- * time, a per-org table and the open alerts. The charts are uPlot (a small,
+ * time (every bucket of the period, empty ones as zero; the success rate
+ * against its alert threshold), requests and success rate of the busiest
+ * orgs, month-to-date spend against each budget, errors by code, a per-org
+ * table and the open alerts with their delivery state. The charts are uPlot (a small,
  * maintained time-series library) read from its npm package when the report
  * is written and inlined into the page: round ticks, UTC time labels, and the
  * values under the cursor in each chart's legend. The buckets come
@@ -11,6 +14,7 @@
  */
 import uPlotScript from "uplot/dist/uPlot.iife.min.js" with { type: "text" };
 import uPlotStyle from "uplot/dist/uPlot.min.css" with { type: "text" };
+import { bucketStarts, budgetBars, fillBuckets, orgLabel, orgLines } from "./report-parts.ts";
 
 export interface ReportInput {
   from: Date;
@@ -22,6 +26,14 @@ export interface ReportInput {
   /** ops.org_dashboard: each tenant's policy, bucket and quota use, spend against budget. */
   tenants: Array<Record<string, unknown>>;
   alerts: Array<Record<string, unknown>>;
+  /** ops.usage_report per org and bucket: the per-org charts. */
+  orgSeries: Array<Record<string, unknown>>;
+  /** ops.budget_status: month-to-date spend against each budget. */
+  budgets: Array<Record<string, unknown>>;
+  /** ops.errors_by_code over the period. */
+  errors: Array<Record<string, unknown>>;
+  /** The success-rate alert's threshold (ops.alert_settings), drawn on the success chart. */
+  successThreshold: number;
   generatedAt: Date;
 }
 
@@ -46,7 +58,7 @@ function rowsTable(rows: Array<Record<string, unknown>>, columns: string[], empt
   const body = rows.map((r) =>
     `<tr>${
       columns.map((c) => {
-        const v = r[c];
+        const v = c === "org_id" ? orgLabel(r[c]) : r[c];
         const text = v instanceof Date
           ? v.toISOString()
           : v === null || v === undefined
@@ -61,8 +73,12 @@ function rowsTable(rows: Array<Record<string, unknown>>, columns: string[], empt
 
 /** The charts' data: one point per bucket, and which series each chart draws. */
 function chartData(input: ReportInput) {
-  const points = input.series.map((r) => ({
+  const starts = bucketStarts(input.from, input.to, input.bucket);
+  const orgs = orgLines(input.byOrg, input.orgSeries, starts);
+  const points = fillBuckets(input.series, input.from, input.to, input.bucket).map((r) => ({
+    ...orgs.values.get(new Date(r.bucket_start as string | Date).getTime()),
     t: new Date(r.bucket_start as string | Date).getTime(),
+    target: input.successThreshold,
     requests: num(r.requests),
     success_rate: num(r.success_rate),
     p50: num(r.latency_p50_ms),
@@ -75,8 +91,12 @@ function chartData(input: ReportInput) {
     { id: "requests", title: "Requests", series: [["requests", "#2563eb"]] },
     {
       id: "success",
-      title: "Success rate (answered / served)",
-      series: [["success_rate", "#16a34a"]],
+      title: "Success rate (answered / served) and the alert's threshold",
+      series: [["success_rate", "#16a34a"], [
+        "target",
+        "#dc2626",
+        `${Math.round(input.successThreshold * 100)}% alert threshold`,
+      ]],
       min: 0,
       max: 1,
     },
@@ -87,8 +107,29 @@ function chartData(input: ReportInput) {
     },
     { id: "tokens", title: "Tokens", series: [["tokens", "#7c3aed"]] },
     { id: "cost", title: "Estimated cost (USD)", series: [["usd", "#0f766e"]] },
+    ...orgCharts(orgs.labels),
   ];
   return { points, charts };
+}
+
+const ORG_COLORS = ["#2563eb", "#16a34a", "#f59e0b", "#dc2626", "#7c3aed", "#0f766e"];
+
+/** Requests and success rate of the busiest orgs, one line each (none without requests). */
+function orgCharts(labels: string[]) {
+  if (labels.length === 0) return [];
+  const line = (prefix: string) =>
+    labels.map((label, i) => [`${prefix}_${i}`, ORG_COLORS[i % ORG_COLORS.length]!, label]);
+  return [
+    { id: "org-requests", title: "Requests per org (busiest)", series: line("org") },
+    {
+      id: "org-success",
+      title: "Success rate per org (busiest)",
+      series: line("rate"),
+      format: "success_rate",
+      min: 0,
+      max: 1,
+    },
+  ];
 }
 
 const PAGE_STYLE = `<style>
@@ -98,7 +139,10 @@ const PAGE_STYLE = `<style>
   .card { background: #fff; border: 1px solid #e5e7eb; border-radius: 8px; padding: 12px; }
   .card h2 { font-size: 14px; margin: 0 0 8px; } .chart { min-height: 260px; }
   table { border-collapse: collapse; width: 100%; font-size: 12px; } th, td { text-align: left; padding: 4px 6px; border-bottom: 1px solid #e5e7eb; }
-  .alert { color: #b91c1c; } .empty { color: #6b7280; }
+  .alert { color: #b91c1c; } .empty { color: #6b7280; } .card { overflow-x: auto; }
+  td { word-break: break-word; max-width: 28em; }
+  .budget { margin: 6px 0; } .bar { background: #e5e7eb; height: 10px; border-radius: 4px; }
+  .bar > div { height: 10px; border-radius: 4px; }
   .u-legend { font-size: 12px; } .u-legend th { font-weight: 500; }
 </style>
 `;
@@ -138,9 +182,9 @@ const CHARTS_SCRIPT = `<script>
     var box = document.createElement("div"); box.className = "chart"; box.setAttribute("data-chart", chart.id);
     card.appendChild(box);
     document.getElementById("charts").appendChild(card);
-    var fmt = formats[chart.series[0][0]] || number;
+    var fmt = formats[chart.format || chart.series[0][0]] || number;
     var yTicks = function (u, splits) {
-      var labels = splits.map(chart.id === "success" ? function (v) { return Math.round(v * 100) + " %"; } : number);
+      var labels = splits.map(chart.max === 1 ? function (v) { return Math.round(v * 100) + " %"; } : number);
       box.setAttribute("data-y-ticks", labels.join("|"));
       return labels;
     };
@@ -161,7 +205,7 @@ const CHARTS_SCRIPT = `<script>
         { values: yTicks, size: 56, space: 30 },
       ],
       series: [{ label: "time (UTC)", value: function (u, s) { return s === null || s === undefined ? "–" : full(utc(s)); } }].concat(chart.series.map(function (s) {
-        return { label: s[0], stroke: s[1], width: 2, spanGaps: false, points: { show: pts.length < 60 }, value: function (u, v) { return fmt(v); } };
+        return { label: s[2] || s[0], stroke: s[1], width: 2, spanGaps: false, points: { show: pts.length < 60 }, value: function (u, v) { return fmt(v); } };
       })),
     };
     var series = [xs].concat(chart.series.map(function (s) { return pts.map(function (p) { return p[s[0]]; }); }));
@@ -192,10 +236,18 @@ ${
       "observed",
       "threshold",
       "raised_at",
-      "last_seen_at",
+      "acknowledged_by",
+      "muted_until",
+      "delivery",
     ], "No open alerts.")
   }</div>
 <div class="grid" id="charts"></div>
+<div class="grid" style="margin-top:16px">
+<div class="card"><h2>Spend this month against each budget</h2>
+${budgetBars(input.budgets)}</div>
+<div class="card"><h2>Errors by code (served: counts against the success rate)</h2>
+${rowsTable(input.errors, ["error_code", "served", "requests"], "No errors in this period.")}</div>
+</div>
 <div class="card" style="margin-top:16px"><h2>Per org</h2>
 ${
     rowsTable(input.byOrg, [

@@ -10,9 +10,10 @@
 --   20251231120320_ai_agent_usage_rollup        the rollup's fold and refresh, usage retention by partition, schedules
 --   20251231120350_ai_agent_turns               agent_begin_turn (policies, quotas, budgets), agent_end_turn, agent_finish_turn
 --   20251231120500_ai_agent_operator_functions  buckets, opt-outs, sessions, policies, switches, budgets, audit, dashboard, purge
---   20251231120550_ai_agent_alerts              alert conditions, the recorded check, ack and mute, schedules
+--   20251231120550_ai_agent_alerts              alert conditions, ack and mute
 --   20251231120700_ai_agent_metering            settlement without a row (usage log off), reconciliation
---   20251231120800_ai_agent_members_data        erasure, export, retention and purge, opt-out history
+--   20251231120750_ai_agent_alert_delivery      the recorded check, the notification outbox agent-alerts delivers, schedules
+--   20251231120800_ai_agent_members_data        erasure, export, retention and the nightly purge (and its schedule), opt-out history
 --
 -- Deny by default: every table has RLS; anon and authenticated get only the
 -- reads a policy allows; service_role, the Edge Function's role, gets what
@@ -408,18 +409,22 @@ create table ops.alert_settings (
   id boolean primary key default true check (id),
   min_requests integer not null default 10 check (min_requests > 0),
   success_threshold numeric(5, 4) not null default 0.98 check (success_threshold > 0 and success_threshold <= 1),
-  webhook_url text check (webhook_url is null or webhook_url ~ '^https://'),
+  budget_warning_ratios numeric[] not null default '{0.8}'
+    check (cardinality(budget_warning_ratios) <= 10 and 0 < all (budget_warning_ratios) and 1 > all (budget_warning_ratios)),
+  latency_p95_ms integer check (latency_p95_ms is null or latency_p95_ms > 0),
   updated_at timestamptz not null default now()
 );
 comment on table ops.alert_settings is
-  'One row: the success-rate threshold and minimum traffic for the success-rate alert, and an optional https webhook that receives raised and resolved alerts through pg_net when that extension is enabled.';
-comment on column ops.alert_settings.min_requests is 'Served requests a 15-minute window needs before its success rate can alert (no paging on 1 failure out of 2).';
+  'One row: what the alert conditions compare with (ops.evaluate_alerts). Notifications go out through the agent-alerts Edge Function, configured by its secrets.';
+comment on column ops.alert_settings.min_requests is 'Served requests a 15-minute window (global, or one org''s) needs before its success rate can alert (no paging on 1 failure out of 2).';
+comment on column ops.alert_settings.budget_warning_ratios is 'Early budget warnings: a budget_warning alert once month-to-date spend reaches this share of a budget (default 80%), before the budget alert at 100%.';
+comment on column ops.alert_settings.latency_p95_ms is 'Optional: a latency_p95 alert when the 95th percentile latency of answered requests over the trailing 15 minutes is above this; NULL = off.';
 insert into ops.alert_settings default values;
 alter table ops.alert_settings enable row level security;
 
 create table ops.alert_events (
   id bigint generated always as identity primary key,
-  kind text not null check (kind in ('success_rate', 'budget', 'unpriced_model')),
+  kind text not null check (kind in ('success_rate', 'budget', 'budget_warning', 'latency_p95', 'delivery_failed', 'unpriced_model')),
   subject text not null,
   window_start timestamptz not null,
   observed numeric not null,
@@ -432,7 +437,7 @@ create table ops.alert_events (
   acknowledged_by text
 );
 comment on table ops.alert_events is
-  'Alerts raised by ops.check_alerts: kind success_rate (subject global), budget (subject global or org:<id>) or unpriced_model (subject model:<reported name>). One open row per kind, subject and window; resolved_at is set when the condition clears. Rows are history: never deleted by the purge.';
+  'Alerts raised by ops.check_alerts: success_rate (subject global or org:<id>), budget and budget_warning (global or org:<id>), latency_p95 (global), delivery_failed (destination:<name>, raised by the delivery of a notification that ran out of attempts), and unpriced_model (model:<reported name>). One open row per kind and subject; resolved_at is set when the condition clears. Rows are history: never deleted by the purge.';
 comment on column ops.alert_events.window_start is
   'success_rate: when the alert was first seen (its window is the trailing 15 minutes at each check); budget: the first day of the month.';
 comment on column ops.alert_events.observed is 'Latest observed value: success rate (0..1) or month-to-date USD.';
@@ -443,7 +448,7 @@ create index alert_events_raised_at_idx on ops.alert_events (raised_at desc);
 alter table ops.alert_events enable row level security;
 
 create table ops.alert_mutes (
-  kind text not null check (kind in ('success_rate', 'budget', 'unpriced_model')),
+  kind text not null check (kind in ('success_rate', 'budget', 'budget_warning', 'latency_p95', 'delivery_failed', 'unpriced_model')),
   subject text not null,
   muted_until timestamptz not null,
   reason text,

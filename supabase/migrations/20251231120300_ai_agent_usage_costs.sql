@@ -578,6 +578,50 @@ $$;
 comment on function ops.month_to_date_spend(timestamptz) is
   'Estimated spend of every billed row (ops.is_billed) since the start of p_now''s month (UTC): one row per org and one with org_id NULL for the total.';
 
+-- Failed and refused requests of a period by error code (the report's "errors by code").
+create function ops.errors_by_code(p_from timestamptz, p_to timestamptz, p_org_id uuid default null)
+returns table (error_code text, served boolean, requests bigint)
+language sql
+stable
+set search_path = ''
+as $$
+  select coalesce(c.error_code, 'internal_error'), ops.is_served_outcome(false, c.error_code),
+         sum(c.requests)::bigint
+  from ops.usage_cells(p_from, p_to, p_org_id) c
+  where not c.success
+  group by 1, 2
+  order by 3 desc, 1;
+$$;
+comment on function ops.errors_by_code(timestamptz, timestamptz, uuid) is
+  'Requests that did not succeed in [p_from, p_to), optionally of one org, by error code (sum of event_count); served = true for the failures that count against the success rate, false for refusals.';
+
+-- Month-to-date spend against every budget (global: org_id NULL): the usage
+-- log, or the spend counters where they are higher (they keep counting when
+-- the usage log is switched off). What budget alerts and the report compare.
+create function ops.budget_status(p_now timestamptz default now())
+returns table (org_id uuid, mode text, monthly_usd numeric, spent_usd numeric, used_ratio numeric)
+language sql
+stable
+set search_path = ''
+as $$
+  with spend as (
+    select x.org_id, max(x.usd) as usd
+    from (select m.org_id, m.estimated_usd as usd from ops.month_to_date_spend(p_now) m
+          union all
+          select c.org_id, sum(c.usd) from ops.spend_counters c
+          where c.month = date_trunc('month', p_now at time zone 'UTC')::date
+          group by grouping sets ((c.org_id), ())) x
+    group by x.org_id
+  )
+  select b.org_id, b.mode, b.monthly_usd, coalesce(s.usd, 0),
+         round(coalesce(s.usd, 0) / b.monthly_usd, 4)
+  from ops.budgets b
+  left join spend s on s.org_id is not distinct from b.org_id
+  order by b.org_id nulls first;
+$$;
+comment on function ops.budget_status(timestamptz) is
+  'Each budget (org_id NULL = the global one) with the month-to-date estimated spend of p_now''s month against it: the usage log (ops.month_to_date_spend) or the spend counters, whichever is higher. Budget alerts and the report read it.';
+
 -- ---------------------------------------------------------------------------
 -- Model fallbacks and circuit breakers, read from the usage rows: an answer
 -- is a fallback's when its metadata.model_attempts (written by the function
@@ -700,6 +744,8 @@ revoke execute on function
   ops.usage_cells(timestamptz, timestamptz, uuid, boolean, boolean),
   ops.usage_report(timestamptz, timestamptz, interval, uuid, boolean),
   ops.month_to_date_spend(timestamptz),
+  ops.errors_by_code(timestamptz, timestamptz, uuid),
+  ops.budget_status(timestamptz),
   ops.model_answer_report(timestamptz, timestamptz),
   ops.upstream_breaker_report(timestamptz, interval, interval)
 from public, anon, authenticated;
@@ -718,6 +764,8 @@ grant execute on function
   ops.usage_cells(timestamptz, timestamptz, uuid, boolean, boolean),
   ops.usage_report(timestamptz, timestamptz, interval, uuid, boolean),
   ops.month_to_date_spend(timestamptz),
+  ops.errors_by_code(timestamptz, timestamptz, uuid),
+  ops.budget_status(timestamptz),
   ops.model_answer_report(timestamptz, timestamptz),
   ops.upstream_breaker_report(timestamptz, interval, interval)
 to service_role;

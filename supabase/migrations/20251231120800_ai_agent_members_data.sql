@@ -641,3 +641,13 @@ grant execute on function
   ops.purge_expired(timestamptz, interval, integer)
 to service_role;
 grant execute on procedure ops.purge_nightly(integer) to service_role;
+
+-- The nightly purge, only where pg_cron is enabled (Database → Extensions on
+-- hosted Supabase; enable it, then re-run this block from the runbook).
+do $$
+begin
+  if exists (select 1 from pg_extension where extname = 'pg_cron') then
+    perform cron.schedule('agent-chat-purge-expired', '17 3 * * *', 'call ops.purge_nightly()');
+  end if;
+end;
+$$;

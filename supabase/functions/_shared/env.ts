@@ -66,6 +66,47 @@ export function isLoopback(hostname: string): boolean {
   return h === "localhost" || h === "::1" || /^127\./.test(h);
 }
 
+/** An outbound URL setting: https://, or plain http:// only to a loopback host (dev, tests). */
+export function secureUrl() {
+  return z.preprocess(
+    unsetIfEmpty,
+    z.url().refine((v) => webUrlProblem(v) === undefined, {
+      error: (issue) => webUrlProblem(String(issue.input)) ?? "not an outbound URL",
+    }).optional(),
+  );
+}
+
+/**
+ * The keys that authenticate the service role: SUPABASE_SERVICE_ROLE_KEY and
+ * SUPABASE_SECRET_KEYS (on hosted projects a JSON object of name → key; a
+ * comma-separated list is accepted too).
+ */
+export function serviceKeysFrom(
+  serviceRoleKey: string | undefined,
+  secretKeys: string | undefined,
+  problems: string[],
+): string[] {
+  const keys = serviceRoleKey ? [serviceRoleKey] : [];
+  const raw = secretKeys?.trim();
+  if (!raw) return keys;
+  if (!raw.startsWith("{")) {
+    return [
+      ...keys,
+      ...raw.split(",").map((s) => s.trim()).filter(Boolean),
+    ];
+  }
+  try {
+    const obj = JSON.parse(raw) as Record<string, unknown>;
+    return [
+      ...keys,
+      ...Object.values(obj).filter((v): v is string => typeof v === "string" && v !== ""),
+    ];
+  } catch {
+    problems.push("SUPABASE_SECRET_KEYS: not valid JSON");
+    return keys;
+  }
+}
+
 /**
  * Why `raw` may not be an outbound URL, or undefined when it may: `https://`,
  * or plain `http://` only to a loopback host (the local stand-ins).

@@ -14,6 +14,7 @@ import {
   optionalInt,
   optionalText,
   problemsOf,
+  serviceKeysFrom,
   text,
   url,
   webUrlProblem,
@@ -89,7 +90,11 @@ const envSchema = z.object({
 type Env = z.output<typeof envSchema>;
 
 function toConfig(e: Env, env: Record<string, string | undefined>, problems: string[]) {
-  const serviceKeys = serviceKeysFrom(e, problems);
+  const serviceKeys = serviceKeysFrom(
+    e.SUPABASE_SERVICE_ROLE_KEY,
+    e.SUPABASE_SECRET_KEYS,
+    problems,
+  );
   const shared = e.AI_AGENT_RATE_LIMIT_MAX_REQUESTS;
   return {
     supabaseUrl: e.SUPABASE_URL,
@@ -206,30 +211,4 @@ function userChannelsFrom(raw: string, problems: string[]): string[] {
     );
   }
   return channels;
-}
-
-/**
- * SUPABASE_SECRET_KEYS on hosted projects is a JSON object of name → key;
- * a comma-separated list is accepted too.
- */
-function serviceKeysFrom(e: Env, problems: string[]): string[] {
-  const keys = e.SUPABASE_SERVICE_ROLE_KEY ? [e.SUPABASE_SERVICE_ROLE_KEY] : [];
-  const raw = e.SUPABASE_SECRET_KEYS?.trim();
-  if (!raw) return keys;
-  if (!raw.startsWith("{")) {
-    return [
-      ...keys,
-      ...raw.split(",").map((s) => s.trim()).filter(Boolean),
-    ];
-  }
-  try {
-    const obj = JSON.parse(raw) as Record<string, unknown>;
-    return [
-      ...keys,
-      ...Object.values(obj).filter((v): v is string => typeof v === "string" && v !== ""),
-    ];
-  } catch {
-    problems.push("SUPABASE_SECRET_KEYS: not valid JSON");
-    return keys;
-  }
 }

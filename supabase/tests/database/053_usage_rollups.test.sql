@@ -74,7 +74,7 @@ create function pg_temp.spend_and_alert_differences(p_now timestamptz) returns i
             group by grouping sets ((e.org_id), ())) x)::integer
        + (select count(*) from (
             select (a.details ->> 'served')::bigint, (a.details ->> 'succeeded')::bigint
-            from ops.evaluate_alerts(p_now, 1, 1.01) a where a.kind = 'success_rate'
+            from ops.evaluate_alerts(p_now, 1, 1.01) a where a.kind = 'success_rate' and a.subject = 'global'
             except
             select sum(e.event_count) filter (where ops.is_served_outcome(e.success, e.error_code)),
                    sum(e.event_count) filter (where e.success)

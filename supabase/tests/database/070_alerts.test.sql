@@ -21,28 +21,29 @@ select 'gone', org, false, 'client_closed', 400, t0 + interval '2 minutes', 'gpt
 
 -- test: raised once (service role)
 select tests.authenticate_as_service_role();
-select is((select ops.check_alerts(t0 + interval '11 minutes') ->> 'raised' from t_ctx)::int, 1, 'the success-rate alert is raised');
+select is((select ops.check_alerts(t0 + interval '11 minutes') ->> 'raised' from t_ctx)::int, 2,
+  'the success-rate alert is raised, globally and for the one org');
 select is((select ops.check_alerts(t0 + interval '12 minutes') ->> 'raised' from t_ctx)::int, 0, 'and not raised again while it holds');
-select is((select count(*)::int from ops.alert_events where kind = 'success_rate' and resolved_at is null), 1, 'one open event');
-select is((select observed from ops.alert_events where kind = 'success_rate' and resolved_at is null), 0.85, 'observed 85%');
-select is((select (details ->> 'served')::int from ops.alert_events where kind = 'success_rate' and resolved_at is null), 20,
+select is((select count(*)::int from ops.alert_events where kind = 'success_rate' and resolved_at is null and subject = 'global'), 1, 'one open global event');
+select is((select observed from ops.alert_events where kind = 'success_rate' and resolved_at is null and subject = 'global'), 0.85, 'observed 85%');
+select is((select (details ->> 'served')::int from ops.alert_events where kind = 'success_rate' and resolved_at is null and subject = 'global'), 20,
   'served counts answered and failed calls, not the client_closed one');
-select is((select details -> 'failures_by_code' ->> 'openai_error' from ops.alert_events where kind = 'success_rate'), '3',
+select is((select details -> 'failures_by_code' ->> 'openai_error' from ops.alert_events where kind = 'success_rate' and subject = 'global'), '3',
   'details say which codes failed');
 
 -- test: resolved when the window moves past the failures
-select is((select ops.check_alerts(t0 + interval '26 minutes') ->> 'resolved' from t_ctx)::int, 1, 'resolved once the failures leave the window');
-select isnt((select resolved_at from ops.alert_events where kind = 'success_rate'), null, 'resolved_at is set');
+select is((select ops.check_alerts(t0 + interval '26 minutes') ->> 'resolved' from t_ctx)::int, 2, 'both resolved once the failures leave the window');
+select is((select count(*)::int from ops.alert_events where kind = 'success_rate' and resolved_at is null), 0, 'resolved_at is set');
 
 -- test: budget alerts
 insert into ops.budgets (org_id, monthly_usd) select org, 0.01 from t_ctx;
-select is((select ops.check_alerts(t0 + interval '30 minutes') ->> 'raised' from t_ctx)::int, 1,
-  'spend of 21 billed calls x (1000 in + 1000 out) is over a $0.01 budget');
+select is((select ops.check_alerts(t0 + interval '30 minutes') ->> 'raised' from t_ctx)::int, 2,
+  'spend of 21 billed calls x (1000 in + 1000 out) is over a $0.01 budget (the overrun and its early warning)');
 select is((select observed from ops.open_alerts where kind = 'budget'), 21 * 0.0015,
   'every billed row counts: 17 answered, 3 failed with tokens and the client_closed one, $0.0015 each');
 select is((select subject from ops.open_alerts where kind = 'budget'), (select 'org:' || org from t_ctx), 'named by org');
 update ops.budgets set monthly_usd = 100 where org_id = (select org from t_ctx);
-select is((select ops.check_alerts(t0 + interval '31 minutes') ->> 'resolved' from t_ctx)::int, 1, 'raising the budget resolves it');
+select is((select ops.check_alerts(t0 + interval '31 minutes') ->> 'resolved' from t_ctx)::int, 2, 'raising the budget resolves it and its warning');
 select tests.clear_authentication();
 
 -- test: schedules exist where pg_cron does (cron.job is named in a string,

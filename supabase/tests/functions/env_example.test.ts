@@ -10,7 +10,13 @@ Deno.test(".env.example names every variable the function reads", async () => {
   const example = await Deno.readTextFile(`${root}.env.example`);
   const listed = new Set([...example.matchAll(/^(?:# )?([A-Z][A-Z0-9_]+)=/gm)].map((m) => m[1]));
   const read = new Set<string>();
-  for (const dir of ["supabase/functions/_shared", "supabase/functions/agent-chat"]) {
+  for (
+    const dir of [
+      "supabase/functions/_shared",
+      "supabase/functions/agent-chat",
+      "supabase/functions/agent-alerts",
+    ]
+  ) {
     for await (const e of Deno.readDir(`${root}${dir}`)) {
       if (!e.isFile || !e.name.endsWith(".ts")) continue;
       const text = await Deno.readTextFile(`${root}${dir}/${e.name}`);

@@ -151,7 +151,7 @@ Deno.test("ops CLI: bad arguments are clear errors with exit code 2; database er
   r = await ops("usage", "--bucket", "weekly");
   assertEquals(r.code, 2);
   assertMatch(r.err, /^error: --bucket: /);
-  r = await ops("opt-out", "expire", crypto.randomUUID());
+  r = await ops("opt-out", "expire", crypto.randomUUID(), "--by", "ops");
   assertEquals(r.code, 1);
   assertMatch(r.err, /no opt-out with id/);
   r = await ops("usage", "--bogus-flag");
@@ -290,7 +290,11 @@ Deno.test("ops report: a self-contained HTML page whose charts draw in headless 
       stderr: "null",
     }).output();
     const text = new TextDecoder().decode(dom.stdout);
-    assertMatch(text, /data-charts-drawn="5"/);
+    // Five charts, and requests and success rate of the one org.
+    assertMatch(text, /data-charts-drawn="7"/);
+    assertMatch(text, /98% alert threshold/);
+    assertMatch(text, /Errors by code/);
+    assertMatch(text, /<td>openai_error<\/td><td>true<\/td><td>20<\/td>/);
     const attrs = (name: string) =>
       [...text.matchAll(new RegExp(`${name}="([^"]*)"`, "g"))].map((m) => m[1]!.split("|"));
     // Time axis: clock times (or days), at round steps.

@@ -3,7 +3,7 @@
  * hosted Supabase and `supabase start` use:
  *   /auth/v1/.well-known/jwks.json   Auth stand-in
  *   /rest/v1/rpc/<fn>                PostgREST stand-in (real SQL)
- *   /functions/v1/agent-chat         the function's handler, in process
+ *   /functions/v1/<name>             the functions' handlers (agent-chat, agent-alerts), in process
  * Like the real gateway it appends the caller's address to X-Forwarded-For,
  * so the function sees one trusted hop. API keys: PostgREST maps a secret
  * key to `service_role` and a publishable (anon) key to `anon`; a function
@@ -25,8 +25,11 @@ export interface Gateway {
   url: string;
   port: number;
   functionUrl: string;
+  /** `${url}/functions/v1`: each function is served at `${functionsUrl}/<name>`. */
+  functionsUrl: string;
   postgrest: PostgrestStandIn;
-  setFunction(handler: FunctionHandler): void;
+  /** Serves `handler` at /functions/v1/<name> (default agent-chat). */
+  setFunction(handler: FunctionHandler, name?: string): void;
   stop(): Promise<void>;
 }
 
@@ -44,7 +47,7 @@ export function startGateway(options: {
     secretKeys: options.secretKeys ?? [],
     publishableKeys: options.publishableKeys ?? [],
   });
-  let fn: FunctionHandler | undefined;
+  const functions = new Map<string, FunctionHandler>();
   const server = Deno.serve(
     { port: options.port ?? 0, hostname: "127.0.0.1", onListen: () => {} },
     async (request, info) => {
@@ -57,7 +60,8 @@ export function startGateway(options: {
         return await postgrest.handle(request) ??
           Response.json({ message: "not found" }, { status: 404 });
       }
-      if (path === "/functions/v1/agent-chat" && fn) {
+      const fn = functions.get(/^\/functions\/v1\/([a-z0-9-]+)$/.exec(path)?.[1] ?? "");
+      if (fn) {
         const headers = new Headers(request.headers);
         const peer = info.remoteAddr.hostname;
         const prior = headers.get("x-forwarded-for");
@@ -73,9 +77,10 @@ export function startGateway(options: {
     url,
     port: server.addr.port,
     functionUrl: `${url}/functions/v1/agent-chat`,
+    functionsUrl: `${url}/functions/v1`,
     postgrest,
-    setFunction: (handler) => {
-      fn = handler;
+    setFunction: (handler, name = "agent-chat") => {
+      functions.set(name, handler);
     },
     stop: async () => {
       await server.shutdown();

@@ -10,7 +10,8 @@
  *     `anon`, as the gateway does;
  *   - in one transaction: `set local role <jwt role>`, sets
  *     `request.jwt.claims` (and `request.jwt.claim.role`/`.sub`), calls the
- *     function with named arguments, and returns its JSON result;
+ *     function with named arguments (a JSON array given to an array
+ *     argument as that array), and returns its JSON result;
  *   - answers errors in PostgREST's shape `{code, message, details, hint}`
  *     with its status mapping (42501 → 401 for anon / 403 otherwise, 42883
  *     and unknown function → 404 PGRST202, 22xxx/P0001 → 400, 23505 → 409,
@@ -40,6 +41,11 @@ function pgError(
   hint: string | null = null,
 ) {
   return Response.json({ code, message, details, hint }, { status });
+}
+
+/** A JSON array as the Postgres array literal PostgREST passes to an array argument (`{"a","b"}`). */
+function arrayLiteral(values: unknown[]): string {
+  return `{${values.map((v) => `"${String(v).replace(/["\\]/g, "\\$&")}"`).join(",")}}`;
 }
 
 export function statusForSqlState(sqlState: string, role: string): number {
@@ -167,6 +173,8 @@ export function createPostgrestStandIn(options: {
       if (v === null || v === undefined) return null;
       return p.type === "jsonb" || p.type === "json"
         ? JSON.stringify(v)
+        : Array.isArray(v) && p.type.endsWith("[]")
+        ? arrayLiteral(v)
         : typeof v === "object"
         ? JSON.stringify(v)
         : String(v);

@@ -20,6 +20,9 @@ import { type Config, loadConfig } from "../../functions/agent-chat/config.ts";
 import { buildDependencies } from "../../functions/agent-chat/deps.ts";
 import { type AgentChatDeps, createAgentChatHandler } from "../../functions/agent-chat/handler.ts";
 import type { Logger } from "../../functions/_shared/log.ts";
+import { loadAlertsConfig } from "../../functions/agent-alerts/config.ts";
+import { buildAlertsDependencies } from "../../functions/agent-alerts/deps.ts";
+import { createAlertsHandler } from "../../functions/agent-alerts/handler.ts";
 
 type Cleanup = () => Promise<unknown> | unknown;
 
@@ -145,6 +148,8 @@ export interface Platform {
   /** The project URL (the gateway), as `SUPABASE_URL`. */
   projectUrl: string;
   functionUrl: string;
+  /** agent-alerts beside agent-chat (POST with secretKey runs one cycle). */
+  alertsUrl: string;
   stop(): Promise<void>;
 }
 
@@ -152,7 +157,8 @@ export interface Platform {
  * The hosted platform around agent-chat, as `supabase start` serves it: the
  * gateway (Auth JWKS, PostgREST RPC) with the function's handler built by
  * `loadConfig` + `buildDependencies` exactly as index.ts does, at
- * /functions/v1/agent-chat.
+ * /functions/v1/agent-chat, and agent-alerts (built as its index.ts does) at
+ * /functions/v1/agent-alerts.
  */
 export async function startPlatform(options: PlatformOptions): Promise<Platform> {
   const secretKey = options.secretKey ?? newApiKey("secret");
@@ -194,6 +200,17 @@ export async function startPlatform(options: PlatformOptions): Promise<Platform>
     });
     options.adjust?.(deps);
     gateway.setFunction(createAgentChatHandler(deps));
+    const alertsConfig = loadAlertsConfig({
+      ...options.env,
+      SUPABASE_URL: gateway.url,
+      SUPABASE_SERVICE_ROLE_KEY: secretKey,
+    });
+    gateway.setFunction(
+      createAlertsHandler(
+        buildAlertsDependencies(alertsConfig, options.log ? { log: options.log } : {}),
+      ),
+      "agent-alerts",
+    );
     return {
       gateway,
       auth,
@@ -204,6 +221,7 @@ export async function startPlatform(options: PlatformOptions): Promise<Platform>
       config,
       projectUrl: gateway.url,
       functionUrl: gateway.functionUrl,
+      alertsUrl: `${gateway.functionsUrl}/agent-alerts`,
       async stop() {
         await deps.close();
         await stopAll();
