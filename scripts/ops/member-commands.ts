@@ -9,6 +9,7 @@
 import { CliError, numberFlag, UsageError } from "../cli.ts";
 import { readState } from "../dev-state.ts";
 import { type Command, type CommandContext, print, text, uuidArg } from "./args.ts";
+import { inertJson } from "./format.ts";
 import {
   connectMemberRedis,
   exportMemberSessions,
@@ -121,15 +122,12 @@ example:
       const [row] = await ctx.sql`select ops.export_user(${user}::uuid) as doc`;
       const doc = row!.doc as { sessions: unknown[] } & Record<string, unknown>;
       const fromRedis = redis ? await exportMemberSessions(redis, user) : [];
-      ctx.out(JSON.stringify(
-        {
-          ...doc,
-          sessions: [...doc.sessions, ...fromRedis],
-          redis: redis ? "included" : "not configured",
-        },
-        null,
-        2,
-      ));
+      // Inert: a member's messages may hold C1 and bidi controls (attack2_export_inert).
+      ctx.out(inertJson({
+        ...doc,
+        sessions: [...doc.sessions, ...fromRedis],
+        redis: redis ? "included" : "not configured",
+      }));
     } finally {
       await redis?.close();
     }

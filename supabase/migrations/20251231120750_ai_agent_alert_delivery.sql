@@ -290,7 +290,9 @@ begin
   update ops.alert_outbox o
   set status = case when o.attempts >= p_max_attempts then 'failed' else 'pending' end,
       last_status = p_status, last_error = left(p_error, 500),
-      next_attempt_at = p_now + make_interval(secs => p_retry_base_seconds * power(2, o.attempts - 1)),
+      -- Capped at a day: uncapped, a late attempt overflows the timestamp and
+      -- aborts the record of the whole cycle (test 106_attack2_backoff_overflow).
+      next_attempt_at = p_now + make_interval(secs => least(p_retry_base_seconds * power(2, o.attempts - 1), 86400)),
       claim_token = null, leased_until = null
   where o.id = p_id
   returning o.* into v_row;
@@ -301,7 +303,7 @@ begin
 end;
 $$;
 comment on function ops.alert_delivery_done(bigint, uuid, text, integer, text, integer, integer, timestamptz) is
-  'Records one send of a claimed notification (p_outcome delivered, error or skipped), if the claim is still the row''s: delivered (never sent again; ends its destination''s delivery_failed alert), pending again after p_retry_base_seconds x 2^(attempts-1), or failed once attempts reach p_max_attempts (raises delivery_failed). Returns the row''s status, or stale.';
+  'Records one send of a claimed notification (p_outcome delivered, error or skipped), if the claim is still the row''s: delivered (never sent again; ends its destination''s delivery_failed alert), pending again after p_retry_base_seconds x 2^(attempts-1) (at most a day), or failed once attempts reach p_max_attempts (raises delivery_failed). Returns the row''s status, or stale.';
 
 -- ---------------------------------------------------------------------------
 -- What agent-alerts calls (through the Data API).

@@ -63,7 +63,9 @@ export function problemsOf(error: z.ZodError): string[] {
 
 export function isLoopback(hostname: string): boolean {
   const h = hostname.replace(/^\[|\]$/g, "");
-  return h === "localhost" || h === "::1" || /^127\./.test(h);
+  // An IPv4 literal in 127.0.0.0/8, not any name that starts with "127."
+  // (127.0.0.1.nip.io resolves wherever its owner likes).
+  return h === "localhost" || h === "::1" || /^127(\.\d{1,3}){3}$/.test(h);
 }
 
 /** An outbound URL setting: https://, or plain http:// only to a loopback host (dev, tests). */
