@@ -122,7 +122,7 @@ example:
       const [row] = await ctx.sql`select ops.export_user(${user}::uuid) as doc`;
       const doc = row!.doc as { sessions: unknown[] } & Record<string, unknown>;
       const fromRedis = redis ? await exportMemberSessions(redis, user) : [];
-      // Inert: a member's messages may hold C1 and bidi controls (attack2_export_inert).
+      // Inert: a member's messages may hold C1 and bidi controls (ops_export_inert.test.ts).
       ctx.out(inertJson({
         ...doc,
         sessions: [...doc.sessions, ...fromRedis],

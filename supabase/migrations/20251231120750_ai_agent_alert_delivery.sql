@@ -291,7 +291,7 @@ begin
   set status = case when o.attempts >= p_max_attempts then 'failed' else 'pending' end,
       last_status = p_status, last_error = left(p_error, 500),
       -- Capped at a day: uncapped, a late attempt overflows the timestamp and
-      -- aborts the record of the whole cycle (test 106_attack2_backoff_overflow).
+      -- aborts the record of the whole cycle (test 106_alert_backoff_capped).
       next_attempt_at = p_now + make_interval(secs => least(p_retry_base_seconds * power(2, o.attempts - 1), 86400)),
       claim_token = null, leased_until = null
   where o.id = p_id

@@ -1,5 +1,5 @@
 /**
- * Finding (attack2): `ops export --user` printed its JSON with
+ * Finding (adversarial review): `ops export --user` printed its JSON with
  * JSON.stringify, which escapes C0 controls but passes C1 controls (U+0085,
  * U+009B, an 8-bit CSI) and bidirectional overrides (U+202E) of a member's
  * stored messages to the operator's terminal as they are. It is printed
@@ -11,7 +11,7 @@ import { assert, assertEquals } from "./assert.ts";
 import { testUrls } from "../support/function-harness.ts";
 import { runOps } from "../../../scripts/ops.ts";
 
-Deno.test("attack2 export inert: a member's message with C1 and bidi controls is printed inert", async () => {
+Deno.test("ops export inert: a member's message with C1 and bidi controls is printed inert", async () => {
   const sql = postgres(testUrls().databaseUrl, { max: 1, onnotice: () => {} });
   const org = crypto.randomUUID();
   const user = crypto.randomUUID();

@@ -1,5 +1,5 @@
 /**
- * Finding (attack2): "loopback" was any hostname starting with `127.`, so a
+ * Finding (adversarial review): "loopback" was any hostname starting with `127.`, so a
  * name such as `127.0.0.1.nip.io` (which resolves wherever its owner likes)
  * passed as loopback: alert destinations, the model base URL and Redis
  * could be plain http/redis to another host. Only IPv4 127.0.0.0/8
@@ -23,7 +23,7 @@ function problems(url: string): string[] {
   }
 }
 
-Deno.test("attack2 loopback hostname: a DNS name that starts with 127. is not loopback", () => {
+Deno.test("loopback hostname: a DNS name that starts with 127. is not loopback", () => {
   for (
     const host of ["127.0.0.1.nip.io", "127.evil.example", "127.0.0.1.", "localhost.evil.example"]
   ) {

@@ -1,4 +1,4 @@
--- Finding (attack2): the retry delay was base x 2^(attempts-1) uncapped. With
+-- Finding (adversarial review): the retry delay was base x 2^(attempts-1) uncapped. With
 -- AI_AGENT_ALERT_MAX_ATTEMPTS allowed up to 100, a row failing for the ~50th
 -- time overflowed interval ('interval out of range'), which aborted the whole
 -- agent_alerts_record call: every row of that cycle (delivered ones too) stayed
