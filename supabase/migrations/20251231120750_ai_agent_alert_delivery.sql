@@ -57,7 +57,7 @@ create index alert_outbox_due_idx on ops.alert_outbox (next_attempt_at) where st
 create index alert_outbox_alert_idx on ops.alert_outbox (alert_id, destination);
 alter table ops.alert_outbox enable row level security;
 revoke all on ops.alert_outbox from public, anon, authenticated;
-grant select, insert, update on ops.alert_outbox to service_role;
+grant select, insert, update, delete on ops.alert_outbox to service_role;  -- delete: the retention purge (ops.purge_expired)
 
 -- ---------------------------------------------------------------------------
 -- Queueing a notification.

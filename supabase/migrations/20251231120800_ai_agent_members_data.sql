@@ -516,6 +516,7 @@ declare
   v_scrubbed integer;
   v_usage integer;
   v_buckets integer;
+  v_outbox integer;
 begin
   select r.* into v_settings from ops.retention_settings r;
   v_batch := greatest(coalesce(p_batch_rows, v_settings.batch_rows, 5000), 1);
@@ -561,16 +562,25 @@ begin
   delete from ops.token_reservations t where t.expires_at < p_now - interval '1 day';
   delete from ops.token_counters c where c.updated_at < p_now - interval '1 day' - make_interval(secs => c.slot_ms / 1000.0);
 
+  -- Notifications that are settled (delivered, or failed and alerted on) go
+  -- after 30 days; the alert itself stays in ops.alert_events.
+  delete from ops.alert_outbox o
+  where o.id in (
+    select o2.id from ops.alert_outbox o2
+    where o2.status <> 'pending' and o2.created_at < p_now - interval '30 days' limit v_batch);
+  get diagnostics v_outbox = row_count;
+
   return jsonb_build_object(
     'messages_deleted', v_messages, 'sessions_deleted', v_sessions,
     'usage_events_scrubbed', v_scrubbed, 'usage_events_deleted', v_usage, 'buckets_deleted', v_buckets,
-    'more', greatest(v_messages, v_sessions, v_scrubbed, v_usage) >= v_batch)
+    'alert_notifications_deleted', v_outbox,
+    'more', greatest(v_messages, v_sessions, v_scrubbed, v_usage, v_outbox) >= v_batch)
     || ops.purge_idempotency_keys(p_now)
     || ops.purge_settled_requests(p_now);
 end;
 $$;
 comment on function ops.purge_expired(timestamptz, interval, integer) is
-  'One bounded round of retention (ops.retention_settings): at most batch_rows each of expired sessions'' messages, sessions expired expired_session_days ago, usage rows past usage_personal_days to scrub (IP to its block, client metadata dropped) and usage rows past usage_row_months (or p_usage_retention) deleted by whole UTC days (ops.drop_usage_partitions_before); plus empty buckets, old reservations and counters, expired Idempotency-Keys, settlement marks older than two days. more = true: call again (ops.purge_nightly loops, committing between rounds).';
+  'One bounded round of retention (ops.retention_settings): at most batch_rows each of expired sessions'' messages, sessions expired expired_session_days ago, usage rows past usage_personal_days to scrub (IP to its block, client metadata dropped) and usage rows past usage_row_months (or p_usage_retention) deleted by whole UTC days (ops.drop_usage_partitions_before); plus empty buckets, old reservations and counters, expired Idempotency-Keys, settlement marks older than two days, alert notifications delivered or failed more than 30 days ago. more = true: call again (ops.purge_nightly loops, committing between rounds).';
 
 -- No `set search_path` clause: Postgres refuses COMMIT in a procedure that
 -- has one. Not security definer, and every name is qualified.
