@@ -230,6 +230,7 @@ create table ops.rate_limits (
   slot_ids bigint[] not null default '{}',
   slot_counts integer[] not null default '{}',
   slot_total integer not null default 0,
+  retired boolean not null default false,
   updated_at timestamptz not null default now()
 )
 with (fillfactor = 90);
@@ -242,6 +243,8 @@ comment on column ops.rate_limits.slot_ids is 'Slot numbers (floor(epoch_ms / sl
 comment on column ops.rate_limits.slot_counts is 'Admissions per slot, parallel to slot_ids.';
 comment on column ops.rate_limits.slot_total is
   'Sum of slot_counts, kept so a decision only subtracts the slots that left the window instead of re-adding all of them.';
+comment on column ops.rate_limits.retired is
+  'A row of an org: bucket''s earlier layout (org_bucket_shards changed, ops.reshard_org_bucket): it admits nothing, so a turn that read the old K refuses instead of counting on a row nobody reads any more.';
 alter table ops.rate_limits enable row level security;
 
 -- ---------------------------------------------------------------------------
@@ -336,7 +339,7 @@ comment on column ops.agent_policies.enabled is 'false = assistant off in this s
 comment on column ops.agent_policies.disabled_message is 'What users are told while enabled = false (for example where to reach human support).';
 comment on column ops.agent_policies.channel_max_requests is 'Limit of this row''s channel: bucket per channel_window_seconds (default: the request window).';
 comment on column ops.agent_policies.org_bucket_shards is
-  'K: the org: bucket is split into K rows (org:<id>#0 .. #K-1) whose limits add up to the org limit, so K turns of one busy org decide at once instead of queueing on one row (ops.consume_rate_limits_sharded). Never over-admits; a turn is refused only when no shard it can take has room. NULL or 1 = one row.';
+  'K: the org: bucket is split into K rows (org:<id>#K.0 .. #K.K-1) whose limits add up to the org limit, so K turns of one busy org decide at once instead of queueing on one row (ops.consume_rate_limits). Never over-admits (a change of K moves the admissions in the window into the new rows, ops.reshard_org_bucket); a turn is refused only when no shard it can take without waiting has room. NULL or 1 = one row.';
 comment on column ops.agent_policies.model is 'The model this scope''s turns call (a tenant''s rows before the global ones, else AI_AGENT_MODEL), at OPENAI_BASE_URL unless AI_AGENT_MODEL_FALLBACKS configures that model''s upstream.';
 comment on column ops.agent_policies.model_fallbacks is 'Comma-separated models tried in order after a retryable failure of the model (at most 8), each at its configured upstream or OPENAI_BASE_URL; NULL = AI_AGENT_MODEL_FALLBACKS when the model is the environment''s, else none.';
 comment on column ops.agent_policies.org_tokens_per_day is 'Tokens per rolling 24 hours for the org (all its members); the turn reserves its worst case at admission.';

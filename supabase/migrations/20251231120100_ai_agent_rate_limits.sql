@@ -20,7 +20,8 @@ create function ops.consume_rate_limits(
   p_bucket_keys text[],
   p_limits integer[],
   p_windows integer[],
-  p_now timestamptz default now()
+  p_now timestamptz default now(),
+  p_org_shards integer default 1
 )
 returns jsonb
 language plpgsql
@@ -34,6 +35,18 @@ as $$
 declare
   v_now_ms bigint := (extract(epoch from p_now) * 1000)::bigint;
   v_decision jsonb;
+  -- The buckets decided: p_bucket_keys, with a sharded first bucket
+  -- replaced by the shard taken and its share of the limit.
+  v_keys text[] := p_bucket_keys;
+  v_limits integer[] := p_limits;
+  -- K: the first bucket (the org:) split into K rows (at most 64, as the
+  -- policy allows; a K above the limit leaves some shards a share of 0);
+  -- 1 = one row.
+  v_k integer := case when p_bucket_keys[1] is null then 1 else least(greatest(coalesce(p_org_shards, 1), 1), 64) end;
+  v_start integer;
+  v_probe integer := 0;
+  v_shard integer;
+  v_refusal jsonb;
 begin
   if coalesce(array_length(p_bucket_keys, 1), 0) <> coalesce(array_length(p_limits, 1), 0)
      or coalesce(array_length(p_bucket_keys, 1), 0) <> coalesce(array_length(p_windows, 1), 0) then
@@ -50,6 +63,18 @@ begin
       using errcode = '22023';
   end if;
 
+  -- 0. A sharded org: bucket (K > 1, ops.agent_policies.org_bucket_shards)
+  -- is K rows org:<id>#K.0 .. #K.K-1 whose limits add up to its limit (K in
+  -- the key: a turn that read another K never touches this layout's rows). A turn
+  -- decides with one of them, chosen at random, as its org: bucket: K turns
+  -- of one busy org decide at once, at the cost of the one-row path. A full
+  -- shard sends the turn to the others (below).
+  if v_k > 1 then
+    v_start := floor(random() * v_k)::integer;
+    v_keys[1] := p_bucket_keys[1] || '#' || v_k || '.' || v_start;
+    v_limits[1] := p_limits[1] / v_k + case when v_start < p_limits[1] % v_k then 1 else 0 end;
+  end if;
+
   -- 1. Lock every bucket in one global order (user:, ip:, org:, channel:
   -- last; then by key), so concurrent callers never deadlock and the busiest
   -- rows (org:, a global channel:) are held for the shortest time. One
@@ -59,12 +84,13 @@ begin
   -- updates nothing).
   insert into ops.rate_limits as r (bucket_key, max_requests, window_seconds, slot_ms)
   select t.key, t.lim, t.win, t.win::bigint * 50
-  from unnest(p_bucket_keys, p_limits, p_windows) as t (key, lim, win)
+  from unnest(v_keys, v_limits, p_windows) as t (key, lim, win)
   where t.key is not null
   order by case split_part(t.key, ':', 1) when 'user' then 1 when 'ip' then 2 when 'org' then 3 when 'channel' then 4 else 0 end,
            t.key collate "C"
   on conflict (bucket_key) do update set updated_at = r.updated_at where false;
 
+  loop
   -- 2. Decide, count and answer in one statement. Per bucket (found through
   -- the primary key, = any: an index scan whatever the table's size): the
   -- admissions still in the window and how many stored slots left it (they
@@ -75,18 +101,18 @@ begin
   -- tightest bucket, built once. A refusal writes nothing and answers null
   -- here: the statement below names the full bucket.
   with b as (
-    select t.key, t.lim, t.win, t.slot_ms, n.now_ms / t.slot_ms as slot, k.used,
+    select t.key, t.lim, t.win, t.slot_ms, n.now_ms / t.slot_ms as slot, k.used, r.retired,
            case when r.slot_ms = t.slot_ms then r.slot_ids[k.dropped + 1:]
                 when k.used > 0 then array[n.now_ms / t.slot_ms] else '{}' end as ids,
            case when r.slot_ms = t.slot_ms then r.slot_counts[k.dropped + 1:]
                 when k.used > 0 then array[k.used] else '{}' end as counts
     from (select u.key, u.lim, u.win, u.win::bigint * 50 as slot_ms
-          from unnest(p_bucket_keys, p_limits, p_windows) as u (key, lim, win)
+          from unnest(v_keys, v_limits, p_windows) as u (key, lim, win)
           where u.key is not null) t
     -- One primary-key lookup per bucket (offset 0 keeps it a nested loop,
     -- whatever the table's size and statistics).
     cross join lateral (
-      select r.slot_ms, r.window_seconds, r.slot_ids, r.slot_counts
+      select r.slot_ms, r.window_seconds, r.slot_ids, r.slot_counts, r.retired
       from ops.rate_limits r where r.bucket_key = t.key offset 0
     ) r
     -- The bucket's clock never goes back: a turn whose transaction started
@@ -116,7 +142,7 @@ begin
                 else b.counts || 1 end,
            b.used + 1, p_now
     from b
-    where not exists (select 1 from b f where f.used >= f.lim)
+    where not exists (select 1 from b f where f.used >= f.lim or f.retired)
     on conflict (bucket_key) do update
     set max_requests = excluded.max_requests, window_seconds = excluded.window_seconds, slot_ms = excluded.slot_ms,
         slot_ids = excluded.slot_ids, slot_counts = excluded.slot_counts, slot_total = excluded.slot_total,
@@ -133,7 +159,7 @@ begin
            'reset_seconds', ceil(greatest((coalesce(e.ids[1], e.slot) + 1) * e.slot_ms + e.win::bigint * 1000 - v_now_ms, 1) / 1000.0)::integer,
            'retry_after_seconds', 0)
   from b e
-  where not exists (select 1 from b f where f.used >= f.lim)
+  where not exists (select 1 from b f where f.used >= f.lim or f.retired)
   order by e.lim - e.used,
            case split_part(e.key, ':', 1) when 'user' then 1 when 'ip' then 2 when 'org' then 3 when 'channel' then 4 else 0 end,
            e.key collate "C"
@@ -159,8 +185,8 @@ begin
     select r.bucket_key as key, q.lim, q.win, q.slot_ms, k.used, k.ids, k.counts
     from ops.rate_limits r
     cross join lateral (
-      select p_limits[i] as lim, p_windows[i] as win, p_windows[i]::bigint * 50 as slot_ms
-      from array_position(p_bucket_keys, r.bucket_key) as i
+      select v_limits[i] as lim, p_windows[i] as win, p_windows[i]::bigint * 50 as slot_ms
+      from array_position(v_keys, r.bucket_key) as i
     ) q
     cross join lateral (
       select coalesce(sum(s.n), 0)::integer as used, array_agg(s.id) as ids, array_agg(s.n) as counts
@@ -169,7 +195,7 @@ begin
                  then s.id >= (v_now_ms - q.win::bigint * 1000) / q.slot_ms
                  else (s.id + 1) * r.slot_ms > v_now_ms - r.window_seconds::bigint * 1000 end
     ) k
-    where r.bucket_key = any (p_bucket_keys) and k.used >= q.lim
+    where r.bucket_key = any (v_keys) and (k.used >= q.lim or r.retired)
   ) f
   cross join lateral (
     select greatest(ceil(coalesce(min((x.id + 1) * f.slot_ms + f.win::bigint * 1000 - v_now_ms)
@@ -184,95 +210,219 @@ begin
            f.key collate "C"
   limit 1
   into v_decision;
-  -- No bucket at all: nothing to refuse.
-  return coalesce(v_decision, '{"allowed": true, "retry_after_seconds": 0}'::jsonb);
-end;
-$$;
-comment on function ops.consume_rate_limits(text[], integer[], integer[], timestamptz) is
-  'All-or-nothing sliding-window decision over several buckets, each with its limit and window: locks them in a fixed order, admits only if every bucket has room, then counts the request in each. Never more than N admissions in any W seconds per bucket; a refusal writes nothing. Returns one bucket: {allowed, scope, key, limit, window_seconds, remaining, reset_seconds, retry_after_seconds}, the one with the least room left when admitted, the first full one in lock order when refused.';
-
-
--- ---------------------------------------------------------------------------
--- A hot tenant's org: bucket split into K shards, org:<id>#0 .. #K-1, whose
--- limits add up to the org limit (floor(N/K), one more for the first N mod K).
--- A turn takes one shard nobody else holds (for update skip locked, from a
--- random start), then the usual all-or-nothing decision runs with that shard
--- as the org bucket; if the shard is full it tries the next free one. So K
--- turns of one org decide at once instead of queueing on one row.
---
--- Exact: a shard never admits past its own limit, so the org never admits
--- past the sum, N, in any window. The price: a turn is refused when every
--- shard it could take without waiting is full, though a shard held by
--- another turn at that instant may have had room (under-admission, never
--- over-admission). Lock order: the first shard is taken before the other
--- buckets (holding nothing else, so waiting for it cannot deadlock); later
--- shards only with skip locked, never waiting.
--- ---------------------------------------------------------------------------
-create function ops.consume_rate_limits_sharded(
-  p_bucket_keys text[],
-  p_limits integer[],
-  p_windows integer[],
-  p_now timestamptz,
-  p_shards integer
-)
-returns jsonb
-language plpgsql
-set search_path = ''
-set plan_cache_mode = force_generic_plan
-as $$
--- p_bucket_keys[1] is the org: key (the one sharded), as agent_begin_turn passes it.
-declare
-  v_shards integer := least(greatest(coalesce(p_shards, 1), 1), greatest(p_limits[1], 1));
-  v_start integer := floor(random() * least(greatest(coalesce(p_shards, 1), 1), greatest(p_limits[1], 1)))::integer;
-  v_keys text[];
-  v_tried text[] := '{}';
-  v_key text;
-  v_shard integer;
-  v_decision jsonb;
-  v_refusal jsonb;
-begin
-  if v_shards = 1 then
-    return ops.consume_rate_limits(p_bucket_keys, p_limits, p_windows, p_now);
+  -- No bucket at all: nothing to refuse. Refused by a bucket other than a
+  -- shard: that is the answer (all-or-nothing).
+  if v_k = 1 or v_decision ->> 'key' is distinct from v_keys[1] then
+    return coalesce(v_decision, '{"allowed": true, "retry_after_seconds": 0}'::jsonb);
   end if;
-  select array_agg(p_bucket_keys[1] || '#' || s order by (s - v_start + v_shards) % v_shards)
-  into v_keys from generate_series(0, v_shards - 1) s;
-  loop
-    select r.bucket_key into v_key
-    from ops.rate_limits r
-    where r.bucket_key = any (v_keys) and not (r.bucket_key = any (v_tried))
-    order by array_position(v_keys, r.bucket_key)
-    for update skip locked
-    limit 1;
-    if v_key is null and cardinality(v_tried) = 0 then
-      -- First use (the shards do not exist yet), or every shard held: make
-      -- them and wait for the first in this turn's order (holding nothing).
-      insert into ops.rate_limits (bucket_key, max_requests, window_seconds, slot_ms)
-      select k, 1, p_windows[1], p_windows[1]::bigint * 50 from unnest(v_keys) k
-      on conflict (bucket_key) do nothing;
-      select r.bucket_key into v_key from ops.rate_limits r where r.bucket_key = v_keys[1] for update;
+  -- This shard is full: try the others this turn can take without waiting
+  -- (SKIP LOCKED: it already holds its user: and ip: rows and a shard, so it
+  -- may not wait for another; a shard held by a turn, or not made yet, is
+  -- passed over, so the org may refuse up to K - 1 admissions early, never
+  -- admit one too many). The refusal kept is the one that frees first.
+  if v_refusal is null or (v_decision ->> 'retry_after_seconds')::integer < (v_refusal ->> 'retry_after_seconds')::integer then
+    v_refusal := v_decision;
+  end if;
+  v_shard := null;
+  while v_shard is null and v_probe < v_k - 1 loop
+    v_probe := v_probe + 1;
+    v_shard := (v_start + v_probe) % v_k;
+    perform from ops.rate_limits r where r.bucket_key = p_bucket_keys[1] || '#' || v_k || '.' || v_shard for update skip locked;
+    if not found then
+      v_shard := null;
     end if;
-    exit when v_key is null;
-    v_tried := v_tried || v_key;
-    v_shard := split_part(v_key, '#', 2)::integer;
-    v_decision := ops.consume_rate_limits(
-      v_key || p_bucket_keys[2:],
-      (p_limits[1] / v_shards + case when v_shard < p_limits[1] % v_shards then 1 else 0 end) || p_limits[2:],
-      p_windows, p_now);
-    -- Admitted, or refused by another bucket (all-or-nothing): that is the answer.
-    if (v_decision ->> 'allowed')::boolean or v_decision ->> 'key' <> v_key then
-      return v_decision;
-    end if;
-    -- This shard is full: the org has room again when the first shard frees.
-    if v_refusal is null or (v_decision ->> 'retry_after_seconds')::integer < (v_refusal ->> 'retry_after_seconds')::integer then
-      v_refusal := v_decision;
-    end if;
-    v_key := null;
   end loop;
+  exit when v_shard is null;
+  v_keys[1] := p_bucket_keys[1] || '#' || v_k || '.' || v_shard;
+  v_limits[1] := p_limits[1] / v_k + case when v_shard < p_limits[1] % v_k then 1 else 0 end;
+  end loop;
+  -- Every shard this turn could take was full: the refusal names the org
+  -- bucket and its limit, not a shard.
   return v_refusal || jsonb_build_object('key', p_bucket_keys[1], 'limit', p_limits[1]);
 end;
 $$;
-comment on function ops.consume_rate_limits_sharded(text[], integer[], integer[], timestamptz, integer) is
-  'ops.consume_rate_limits with the first bucket (the org:) split into p_shards rows whose limits add up to its limit: takes a free shard from a random start (skip locked), tries the next on a full one. Never admits more than the limit in any window; refuses only when every shard it can take without waiting is full.';
+comment on function ops.consume_rate_limits(text[], integer[], integer[], timestamptz, integer) is
+  'All-or-nothing sliding-window decision over several buckets, each with its limit and window: locks them in a fixed order, admits only if every bucket has room, then counts the request in each. Never more than N admissions in any W seconds per bucket; a refusal writes nothing. Returns one bucket: {allowed, scope, key, limit, window_seconds, remaining, reset_seconds, retry_after_seconds}, the one with the least room left when admitted, the first full one in lock order when refused. p_org_shards = K > 1: the first bucket (the org:) is K rows org:<key>#0 .. #K-1 whose limits add up to its limit; a turn takes one no other turn holds (skip locked), so a busy org''s turns decide K at once, and is refused only when every shard it could take is full (the refusal names the first bucket and its whole limit).';
+
+
+-- ---------------------------------------------------------------------------
+-- Changing K (org_bucket_shards, by an operator or ops.autoshard_org_buckets)
+-- moves the admissions still in the window into the new layout, so a change
+-- never forgets one: the in-window counts of the old rows, slot by slot
+-- (oldest first), fill the new rows up to their shares of the limit (the
+-- policy's, else an upper bound from what the rows were decided with); what
+-- exceeds the limit stays on the last row, which refuses until it leaves the
+-- window. The old layout's rows (every one of them, made if missing) stay as
+-- retired rows that admit nothing: a turn that read the old K before the
+-- change committed refuses instead of admitting on a row nobody counts. The
+-- K is in the shard keys (org:<id>#K.i), so old and new rows never mix.
+-- Rows are locked in key order; a turn holding a shard waits for nothing
+-- more, so this cannot deadlock with turns.
+-- ---------------------------------------------------------------------------
+create function ops.reshard_org_bucket(
+  p_org_id uuid,
+  p_shards integer,
+  p_old_shards integer default null,
+  p_limit integer default null,
+  p_window integer default null,
+  p_now timestamptz default now()
+)
+returns integer
+language plpgsql
+set search_path = ''
+as $$
+declare
+  v_key constant text := 'org:' || p_org_id;
+  v_old integer := least(greatest(coalesce(p_old_shards, 1), 1), 64);
+  v_layout_old text[];
+  v_candidates text[];
+  v_now_ms bigint := (extract(epoch from p_now) * 1000)::bigint;
+  v_limit integer;
+  v_window integer;
+  v_slot_ms bigint;
+  v_k integer;
+  v_layout text[];
+  v_ids bigint[];
+  v_counts integer[];
+  v_i integer;
+  v_shard integer := 0;
+  v_room integer;
+  v_take integer;
+  v_left integer;
+  v_out_shard integer[] := '{}';
+  v_out_id bigint[] := '{}';
+  v_out_n integer[] := '{}';
+begin
+  v_k := least(greatest(coalesce(p_shards, 1), 1), 64);
+  if v_k = v_old then
+    return v_k;
+  end if;
+  v_layout_old := case when v_old = 1 then array[v_key]
+                       else array(select v_key || '#' || v_old || '.' || s from generate_series(0, v_old - 1) s) end;
+  v_candidates := v_layout_old || case when v_old = 1 then '{}'::text[] else array[v_key] end;
+  v_layout := case when v_k = 1 then array[v_key]
+                   else array(select v_key || '#' || v_k || '.' || s from generate_series(0, v_k - 1) s) end;
+  perform from ops.rate_limits r where r.bucket_key = any (v_candidates || v_layout) order by r.bucket_key collate "C" for update;
+  -- The limit to share out: the policy's, else an upper bound from what the
+  -- live rows were decided with (a shard's share is at most limit / K + 1; a
+  -- limit too high fills the new rows sooner, never lets them admit more).
+  select coalesce(p_limit, max(case when r.bucket_key = v_key then r.max_requests
+                                    else (r.max_requests + 1) * split_part(split_part(r.bucket_key, '#', 2), '.', 1)::integer end)),
+         coalesce(p_window, max(r.window_seconds))
+  into v_limit, v_window
+  from ops.rate_limits r where r.bucket_key = any (v_candidates || v_layout) and not r.retired;
+  if v_limit is null or v_window is null then
+    -- Nothing decided yet and no limit to share: empty rows, the turns set them.
+    v_limit := coalesce(v_limit, v_k);
+    v_window := coalesce(v_window, 60);
+  end if;
+  v_slot_ms := v_window::bigint * 50;
+  -- The admissions still in the window, by slot of the current window
+  -- (a row decided with another window counts in the current slot).
+  select coalesce(array_agg(x.id order by x.id), '{}'), coalesce(array_agg(x.n order by x.id), '{}')
+  into v_ids, v_counts
+  from (
+    select case when r.slot_ms = v_slot_ms then s.id else v_now_ms / v_slot_ms end as id, sum(s.n)::integer as n
+    from ops.rate_limits r
+    cross join lateral unnest(r.slot_ids, r.slot_counts) as s (id, n)
+    where r.bucket_key = any (v_candidates || v_layout) and not r.retired
+      and case when r.slot_ms = v_slot_ms then s.id >= (v_now_ms - v_window::bigint * 1000) / v_slot_ms
+               else (s.id + 1) * r.slot_ms > v_now_ms - r.window_seconds::bigint * 1000 end
+    group by 1
+  ) x;
+  v_room := v_limit / v_k + case when 0 < v_limit % v_k then 1 else 0 end;
+  for v_i in 1 .. coalesce(array_length(v_ids, 1), 0) loop
+    v_left := v_counts[v_i];
+    while v_left > 0 loop
+      v_take := case when v_shard = v_k - 1 then v_left else least(v_left, v_room) end;
+      if v_take > 0 then
+        v_out_shard := v_out_shard || v_shard;
+        v_out_id := v_out_id || v_ids[v_i];
+        v_out_n := v_out_n || v_take;
+      end if;
+      v_left := v_left - v_take;
+      v_room := v_room - v_take;
+      if v_room <= 0 and v_shard < v_k - 1 then
+        v_shard := v_shard + 1;
+        v_room := v_limit / v_k + case when v_shard < v_limit % v_k then 1 else 0 end;
+      end if;
+    end loop;
+  end loop;
+  -- The new rows with their counts; every other row of the old layout retired.
+  insert into ops.rate_limits as r (bucket_key, max_requests, window_seconds, slot_ms, slot_ids, slot_counts, slot_total, retired, updated_at)
+  select x.key, x.lim, v_window, v_slot_ms, x.ids, x.counts, x.total, x.retired, p_now
+  from (
+    select l.key, v_limit / v_k + case when l.pos - 1 < v_limit % v_k then 1 else 0 end as lim,
+           coalesce(t.ids, '{}') as ids, coalesce(t.counts, '{}') as counts, coalesce(t.total, 0) as total, false as retired
+    from unnest(v_layout) with ordinality as l (key, pos)
+    left join lateral (
+      select array_agg(o.id order by o.id) as ids, array_agg(o.n order by o.id) as counts, sum(o.n)::integer as total
+      from unnest(v_out_shard, v_out_id, v_out_n) as o (shard, id, n) where o.shard = l.pos - 1
+    ) t on true
+    union all
+    select c.key, 1, '{}', '{}', 0, true
+    from unnest(v_candidates) as c (key)
+    where not (c.key = any (v_layout))
+  ) x
+  order by x.key collate "C"
+  on conflict (bucket_key) do update
+  set max_requests = excluded.max_requests, window_seconds = excluded.window_seconds, slot_ms = excluded.slot_ms,
+      slot_ids = excluded.slot_ids, slot_counts = excluded.slot_counts, slot_total = excluded.slot_total,
+      retired = excluded.retired, updated_at = excluded.updated_at;
+  return v_k;
+end;
+$$;
+comment on function ops.reshard_org_bucket(uuid, integer, integer, integer, integer, timestamptz) is
+  'Moves an org: bucket''s admissions still in its window from the layout of p_old_shards rows into p_shards rows (1: the one row org:<id>; K: org:<id>#K.0 .. #K.K-1), each filled up to its share of the limit, and retires the old rows, so changing org_bucket_shards never forgets an admission and a turn that read the old K admits nothing. Run by the ops.agent_policies trigger; returns the K applied.';
+
+-- The K in force for an org before and after a policy change (the tenant's
+-- row, else the global row, else 1), applied to its bucket; a global change
+-- applies to every org with bucket rows and no K of its own.
+create function ops.policy_reshard()
+returns trigger
+language plpgsql
+set search_path = ''
+as $$
+declare
+  v_org uuid := case when tg_op = 'DELETE' then old.org_id else new.org_id end;
+  v_new_global integer := (select max(p.org_bucket_shards) from ops.agent_policies p where p.org_id is null);
+  v_old_global integer := v_new_global;
+begin
+  if (tg_op = 'INSERT' and new.org_bucket_shards is null)
+     or (tg_op = 'DELETE' and old.org_bucket_shards is null)
+     or (tg_op = 'UPDATE' and new.org_bucket_shards is not distinct from old.org_bucket_shards) then
+    return null;
+  end if;
+  if v_org is null then
+    v_old_global := case when tg_op = 'INSERT' then null else old.org_bucket_shards end;
+  end if;
+  perform ops.reshard_org_bucket(o.org_id,
+            coalesce(o.own, v_new_global, 1),
+            coalesce(case when v_org is null then o.own
+                          when tg_op = 'INSERT' then null else old.org_bucket_shards end, v_old_global, 1),
+            coalesce((select max(p.org_max_requests) from ops.agent_policies p where p.org_id = o.org_id),
+                     (select max(p.org_max_requests) from ops.agent_policies p where p.org_id is null)),
+            coalesce((select max(p.org_window_seconds) from ops.agent_policies p where p.org_id = o.org_id),
+                     (select max(p.org_window_seconds) from ops.agent_policies p where p.org_id is null)))
+  from (
+    select x.org_id, (select max(p.org_bucket_shards) from ops.agent_policies p where p.org_id = x.org_id) as own
+    from (select v_org as org_id where v_org is not null
+          union
+          select distinct split_part(split_part(r.bucket_key, ':', 2), '#', 1)::uuid
+          from ops.rate_limits r
+          where v_org is null and r.bucket_key like 'org:%' and not r.retired
+            and split_part(split_part(r.bucket_key, ':', 2), '#', 1) ~ '^[0-9a-f-]{36}$') x
+  ) o
+  where v_org is not null or o.own is null
+  order by o.org_id;
+  return null;
+end;
+$$;
+comment on function ops.policy_reshard() is
+  'Trigger of ops.agent_policies: when org_bucket_shards changes, re-lays the affected org: buckets out in the new K rows (ops.reshard_org_bucket).';
+create trigger agent_policies_reshard
+  after insert or update of org_bucket_shards or delete on ops.agent_policies
+  for each row execute function ops.policy_reshard();
 
 -- ---------------------------------------------------------------------------
 -- Token counters: the same sliding window, weighted by tokens. A window of W
@@ -343,14 +493,16 @@ comment on function ops.tokens_retry_after(text, text, uuid, uuid, integer, bigi
 -- alone may execute them.
 -- ---------------------------------------------------------------------------
 revoke execute on function
-  ops.consume_rate_limits(text[], integer[], integer[], timestamptz),
-  ops.consume_rate_limits_sharded(text[], integer[], integer[], timestamptz, integer),
+  ops.consume_rate_limits(text[], integer[], integer[], timestamptz, integer),
+  ops.reshard_org_bucket(uuid, integer, integer, integer, integer, timestamptz),
+  ops.policy_reshard(),
   ops.tokens_used(text, integer, timestamptz),
   ops.tokens_retry_after(text, text, uuid, uuid, integer, bigint, boolean, timestamptz)
 from public, anon, authenticated;
 grant execute on function
-  ops.consume_rate_limits(text[], integer[], integer[], timestamptz),
-  ops.consume_rate_limits_sharded(text[], integer[], integer[], timestamptz, integer),
+  ops.consume_rate_limits(text[], integer[], integer[], timestamptz, integer),
+  ops.reshard_org_bucket(uuid, integer, integer, integer, integer, timestamptz),
+  ops.policy_reshard(),
   ops.tokens_used(text, integer, timestamptz),
   ops.tokens_retry_after(text, text, uuid, uuid, integer, bigint, boolean, timestamptz)
 to service_role;

@@ -393,18 +393,12 @@ begin
   -- 6. Request buckets, all-or-nothing: org:, user:, ip: (when the IP is
   -- known) and the channel: buckets a policy sets. A hot tenant's org:
   -- bucket may be split into shards (org_bucket_shards, 20251231120100).
-  if v_channel_limit is null and v_org_channel_limit is null and v_org_shards > 1 then
-    v_decision := ops.consume_rate_limits_sharded(
-      array['org:' || p_org_id, 'user:' || p_user_id, 'ip:' || nullif(p_client_ip, '')],
-      array[v_org_limit, v_user_limit, v_ip_limit],
-      array[v_org_window, v_user_window, v_ip_window],
-      p_now, v_org_shards);
-  elsif v_channel_limit is null and v_org_channel_limit is null then
+  if v_channel_limit is null and v_org_channel_limit is null then
     v_decision := ops.consume_rate_limits(
       array['org:' || p_org_id, 'user:' || p_user_id, 'ip:' || nullif(p_client_ip, '')],
       array[v_org_limit, v_user_limit, v_ip_limit],
       array[v_org_window, v_user_window, v_ip_window],
-      p_now);
+      p_now, v_org_shards);
   else
     v_keys := array['org:' || p_org_id, 'user:' || p_user_id, 'ip:' || nullif(p_client_ip, '')];
     v_limits := array[v_org_limit, v_user_limit, v_ip_limit];
@@ -419,7 +413,7 @@ begin
       v_limits := v_limits || v_org_channel_limit;
       v_windows := v_windows || v_org_channel_window;
     end if;
-    v_decision := ops.consume_rate_limits_sharded(v_keys, v_limits, v_windows, p_now, v_org_shards);
+    v_decision := ops.consume_rate_limits(v_keys, v_limits, v_windows, p_now, v_org_shards);
   end if;
   if not (v_decision ->> 'allowed')::boolean then
     return jsonb_build_object('outcome', 'rate_limit', 'member', true, 'rate_limit', v_decision);

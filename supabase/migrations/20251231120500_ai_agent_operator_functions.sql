@@ -70,15 +70,22 @@ begin
     raise exception 'bucket key must look like org:<id>, user:<id>, ip:<address> or channel:<name>, got %', coalesce(p_bucket_key, 'NULL')
       using errcode = '22023';
   end if;
-  -- A sharded org: bucket (org_bucket_shards) is its rows org:<id>#0 .. #K-1.
-  delete from ops.rate_limits r
-  where r.bucket_key = p_bucket_key or (starts_with(r.bucket_key, p_bucket_key || '#') and r.bucket_key ~ '^org:[^#]+#[0-9]+$');
+  -- A sharded org: bucket (org_bucket_shards) is its rows org:<id>#K.0 ..
+  -- #K.K-1 (and the retired rows of earlier layouts); its live rows are
+  -- emptied, the retired ones kept so a turn that read an old K still refuses.
+  update ops.rate_limits r
+  set slot_ids = '{}', slot_counts = '{}', slot_total = 0, updated_at = now()
+  where starts_with(r.bucket_key, p_bucket_key || '#') and r.bucket_key ~ '^org:[^#]+#[0-9]+\.[0-9]+$' and not r.retired;
   get diagnostics v_deleted = row_count;
+  delete from ops.rate_limits r where r.bucket_key = p_bucket_key and not r.retired;
+  if found then
+    v_deleted := v_deleted + 1;
+  end if;
   return v_deleted;
 end;
 $$;
 comment on function ops.clear_rate_limit(text) is
-  'Empties one rate-limit bucket (deletes its row, or the rows of a sharded org: bucket); returns the rows deleted.';
+  'Empties one rate-limit bucket (deletes its row, or empties the rows of a sharded org: bucket); returns the rows emptied.';
 
 -- ---------------------------------------------------------------------------
 -- Opt-outs

@@ -46,7 +46,7 @@ select is((select ops.clear_rate_limit('org:' || org) from t_ctx), 4, 'clearing 
 
 -- test: callers without the service role
 select tests.authenticate_as_anon();
-select throws_ok($$ select ops.consume_rate_limits_sharded(array['org:x'], array[1], array[60], now(), 2) $$, '42501', null,
+select throws_ok($$ select ops.consume_rate_limits(array['org:x'], array[1], array[60], now(), 2) $$, '42501', null,
   'anon cannot decide buckets');
 select tests.clear_authentication();
 
