@@ -532,6 +532,94 @@ $$;
 comment on function ops.session_show(uuid, timestamptz) is 'One stored session with its messages, for support; NULL when unknown.';
 
 -- ---------------------------------------------------------------------------
+-- Hot tenants sharded automatically: every minute (pg_cron) the org:
+-- buckets admitting at least p_min_rate turns a second get K =
+-- p_rate_per_shard turns a second per row (a power of two, at most 64),
+-- through ops.policy_set (audited, actor ops.autoshard_org_buckets), and an
+-- org the job sharded goes back down once its rate needs a quarter of its
+-- rows or fewer. A K an operator set is never touched: the job manages an
+-- org only while the org's K is the one it set (ops.autoshard_state).
+-- Changing K is exact (ops.reshard_org_bucket).
+-- ---------------------------------------------------------------------------
+create table ops.autoshard_state (
+  org_id uuid primary key,
+  shards integer not null check (shards between 1 and 64),
+  rate_per_second numeric not null,
+  updated_at timestamptz not null default now()
+);
+comment on table ops.autoshard_state is
+  'The K ops.autoshard_org_buckets set per org and the rate it saw. The job manages an org''s org_bucket_shards only while it equals shards here (an operator''s change takes the org over).';
+alter table ops.autoshard_state enable row level security;
+revoke all on table ops.autoshard_state from public, anon, authenticated;
+grant select on table ops.autoshard_state to service_role;
+
+create function ops.autoshard_org_buckets(
+  p_min_rate numeric default 100,
+  p_rate_per_shard numeric default 50,
+  p_now timestamptz default now()
+)
+returns table (org_id uuid, rate_per_second numeric, shards_before integer, shards_after integer)
+language plpgsql
+set search_path = ''
+as $$
+declare
+  v_row record;
+begin
+  if coalesce(p_min_rate, 0) <= 0 or coalesce(p_rate_per_shard, 0) <= 0 then
+    raise exception 'p_min_rate and p_rate_per_shard must be positive' using errcode = '22023';
+  end if;
+  for v_row in
+    with rates as (
+      -- Admissions in the window of every live org: row (one row or shards), per second.
+      select split_part(split_part(r.bucket_key, ':', 2), '#', 1)::uuid as org,
+             sum(u.used)::numeric / max(r.window_seconds) as rate
+      from ops.rate_limits r
+      cross join lateral (
+        select coalesce(sum(s.n), 0) as used
+        from unnest(r.slot_ids, r.slot_counts) as s (id, n)
+        where s.id >= ((extract(epoch from p_now) * 1000)::bigint - r.window_seconds::bigint * 1000) / r.slot_ms
+      ) u
+      where r.bucket_key like 'org:%' and not r.retired
+        and split_part(split_part(r.bucket_key, ':', 2), '#', 1) ~ '^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$'
+      group by 1
+    )
+    select x.org, round(x.rate, 1) as rate, x.current, t.target
+    from (
+      select r.org, r.rate,
+             coalesce((select p.org_bucket_shards from ops.agent_policies p where p.org_id = r.org and p.channel is null),
+                      (select p.org_bucket_shards from ops.agent_policies p where p.org_id is null and p.channel is null), 1) as current,
+             (select p.org_bucket_shards from ops.agent_policies p where p.org_id = r.org and p.channel is null) as own,
+             (select a.shards from ops.autoshard_state a where a.org_id = r.org) as managed
+      from rates r
+    ) x
+    cross join lateral (
+      select case when x.rate < p_min_rate then 1
+                  else least(64, power(2, ceil(log(2, greatest(x.rate / p_rate_per_shard, 1)))))::integer end as target
+    ) t
+    -- Orgs without a K of their own, or with the K this job set: up when
+    -- they need more rows, down when a quarter of theirs would do.
+    where (x.own is null or x.own = x.managed)
+      and (t.target > x.current or (x.managed is not null and t.target * 4 <= x.current))
+    order by 1
+  loop
+    perform ops.policy_set(v_row.org, null, jsonb_build_object('org_bucket_shards', v_row.target),
+                           'ops.autoshard_org_buckets');
+    insert into ops.autoshard_state as a (org_id, shards, rate_per_second, updated_at)
+    values (v_row.org, v_row.target, v_row.rate, p_now)
+    on conflict on constraint autoshard_state_pkey do update
+    set shards = excluded.shards, rate_per_second = excluded.rate_per_second, updated_at = excluded.updated_at;
+    org_id := v_row.org;
+    rate_per_second := v_row.rate;
+    shards_before := v_row.current;
+    shards_after := v_row.target;
+    return next;
+  end loop;
+end;
+$$;
+comment on function ops.autoshard_org_buckets(numeric, numeric, timestamptz) is
+  'Shards hot tenants'' org: buckets: an org admitting at least p_min_rate turns/s (over its window) gets org_bucket_shards = p_rate_per_shard turns/s per row (a power of two, at most 64), and goes back down when a quarter of its rows would do; never touches a K an operator set. pg_cron runs it every minute. Returns the orgs changed.';
+
+-- ---------------------------------------------------------------------------
 -- Privileges of every function and view above, one statement each (checked
 -- by supabase/tests/database/004_privileges_inventory.test.sql): service_role
 -- alone may execute or read them.
@@ -553,7 +641,8 @@ revoke execute on function
   ops.budget_set(uuid, numeric, text, text, text),
   ops.budget_clear(uuid, text),
   ops.policy_show(uuid, text, timestamptz),
-  ops.session_show(uuid, timestamptz)
+  ops.session_show(uuid, timestamptz),
+  ops.autoshard_org_buckets(numeric, numeric, timestamptz)
 from public, anon, authenticated;
 grant execute on function
   ops.bucket_status(text),
@@ -571,6 +660,16 @@ grant execute on function
   ops.budget_set(uuid, numeric, text, text, text),
   ops.budget_clear(uuid, text),
   ops.policy_show(uuid, text, timestamptz),
-  ops.session_show(uuid, timestamptz)
+  ops.session_show(uuid, timestamptz),
+  ops.autoshard_org_buckets(numeric, numeric, timestamptz)
 to service_role;
 grant select on ops.rate_limit_status, ops.org_dashboard to service_role;
+
+-- Schedule, only where pg_cron is enabled (as the usage rollup's).
+do $$
+begin
+  if exists (select 1 from pg_extension where extname = 'pg_cron') then
+    perform cron.schedule('agent-chat-autoshard', '* * * * *', 'select count(*) from ops.autoshard_org_buckets()');
+  end if;
+end;
+$$;

@@ -51,9 +51,9 @@ select tests.clear_authentication();
 select case when exists (select 1 from pg_extension where extname = 'pg_cron')
   then results_eq(
     $$select format('%s %s', jobname, schedule) collate "default" from cron.job where jobname like 'agent-chat-%' order by jobname$$,
-    $$values ('agent-chat-check-alerts * * * * *'), ('agent-chat-purge-expired 17 3 * * *'),
+    $$values ('agent-chat-autoshard * * * * *'), ('agent-chat-check-alerts * * * * *'), ('agent-chat-purge-expired 17 3 * * *'),
              ('agent-chat-usage-partitions 7 * * * *'), ('agent-chat-usage-rollups * * * * *')$$,
-    'pg_cron runs the alert check and the usage rollup every minute, makes usage partitions hourly, purges nightly')
+    'pg_cron runs the hot-tenant sharding, the alert check and the usage rollup every minute, makes usage partitions hourly, purges nightly')
   else skip('pg_cron is not installed', 1)
 end;
 
