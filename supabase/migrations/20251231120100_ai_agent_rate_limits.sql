@@ -279,6 +279,8 @@ comment on function ops.consume_rate_limits_sharded(text[], integer[], integer[]
 -- seconds is 20 slots of W/20; a counter keeps the settled tokens per recent
 -- slot (ascending). Written when a usage row is inserted (ops.settle_usage,
 -- in the usage migration), read by agent_begin_turn against the token quotas.
+-- A busy org's counter is several rows (shards); every reader here sums the
+-- slots of all the rows of its key in one snapshot.
 -- ---------------------------------------------------------------------------
 -- Tokens a counter holds in the window ending at p_now.
 create function ops.tokens_used(p_counter_key text, p_window_seconds integer, p_now timestamptz default now())
@@ -294,7 +296,7 @@ as $$
     and s.id >= ((extract(epoch from p_now) * 1000)::bigint - p_window_seconds::bigint * 1000) / c.slot_ms;
 $$;
 comment on function ops.tokens_used(text, integer, timestamptz) is
-  'Settled tokens of a token counter in the window of p_window_seconds ending at p_now (open reservations not included).';
+  'Settled tokens of a token counter (the sum of its shards) in the window of p_window_seconds ending at p_now (open reservations not included).';
 
 -- When a refused token quota has room for p_needed more tokens: settled
 -- slots leave the window and open reservations expire (a reservation may
