@@ -1,7 +1,7 @@
 /**
  * `deno task bench [--quick] [--only a,b] [--write-docs] [--record-baseline]`
  * (npm run bench): the benchmark scenarios (scripts/bench/: begin-turn,
- * hot-tenant, ideal-turn, http, growth, cold-start, memory, fallbacks on one local stack with durable
+ * hot-tenant, hot-settle, ideal-turn, http, growth, cold-start, memory, fallbacks on one local stack with durable
  * PostgreSQL settings; sql-cost on a PostgreSQL of its own). Prints the
  * targets and tables, and writes the results regions of docs/benchmarks.md
  * (to .local/results/ unless --write-docs; with --only, the regions of the
@@ -22,6 +22,7 @@ import {
 } from "./bench/context.ts";
 import { beginTurn } from "./bench/begin-turn.ts";
 import { hotTenant } from "./bench/hot-tenant.ts";
+import { hotSettle } from "./bench/hot-settle.ts";
 import { idealTurn } from "./bench/ideal-turn.ts";
 import { http } from "./bench/http.ts";
 import { growth } from "./bench/growth.ts";
@@ -37,6 +38,7 @@ const ON_STACK: Record<
 > = {
   "begin-turn": (ctx) => beginTurn(ctx),
   "hot-tenant": (ctx) => hotTenant(ctx),
+  "hot-settle": (ctx) => hotSettle(ctx),
   "ideal-turn": (ctx) => idealTurn(ctx),
   http: (ctx, o) => http(ctx, o),
   growth: (ctx) => growth(ctx),

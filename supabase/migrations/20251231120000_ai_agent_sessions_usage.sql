@@ -339,7 +339,7 @@ comment on column ops.agent_policies.enabled is 'false = assistant off in this s
 comment on column ops.agent_policies.disabled_message is 'What users are told while enabled = false (for example where to reach human support).';
 comment on column ops.agent_policies.channel_max_requests is 'Limit of this row''s channel: bucket per channel_window_seconds (default: the request window).';
 comment on column ops.agent_policies.org_bucket_shards is
-  'K: the org: bucket is split into K rows (org:<id>#K.0 .. #K.K-1) whose limits add up to the org limit, so K turns of one busy org decide at once instead of queueing on one row (ops.consume_rate_limits). Never over-admits (a change of K moves the admissions in the window into the new rows, ops.reshard_org_bucket); a turn is refused only when no shard it can take without waiting has room. NULL or 1 = one row.';
+  'K, for a busy org: the org: bucket is split into K rows (org:<id>#K.0 .. #K.K-1) whose limits add up to the org limit (ops.consume_rate_limits; never over-admits, and a change of K moves the admissions in the window into the new rows, ops.reshard_org_bucket; a turn is refused only when no shard it can take without waiting has room); the org''s token and spend counters are K rows each, summed by every reader; and token quotas and enforced budgets decide under one of K admission locks, so K turns decide at once: an org token quota may then be exceeded by up to (K - 1) turns'' worst case, an enforced org budget overshot by up to K turns'' worst case (1 at K = 1). NULL or 1 = one row, one lock. Set by an operator, or by ops.autoshard_org_buckets for a tenant over 100 turns/s.';
 comment on column ops.agent_policies.model is 'The model this scope''s turns call (a tenant''s rows before the global ones, else AI_AGENT_MODEL), at OPENAI_BASE_URL unless AI_AGENT_MODEL_FALLBACKS configures that model''s upstream.';
 comment on column ops.agent_policies.model_fallbacks is 'Comma-separated models tried in order after a retryable failure of the model (at most 8), each at its configured upstream or OPENAI_BASE_URL; NULL = AI_AGENT_MODEL_FALLBACKS when the model is the environment''s, else none.';
 comment on column ops.agent_policies.org_tokens_per_day is 'Tokens per rolling 24 hours for the org (all its members); the turn reserves its worst case at admission.';
@@ -366,14 +366,18 @@ alter table ops.policy_audit enable row level security;
 -- Token quotas and enforced budgets: what is used, and what is on the way.
 -- ---------------------------------------------------------------------------
 create table ops.token_counters (
-  counter_key text primary key,
+  counter_key text not null,
+  shard smallint not null default 0 check (shard between 0 and 63),
   slot_ms bigint not null check (slot_ms > 0),
   slot_ids bigint[] not null default '{}',
   slot_tokens bigint[] not null default '{}',
-  updated_at timestamptz not null default now()
+  updated_at timestamptz not null default now(),
+  primary key (counter_key, shard)
 );
 comment on table ops.token_counters is
-  'Settled tokens (from usage rows) per sliding window: org:<id>:minute, org:<id>:day, user:<id>:minute, user:<id>:day; 20 slots per window (3 s for the minute, 72 min for the day). Written by the usage-row trigger, read by agent_begin_turn against the token quotas.';
+  'Settled tokens (from usage rows) per sliding window: org:<id>:minute, org:<id>:day, user:<id>:minute, user:<id>:day; 20 slots per window (3 s for the minute, 72 min for the day). A counter is the sum of its rows: a busy org''s are spread over shards (see shard). Written by the usage-row trigger, read by agent_begin_turn against the token quotas.';
+comment on column ops.token_counters.shard is
+  'Which of the counter''s rows: an org''s settlements go to shard pg_backend_pid() % K (K = org_bucket_shards), so K settling backends do not queue on one row; a user''s counters use shard 0. Every reader sums all the rows of a key, whatever K is now.';
 alter table ops.token_counters enable row level security;
 
 create table ops.token_reservations (
@@ -396,13 +400,16 @@ alter table ops.token_reservations enable row level security;
 create table ops.spend_counters (
   org_id uuid not null,
   month date not null,
+  shard smallint not null default 0 check (shard between 0 and 63),
   usd numeric not null default 0,
   billed_events bigint not null default 0,
   updated_at timestamptz not null default now(),
-  primary key (org_id, month)
+  primary key (org_id, month, shard)
 );
 comment on table ops.spend_counters is
-  'Month-to-date spend per org, added by the usage-row trigger at the price of the row''s insert (ops.event_cost_usd). What enforced budgets compare with; rebuild from the usage log with ops.rebuild_spend_counters after a retroactive price change.';
+  'Month-to-date spend per org (the sum of the org''s rows of the month), added by the usage-row trigger at the price of the row''s insert (ops.event_cost_usd). What enforced budgets compare with; rebuild from the usage log with ops.rebuild_spend_counters after a retroactive price change.';
+comment on column ops.spend_counters.shard is
+  'Which of the org''s rows of the month: settlements go to shard pg_backend_pid() % K (K = org_bucket_shards), so a busy org''s finishes do not queue on one row. Readers sum every shard present, so changing K loses and doubles nothing.';
 alter table ops.spend_counters enable row level security;
 
 -- ---------------------------------------------------------------------------

@@ -63,34 +63,58 @@ begin
       using errcode = '22023';
   end if;
 
-  -- 0. A sharded org: bucket (K > 1, ops.agent_policies.org_bucket_shards)
-  -- is K rows org:<id>#K.0 .. #K.K-1 whose limits add up to its limit (K in
-  -- the key: a turn that read another K never touches this layout's rows). A turn
-  -- decides with one of them, chosen at random, as its org: bucket: K turns
-  -- of one busy org decide at once, at the cost of the one-row path. A full
-  -- shard sends the turn to the others (below).
   if v_k > 1 then
     v_start := floor(random() * v_k)::integer;
-    v_keys[1] := p_bucket_keys[1] || '#' || v_k || '.' || v_start;
-    v_limits[1] := p_limits[1] / v_k + case when v_start < p_limits[1] % v_k then 1 else 0 end;
   end if;
 
   -- 1. Lock every bucket in one global order (user:, ip:, org:, channel:
   -- last; then by key), so concurrent callers never deadlock and the busiest
-  -- rows (org:, a global channel:) are held for the shortest time. One
+  -- rows (org:, a global channel:) are held for the shortest time; a sharded
+  -- org: bucket's row is taken after all of them (1b). One
   -- statement, row by row in that order: a bucket seen for the first time is
   -- inserted empty, an existing one is locked (ON CONFLICT DO UPDATE locks
   -- the row, the latest version whoever committed it, even when its WHERE
   -- updates nothing).
   insert into ops.rate_limits as r (bucket_key, max_requests, window_seconds, slot_ms)
   select t.key, t.lim, t.win, t.win::bigint * 50
-  from unnest(v_keys, v_limits, p_windows) as t (key, lim, win)
-  where t.key is not null
+  from unnest(p_bucket_keys, p_limits, p_windows) with ordinality as t (key, lim, win, pos)
+  where t.key is not null and (v_k = 1 or t.pos > 1)
   order by case split_part(t.key, ':', 1) when 'user' then 1 when 'ip' then 2 when 'org' then 3 when 'channel' then 4 else 0 end,
            t.key collate "C"
   on conflict (bucket_key) do update set updated_at = r.updated_at where false;
 
   loop
+  -- 1b. A sharded org: bucket (K > 1, ops.agent_policies.org_bucket_shards)
+  -- is K rows org:<id>#K.0 .. #K.K-1 whose limits add up to its limit (K in
+  -- the key: a turn that read another K never touches this layout's rows).
+  -- The turn takes one no other turn holds, trying them from a random start
+  -- with SKIP LOCKED (never waiting), so K turns of one busy org decide at
+  -- once; a full one sends it on to the next. Only when none could be taken
+  -- (all held, or not made yet) does it wait, for its first: it then holds
+  -- its other buckets but no shard, and a turn holding a shard waits for
+  -- nothing more, so this cannot deadlock.
+  if v_k > 1 then
+    v_shard := null;
+    while v_shard is null and v_probe < v_k loop
+      v_shard := (v_start + v_probe) % v_k;
+      v_probe := v_probe + 1;
+      perform from ops.rate_limits r where r.bucket_key = p_bucket_keys[1] || '#' || v_k || '.' || v_shard for update skip locked;
+      if not found then
+        v_shard := null;
+      end if;
+    end loop;
+    if v_shard is null then
+      -- Every shard this turn took was full: refused (below).
+      exit when v_refusal is not null;
+      v_shard := v_start;
+      insert into ops.rate_limits as r (bucket_key, max_requests, window_seconds, slot_ms)
+      values (p_bucket_keys[1] || '#' || v_k || '.' || v_shard, greatest(p_limits[1] / v_k, 1), p_windows[1], p_windows[1]::bigint * 50)
+      on conflict (bucket_key) do update set updated_at = r.updated_at where false;
+    end if;
+    v_keys[1] := p_bucket_keys[1] || '#' || v_k || '.' || v_shard;
+    v_limits[1] := p_limits[1] / v_k + case when v_shard < p_limits[1] % v_k then 1 else 0 end;
+  end if;
+
   -- 2. Decide, count and answer in one statement. Per bucket (found through
   -- the primary key, = any: an index scan whatever the table's size): the
   -- admissions still in the window and how many stored slots left it (they
@@ -215,26 +239,14 @@ begin
   if v_k = 1 or v_decision ->> 'key' is distinct from v_keys[1] then
     return coalesce(v_decision, '{"allowed": true, "retry_after_seconds": 0}'::jsonb);
   end if;
-  -- This shard is full: try the others this turn can take without waiting
-  -- (SKIP LOCKED: it already holds its user: and ip: rows and a shard, so it
-  -- may not wait for another; a shard held by a turn, or not made yet, is
-  -- passed over, so the org may refuse up to K - 1 admissions early, never
-  -- admit one too many). The refusal kept is the one that frees first.
+  -- This shard is full: the turn tries the others it can take without
+  -- waiting (it holds a shard now, so it may not wait for another). A shard
+  -- held by another turn is passed over, so the org may refuse up to K - 1
+  -- admissions of a window early, never admit one too many. The refusal kept
+  -- is the one that frees first.
   if v_refusal is null or (v_decision ->> 'retry_after_seconds')::integer < (v_refusal ->> 'retry_after_seconds')::integer then
     v_refusal := v_decision;
   end if;
-  v_shard := null;
-  while v_shard is null and v_probe < v_k - 1 loop
-    v_probe := v_probe + 1;
-    v_shard := (v_start + v_probe) % v_k;
-    perform from ops.rate_limits r where r.bucket_key = p_bucket_keys[1] || '#' || v_k || '.' || v_shard for update skip locked;
-    if not found then
-      v_shard := null;
-    end if;
-  end loop;
-  exit when v_shard is null;
-  v_keys[1] := p_bucket_keys[1] || '#' || v_k || '.' || v_shard;
-  v_limits[1] := p_limits[1] / v_k + case when v_shard < p_limits[1] % v_k then 1 else 0 end;
   end loop;
   -- Every shard this turn could take was full: the refusal names the org
   -- bucket and its limit, not a shard.
@@ -242,7 +254,7 @@ begin
 end;
 $$;
 comment on function ops.consume_rate_limits(text[], integer[], integer[], timestamptz, integer) is
-  'All-or-nothing sliding-window decision over several buckets, each with its limit and window: locks them in a fixed order, admits only if every bucket has room, then counts the request in each. Never more than N admissions in any W seconds per bucket; a refusal writes nothing. Returns one bucket: {allowed, scope, key, limit, window_seconds, remaining, reset_seconds, retry_after_seconds}, the one with the least room left when admitted, the first full one in lock order when refused. p_org_shards = K > 1: the first bucket (the org:) is K rows org:<key>#0 .. #K-1 whose limits add up to its limit; a turn takes one no other turn holds (skip locked), so a busy org''s turns decide K at once, and is refused only when every shard it could take is full (the refusal names the first bucket and its whole limit).';
+  'All-or-nothing sliding-window decision over several buckets, each with its limit and window: locks them in a fixed order, admits only if every bucket has room, then counts the request in each. Never more than N admissions in any W seconds per bucket; a refusal writes nothing. Returns one bucket: {allowed, scope, key, limit, window_seconds, remaining, reset_seconds, retry_after_seconds}, the one with the least room left when admitted, the first full one in lock order when refused. p_org_shards = K > 1: the first bucket (the org:) is K rows org:<key>#K.0 .. #K.K-1 whose limits add up to its limit; a turn takes one no other turn holds (skip locked, from a random start), so a busy org''s turns decide K at once, and is refused only when every shard it could take is full (the refusal names the first bucket and its whole limit).';
 
 
 -- ---------------------------------------------------------------------------
@@ -429,6 +441,8 @@ create trigger agent_policies_reshard
 -- seconds is 20 slots of W/20; a counter keeps the settled tokens per recent
 -- slot (ascending). Written when a usage row is inserted (ops.settle_usage,
 -- in the usage migration), read by agent_begin_turn against the token quotas.
+-- A busy org's counter is several rows (shards); every reader here sums the
+-- slots of all the rows of its key in one snapshot.
 -- ---------------------------------------------------------------------------
 -- Tokens a counter holds in the window ending at p_now.
 create function ops.tokens_used(p_counter_key text, p_window_seconds integer, p_now timestamptz default now())
@@ -444,7 +458,7 @@ as $$
     and s.id >= ((extract(epoch from p_now) * 1000)::bigint - p_window_seconds::bigint * 1000) / c.slot_ms;
 $$;
 comment on function ops.tokens_used(text, integer, timestamptz) is
-  'Settled tokens of a token counter in the window of p_window_seconds ending at p_now (open reservations not included).';
+  'Settled tokens of a token counter (the sum of its shards) in the window of p_window_seconds ending at p_now (open reservations not included).';
 
 -- When a refused token quota has room for p_needed more tokens: settled
 -- slots leave the window and open reservations expire (a reservation may

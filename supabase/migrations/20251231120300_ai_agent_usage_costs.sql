@@ -225,16 +225,27 @@ language plpgsql
 set search_path = ''
 set plan_cache_mode = force_generic_plan
 as $$
--- On every metered call: three statements (two when no reservation was
--- made), each a cached plan, and the price (ops.event_cost_usd).
+-- On every metered call: three statements, each a cached plan, and the
+-- price (ops.event_cost_usd). The first releases the reservation and reads
+-- the org's shard count K (org_bucket_shards: the tenant row, else the
+-- global row, as agent_begin_turn resolves it); the org's counter rows are
+-- shard pg_backend_pid() % K, so at most K settling backends of one org
+-- write at once without queueing on one row (K = 1: shard 0, one row, as
+-- before). Readers sum every shard of a key.
 declare
   v_tokens bigint;
   v_at_ms bigint;
   v_now_ms bigint;
+  v_shard smallint;
 begin
-  if p_request_id is not null then
-    delete from ops.token_reservations t where t.request_id = p_request_id;
-  end if;
+  with released as (delete from ops.token_reservations t where t.request_id = p_request_id)
+  select pg_backend_pid() % coalesce(coalesce(max(p.org_bucket_shards) filter (where p.org_id is not null),
+                                              max(p.org_bucket_shards)), 1)
+  into v_shard
+  from ops.agent_policies p
+  where coalesce(p.org_id, '00000000-0000-0000-0000-000000000000'::uuid)
+          in ('00000000-0000-0000-0000-000000000000'::uuid, p_org_id)
+    and coalesce(p.channel, '') = '';
   if p_org_id is null or not ops.is_billed(p_prompt_tokens, p_completion_tokens, p_total_tokens) then
     return;
   end if;
@@ -247,12 +258,13 @@ begin
   -- them, width_bucket counts the ids below the window), and the row's slot
   -- s goes after the j ids at or before it (usually at the end), or adds to
   -- slot j when that is s. Array expressions only: no unnest, no sort.
-  insert into ops.token_counters as c (counter_key, slot_ms, slot_ids, slot_tokens, updated_at)
-  select k.key, k.win * 50, array[v_at_ms / (k.win * 50)], array[v_tokens], now()
-  from (values ('org:' || p_org_id || ':day', 86400::bigint), ('org:' || p_org_id || ':minute', 60),
-               ('user:' || p_user_id || ':day', 86400), ('user:' || p_user_id || ':minute', 60)) as k (key, win)
+  insert into ops.token_counters as c (counter_key, shard, slot_ms, slot_ids, slot_tokens, updated_at)
+  select k.key, k.shard, k.win * 50, array[v_at_ms / (k.win * 50)], array[v_tokens], now()
+  from (values ('org:' || p_org_id || ':day', v_shard, 86400::bigint), ('org:' || p_org_id || ':minute', v_shard, 60),
+               ('user:' || p_user_id || ':day', 0::smallint, 86400), ('user:' || p_user_id || ':minute', 0::smallint, 60))
+         as k (key, shard, win)
   where k.key is not null and v_at_ms / (k.win * 50) >= (v_now_ms - k.win * 1000) / (k.win * 50)
-  on conflict (counter_key) do update
+  on conflict (counter_key, shard) do update
   set slot_ids = case
         when width_bucket(excluded.slot_ids[1], c.slot_ids) > width_bucket((v_now_ms - excluded.slot_ms * 20) / excluded.slot_ms - 1, c.slot_ids)
              and c.slot_ids[width_bucket(excluded.slot_ids[1], c.slot_ids)] = excluded.slot_ids[1]
@@ -275,17 +287,17 @@ begin
       updated_at = now();
   -- Month-to-date spend at the price charged (priced_as when the reported
   -- name has none; $0 when neither has a price).
-  insert into ops.spend_counters as c (org_id, month, usd, billed_events, updated_at)
-  values (p_org_id, date_trunc('month', p_created_at at time zone 'UTC')::date,
+  insert into ops.spend_counters as c (org_id, month, shard, usd, billed_events, updated_at)
+  values (p_org_id, date_trunc('month', p_created_at at time zone 'UTC')::date, v_shard,
           coalesce(ops.event_cost_usd(p_price_model, p_created_at, p_prompt_tokens, p_cached_prompt_tokens,
                                       p_completion_tokens), 0),
           greatest(coalesce(p_event_count, 1), 1), now())
-  on conflict (org_id, month) do update
+  on conflict (org_id, month, shard) do update
   set usd = c.usd + excluded.usd, billed_events = c.billed_events + excluded.billed_events, updated_at = now();
 end;
 $$;
 comment on function ops.settle_usage_event(text, uuid, uuid, text, integer, integer, integer, integer, integer, timestamptz) is
-  'Settles one metered model call: releases its token reservation, adds its tokens to ops.token_counters and its cost at p_price_model''s price to ops.spend_counters. Called by the usage-row trigger and, with the usage log off, by agent_settle_usage.';
+  'Settles one metered model call: releases its token reservation, adds its tokens to ops.token_counters and its cost at p_price_model''s price to ops.spend_counters (the org''s rows on shard pg_backend_pid() % org_bucket_shards). Called by the usage-row trigger and, with the usage log off, by agent_settle_usage.';
 
 create function ops.settle_usage()
 returns trigger
@@ -306,7 +318,9 @@ create trigger agent_usage_events_settle
   for each row execute function ops.settle_usage();
 
 -- Rebuilds the spend counters of the months from p_from on from the usage
--- log (after a retroactive price change or a backfill without the trigger).
+-- log (after a retroactive price change or a backfill without the trigger):
+-- every shard of those months goes, one row per org and month (shard 0)
+-- comes back; later settlements spread over the shards again.
 create function ops.rebuild_spend_counters(p_from timestamptz default date_trunc('month', now(), 'UTC'))
 returns integer
 language plpgsql

@@ -39,12 +39,22 @@
 -- (p_reserve_tokens, the function's prompt estimate plus its max output
 -- tokens, plus an estimate of the history read here) in
 -- ops.token_reservations, priced at the model's highest per-token price.
--- The decision is serialised per org (and per user for user quotas, and
--- globally for an enforced global budget) with transaction-scoped advisory
--- locks, taken before any row lock and always in that order, so concurrent
--- turns see each other's reservations: a quota is never exceeded by
--- reservations, and a budget is overshot by at most one turn's worst case
--- (a turn is refused once spend plus open reservations reach the budget).
+-- The decision is serialised with transaction-scoped advisory locks, taken
+-- before any row lock and always in this order: globally for an enforced
+-- global budget, per org stripe, per user for user quotas. An org has K
+-- stripes (K = org_bucket_shards, 1 by default): a turn takes a free one
+-- (try-lock from stripe pg_backend_pid() % K), else waits for that one, so at
+-- most K turns of an org decide at once. Each sees the committed
+-- reservations and settlements of all the others (a stripe is released at
+-- commit), so only the at most K - 1 other turns deciding with it are
+-- unseen. The bounds, with w = one turn's worst case:
+--   K = 1: an org quota is never exceeded by reservations; an enforced
+--          budget is overshot by at most w (a turn is refused once spend
+--          plus open reservations reach the budget, and the last one
+--          admitted below it may add w).
+--   K > 1: an org quota is exceeded by at most (K - 1) w; an enforced org
+--          budget is overshot by at most K w. User quotas (user lock) and
+--          the global budget (global lock) keep the K = 1 bounds.
 -- The usage row of the request settles the reservation (trigger in the
 -- usage migration); an abandoned one stops counting at its expires_at.
 -- ---------------------------------------------------------------------------
@@ -127,6 +137,7 @@ declare
   v_spent numeric;
   v_reserved_usd numeric;
   v_retry integer;
+  v_stripe integer;
 begin
   if p_org_id is null or p_user_id is null then
     raise exception 'org_id and user_id are required' using errcode = '22023';
@@ -302,13 +313,26 @@ begin
     if v_global_budget is not null then
       perform pg_advisory_xact_lock(hashtextextended('agent-chat:admission:global', 0));
     end if;
-    perform pg_advisory_xact_lock(hashtextextended('agent-chat:admission:org:' || p_org_id, 0));
+    if coalesce(v_org_shards, 1) = 1 then
+      perform pg_advisory_xact_lock(hashtextextended('agent-chat:admission:org:' || p_org_id, 0));
+    else
+      -- One of K stripes: the first free one from this backend's, else wait for it.
+      v_stripe := pg_backend_pid() % v_org_shards;
+      for i in 0 .. v_org_shards - 1 loop
+        exit when pg_try_advisory_xact_lock(hashtextextended(
+          'agent-chat:admission:org:' || p_org_id || '#' || (v_stripe + i) % v_org_shards, 0));
+        if i = v_org_shards - 1 then
+          perform pg_advisory_xact_lock(hashtextextended('agent-chat:admission:org:' || p_org_id || '#' || v_stripe, 0));
+        end if;
+      end loop;
+    end if;
     if coalesce(v_user_tpm, v_user_tpd) is not null then
       perform pg_advisory_xact_lock(hashtextextended('agent-chat:admission:user:' || p_user_id, 0));
     end if;
 
-    -- Token quotas: settled tokens in the window plus open reservations plus
-    -- this turn's worst case must fit. One statement, one snapshot.
+    -- Token quotas: settled tokens in the window (every shard of the
+    -- counter) plus open reservations plus this turn's worst case must fit.
+    -- One statement, one snapshot.
     if coalesce(v_org_tpm, v_org_tpd, v_user_tpm, v_user_tpd) is not null then
       for v_quota in
         select q.key, q.kind, q.lim, q.win,
@@ -354,8 +378,9 @@ begin
       end if;
     end if;
 
-    -- Enforced budgets: refuse once spend plus open reservations reach them.
-    -- The reservation holds its tokens at the model's highest per-token price.
+    -- Enforced budgets: refuse once spend (every shard of the month) plus
+    -- open reservations reach them. The reservation holds its tokens at the
+    -- model's highest per-token price.
     v_reserve_usd := ops.worst_case_usd(coalesce(v_model, p_model), v_reserve, p_now);
     -- A model without a price could spend without limit under an enforced
     -- budget: refused until ops.model_prices has its price (fail closed).
@@ -367,7 +392,7 @@ begin
     end if;
     v_reserve_usd := coalesce(v_reserve_usd, 0);
     if v_org_budget is not null then
-      select coalesce((select c.usd from ops.spend_counters c
+      select coalesce((select sum(c.usd) from ops.spend_counters c
                        where c.org_id = p_org_id and c.month = date_trunc('month', p_now at time zone 'UTC')::date), 0),
              coalesce((select sum(t.usd) from ops.token_reservations t where t.org_id = p_org_id and t.expires_at > p_now), 0)
       into v_spent, v_reserved_usd;

@@ -500,7 +500,10 @@ create view ops.org_dashboard with (security_invoker = true) as
   left join ops.agent_policies op on op.org_id = o.org_id and op.channel is null
   left join ops.rate_limit_status rl on rl.bucket_key = 'org:' || o.org_id
   left join ops.budgets b on b.org_id = o.org_id
-  left join ops.spend_counters sc on sc.org_id = o.org_id and sc.month = date_trunc('month', now() at time zone 'UTC')::date
+  left join lateral (
+    select sum(c.usd) as usd from ops.spend_counters c
+    where c.org_id = o.org_id and c.month = date_trunc('month', now() at time zone 'UTC')::date
+  ) sc on true
   left join lateral (
     select sum(t.tokens) as tokens, sum(t.usd) as usd from ops.token_reservations t
     where t.org_id = o.org_id and t.expires_at > now()
