@@ -539,8 +539,8 @@ comment on function ops.session_show(uuid, timestamptz) is 'One stored session w
 -- buckets admitting at least p_min_rate turns a second get K =
 -- p_rate_per_shard turns a second per row (a power of two, at most 64),
 -- through ops.policy_set (audited, actor ops.autoshard_org_buckets), and an
--- org the job sharded goes back down once its rate needs a quarter of its
--- rows or fewer. A K an operator set is never touched: the job manages an
+-- org the job sharded goes back down, to the rows its rate needs, once that
+-- is a quarter of its rows or fewer, or one row under the threshold. A K an operator set is never touched: the job manages an
 -- org only while the org's K is the one it set (ops.autoshard_state).
 -- Changing K is exact (ops.reshard_org_bucket).
 -- ---------------------------------------------------------------------------
@@ -595,14 +595,19 @@ begin
              (select a.shards from ops.autoshard_state a where a.org_id = r.org) as managed
       from rates r
     ) x
+    -- The rows the rate needs (p_rate_per_shard a row, a power of two).
     cross join lateral (
-      select case when x.rate < p_min_rate then 1
-                  else least(64, power(2, ceil(log(2, greatest(x.rate / p_rate_per_shard, 1)))))::integer end as target
+      select least(64, power(2, ceil(log(2, greatest(x.rate / p_rate_per_shard, 1)))))::integer as target
     ) t
     -- Orgs without a K of their own, or with the K this job set: up when
-    -- they need more rows, down when a quarter of theirs would do.
+    -- over the threshold and they need more rows; down, to the rows the
+    -- rate needs, when a quarter of theirs would do or, under the threshold,
+    -- one row does. An org just under the threshold keeps the rows its rate
+    -- needs, so a rate hovering there does not flap between 1 and K.
     where (x.own is null or x.own = x.managed)
-      and (t.target > x.current or (x.managed is not null and t.target * 4 <= x.current))
+      and ((x.rate >= p_min_rate and t.target > x.current)
+           or (x.managed is not null and t.target < x.current
+               and (t.target * 4 <= x.current or (x.rate < p_min_rate and t.target = 1))))
     order by 1
   loop
     perform ops.policy_set(v_row.org, null, jsonb_build_object('org_bucket_shards', v_row.target),
@@ -620,7 +625,7 @@ begin
 end;
 $$;
 comment on function ops.autoshard_org_buckets(numeric, numeric, timestamptz) is
-  'Shards hot tenants'' org: buckets: an org admitting at least p_min_rate turns/s (over its window) gets org_bucket_shards = p_rate_per_shard turns/s per row (a power of two, at most 64), and goes back down when a quarter of its rows would do; never touches a K an operator set. pg_cron runs it every minute. Returns the orgs changed.';
+  'Shards hot tenants'' org: buckets: an org admitting at least p_min_rate turns/s (over its window) gets org_bucket_shards = p_rate_per_shard turns/s per row (a power of two, at most 64), and goes back down to the rows its rate needs when a quarter of its rows would do (or one row, under the threshold), so a rate hovering at the threshold does not flap; never touches a K an operator set. pg_cron runs it every minute. Returns the orgs changed.';
 
 -- ---------------------------------------------------------------------------
 -- Privileges of every function and view above, one statement each (checked
