@@ -16,7 +16,8 @@ create view ops.rate_limit_status with (security_invoker = true) as
     r.max_requests,
     r.window_seconds,
     u.used,
-    greatest(r.max_requests - u.used, 0) as remaining,
+    -- A retired row (an earlier layout of a sharded org: bucket) admits nothing.
+    case when r.retired then 0 else greatest(r.max_requests - u.used, 0) end as remaining,
     u.next_slot_frees_at,
     u.empty_at,
     r.updated_at
@@ -30,7 +31,7 @@ create view ops.rate_limit_status with (security_invoker = true) as
     where s.id >= floor((extract(epoch from now()) * 1000 - r.window_seconds::bigint * 1000) / r.slot_ms)
   ) u;
 comment on view ops.rate_limit_status is
-  'Each bucket now: used and remaining in its window, when the oldest counted slot frees up (next_slot_frees_at) and when the bucket is empty (empty_at).';
+  'Each bucket now: used and remaining in its window, when the oldest counted slot frees up (next_slot_frees_at) and when the bucket is empty (empty_at). A sharded org: bucket is its rows org:<id>#K.i; a retired row (an earlier K) shows remaining 0.';
 
 create function ops.bucket_status(p_bucket_key text)
 returns table (
@@ -52,11 +53,13 @@ as $$
          s.next_slot_frees_at, s.empty_at, s.updated_at
   from ops.rate_limit_status s
   where s.bucket_key = p_bucket_key
+     -- A sharded org: bucket's rows, org:<id>#K.i, under its key.
+     or starts_with(s.bucket_key, p_bucket_key || '#')
      or (right(p_bucket_key, 1) = '*' and starts_with(s.bucket_key, left(p_bucket_key, -1)))
   order by s.bucket_key;
 $$;
 comment on function ops.bucket_status(text) is
-  'One rate-limit bucket as ops.rate_limit_status shows it (used, remaining, when it frees up); a trailing * lists every bucket with that prefix, e.g. ''org:*''.';
+  'One rate-limit bucket as ops.rate_limit_status shows it (used, remaining, when it frees up), with the rows of a sharded org: bucket (org:<id>#K.i; a retired one, of an earlier K, shows remaining 0); a trailing * lists every bucket with that prefix, e.g. ''org:*''.';
 
 create function ops.clear_rate_limit(p_bucket_key text)
 returns integer
