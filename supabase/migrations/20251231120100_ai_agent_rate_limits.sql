@@ -261,10 +261,15 @@ comment on function ops.consume_rate_limits(text[], integer[], integer[], timest
 -- Changing K (org_bucket_shards, by an operator or ops.autoshard_org_buckets)
 -- moves the admissions still in the window into the new layout, so a change
 -- never forgets one: the in-window counts of the old rows, slot by slot
--- (oldest first), fill the new rows up to their shares of the limit (the
--- policy's, else an upper bound from what the rows were decided with); what
--- exceeds the limit stays on the last row, which refuses until it leaves the
--- window. The old layout's rows (every one of them, made if missing) stay as
+-- (oldest first), fill the new rows up to their shares of the smaller of the
+-- limit (the policy's, else an upper bound from what the rows were decided
+-- with) and the admissions moved, T. A row's share grows with the limit, so
+-- shares of T are within the shares of any limit of at least T (the
+-- environment's included, which this function never sees): the new rows
+-- admit at most limit - T more. Filling up to the shares of a limit that is
+-- too high would not be: the first rows would take more than their real
+-- share and the others would still admit theirs. What exceeds the limit
+-- stays on the last row, which refuses until it leaves the window. The old layout's rows (every one of them, made if missing) stay as
 -- retired rows that admit nothing: a turn that read the old K before the
 -- change committed refuses instead of admitting on a row nobody counts. The
 -- K is in the shard keys (org:<id>#K.i), so old and new rows never mix.
@@ -290,6 +295,8 @@ declare
   v_candidates text[];
   v_now_ms bigint := (extract(epoch from p_now) * 1000)::bigint;
   v_limit integer;
+  -- The limit the moved admissions are spread by: least(limit, T).
+  v_fill integer;
   v_window integer;
   v_slot_ms bigint;
   v_k integer;
@@ -316,8 +323,8 @@ begin
                    else array(select v_key || '#' || v_k || '.' || s from generate_series(0, v_k - 1) s) end;
   perform from ops.rate_limits r where r.bucket_key = any (v_candidates || v_layout) order by r.bucket_key collate "C" for update;
   -- The limit to share out: the policy's, else an upper bound from what the
-  -- live rows were decided with (a shard's share is at most limit / K + 1; a
-  -- limit too high fills the new rows sooner, never lets them admit more).
+  -- live rows were decided with (a shard's share is at most limit / K + 1);
+  -- the admissions are spread by least(limit, T) below, safe for either.
   select coalesce(p_limit, max(case when r.bucket_key = v_key then r.max_requests
                                     else (r.max_requests + 1) * split_part(split_part(r.bucket_key, '#', 2), '.', 1)::integer end)),
          coalesce(p_window, max(r.window_seconds))
@@ -342,7 +349,8 @@ begin
                else (s.id + 1) * r.slot_ms > v_now_ms - r.window_seconds::bigint * 1000 end
     group by 1
   ) x;
-  v_room := v_limit / v_k + case when 0 < v_limit % v_k then 1 else 0 end;
+  v_fill := least(v_limit, (select coalesce(sum(c), 0)::integer from unnest(v_counts) c));
+  v_room := v_fill / v_k + case when 0 < v_fill % v_k then 1 else 0 end;
   for v_i in 1 .. coalesce(array_length(v_ids, 1), 0) loop
     v_left := v_counts[v_i];
     while v_left > 0 loop
@@ -356,7 +364,7 @@ begin
       v_room := v_room - v_take;
       if v_room <= 0 and v_shard < v_k - 1 then
         v_shard := v_shard + 1;
-        v_room := v_limit / v_k + case when v_shard < v_limit % v_k then 1 else 0 end;
+        v_room := v_fill / v_k + case when v_shard < v_fill % v_k then 1 else 0 end;
       end if;
     end loop;
   end loop;

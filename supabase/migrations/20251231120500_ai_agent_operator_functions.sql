@@ -16,7 +16,8 @@ create view ops.rate_limit_status with (security_invoker = true) as
     r.max_requests,
     r.window_seconds,
     u.used,
-    greatest(r.max_requests - u.used, 0) as remaining,
+    -- A retired row (an earlier layout of a sharded org: bucket) admits nothing.
+    case when r.retired then 0 else greatest(r.max_requests - u.used, 0) end as remaining,
     u.next_slot_frees_at,
     u.empty_at,
     r.updated_at
@@ -30,7 +31,7 @@ create view ops.rate_limit_status with (security_invoker = true) as
     where s.id >= floor((extract(epoch from now()) * 1000 - r.window_seconds::bigint * 1000) / r.slot_ms)
   ) u;
 comment on view ops.rate_limit_status is
-  'Each bucket now: used and remaining in its window, when the oldest counted slot frees up (next_slot_frees_at) and when the bucket is empty (empty_at).';
+  'Each bucket now: used and remaining in its window, when the oldest counted slot frees up (next_slot_frees_at) and when the bucket is empty (empty_at). A sharded org: bucket is its rows org:<id>#K.i; a retired row (an earlier K) shows remaining 0.';
 
 create function ops.bucket_status(p_bucket_key text)
 returns table (
@@ -52,11 +53,13 @@ as $$
          s.next_slot_frees_at, s.empty_at, s.updated_at
   from ops.rate_limit_status s
   where s.bucket_key = p_bucket_key
+     -- A sharded org: bucket's rows, org:<id>#K.i, under its key.
+     or starts_with(s.bucket_key, p_bucket_key || '#')
      or (right(p_bucket_key, 1) = '*' and starts_with(s.bucket_key, left(p_bucket_key, -1)))
   order by s.bucket_key;
 $$;
 comment on function ops.bucket_status(text) is
-  'One rate-limit bucket as ops.rate_limit_status shows it (used, remaining, when it frees up); a trailing * lists every bucket with that prefix, e.g. ''org:*''.';
+  'One rate-limit bucket as ops.rate_limit_status shows it (used, remaining, when it frees up), with the rows of a sharded org: bucket (org:<id>#K.i; a retired one, of an earlier K, shows remaining 0); a trailing * lists every bucket with that prefix, e.g. ''org:*''.';
 
 create function ops.clear_rate_limit(p_bucket_key text)
 returns integer
@@ -539,8 +542,8 @@ comment on function ops.session_show(uuid, timestamptz) is 'One stored session w
 -- buckets admitting at least p_min_rate turns a second get K =
 -- p_rate_per_shard turns a second per row (a power of two, at most 64),
 -- through ops.policy_set (audited, actor ops.autoshard_org_buckets), and an
--- org the job sharded goes back down once its rate needs a quarter of its
--- rows or fewer. A K an operator set is never touched: the job manages an
+-- org the job sharded goes back down, to the rows its rate needs, once that
+-- is a quarter of its rows or fewer, or one row under the threshold. A K an operator set is never touched: the job manages an
 -- org only while the org's K is the one it set (ops.autoshard_state).
 -- Changing K is exact (ops.reshard_org_bucket).
 -- ---------------------------------------------------------------------------
@@ -595,14 +598,19 @@ begin
              (select a.shards from ops.autoshard_state a where a.org_id = r.org) as managed
       from rates r
     ) x
+    -- The rows the rate needs (p_rate_per_shard a row, a power of two).
     cross join lateral (
-      select case when x.rate < p_min_rate then 1
-                  else least(64, power(2, ceil(log(2, greatest(x.rate / p_rate_per_shard, 1)))))::integer end as target
+      select least(64, power(2, ceil(log(2, greatest(x.rate / p_rate_per_shard, 1)))))::integer as target
     ) t
     -- Orgs without a K of their own, or with the K this job set: up when
-    -- they need more rows, down when a quarter of theirs would do.
+    -- over the threshold and they need more rows; down, to the rows the
+    -- rate needs, when a quarter of theirs would do or, under the threshold,
+    -- one row does. An org just under the threshold keeps the rows its rate
+    -- needs, so a rate hovering there does not flap between 1 and K.
     where (x.own is null or x.own = x.managed)
-      and (t.target > x.current or (x.managed is not null and t.target * 4 <= x.current))
+      and ((x.rate >= p_min_rate and t.target > x.current)
+           or (x.managed is not null and t.target < x.current
+               and (t.target * 4 <= x.current or (x.rate < p_min_rate and t.target = 1))))
     order by 1
   loop
     perform ops.policy_set(v_row.org, null, jsonb_build_object('org_bucket_shards', v_row.target),
@@ -620,7 +628,7 @@ begin
 end;
 $$;
 comment on function ops.autoshard_org_buckets(numeric, numeric, timestamptz) is
-  'Shards hot tenants'' org: buckets: an org admitting at least p_min_rate turns/s (over its window) gets org_bucket_shards = p_rate_per_shard turns/s per row (a power of two, at most 64), and goes back down when a quarter of its rows would do; never touches a K an operator set. pg_cron runs it every minute. Returns the orgs changed.';
+  'Shards hot tenants'' org: buckets: an org admitting at least p_min_rate turns/s (over its window) gets org_bucket_shards = p_rate_per_shard turns/s per row (a power of two, at most 64), and goes back down to the rows its rate needs when a quarter of its rows would do (or one row, under the threshold), so a rate hovering at the threshold does not flap; never touches a K an operator set. pg_cron runs it every minute. Returns the orgs changed.';
 
 -- ---------------------------------------------------------------------------
 -- Privileges of every function and view above, one statement each (checked
