@@ -175,8 +175,10 @@ begin
   select jsonb_build_object(
            'allowed', true,
            'scope', split_part(e.key, ':', 1),
-           'key', e.key,
-           'limit', e.lim,
+           -- A shard answers for the org: the org's key and whole limit, with
+           -- the shard's remaining (never more than the org has left).
+           'key', case when v_k > 1 and e.key = v_keys[1] then p_bucket_keys[1] else e.key end,
+           'limit', case when v_k > 1 and e.key = v_keys[1] then p_limits[1] else e.lim end,
            'window_seconds', e.win,
            'remaining', e.lim - e.used - 1,
            -- Room grows again when the oldest counted slot (or this one) leaves the window.

@@ -4,7 +4,7 @@
 -- only when every shard is full; the decision stays all-or-nothing.
 begin;
 \ir ../support/pgtap-helpers.psql
-select plan(12);
+select plan(13);
 
 -- setup: an org of 20 members, its org: bucket in 4 shards, limit 10 a minute
 create temp table t_ctx as select gen_random_uuid() as org, gen_random_uuid() as small;
@@ -27,6 +27,10 @@ select ok((select bool_and(max_requests = slot_total) from ops.rate_limits, t_ct
   'no shard admitted past its own limit');
 select is((select r -> 'rate_limit' ->> 'key' from t_calls, t_ctx where i = 15), 'org:' || (select org from t_ctx),
   'a refusal names the org bucket, not a shard');
+select ok((select bool_and(r -> 'rate_limit' ->> 'key' = 'org:' || org and (r -> 'rate_limit' ->> 'limit')::int = 10
+                           and (r -> 'rate_limit' ->> 'remaining')::int between 0 and 9)
+           from t_calls, t_ctx where r ->> 'outcome' = 'ok' and r -> 'rate_limit' ->> 'scope' = 'org'),
+  'an admission the org bucket answers for names the org and its whole limit, with no more remaining than the org has');
 select ok((select (r -> 'rate_limit' ->> 'retry_after_seconds')::int between 1 and 63 from t_calls where i = 15),
   'with the time the first shard frees (at most the window and one slot)');
 select is((select count(*)::int from ops.rate_limits r, t_users u where r.bucket_key = 'user:' || u.id and u.i <= 15 and r.slot_total > 0), 10,
