@@ -425,9 +425,12 @@ begin
          r.latency_values, r.latency_counts, r.latency_percentiles
   from unnest(v_range_grains, v_range_from, v_range_to) as k (grain, from_at, to_at)
   cross join lateral (
+    -- offset 0 keeps this a subquery: one index range scan per range, never
+    -- a hash join over every row of the level.
     select x.* from ops.usage_rollup x
     where x.level = v_level and x.grain = k.grain and x.bucket_start >= k.from_at and x.bucket_start < k.to_at
       and (p_org_id is null or x.org_id = p_org_id)
+    offset 0
   ) r
   union all
   select e.created_at, e.org_id, e.model, e.channel, e.success, e.error_code, e.event_count::bigint,
