@@ -162,12 +162,13 @@ alter table ops.usage_rollup enable row level security;
 create table ops.usage_rollup_state (
   id boolean primary key default true check (id),
   folded_through bigint not null default 0,
+  folded_until timestamptz,
   pending_through bigint,
   pending_xids xid8[],
   refreshed_at timestamptz
 );
 comment on table ops.usage_rollup_state is
-  'One row: the rollup holds every usage row with id <= folded_through. pending_through is the largest id seen at the last refresh and pending_xids the transactions then in flight; the next refresh after they have all ended folds up to pending_through.';
+  'One row: the rollup holds every usage row with id <= folded_through, none created at or after folded_until (the largest created_at folded; NULL: none). pending_through is the largest id seen at the last refresh and pending_xids the transactions then in flight; the next refresh after they have all ended folds up to pending_through.';
 insert into ops.usage_rollup_state default values;
 alter table ops.usage_rollup_state enable row level security;
 

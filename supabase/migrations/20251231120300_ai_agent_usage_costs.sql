@@ -342,7 +342,11 @@ comment on function ops.rebuild_spend_counters(timestamptz) is
 -- exact created_at; a rollup cell sits at its bucket's start. So the sums
 -- over any period equal the raw rows', and so do report buckets made of
 -- whole cells (p_grain: the coarsest grain that divides the report's
--- bucket; NULL: raw rows only).
+-- bucket; NULL: raw rows only). A period that ends after every folded row
+-- (ops.usage_rollup_state.folded_until: a dashboard up to now) reads the
+-- bucket it ends in as a whole one, since that bucket holds nothing folded
+-- past the end: the current day, quarter hour or minute is one row, not its
+-- hours and minutes.
 -- ---------------------------------------------------------------------------
 create function ops.usage_cells(
   p_from timestamptz,
@@ -382,28 +386,38 @@ declare
   -- An org's cells are not in the all rows.
   v_level constant text := case when p_org_id is not null and p_level = 'all' then 'org' else p_level end;
   v_through bigint;
+  v_until timestamptz;
+  -- No folded row at or after p_to: a bucket that starts before p_to and
+  -- ends after it holds only rows before p_to, so it counts as whole.
+  v_open boolean;
   v_grain interval;
   v_a timestamptz;
   v_b timestamptz;
-  -- [v_lo, v_hi): what the rollup covers; v_ranges: its pieces.
+  -- [v_lo, v_hi): what the rollup covers; v_range_*: its pieces.
+  v_covered boolean := false;
   v_lo timestamptz := p_to;
   v_hi timestamptz := p_to;
   v_range_grains interval[] := '{}';
   v_range_from timestamptz[] := '{}';
   v_range_to timestamptz[] := '{}';
 begin
+  select s.folded_through, s.folded_until into v_through, v_until from ops.usage_rollup_state s where s.id;
+  v_open := isfinite(p_to) and (v_until is null or v_until < p_to);
   if p_grain is not null and p_from < p_to then
     foreach v_grain in array ops.usage_rollup_grains(v_level) loop
       continue when v_grain > p_grain;
       -- The whole buckets of this grain in [p_from, p_to).
       v_a := case when not isfinite(p_from) then p_from
                   else date_bin(v_grain, p_from - interval '1 microsecond', v_origin) + v_grain end;
-      v_b := case when not isfinite(p_to) then p_to else date_bin(v_grain, p_to, v_origin) end;
-      if v_lo = p_to and v_hi = p_to then
+      v_b := case when not isfinite(p_to) then p_to
+                  when v_open then date_bin(v_grain, p_to - interval '1 microsecond', v_origin) + v_grain
+                  else date_bin(v_grain, p_to, v_origin) end;
+      if not v_covered then
         if v_a < v_b then
           v_range_grains := v_range_grains || v_grain; v_range_from := v_range_from || v_a; v_range_to := v_range_to || v_b;
           v_lo := v_a;
           v_hi := v_b;
+          v_covered := true;
         end if;
       else
         -- Finer buckets at either end of what coarser ones cover.
@@ -418,7 +432,6 @@ begin
       end if;
     end loop;
   end if;
-  select s.folded_through into v_through from ops.usage_rollup_state s where s.id;
   return query
   select r.bucket_start, r.org_id, r.model, r.channel, r.success, r.error_code, r.requests, r.billed_requests,
          r.prompt_tokens, r.cached_prompt_tokens, r.completion_tokens, r.total_tokens, r.usd, r.unpriced_rows,
@@ -451,7 +464,8 @@ begin
     where x.created_at >= greatest(v_hi, p_from) and x.created_at < p_to and (p_org_id is null or x.org_id = p_org_id)
     union all
     select x.* from public.agent_usage_events x
-    where x.id > v_through and x.created_at >= v_lo and x.created_at < v_hi and (p_org_id is null or x.org_id = p_org_id)
+    where x.id > v_through and x.created_at >= v_lo and x.created_at < least(v_hi, p_to)
+      and (p_org_id is null or x.org_id = p_org_id)
   ) e
   cross join lateral (select ops.is_billed(e.prompt_tokens, e.completion_tokens, e.total_tokens) as billed) b
   cross join lateral (
@@ -475,7 +489,8 @@ create function ops.usage_report(
   p_to timestamptz,
   p_bucket interval default '15 minutes',
   p_org_id uuid default null,
-  p_by_org boolean default false
+  p_by_org boolean default false,
+  p_latency boolean default true
 )
 returns table (
   bucket_start timestamptz,
@@ -526,7 +541,7 @@ as $$
   a as (
     select c.bucket, c.org, count(*) as parts, max(c.latency_percentiles) as kept
     from c
-    where c.latency_values is not null
+    where p_latency and c.latency_values is not null
     group by 1, 2
   ),
   merged as (
@@ -568,8 +583,8 @@ as $$
   group by 1, 2
   order by 1, 2;
 $$;
-comment on function ops.usage_report(timestamptz, timestamptz, interval, uuid, boolean) is
-  'Requests (sum of event_count), success rate (answered / served), latency percentiles of answered requests, tokens and estimated cost of every billed row per time bucket, optionally for one org or per org. Buckets start on clock boundaries (date_bin from 2000-01-01 00:00 UTC) and do not move between calls; p_bucket null = one row for the whole period, starting at p_from.';
+comment on function ops.usage_report(timestamptz, timestamptz, interval, uuid, boolean, boolean) is
+  'Requests (sum of event_count), success rate (answered / served), latency percentiles of answered requests, tokens and estimated cost of every billed row per time bucket, optionally for one org or per org (p_latency false: no percentiles, for callers that only need the counts). Buckets start on clock boundaries (date_bin from 2000-01-01 00:00 UTC) and do not move between calls; p_bucket null = one row for the whole period, starting at p_from.';
 
 -- Whole quarter hours from 24 hours before the current one, which is last
 -- and still filling.
@@ -778,7 +793,7 @@ revoke execute on function
   ops.settle_usage(),
   ops.rebuild_spend_counters(timestamptz),
   ops.usage_cells(timestamptz, timestamptz, uuid, interval, text),
-  ops.usage_report(timestamptz, timestamptz, interval, uuid, boolean),
+  ops.usage_report(timestamptz, timestamptz, interval, uuid, boolean, boolean),
   ops.month_to_date_spend(timestamptz),
   ops.errors_by_code(timestamptz, timestamptz, uuid),
   ops.budget_status(timestamptz),
@@ -798,7 +813,7 @@ grant execute on function
   ops.settle_usage(),
   ops.rebuild_spend_counters(timestamptz),
   ops.usage_cells(timestamptz, timestamptz, uuid, interval, text),
-  ops.usage_report(timestamptz, timestamptz, interval, uuid, boolean),
+  ops.usage_report(timestamptz, timestamptz, interval, uuid, boolean, boolean),
   ops.month_to_date_spend(timestamptz),
   ops.errors_by_code(timestamptz, timestamptz, uuid),
   ops.budget_status(timestamptz),

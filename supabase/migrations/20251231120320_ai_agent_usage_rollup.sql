@@ -115,6 +115,9 @@ begin
     if v_state.pending_through > v_state.folded_through
        and not exists (select 1 from unnest(v_state.pending_xids) x where pg_xact_status(x) = 'in progress') then
       v_cells := v_cells + ops.fold_usage_rows(v_state.folded_through, v_state.pending_through);
+      select greatest(v_state.folded_until, max(e.created_at)) into v_state.folded_until
+      from public.agent_usage_events e
+      where e.id > v_state.folded_through and e.id <= v_state.pending_through;
       v_state.folded_through := v_state.pending_through;
     end if;
     exit when v_pass = 2;
@@ -127,7 +130,8 @@ begin
     from pg_snapshot_xip(pg_current_snapshot()) as x;
   end loop;
   update ops.usage_rollup_state s
-  set folded_through = v_state.folded_through, pending_through = v_state.pending_through,
+  set folded_through = v_state.folded_through, folded_until = v_state.folded_until,
+      pending_through = v_state.pending_through,
       pending_xids = v_state.pending_xids, refreshed_at = now()
   where s.id;
   return jsonb_build_object('folded_through', v_state.folded_through, 'pending_through', v_state.pending_through,

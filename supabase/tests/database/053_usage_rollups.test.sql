@@ -4,7 +4,7 @@
 -- minutes and for partial ones.
 begin;
 \ir ../support/pgtap-helpers.psql
-select plan(24);
+select plan(27);
 
 -- setup: the reports as they read the raw rows (the reference)
 create function pg_temp.raw_report(p_from timestamptz, p_to timestamptz, p_bucket interval, p_org uuid, p_by_org boolean)
@@ -79,6 +79,15 @@ create function pg_temp.raw_rates(p_now timestamptz) returns table (subject text
   where e.created_at > p_now - interval '15 minutes' and e.created_at <= p_now
   group by grouping sets ((e.org_id), ())
 $$;
+-- Billed requests of the last hour per reported model without a price, from the raw rows.
+create function pg_temp.raw_unpriced(p_now timestamptz) returns table (subject text, events numeric) language sql as $$
+  select 'model:' || e.model, sum(e.event_count)::numeric
+  from public.agent_usage_events e
+  where e.created_at > p_now - interval '1 hour' and e.created_at <= p_now
+    and ops.is_billed(e.prompt_tokens, e.completion_tokens, e.total_tokens)
+  group by e.model
+  having ops.event_cost_usd(e.model, p_now, 0, 0, 0) is null
+$$;
 create function pg_temp.spend_and_alert_differences(p_now timestamptz) returns integer language sql as $$
   select (select count(*) from (
             select s.org_id, s.estimated_usd from ops.month_to_date_spend(p_now) s
@@ -107,6 +116,14 @@ create function pg_temp.spend_and_alert_differences(p_now timestamptz) returns i
              except
              select a.subject, (a.details ->> 'served')::bigint, (a.details ->> 'succeeded')::bigint
              from ops.evaluate_alerts(p_now, 1, 1.01) a where a.kind = 'success_rate')) z)::integer
+       + (select count(*) from (
+            (select a.subject, a.observed from ops.evaluate_alerts(p_now) a where a.kind = 'unpriced_model'
+             except
+             select * from pg_temp.raw_unpriced(p_now))
+            union all
+            (select * from pg_temp.raw_unpriced(p_now)
+             except
+             select a.subject, a.observed from ops.evaluate_alerts(p_now) a where a.kind = 'unpriced_model')) v)::integer
        + (select count(*) from (
             select o.org::text, f.error_code, f.served, f.requests
             from (values (null::uuid), ('00000000-0000-0000-0000-0000000000a1')) o (org)
@@ -140,7 +157,9 @@ $$;
 select pg_temp.add_rows('a-', '2026-03-10 09:00:00+00', 1200);
 select pg_temp.add_rows('prev-', '2026-03-09 22:00:00+00', 300);
 select is(pg_temp.differences(), 0, 'reports equal the raw rows before the rollup holds anything');
-select is(pg_temp.spend_and_alert_differences('2026-03-10 10:30:00.4+00'), 0, 'and so do month-to-date spend and the success-rate condition');
+select is(pg_temp.spend_and_alert_differences('2026-03-10 10:30:00.4+00'), 0, 'and so do month-to-date spend, errors by code and the success-rate and unpriced-model conditions');
+
+select is((select count(*)::int from pg_temp.raw_unpriced('2026-03-10 10:30:00.4+00')), 1, 'the rows include an unpriced model in that hour');
 
 -- test: a refresh folds every visible row
 select is((ops.refresh_usage_rollups() ->> 'folded_through')::bigint, (select max(id) from public.agent_usage_events),
@@ -153,13 +172,18 @@ select is(pg_temp.differences(), 0, 'reports equal the raw rows from the rollup'
 select is(pg_temp.spend_and_alert_differences('2026-03-10 10:30:00.4+00'), 0, 'month-to-date spend and the condition too');
 
 -- test: the reports do read the rollup (a changed rollup row shows)
-create function pg_temp.read_when_changed(p_level text, p_grain interval, p_at timestamptz, p_set text) returns integer language plpgsql as $$
+create function pg_temp.read_when_changed(p_level text, p_grain interval, p_at timestamptz, p_set text, p_health boolean default false)
+returns integer language plpgsql as $$
 declare
   v_differences integer;
 begin
   execute format('update ops.usage_rollup set %s where level = %L and grain = %L and bucket_start = %L and success',
                  p_set, p_level, p_grain, p_at);
-  select pg_temp.differences() into v_differences;
+  if p_health then
+    select pg_temp.health_differences() into v_differences;
+  else
+    select pg_temp.differences() into v_differences;
+  end if;
   execute format('update ops.usage_rollup set %s where level = %L and grain = %L and bucket_start = %L and success',
                  replace(p_set, '+', '-'), p_level, p_grain, p_at);
   return v_differences;
@@ -222,8 +246,18 @@ select is(pg_temp.health_differences(), 0, 'ops.health_15m equals the raw rows b
 select ops.refresh_usage_rollups();
 select pg_temp.add_rows('now-late-', now() - interval '2 hours 10 minutes', 200);
 select is(pg_temp.health_differences(), 0, 'and after it, with late rows in quarter hours already folded');
+-- and one at now() itself, in the current quarter hour whatever the clock
+select pg_temp.add_rows('current-', now() - interval '7.3 seconds', 1);
 select ops.refresh_usage_rollups();
 select is(pg_temp.health_differences(), 0, 'and once those are folded too');
+select isnt(pg_temp.read_when_changed('all', '15 minutes', date_bin('15 minutes', now(), '2000-01-01'), 'requests = requests + 1000', true), 0,
+  'the current quarter hour is read as one all row (nothing folded lies past now)');
+-- A row from a clock ahead (the last instant of the current quarter hour) folded: that quarter
+-- hour's row now holds a row after the view's end, so it is read in its minutes.
+select pg_temp.add_rows('ahead-', date_bin('15 minutes', now(), '2000-01-01') + interval '15 minutes'
+                                  - interval '1 microsecond' - interval '7.3 seconds', 1);
+select ops.refresh_usage_rollups();
+select is(pg_temp.health_differences(), 0, 'and in its minutes once a folded row lies past now');
 
 -- test: callers without the service role
 select tests.authenticate_as_anon();
