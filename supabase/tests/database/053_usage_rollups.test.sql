@@ -1,7 +1,9 @@
--- The reports read the per-minute rollup plus the raw rows it does not hold
--- (ops.usage_cells) and equal the raw rows exactly: before a refresh, after
--- it, with late (back-dated) rows on both sides of the watermark, for whole
--- minutes and for partial ones.
+-- The reports, views and alert conditions read the rollup (each level and
+-- grain: cell, org and all rows per minute, quarter hour, hour and day, and
+-- the all rows' kept percentiles) plus the raw rows it does not hold
+-- (ops.usage_cells), and equal the raw rows exactly: before a refresh, after
+-- it, with late (back-dated) rows on both sides of the watermark and a row
+-- dated after now, for whole buckets and for partial ones.
 begin;
 \ir ../support/pgtap-helpers.psql
 select plan(27);
