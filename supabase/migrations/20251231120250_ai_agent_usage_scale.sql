@@ -9,15 +9,19 @@
 -- agent_usage_events_default, and is moved into its day when that day is
 -- made. Retention drops whole days (ops.drop_usage_partitions_before).
 --
--- Rollup: ops.usage_rollup holds, per minute and per UTC day (two grains),
--- org, model, channel and outcome, the sums every report needs and the exact
+-- Rollup: ops.usage_rollup holds the sums every report needs and the exact
 -- latency distribution of answered requests (each latency in ms and how many
--- rows had it). It holds every usage row whose id is at most
--- ops.usage_rollup_state.folded_through and no other; readers add the raw
--- rows above it (the tail), so a report is exactly the raw rows whenever it
--- is read, late rows included. Long periods read the day grain (a month is
--- 30 rows per org, model, channel and outcome however busy the org), the
--- minute grain fills the partial days at either end.
+-- rows had it) at three levels: by org, model, channel and outcome ('cell',
+-- per minute and per UTC day), by org and outcome ('org') and by outcome over
+-- all orgs ('all'), both per minute, quarter hour, hour and UTC day. The
+-- 'all' rows also keep their p50/p95/p99, computed when they are folded. It
+-- holds every usage row whose id is at most
+-- ops.usage_rollup_state.folded_through and no other, once in each level and
+-- grain; readers add the raw rows above it (the tail), so a report is exactly
+-- the raw rows whenever it is read, late rows included. A period is read as
+-- its whole days, then whole hours, quarter hours and minutes at either end,
+-- then the raw rows of the partial minutes, so what a dashboard reads depends
+-- on its period and level, not on how many rows the period holds.
 --
 -- Lag-safe watermark: ids are handed out when a row is inserted, not when it
 -- commits, so a row with a smaller id can become visible after a larger one.
@@ -95,8 +99,26 @@ comment on function ops.create_usage_partitions(timestamptz, integer, integer) i
 -- ---------------------------------------------------------------------------
 -- Rollup
 -- ---------------------------------------------------------------------------
+-- The grains of each level, coarsest first (what the fold writes and
+-- ops.usage_cells reads).
+create function ops.usage_rollup_grains(p_level text)
+returns interval[]
+language sql
+immutable
+set search_path = ''
+as $$
+  select case p_level
+           when 'cell' then array[interval '1 day', interval '1 minute']
+           when 'org' then array[interval '1 day', interval '1 hour', interval '15 minutes', interval '1 minute']
+           when 'all' then array[interval '1 day', interval '1 hour', interval '15 minutes', interval '1 minute']
+         end;
+$$;
+comment on function ops.usage_rollup_grains(text) is
+  'The grains ops.usage_rollup keeps for a level (cell, org, all), coarsest first.';
+
 create table ops.usage_rollup (
-  grain interval not null check (grain in (interval '1 minute', interval '1 day')),
+  level text not null check (level in ('cell', 'org', 'all')),
+  grain interval not null,
   bucket_start timestamptz not null,
   org_id uuid,
   model text,
@@ -113,33 +135,98 @@ create table ops.usage_rollup (
   unpriced_rows bigint not null,
   latency_values integer[],
   latency_counts bigint[],
-  constraint usage_rollup_key unique nulls not distinct (grain, bucket_start, org_id, model, channel, success, error_code)
+  latency_percentiles double precision[],
+  constraint usage_rollup_grain check (grain = any (ops.usage_rollup_grains(level))),
+  constraint usage_rollup_level check (
+    (level = 'cell' or (model is null and channel is null)) and (level <> 'all' or org_id is null)),
+  constraint usage_rollup_key unique nulls not distinct (level, grain, bucket_start, org_id, model, channel, success, error_code)
 );
 comment on table ops.usage_rollup is
-  'Sums of public.agent_usage_events per minute and per UTC day (grain) by org, model, channel and outcome: every usage row whose id is at most ops.usage_rollup_state.folded_through, and only those, once in each grain. Read through ops.usage_cells, which adds the raw rows above it. Maintained by ops.refresh_usage_rollups (pg_cron, every minute).';
-comment on column ops.usage_rollup.bucket_start is 'Start (UTC) of the minute or the day of the rows'' created_at.';
+  'Sums of public.agent_usage_events per minute, quarter hour, hour and UTC day (grain, as ops.usage_rollup_grains gives for each level) by org, model, channel and outcome (level cell), by org and outcome (org) and by outcome (all): every usage row whose id is at most ops.usage_rollup_state.folded_through, and only those, once in each level and grain. Read through ops.usage_cells, which adds the raw rows above it. Maintained by ops.refresh_usage_rollups (pg_cron, every minute).';
+comment on column ops.usage_rollup.level is
+  'cell: by org_id, model, channel and outcome; org: by org_id and outcome (model and channel NULL); all: by outcome over every org (org_id NULL too).';
+comment on column ops.usage_rollup.bucket_start is 'Start (UTC, date_bin from 2000-01-01) of the minute, quarter hour, hour or day of the rows'' created_at.';
 comment on column ops.usage_rollup.requests is 'sum(event_count) of the rows.';
 comment on column ops.usage_rollup.billed_requests is 'sum(event_count) of the billed rows (ops.is_billed: the row reports tokens).';
 comment on column ops.usage_rollup.prompt_tokens is
   'Sum of prompt_tokens (rows that are not billed report none, so this is also the billed rows'' sum); likewise completion_tokens and total_tokens.';
 comment on column ops.usage_rollup.cached_prompt_tokens is 'Sum of cached_prompt_tokens of the billed rows.';
-comment on column ops.usage_rollup.usd is 'Estimated cost at the prices of the fold (ops.event_cost_usd); after a retroactive price change run ops.rebuild_usage_rollups.';
+comment on column ops.usage_rollup.usd is 'Estimated cost of the billed rows at the prices of the fold (ops.event_cost_usd); after a retroactive price change run ops.rebuild_usage_rollups.';
 comment on column ops.usage_rollup.unpriced_rows is 'Billed rows whose model had no price.';
 comment on column ops.usage_rollup.latency_values is
   'Distinct latency_ms of the answered rows, ascending; latency_counts[i] rows had latency_values[i]. Exact percentiles, and as large as the distinct latencies, not the rows.';
+comment on column ops.usage_rollup.latency_percentiles is
+  'Level all: percentile_cont 0.50, 0.95 and 0.99 of latency_values/latency_counts (ops.latency_percentiles), kept up to date by the fold so a bucket read from this row alone needs no merge. NULL at the other levels.';
 alter table ops.usage_rollup enable row level security;
 
 create table ops.usage_rollup_state (
   id boolean primary key default true check (id),
   folded_through bigint not null default 0,
+  folded_until timestamptz,
   pending_through bigint,
   pending_xids xid8[],
   refreshed_at timestamptz
 );
 comment on table ops.usage_rollup_state is
-  'One row: the rollup holds every usage row with id <= folded_through. pending_through is the largest id seen at the last refresh and pending_xids the transactions then in flight; the next refresh after they have all ended folds up to pending_through.';
+  'One row: the rollup holds every usage row with id <= folded_through, none created at or after folded_until (the largest created_at folded; NULL: none). pending_through is the largest id seen at the last refresh and pending_xids the transactions then in flight; the next refresh after they have all ended folds up to pending_through.';
 insert into ops.usage_rollup_state default values;
 alter table ops.usage_rollup_state enable row level security;
+
+-- ---------------------------------------------------------------------------
+-- Exact latency percentiles of a distribution kept as value/count arrays.
+-- ---------------------------------------------------------------------------
+create function ops.latency_percentiles(p_values integer[], p_counts bigint[])
+returns double precision[]
+language plpgsql
+immutable
+set search_path = ''
+as $$
+-- percentile_cont(0.50, 0.95, 0.99) of the rows the arrays stand for: the
+-- values at 0-based ranks floor(p * (n - 1)) and ceil(p * (n - 1)),
+-- interpolated in float8 as percentile_cont does, so they equal it on the raw
+-- rows. p_values ascending and distinct; one pass over the arrays (copied
+-- into locals so subscripts do not detoast them on every step).
+declare
+  v_values integer[] := p_values;
+  v_counts bigint[] := p_counts;
+  v_p double precision[] := array[0.50, 0.95, 0.99];
+  v_h double precision[] := '{}';
+  v_ranks bigint[] := '{}';
+  v_at integer[] := array_fill(null::integer, array[6]);
+  v_order integer[];
+  v_total bigint := 0;
+  v_seen bigint := 0;
+  v_k integer := 1;
+  i integer;
+begin
+  if v_values is null or cardinality(v_values) = 0 then
+    return null;
+  end if;
+  for i in 1 .. cardinality(v_counts) loop
+    v_total := v_total + v_counts[i];
+  end loop;
+  for i in 1 .. 3 loop
+    v_h := v_h || v_p[i] * (v_total - 1);
+    v_ranks := v_ranks || floor(v_h[i])::bigint || ceil(v_h[i])::bigint;
+  end loop;
+  -- The six ranks in ascending order (p95's upper rank may pass p99's lower
+  -- one); each takes the first value whose running count passes it.
+  select array_agg(t.k order by t.rank, t.k) into v_order from unnest(v_ranks) with ordinality as t (rank, k);
+  for i in 1 .. cardinality(v_values) loop
+    v_seen := v_seen + v_counts[i];
+    while v_k <= 6 and v_seen > v_ranks[v_order[v_k]] loop
+      v_at[v_order[v_k]] := v_values[i];
+      v_k := v_k + 1;
+    end loop;
+    exit when v_k > 6;
+  end loop;
+  return array[v_at[1] + (v_at[2] - v_at[1]) * (v_h[1] - v_ranks[1]),
+               v_at[3] + (v_at[4] - v_at[3]) * (v_h[2] - v_ranks[3]),
+               v_at[5] + (v_at[6] - v_at[5]) * (v_h[3] - v_ranks[5])];
+end;
+$$;
+comment on function ops.latency_percentiles(integer[], bigint[]) is
+  'p50, p95 and p99 (percentile_cont) of a latency distribution given as ascending distinct values and their counts; NULL when empty.';
 
 -- ---------------------------------------------------------------------------
 -- Privileges of every table and function above (checked by
@@ -150,11 +237,15 @@ revoke all on table ops.usage_rollup, ops.usage_rollup_state from public, anon, 
 grant select on table ops.usage_rollup, ops.usage_rollup_state to service_role;
 revoke execute on function
   ops.create_usage_partition(date),
-  ops.create_usage_partitions(timestamptz, integer, integer)
+  ops.create_usage_partitions(timestamptz, integer, integer),
+  ops.usage_rollup_grains(text),
+  ops.latency_percentiles(integer[], bigint[])
 from public, anon, authenticated;
 grant execute on function
   ops.create_usage_partition(date),
-  ops.create_usage_partitions(timestamptz, integer, integer)
+  ops.create_usage_partitions(timestamptz, integer, integer),
+  ops.usage_rollup_grains(text),
+  ops.latency_percentiles(integer[], bigint[])
 to service_role;
 
 -- Today, yesterday and the next week exist from the start.

@@ -348,20 +348,26 @@ comment on function ops.rebuild_spend_counters(timestamptz) is
 
 -- ---------------------------------------------------------------------------
 -- The usage every report reads: the rollup (20251231120250_ai_agent_usage_scale)
--- for the whole days (p_days) and whole minutes of [p_from, p_to), plus the
--- raw rows it does not hold: those of the partial minutes at either end, and
--- those above its watermark (not folded yet, late rows included). Each raw
--- row is a cell of its own at its exact created_at; a rollup cell sits at its
--- minute or day. So the sums over any period equal the raw rows', and so do
--- buckets made of whole cells (p_rollup false: raw rows only, for any other
--- bucket; p_days false: no day cells, for buckets shorter than a day).
+-- at one level for the whole buckets of [p_from, p_to), coarsest first (the
+-- whole days, then the whole hours, quarter hours and minutes at either end,
+-- no grain coarser than p_grain), plus the raw rows it does not hold: those
+-- of the partial minutes at either end, and those above its watermark (not
+-- folded yet, late rows included). Each raw row is a cell of its own at its
+-- exact created_at; a rollup cell sits at its bucket's start. So the sums
+-- over any period equal the raw rows', and so do report buckets made of
+-- whole cells (p_grain: the coarsest grain that divides the report's
+-- bucket; NULL: raw rows only). A period that ends after every folded row
+-- (ops.usage_rollup_state.folded_until: a dashboard up to now) reads the
+-- bucket it ends in as a whole one, since that bucket holds nothing folded
+-- past the end: the current day, quarter hour or minute is one row, not its
+-- hours and minutes.
 -- ---------------------------------------------------------------------------
 create function ops.usage_cells(
   p_from timestamptz,
   p_to timestamptz,
   p_org_id uuid default null,
-  p_rollup boolean default true,
-  p_days boolean default false
+  p_grain interval default '1 day',
+  p_level text default 'org'
 )
 returns table (
   at timestamptz,
@@ -379,69 +385,101 @@ returns table (
   usd numeric,
   unpriced_rows bigint,
   latency_values integer[],
-  latency_counts bigint[]
+  latency_counts bigint[],
+  latency_percentiles double precision[]
 )
 language plpgsql
 stable
 set search_path = ''
+set jit = off
 as $$
--- plpgsql so the bounds are values: each branch below is an index range
--- scan of the partitions or rollup rows it touches.
+-- plpgsql so the bounds are values: each rollup range below is an index
+-- range scan, and each raw branch one of the partitions it touches.
 declare
   v_origin constant timestamptz := '2000-01-01 00:00:00+00';
+  -- An org's cells are not in the all rows.
+  v_level constant text := case when p_org_id is not null and p_level = 'all' then 'org' else p_level end;
   v_through bigint;
-  -- [v_a, v_b): whole minutes; [v_da, v_db) within it: whole days.
-  v_a timestamptz := case when isfinite(p_from)
-                          then date_bin(interval '1 minute', p_from - interval '1 microsecond', v_origin) + interval '1 minute'
-                          else p_from end;
-  v_b timestamptz := case when isfinite(p_to) then date_bin(interval '1 minute', p_to, v_origin) else p_to end;
-  v_da timestamptz := case when isfinite(p_from)
-                           then date_bin(interval '1 day', p_from - interval '1 microsecond', v_origin) + interval '1 day'
-                           else p_from end;
-  v_db timestamptz := case when isfinite(p_to) then date_bin(interval '1 day', p_to, v_origin) else p_to end;
+  v_until timestamptz;
+  -- No folded row at or after p_to: a bucket that starts before p_to and
+  -- ends after it holds only rows before p_to, so it counts as whole.
+  v_open boolean;
+  v_grain interval;
+  v_a timestamptz;
+  v_b timestamptz;
+  -- [v_lo, v_hi): what the rollup covers; v_range_*: its pieces.
+  v_covered boolean := false;
+  v_lo timestamptz := p_to;
+  v_hi timestamptz := p_to;
+  v_range_grains interval[] := '{}';
+  v_range_from timestamptz[] := '{}';
+  v_range_to timestamptz[] := '{}';
 begin
-  if not coalesce(p_rollup, false) or v_a >= v_b then
-    v_a := p_to;
-    v_b := p_to;
+  select s.folded_through, s.folded_until into v_through, v_until from ops.usage_rollup_state s where s.id;
+  v_open := isfinite(p_to) and (v_until is null or v_until < p_to);
+  if p_grain is not null and p_from < p_to then
+    foreach v_grain in array ops.usage_rollup_grains(v_level) loop
+      continue when v_grain > p_grain;
+      -- The whole buckets of this grain in [p_from, p_to).
+      v_a := case when not isfinite(p_from) then p_from
+                  else date_bin(v_grain, p_from - interval '1 microsecond', v_origin) + v_grain end;
+      v_b := case when not isfinite(p_to) then p_to
+                  when v_open then date_bin(v_grain, p_to - interval '1 microsecond', v_origin) + v_grain
+                  else date_bin(v_grain, p_to, v_origin) end;
+      if not v_covered then
+        if v_a < v_b then
+          v_range_grains := v_range_grains || v_grain; v_range_from := v_range_from || v_a; v_range_to := v_range_to || v_b;
+          v_lo := v_a;
+          v_hi := v_b;
+          v_covered := true;
+        end if;
+      else
+        -- Finer buckets at either end of what coarser ones cover.
+        if v_a < v_lo then
+          v_range_grains := v_range_grains || v_grain; v_range_from := v_range_from || v_a; v_range_to := v_range_to || v_lo;
+          v_lo := v_a;
+        end if;
+        if v_b > v_hi then
+          v_range_grains := v_range_grains || v_grain; v_range_from := v_range_from || v_hi; v_range_to := v_range_to || v_b;
+          v_hi := v_b;
+        end if;
+      end if;
+    end loop;
   end if;
-  if not coalesce(p_days, false) or v_da >= v_db or v_a = p_to then
-    v_da := v_b;
-    v_db := v_b;
-  end if;
-  select s.folded_through into v_through from ops.usage_rollup_state s where s.id;
   return query
   select r.bucket_start, r.org_id, r.model, r.channel, r.success, r.error_code, r.requests, r.billed_requests,
          r.prompt_tokens, r.cached_prompt_tokens, r.completion_tokens, r.total_tokens, r.usd, r.unpriced_rows,
-         r.latency_values, r.latency_counts
-  from (
+         r.latency_values, r.latency_counts, r.latency_percentiles
+  from unnest(v_range_grains, v_range_from, v_range_to) as k (grain, from_at, to_at)
+  cross join lateral (
+    -- offset 0 keeps this a subquery: one index range scan per range, never
+    -- a hash join over every row of the level.
     select x.* from ops.usage_rollup x
-    where x.grain = interval '1 day' and x.bucket_start >= v_da and x.bucket_start < v_db
-    union all
-    select x.* from ops.usage_rollup x
-    where x.grain = interval '1 minute' and x.bucket_start >= v_a and x.bucket_start < v_da
-    union all
-    select x.* from ops.usage_rollup x
-    where x.grain = interval '1 minute' and x.bucket_start >= greatest(v_db, v_a) and x.bucket_start < v_b
+    where x.level = v_level and x.grain = k.grain and x.bucket_start >= k.from_at and x.bucket_start < k.to_at
+      and (p_org_id is null or x.org_id = p_org_id)
+    offset 0
   ) r
-  where p_org_id is null or r.org_id = p_org_id
   union all
   select e.created_at, e.org_id, e.model, e.channel, e.success, e.error_code, e.event_count::bigint,
          case when b.billed then e.event_count else 0 end::bigint,
          coalesce(e.prompt_tokens, 0)::bigint, case when b.billed then coalesce(e.cached_prompt_tokens, 0) else 0 end::bigint,
-         coalesce(e.completion_tokens, 0)::bigint, coalesce(e.total_tokens, 0)::bigint, coalesce(c.usd, 0),
+         coalesce(e.completion_tokens, 0)::bigint, coalesce(e.total_tokens, 0)::bigint,
+         case when b.billed then coalesce(c.usd, 0) else 0 end,
          (b.billed and c.usd is null)::integer::bigint,
          case when e.success and e.latency_ms is not null then array[e.latency_ms] end,
-         case when e.success and e.latency_ms is not null then array[1::bigint] end
+         case when e.success and e.latency_ms is not null then array[1::bigint] end,
+         null::double precision[]
   from (
     -- The partial minutes at either end, and the rows above the watermark.
     select x.* from public.agent_usage_events x
-    where x.created_at >= p_from and x.created_at < v_a and (p_org_id is null or x.org_id = p_org_id)
+    where x.created_at >= p_from and x.created_at < v_lo and (p_org_id is null or x.org_id = p_org_id)
     union all
     select x.* from public.agent_usage_events x
-    where x.created_at >= greatest(v_b, p_from) and x.created_at < p_to and (p_org_id is null or x.org_id = p_org_id)
+    where x.created_at >= greatest(v_hi, p_from) and x.created_at < p_to and (p_org_id is null or x.org_id = p_org_id)
     union all
     select x.* from public.agent_usage_events x
-    where x.id > v_through and x.created_at >= v_a and x.created_at < v_b and (p_org_id is null or x.org_id = p_org_id)
+    where x.id > v_through and x.created_at >= v_lo and x.created_at < least(v_hi, p_to)
+      and (p_org_id is null or x.org_id = p_org_id)
   ) e
   cross join lateral (select ops.is_billed(e.prompt_tokens, e.completion_tokens, e.total_tokens) as billed) b
   cross join lateral (
@@ -449,8 +487,8 @@ begin
   ) c;
 end;
 $$;
-comment on function ops.usage_cells(timestamptz, timestamptz, uuid, boolean, boolean) is
-  'The usage of [p_from, p_to) (one org or all) as cells: rollup days (p_days) and minutes plus the raw rows the rollup does not hold, so sums (and, through latency_values/latency_counts, latency percentiles) equal the raw rows''. A cell sits at its day, minute or created_at (raw row). p_rollup false: raw rows only. What every report, view and alert condition reads.';
+comment on function ops.usage_cells(timestamptz, timestamptz, uuid, interval, text) is
+  'The usage of [p_from, p_to) (one org or all) as cells: rollup rows of level p_level (cell: by org, model, channel and outcome; org: by org and outcome; all: by outcome; an org''s cells come from the org level) in grains no coarser than p_grain, plus the raw rows the rollup does not hold, so sums (and, through latency_values/latency_counts, latency percentiles) equal the raw rows''. A cell sits at its bucket''s start or its created_at (raw row); latency_percentiles are those of an all row''s own distribution. p_grain NULL: raw rows only. What every report, view and alert condition reads.';
 
 -- ---------------------------------------------------------------------------
 -- Usage report: the one query behind the health view, the CLI and the HTML
@@ -465,7 +503,8 @@ create function ops.usage_report(
   p_to timestamptz,
   p_bucket interval default '15 minutes',
   p_org_id uuid default null,
-  p_by_org boolean default false
+  p_by_org boolean default false,
+  p_latency boolean default true
 )
 returns table (
   bucket_start timestamptz,
@@ -487,12 +526,15 @@ returns table (
 language sql
 stable
 set search_path = ''
+set jit = off
 as $$
-  -- Cells (rollup minutes and raw rows, ops.usage_cells) into buckets; the
-  -- rollup only when a bucket is whole minutes. Latency percentiles are
-  -- percentile_cont's, computed from the cells' latency counts: the value at
-  -- 0-based rank floor(p * (n - 1)) and the next, interpolated in float8 as
-  -- percentile_cont does, so they equal it on the raw rows.
+  -- Cells (rollup rows and raw rows, ops.usage_cells) into buckets: rollup
+  -- buckets of the coarsest grain that divides the report's bucket; all orgs
+  -- at the all level, an org or per org at the org level. Latency
+  -- percentiles are percentile_cont's: a bucket whose answered requests are
+  -- one all row's reads that row's percentiles (computed when it was
+  -- folded); any other merges its cells' latency counts
+  -- (ops.latency_percentiles), so they equal percentile_cont on the raw rows.
   with c as (
     select case when p_bucket is null then p_from
                 else date_bin(p_bucket, x.at, timestamptz '2000-01-01 00:00:00+00') end as bucket,
@@ -500,26 +542,35 @@ as $$
            ops.is_served_outcome(x.success, x.error_code) as served,
            x.*
     from ops.usage_cells(p_from, p_to, p_org_id,
-                         p_bucket is null or (extract(epoch from p_bucket) > 0 and extract(epoch from p_bucket) % 60 = 0),
-                         p_bucket is null or (extract(epoch from p_bucket) > 0 and extract(epoch from p_bucket) % 86400 = 0)) x
+                         case when p_bucket is null then interval '1 day'
+                              when extract(epoch from p_bucket) <= 0 then null
+                              when extract(epoch from p_bucket) % 86400 = 0 then interval '1 day'
+                              when extract(epoch from p_bucket) % 3600 = 0 then interval '1 hour'
+                              when extract(epoch from p_bucket) % 900 = 0 then interval '15 minutes'
+                              when extract(epoch from p_bucket) % 60 = 0 then interval '1 minute' end,
+                         case when p_by_org or p_org_id is not null then 'org' else 'all' end) x
   ),
-  l as (
-    select c.bucket, c.org, u.v, sum(u.n) as n
-    from c cross join lateral unnest(c.latency_values, c.latency_counts) as u (v, n)
-    group by 1, 2, 3
+  -- Per bucket: how many cells hold answered requests, and the kept
+  -- percentiles when one all row is all of them.
+  a as (
+    select c.bucket, c.org, count(*) as parts, max(c.latency_percentiles) as kept
+    from c
+    where p_latency and c.latency_values is not null
+    group by 1, 2
+  ),
+  merged as (
+    select m.bucket, m.org, ops.latency_percentiles(array_agg(m.v order by m.v), array_agg(m.n order by m.v)) as pct
+    from (select c.bucket, c.org, u.v, sum(u.n)::bigint as n
+          from c
+          join a on a.bucket = c.bucket and a.org is not distinct from c.org and (a.parts > 1 or a.kept is null)
+          cross join lateral unnest(c.latency_values, c.latency_counts) as u (v, n)
+          group by 1, 2, 3) m
+    group by 1, 2
   ),
   p as (
-    select r.bucket, r.org, r.total,
-           min(r.v) filter (where r.rank_after > floor(0.50::float8 * (r.total - 1))) as p50_lo,
-           min(r.v) filter (where r.rank_after > ceil(0.50::float8 * (r.total - 1))) as p50_hi,
-           min(r.v) filter (where r.rank_after > floor(0.95::float8 * (r.total - 1))) as p95_lo,
-           min(r.v) filter (where r.rank_after > ceil(0.95::float8 * (r.total - 1))) as p95_hi,
-           min(r.v) filter (where r.rank_after > floor(0.99::float8 * (r.total - 1))) as p99_lo,
-           min(r.v) filter (where r.rank_after > ceil(0.99::float8 * (r.total - 1))) as p99_hi
-    from (select l.*, sum(l.n) over (partition by l.bucket, l.org order by l.v) as rank_after,
-                 sum(l.n) over (partition by l.bucket, l.org) as total
-          from l) r
-    group by 1, 2, 3
+    select a.bucket, a.org, case when a.parts = 1 and a.kept is not null then a.kept else m.pct end as pct
+    from a
+    left join merged m on m.bucket = a.bucket and m.org is not distinct from a.org
   )
   select
     c.bucket as bucket_start,
@@ -533,9 +584,9 @@ as $$
         / nullif(sum(c.requests) filter (where c.served), 0),
       4
     ) as success_rate,
-    round(min(p.p50_lo + (p.p50_hi - p.p50_lo) * (0.50::float8 * (p.total - 1) - floor(0.50::float8 * (p.total - 1))))::numeric, 1),
-    round(min(p.p95_lo + (p.p95_hi - p.p95_lo) * (0.95::float8 * (p.total - 1) - floor(0.95::float8 * (p.total - 1))))::numeric, 1),
-    round(min(p.p99_lo + (p.p99_hi - p.p99_lo) * (0.99::float8 * (p.total - 1) - floor(0.99::float8 * (p.total - 1))))::numeric, 1),
+    round(min(p.pct[1])::numeric, 1),
+    round(min(p.pct[2])::numeric, 1),
+    round(min(p.pct[3])::numeric, 1),
     coalesce(sum(c.prompt_tokens), 0)::bigint,
     coalesce(sum(c.completion_tokens), 0)::bigint,
     coalesce(sum(c.total_tokens), 0)::bigint,
@@ -546,8 +597,8 @@ as $$
   group by 1, 2
   order by 1, 2;
 $$;
-comment on function ops.usage_report(timestamptz, timestamptz, interval, uuid, boolean) is
-  'Requests (sum of event_count), success rate (answered / served), latency percentiles of answered requests, tokens and estimated cost of every billed row per time bucket, optionally for one org or per org. Buckets start on clock boundaries (date_bin from 2000-01-01 00:00 UTC) and do not move between calls; p_bucket null = one row for the whole period, starting at p_from.';
+comment on function ops.usage_report(timestamptz, timestamptz, interval, uuid, boolean, boolean) is
+  'Requests (sum of event_count), success rate (answered / served), latency percentiles of answered requests, tokens and estimated cost of every billed row per time bucket, optionally for one org or per org (p_latency false: no percentiles, for callers that only need the counts). Buckets start on clock boundaries (date_bin from 2000-01-01 00:00 UTC) and do not move between calls; p_bucket null = one row for the whole period, starting at p_from.';
 
 -- Whole quarter hours from 24 hours before the current one, which is last
 -- and still filling.
@@ -571,7 +622,7 @@ create view ops.monthly_cost with (security_invoker = true) as
     coalesce(sum(c.completion_tokens), 0)::bigint as completion_tokens,
     round(coalesce(sum(c.usd), 0), 6) as estimated_usd,
     coalesce(sum(c.unpriced_rows), 0)::bigint as unpriced_events
-  from ops.usage_cells('-infinity', 'infinity', null, true, true) c
+  from ops.usage_cells('-infinity', 'infinity', null, interval '1 day', 'cell') c
   where c.billed_requests > 0
   group by 1, 2, 3;
 comment on view ops.monthly_cost is
@@ -585,7 +636,7 @@ stable
 set search_path = ''
 as $$
   select c.org_id, round(coalesce(sum(c.usd), 0), 6)
-  from ops.usage_cells(date_trunc('month', p_now, 'UTC'), p_now + interval '1 microsecond', null, true, true) c
+  from ops.usage_cells(date_trunc('month', p_now, 'UTC'), p_now + interval '1 microsecond', null, interval '1 day', 'org') c
   where c.billed_requests > 0
   group by grouping sets ((c.org_id), ());
 $$;
@@ -601,7 +652,7 @@ set search_path = ''
 as $$
   select coalesce(c.error_code, 'internal_error'), ops.is_served_outcome(false, c.error_code),
          sum(c.requests)::bigint
-  from ops.usage_cells(p_from, p_to, p_org_id) c
+  from ops.usage_cells(p_from, p_to, p_org_id, interval '1 day', 'all') c
   where not c.success
   group by 1, 2
   order by 3 desc, 1;
@@ -755,8 +806,8 @@ revoke execute on function
   public.agent_log_usage(jsonb),
   ops.settle_usage(),
   ops.rebuild_spend_counters(timestamptz),
-  ops.usage_cells(timestamptz, timestamptz, uuid, boolean, boolean),
-  ops.usage_report(timestamptz, timestamptz, interval, uuid, boolean),
+  ops.usage_cells(timestamptz, timestamptz, uuid, interval, text),
+  ops.usage_report(timestamptz, timestamptz, interval, uuid, boolean, boolean),
   ops.month_to_date_spend(timestamptz),
   ops.errors_by_code(timestamptz, timestamptz, uuid),
   ops.budget_status(timestamptz),
@@ -775,8 +826,8 @@ grant execute on function
   public.agent_log_usage(jsonb),
   ops.settle_usage(),
   ops.rebuild_spend_counters(timestamptz),
-  ops.usage_cells(timestamptz, timestamptz, uuid, boolean, boolean),
-  ops.usage_report(timestamptz, timestamptz, interval, uuid, boolean),
+  ops.usage_cells(timestamptz, timestamptz, uuid, interval, text),
+  ops.usage_report(timestamptz, timestamptz, interval, uuid, boolean, boolean),
   ops.month_to_date_spend(timestamptz),
   ops.errors_by_code(timestamptz, timestamptz, uuid),
   ops.budget_status(timestamptz),

@@ -4,7 +4,9 @@
 -- rows with ops.event_cost_usd (20251231120300_ai_agent_usage_costs).
 
 -- Adds the usage rows with p_after < id <= p_through and created_at >=
--- p_from to the rollup (merging into the minutes they belong to).
+-- p_from to the rollup (merging into the buckets they belong to, at every
+-- level and grain), then recomputes the percentiles of the 'all' rows it
+-- touched.
 create function ops.fold_usage_rows(p_after bigint, p_through bigint, p_from timestamptz default '-infinity')
 returns bigint
 language plpgsql
@@ -12,8 +14,10 @@ set search_path = ''
 as $$
 declare
   v_rows bigint;
+  v_grains interval[];
+  v_starts timestamptz[];
 begin
-  -- The rows grouped by minute (and latency) once, then into each grain.
+  -- The rows grouped by minute (and latency) once, then into each level and grain.
   with m as (
     select date_bin(interval '1 minute', e.created_at, timestamptz '2000-01-01 00:00:00+00') as minute,
            e.org_id, e.model, e.channel, e.success, e.error_code,
@@ -25,7 +29,7 @@ begin
            coalesce(sum(e.cached_prompt_tokens) filter (where b.billed), 0) as cached_prompt_tokens,
            coalesce(sum(e.completion_tokens), 0) as completion_tokens,
            coalesce(sum(e.total_tokens), 0) as total_tokens,
-           coalesce(sum(c.usd), 0) as usd,
+           coalesce(sum(c.usd) filter (where b.billed), 0) as usd,
            count(*) filter (where b.billed and c.usd is null) as unpriced_rows
     from public.agent_usage_events e
     cross join lateral (select ops.is_billed(e.prompt_tokens, e.completion_tokens, e.total_tokens) as billed) b
@@ -36,45 +40,61 @@ begin
     group by 1, 2, 3, 4, 5, 6, 7
   ),
   g as (
-    select gr.grain, date_bin(gr.grain, m.minute, timestamptz '2000-01-01 00:00:00+00') as bucket_start,
-           m.org_id, m.model, m.channel, m.success, m.error_code, m.latency,
+    select l.level, gr.grain, date_bin(gr.grain, m.minute, timestamptz '2000-01-01 00:00:00+00') as bucket_start,
+           case when l.level <> 'all' then m.org_id end as org_id,
+           case when l.level = 'cell' then m.model end as model,
+           case when l.level = 'cell' then m.channel end as channel,
+           m.success, m.error_code, m.latency,
            sum(m.n) as n, sum(m.requests) as requests, sum(m.billed_requests) as billed_requests,
            sum(m.prompt_tokens) as prompt_tokens, sum(m.cached_prompt_tokens) as cached_prompt_tokens,
            sum(m.completion_tokens) as completion_tokens, sum(m.total_tokens) as total_tokens,
            sum(m.usd) as usd, sum(m.unpriced_rows) as unpriced_rows
-    from m cross join (values (interval '1 minute'), (interval '1 day')) as gr (grain)
+    from m
+    cross join (values ('cell'), ('org'), ('all')) as l (level)
+    cross join lateral unnest(ops.usage_rollup_grains(l.level)) as gr (grain)
+    group by 1, 2, 3, 4, 5, 6, 7, 8, 9
+  ),
+  written as (
+    insert into ops.usage_rollup as r (
+      level, grain, bucket_start, org_id, model, channel, success, error_code, requests, billed_requests, prompt_tokens,
+      cached_prompt_tokens, completion_tokens, total_tokens, usd, unpriced_rows, latency_values, latency_counts)
+    select g.level, g.grain, g.bucket_start, g.org_id, g.model, g.channel, g.success, g.error_code, sum(g.requests),
+           sum(g.billed_requests), sum(g.prompt_tokens), sum(g.cached_prompt_tokens), sum(g.completion_tokens),
+           sum(g.total_tokens), sum(g.usd), sum(g.unpriced_rows),
+           array_agg(g.latency order by g.latency) filter (where g.latency is not null),
+           array_agg(g.n order by g.latency) filter (where g.latency is not null)
+    from g
     group by 1, 2, 3, 4, 5, 6, 7, 8
+    on conflict on constraint usage_rollup_key do update
+    set requests = r.requests + excluded.requests,
+        billed_requests = r.billed_requests + excluded.billed_requests,
+        prompt_tokens = r.prompt_tokens + excluded.prompt_tokens,
+        cached_prompt_tokens = r.cached_prompt_tokens + excluded.cached_prompt_tokens,
+        completion_tokens = r.completion_tokens + excluded.completion_tokens,
+        total_tokens = r.total_tokens + excluded.total_tokens,
+        usd = r.usd + excluded.usd,
+        unpriced_rows = r.unpriced_rows + excluded.unpriced_rows,
+        (latency_values, latency_counts) = (
+          select array_agg(m.v order by m.v), array_agg(m.n order by m.v)
+          from (select u.v, sum(u.n)::bigint as n
+                from unnest(r.latency_values || excluded.latency_values, r.latency_counts || excluded.latency_counts) as u (v, n)
+                group by u.v) m)
+    returning r.level, r.grain, r.bucket_start, r.latency_values is not null as answered
   )
-  insert into ops.usage_rollup as r (
-    grain, bucket_start, org_id, model, channel, success, error_code, requests, billed_requests, prompt_tokens,
-    cached_prompt_tokens, completion_tokens, total_tokens, usd, unpriced_rows, latency_values, latency_counts)
-  select g.grain, g.bucket_start, g.org_id, g.model, g.channel, g.success, g.error_code, sum(g.requests),
-         sum(g.billed_requests), sum(g.prompt_tokens), sum(g.cached_prompt_tokens), sum(g.completion_tokens),
-         sum(g.total_tokens), sum(g.usd), sum(g.unpriced_rows),
-         array_agg(g.latency order by g.latency) filter (where g.latency is not null),
-         array_agg(g.n order by g.latency) filter (where g.latency is not null)
-  from g
-  group by 1, 2, 3, 4, 5, 6, 7
-  on conflict on constraint usage_rollup_key do update
-  set requests = r.requests + excluded.requests,
-      billed_requests = r.billed_requests + excluded.billed_requests,
-      prompt_tokens = r.prompt_tokens + excluded.prompt_tokens,
-      cached_prompt_tokens = r.cached_prompt_tokens + excluded.cached_prompt_tokens,
-      completion_tokens = r.completion_tokens + excluded.completion_tokens,
-      total_tokens = r.total_tokens + excluded.total_tokens,
-      usd = r.usd + excluded.usd,
-      unpriced_rows = r.unpriced_rows + excluded.unpriced_rows,
-      (latency_values, latency_counts) = (
-        select array_agg(m.v order by m.v), array_agg(m.n order by m.v)
-        from (select u.v, sum(u.n)::bigint as n
-              from unnest(r.latency_values || excluded.latency_values, r.latency_counts || excluded.latency_counts) as u (v, n)
-              group by u.v) m);
-  get diagnostics v_rows = row_count;
+  select count(*), array_agg(w.grain) filter (where w.level = 'all' and w.answered),
+         array_agg(w.bucket_start) filter (where w.level = 'all' and w.answered)
+  into v_rows, v_grains, v_starts
+  from written w;
+  -- The merged distributions are only visible to a second statement.
+  update ops.usage_rollup r
+  set latency_percentiles = ops.latency_percentiles(r.latency_values, r.latency_counts)
+  from (select distinct t.grain, t.bucket_start from unnest(v_grains, v_starts) as t (grain, bucket_start)) t
+  where r.level = 'all' and r.grain = t.grain and r.bucket_start = t.bucket_start and r.latency_values is not null;
   return v_rows;
 end;
 $$;
 comment on function ops.fold_usage_rows(bigint, bigint, timestamptz) is
-  'Adds the usage rows with p_after < id <= p_through (and created_at >= p_from) to ops.usage_rollup, in both grains; returns the rollup rows written. Called by ops.refresh_usage_rollups and ops.rebuild_usage_rollups.';
+  'Adds the usage rows with p_after < id <= p_through (and created_at >= p_from) to ops.usage_rollup, at every level and grain, and recomputes the latency percentiles of the all rows it touched; returns the rollup rows written. Called by ops.refresh_usage_rollups and ops.rebuild_usage_rollups.';
 
 create function ops.refresh_usage_rollups()
 returns jsonb
@@ -95,6 +115,9 @@ begin
     if v_state.pending_through > v_state.folded_through
        and not exists (select 1 from unnest(v_state.pending_xids) x where pg_xact_status(x) = 'in progress') then
       v_cells := v_cells + ops.fold_usage_rows(v_state.folded_through, v_state.pending_through);
+      select greatest(v_state.folded_until, max(e.created_at)) into v_state.folded_until
+      from public.agent_usage_events e
+      where e.id > v_state.folded_through and e.id <= v_state.pending_through;
       v_state.folded_through := v_state.pending_through;
     end if;
     exit when v_pass = 2;
@@ -107,7 +130,8 @@ begin
     from pg_snapshot_xip(pg_current_snapshot()) as x;
   end loop;
   update ops.usage_rollup_state s
-  set folded_through = v_state.folded_through, pending_through = v_state.pending_through,
+  set folded_through = v_state.folded_through, folded_until = v_state.folded_until,
+      pending_through = v_state.pending_through,
       pending_xids = v_state.pending_xids, refreshed_at = now()
   where s.id;
   return jsonb_build_object('folded_through', v_state.folded_through, 'pending_through', v_state.pending_through,
@@ -123,7 +147,7 @@ language plpgsql
 set search_path = ''
 as $$
 declare
-  -- Whole days: the day grain of p_from's day is rebuilt with it.
+  -- Whole days: every bucket of p_from's day (none is longer) is rebuilt with it.
   v_from timestamptz := date_bin(interval '1 day', p_from, timestamptz '2000-01-01 00:00:00+00');
   v_state ops.usage_rollup_state;
 begin
@@ -147,7 +171,7 @@ security definer
 set search_path = ''
 as $$
 -- Whole days only (the bound is rounded down to a UTC day), so the rollup's
--- minutes and days before the bound go with them and the reports still
+-- buckets (none longer than a day) before the bound go with them and the reports still
 -- equal the raw rows. A day goes with DROP TABLE (no dead rows, no vacuum);
 -- older rows in the default partition are deleted.
 declare
