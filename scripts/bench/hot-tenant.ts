@@ -1,9 +1,10 @@
 /**
  * Hot tenant: begin turn for one org whose org: bucket is split into K shards
  * (policy org_bucket_shards), against many orgs of one member each, at 16 and
- * 64 clients (limits high: every call admitted). The two are measured in
- * alternating rounds and compared by their total calls, so load from other
- * work on the machine falls on both alike.
+ * 64 clients (limits high: every call admitted). After an unmeasured
+ * warm-up, the two are measured in five alternating rounds and compared by
+ * their total calls, so load from other work on the machine falls on both
+ * alike.
  *
  * Then the exactness check under a binding limit, with every call recorded
  * (admitted or not) at the instant it was decided at: the most admitted in
@@ -16,7 +17,7 @@ import { type BenchContext, HOT_ORG, type ScenarioResult } from "./context.ts";
 
 /** K for the hot org at each client count: the most a policy allows (more rows, fewer collisions). */
 const SHARDS: Record<number, number> = { 16: 64, 64: 64 };
-const ROUNDS = 3;
+const ROUNDS = 5;
 const LIMIT = 600;
 const WINDOW = 2;
 const USER = `('00000000-0000-4000-9000-' || lpad(cast(:u as text), 12, '0'))::uuid`;
@@ -32,10 +33,16 @@ const recorded = `insert into public.bench_calls (at, admitted)
     1000000, 1000000, 1000000, 60, 20, false) ->> 'outcome' = 'ok';`;
 
 /** Calls per second of one pgbench run, and how many it made. */
-async function rate(ctx: BenchContext, name: string, clients: number, sql: string) {
+async function rate(
+  ctx: BenchContext,
+  name: string,
+  clients: number,
+  sql: string,
+  extra: string[] = [],
+) {
   const script = `${ctx.work}/hot-${name}-${clients}.sql`;
   await Deno.writeTextFile(script, `\\set u random(1, 1000)\n\\set ip random(1, 250)\n${sql}\n`);
-  const out = await ctx.pgbench(clients, script, ["-M", "prepared"]);
+  const out = await ctx.pgbench(clients, script, ["-M", "prepared", ...extra]);
   const r = Number(/tps = ([\d.]+)/.exec(out)?.[1] ?? NaN);
   const failed = Number(/number of failed transactions: (\d+)/.exec(out)?.[1] ?? 0);
   if (!Number.isFinite(r) || failed > 0 || /aborted/.test(out)) {
@@ -92,6 +99,10 @@ export async function hotTenant(ctx: BenchContext): Promise<ScenarioResult> {
   const plain: Record<number, number> = {};
   for (const clients of [16, 64]) {
     many[clients] = hot[clients] = plain[clients] = 0;
+    // Unmeasured warm-up of each series (connections, plans, the rows' first versions).
+    await setShards(ctx, SHARDS[clients]!, null);
+    await rate(ctx, "warm-up", clients, call(`'${HOT_ORG}'::uuid`, USER), ["-T", "1"]);
+    await rate(ctx, "warm-up", clients, call(MANY_ORG, MANY_USER), ["-T", "1"]);
     for (let round = 0; round < ROUNDS; round++) {
       await setShards(ctx, null, null);
       many[clients] += await rate(ctx, "many-orgs", clients, call(MANY_ORG, MANY_USER)) / ROUNDS;
