@@ -12,22 +12,14 @@ import { reserveTokens } from "../../functions/agent-chat/admission.ts";
 import { DEFAULT_SYSTEM_PROMPT } from "../../functions/agent-chat/config.ts";
 import { testUrls } from "../support/function-harness.ts";
 import { withHarness } from "../support/test-helpers.ts";
+import { waitFor } from "../support/attack.ts";
 
 const K = 4;
 /** Tokens each SQL-level turn reserves; at gpt-4.1-mini's highest price ($1.20 per 1M) $0.012. */
 const RESERVE = 10_000;
 const TURN_USD = RESERVE * 1.2 / 1e6;
-
-/** Polls `probe` until `done` accepts its value (bounded); returns the last value. */
-async function waitFor<T>(probe: () => Promise<T>, done: (v: T) => boolean, ms = 15_000) {
-  const until = performance.now() + ms;
-  let value = await probe();
-  while (!done(value) && performance.now() < until) {
-    await new Promise((r) => setTimeout(r, 20));
-    value = await probe();
-  }
-  return value;
-}
+/** The bound on every wait of these tests. */
+const WAIT_MS = 15_000;
 
 /**
  * K transactions of one org, each on a connection of its own and for a member
@@ -56,7 +48,7 @@ async function inFlightTogether(orgId: string, userIds: string[], prefix: string
         await gate;
         return row!.outcome as string;
       }));
-    const seen = await waitFor(() => Promise.resolve(decided), (n) => n >= K);
+    const seen = await waitFor(() => Promise.resolve(decided), (n) => n >= K, WAIT_MS);
     release();
     const outcomes = await Promise.all(turns);
     assertEquals(seen, K, `all ${K} decided while the others were open (no stripe waited)`);
@@ -152,6 +144,7 @@ for (const shards of [1, K]) {
         await waitFor(
           () => Promise.resolve(h.openai.requests.length - asked + refused),
           (decided) => decided >= 10,
+          WAIT_MS,
         );
         release();
         const results = await Promise.all(calls);
@@ -164,6 +157,7 @@ for (const shards of [1, K]) {
             h.sql`select coalesce(sum(usd), 0)::float8 as usd, coalesce(sum(billed_events), 0)::int as n
                 from ops.spend_counters where org_id = ${m.orgId}`,
           (rows) => Number(rows[0]?.n) >= admitted,
+          WAIT_MS,
         );
         assert(
           Number(spend!.usd) <= (2.5 + shards) * httpTurnUsd,

@@ -5,23 +5,12 @@
  */
 import postgres from "postgres";
 import { assertEquals } from "./assert.ts";
-import { testUrls } from "../support/function-harness.ts";
+import { withPool as withPoolOf } from "../support/test-helpers.ts";
 import { sqlLiteral } from "../../functions/agent-chat/database.ts";
 
 const CONNECTIONS = 64;
 
-async function withPool(fn: (sql: postgres.Sql) => Promise<void>) {
-  const sql = postgres(testUrls().databaseUrl, {
-    max: CONNECTIONS,
-    onnotice: () => {},
-    prepare: false,
-  });
-  try {
-    await fn(sql);
-  } finally {
-    await sql.end({ timeout: 5 });
-  }
-}
+const withPool = (fn: (sql: postgres.Sql) => Promise<void>) => withPoolOf(CONNECTIONS, fn);
 
 Deno.test("begin turn: 1,000 calls over 64 connections at a user limit of 100 admit exactly 100", () =>
   withPool(async (sql) => {

@@ -5,22 +5,11 @@
  */
 import postgres from "postgres";
 import { assert, assertEquals } from "./assert.ts";
-import { testUrls } from "../support/function-harness.ts";
+import { withPool as withPoolOf } from "../support/test-helpers.ts";
 
 const CONNECTIONS = 64;
 
-async function withPool(fn: (sql: postgres.Sql) => Promise<void>) {
-  const sql = postgres(testUrls().databaseUrl, {
-    max: CONNECTIONS,
-    onnotice: () => {},
-    prepare: false,
-  });
-  try {
-    await fn(sql);
-  } finally {
-    await sql.end({ timeout: 5 });
-  }
-}
+const withPool = (fn: (sql: postgres.Sql) => Promise<void>) => withPoolOf(CONNECTIONS, fn);
 
 /** An org of `members` members; their ids. */
 async function org(sql: postgres.Sql, id: string, members: number): Promise<string[]> {

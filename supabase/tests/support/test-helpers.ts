@@ -35,4 +35,17 @@ export async function withDb<T>(fn: (sql: postgres.Sql) => Promise<T>): Promise<
   }
 }
 
+/** A pool of `max` connections of the test's own, for calls made at once. */
+export async function withPool(
+  max: number,
+  fn: (sql: postgres.Sql) => Promise<void>,
+): Promise<void> {
+  const sql = postgres(testUrls().databaseUrl, { max, onnotice: () => {}, prepare: false });
+  try {
+    await fn(sql);
+  } finally {
+    await sql.end({ timeout: 5 });
+  }
+}
+
 export { type ErrorBody, expectError, statusOf } from "./contract.ts";
