@@ -31,7 +31,8 @@ as $$
 -- Two statements, each a cached generic plan with one primary-key lookup
 -- per bucket: lock the buckets, then decide and (only when every bucket
 -- allows) count the request in each, building the answer in the same
--- statement. A refusal runs a third, to say when to retry.
+-- statement. A refusal runs a third, to say when to retry; a sharded org:
+-- bucket adds one probe for its shard (1b).
 declare
   v_now_ms bigint := (extract(epoch from p_now) * 1000)::bigint;
   v_decision jsonb;

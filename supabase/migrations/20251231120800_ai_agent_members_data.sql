@@ -602,16 +602,6 @@ $$;
 comment on procedure ops.purge_nightly(integer) is
   'Runs ops.purge_expired until nothing is left (at most p_max_rounds), committing after each bounded round so no delete is huge and no transaction long. pg_cron runs it nightly (job agent-chat-purge-expired: call ops.purge_nightly()); call it alone, not inside a transaction.';
 
--- The nightly schedule, only where pg_cron is enabled (with the alert check's,
--- in the runbook's block for enabling pg_cron later).
-do $$
-begin
-  if exists (select 1 from pg_extension where extname = 'pg_cron') then
-    perform cron.schedule('agent-chat-purge-expired', '17 3 * * *', 'call ops.purge_nightly()');
-  end if;
-end;
-$$;
-
 -- ---------------------------------------------------------------------------
 -- Privileges of every table, function and procedure above, one statement per
 -- kind (checked by supabase/tests/database/004_privileges_inventory.test.sql):
