@@ -9,7 +9,7 @@
  * Pending writes live in the isolate. One drain loop at a time, kept alive
  * with EdgeRuntime.waitUntil: it tries the oldest write and, when that
  * lands, the rest (the store is back); when it fails, it waits (backoff 0.2
- * to 5 s) and tries again. The next request wakes it at once (`nudge`). A
+ * to 5 s, never past the earliest pending `until`) and tries again. The next request wakes it at once (`nudge`). A
  * write past its `until` runs its `giveUp` once instead (the turn's save
  * gives up into a failure row that releases its key). The queue is bounded:
  * past `maxPending` the oldest write is dropped with an error line.
@@ -112,10 +112,19 @@ class RecoveryQueue implements Recovery {
     if (!head) return;
     if (!await this.attempt(head)) {
       this.failures++;
+      await this.expire();
       return;
     }
     this.failures = 0;
     await Promise.all(this.queue.splice(0).map((w) => this.attempt(w)));
+  }
+
+  /** The writes past their `until` get their last try (and give up) even behind a failing head. */
+  private async expire() {
+    const due = this.queue.filter((w) => w.until !== undefined && this.now() >= w.until);
+    if (due.length === 0) return;
+    for (const w of due) this.queue.splice(this.queue.indexOf(w), 1);
+    await Promise.all(due.map((w) => this.attempt(w)));
   }
 
   /** True when the write is done with: landed, or given up. */
@@ -137,9 +146,14 @@ class RecoveryQueue implements Recovery {
     }
   }
 
+  /** The backoff, cut short so that a write whose `until` comes first is given up on time. */
   private delay() {
     const { baseDelayMs = 200, maxDelayMs = 5000 } = this.options;
-    return Math.min(baseDelayMs * 2 ** this.failures, maxDelayMs) * (0.75 + Math.random() / 4);
+    const backoff = Math.min(baseDelayMs * 2 ** this.failures, maxDelayMs) *
+      (0.75 + Math.random() / 4);
+    const deadlines = this.queue.flatMap((w) => w.until === undefined ? [] : [w.until]);
+    if (deadlines.length === 0) return backoff;
+    return Math.max(0, Math.min(backoff, Math.min(...deadlines) - this.now() + 1));
   }
 }
 

@@ -75,6 +75,36 @@ Deno.test("recovery: past its until a write gives up once; past maxPending the o
   assertEquals(lines.filter((l) => l.event === "write_given_up").length, 3);
 });
 
+Deno.test("recovery: a write gives up at its until, not a backoff later, even behind a failing write with no until", async () => {
+  const { log } = logger();
+  // Backoff of 2 to 5 s: without the cap the give-up would wait for it.
+  const recovery = createRecovery({ log, baseDelayMs: 2000, maxDelayMs: 5000 });
+  const start = performance.now();
+  let gaveUpAt = -1;
+  let headDown = true;
+  recovery.retry({
+    name: "usage row",
+    requestId: "head",
+    attempt: () => headDown ? Promise.reject(new Error("connection refused")) : Promise.resolve(),
+  });
+  recovery.retry({
+    name: "turn save",
+    requestId: "deadline",
+    attempt: () => Promise.reject(new Error("connection refused")),
+    until: start + 150,
+    giveUp: () => Promise.resolve(void (gaveUpAt = performance.now() - start)),
+  });
+  const bound = performance.now() + 1500;
+  while (gaveUpAt < 0 && performance.now() < bound) await new Promise((r) => setTimeout(r, 10));
+  assert(gaveUpAt >= 150, `gave up at ${gaveUpAt} ms, not before its until`);
+  assert(gaveUpAt < 1500, `gave up at ${gaveUpAt} ms, within the bound (the backoff is 4 s)`);
+  assertEquals(recovery.pending, 1, "the write with no until is still pending");
+  headDown = false; // the store is back: the next pass lands it and the loop ends
+  recovery.nudge();
+  await recovery.settled(2000);
+  assertEquals(recovery.pending, 0);
+});
+
 Deno.test("recovery: outcomeUnknown is true for timeouts and lost connections, false for an answered error", () => {
   assert(outcomeUnknown(new DatabaseError("agent_finish_turn: no answer within 400 ms")));
   assert(
