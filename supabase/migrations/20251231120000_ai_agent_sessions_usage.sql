@@ -238,7 +238,7 @@ comment on table ops.rate_limits is
   'One row per rate-limit bucket (org:<uuid>, user:<uuid>, ip:<address>). Read ops.rate_limit_status for used/remaining/reset; clear with ops.clear_rate_limit(key).';
 comment on column ops.rate_limits.max_requests is 'Limit N applied at the last decision (AI_AGENT_RATE_LIMIT_<SCOPE>_MAX_REQUESTS).';
 comment on column ops.rate_limits.window_seconds is 'Window W applied at the last decision (AI_AGENT_RATE_LIMIT_WINDOW_SECONDS).';
-comment on column ops.rate_limits.slot_ms is 'Width of one slot, W/20 in milliseconds.';
+comment on column ops.rate_limits.slot_ms is 'Width of one slot, W/100 in milliseconds.';
 comment on column ops.rate_limits.slot_ids is 'Slot numbers (floor(epoch_ms / slot_ms)) that still hold admissions, ascending.';
 comment on column ops.rate_limits.slot_counts is 'Admissions per slot, parallel to slot_ids.';
 comment on column ops.rate_limits.slot_total is
