@@ -264,11 +264,13 @@ begin
   if v_k = 1 or v_decision ->> 'key' is distinct from v_keys[1] then
     return coalesce(v_decision, '{"allowed": true, "retry_after_seconds": 0}'::jsonb);
   end if;
-  -- This shard is full: the turn tries the others it can take without
-  -- waiting (it holds a shard now, so it may not wait for another). A shard
-  -- held by another turn is passed over, so the org may refuse up to K - 1
-  -- admissions of a window early, never admit one too many. The refusal kept
-  -- is the one that frees first.
+  -- This shard is full: the turn looks for another with room that it can
+  -- take without waiting (1b; it holds a shard now, so it may not wait for
+  -- another). A shard held by another turn is passed over, so the org may
+  -- refuse up to K - 1 admissions of a window early, never admit one too
+  -- many. The Retry-After is that of the full shards this turn decided on
+  -- (the one that frees first; another shard may free sooner). A refused
+  -- turn costs one search over the K rows, not K decisions.
   if v_refusal is null or (v_decision ->> 'retry_after_seconds')::integer < (v_refusal ->> 'retry_after_seconds')::integer then
     v_refusal := v_decision;
   end if;
