@@ -112,8 +112,9 @@ begin
         and not r.retired
         and (select coalesce(sum(x.n), 0)
              from unnest(r.slot_ids, r.slot_counts) as x (id, n)
-             where r.slot_ms <> p_windows[1]::bigint * 10
-                or x.id >= (v_now_ms - p_windows[1]::bigint * 1000) / (p_windows[1]::bigint * 10))
+             where case when r.slot_ms = p_windows[1]::bigint * 10
+                        then x.id >= (v_now_ms - p_windows[1]::bigint * 1000) / (p_windows[1]::bigint * 10)
+                        else (x.id + 1) * r.slot_ms > v_now_ms - r.window_seconds::bigint * 1000 end)
             < p_limits[1] / v_k + case when split_part(r.bucket_key, '.', -1)::integer < p_limits[1] % v_k then 1 else 0 end
       order by (split_part(r.bucket_key, '.', -1)::integer - v_start + v_k) % v_k
       limit 1
@@ -129,10 +130,27 @@ begin
       end if;
     end loop;
     if v_shard is null then
-      v_shard := v_start;
-      insert into ops.rate_limits as r (bucket_key, max_requests, window_seconds, slot_ms)
-      values (p_bucket_keys[1] || '#' || v_k || '.' || v_shard, greatest(p_limits[1] / v_k, 1), p_windows[1], p_windows[1]::bigint * 10)
-      on conflict (bucket_key) do update set updated_at = r.updated_at where false;
+      -- No shard could be taken: every row of the layout is held by another
+      -- turn, or missing (never made, or purged while idle; unseen rows would
+      -- otherwise never be used). The missing ones are made, in key order
+      -- (this turn holds no shard, so waiting for another's insert of the
+      -- same key cannot deadlock), and the turn takes one of those it made;
+      -- none made: it waits for its first.
+      with made as (
+        insert into ops.rate_limits as r (bucket_key, max_requests, window_seconds, slot_ms)
+        select p_bucket_keys[1] || '#' || v_k || '.' || s, greatest(p_limits[1] / v_k, 1), p_windows[1], p_windows[1]::bigint * 10
+        from generate_series(0, v_k - 1) s
+        order by (p_bucket_keys[1] || '#' || v_k || '.' || s) collate "C"
+        on conflict (bucket_key) do nothing
+        returning split_part(r.bucket_key, '.', -1)::integer as shard
+      )
+      select m.shard into v_shard from made m order by (m.shard - v_start + v_k) % v_k limit 1;
+      if v_shard is null then
+        v_shard := v_start;
+        insert into ops.rate_limits as r (bucket_key, max_requests, window_seconds, slot_ms)
+        values (p_bucket_keys[1] || '#' || v_k || '.' || v_shard, greatest(p_limits[1] / v_k, 1), p_windows[1], p_windows[1]::bigint * 10)
+        on conflict (bucket_key) do update set updated_at = r.updated_at where false;
+      end if;
     end if;
     v_keys[1] := p_bucket_keys[1] || '#' || v_k || '.' || v_shard;
     v_limits[1] := p_limits[1] / v_k + case when v_shard < p_limits[1] % v_k then 1 else 0 end;
@@ -231,7 +249,9 @@ begin
            'reset_seconds', w.retry,
            'retry_after_seconds', w.retry)
   from (
-    select r.bucket_key as key, q.lim, q.win, q.slot_ms, k.used, k.ids, k.counts
+    -- A row's slots leave in its own units: its slot width and window (a
+    -- row decided with another window keeps them until they leave that one).
+    select r.bucket_key as key, q.lim, q.win, r.slot_ms as row_slot_ms, r.window_seconds as row_win, k.used, k.ids, k.counts
     from ops.rate_limits r
     cross join lateral (
       select v_limits[i] as lim, p_windows[i] as win, p_windows[i]::bigint * 10 as slot_ms
@@ -247,7 +267,7 @@ begin
     where r.bucket_key = any (v_keys) and (k.used >= q.lim or r.retired)
   ) f
   cross join lateral (
-    select greatest(ceil(coalesce(min((x.id + 1) * f.slot_ms + f.win::bigint * 1000 - v_now_ms)
+    select greatest(ceil(coalesce(min((x.id + 1) * f.row_slot_ms + f.row_win::bigint * 1000 - v_now_ms)
                                   filter (where f.used - x.freed < f.lim), 0) / 1000.0)::integer, 1) as retry
     from (select s.id, sum(s.n) over (order by s.ord) as freed
           from unnest(f.ids, f.counts) with ordinality as s (id, n, ord)) x

@@ -553,8 +553,13 @@ begin
     p_now - coalesce(p_usage_retention, make_interval(months => v_settings.usage_row_months))) ->> 'usage_events_deleted')::integer;
 
   -- Buckets whose every admission has left the window hold nothing (a small table).
+  -- Rows a turn holds are skipped (skip locked): the purge never waits for
+  -- a turn, so it cannot deadlock with one waiting for a shard.
   delete from ops.rate_limits r
-  where r.updated_at < p_now - make_interval(secs => r.window_seconds + r.slot_ms / 1000.0);
+  where r.bucket_key in (
+    select x.bucket_key from ops.rate_limits x
+    where x.updated_at < p_now - make_interval(secs => x.window_seconds + x.slot_ms / 1000.0)
+    for update skip locked);
   get diagnostics v_buckets = row_count;
 
   -- Reservations that expired a day ago (they stopped counting then), and
