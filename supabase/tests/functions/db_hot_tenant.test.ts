@@ -54,6 +54,27 @@ Deno.test("sharded org bucket: 1,000 calls over 64 connections on 8 shards admit
     assert(rows!.n <= 8, `${rows!.n} shard rows: at most K`);
   }));
 
+Deno.test("sharded org bucket: shard rows gone (purged while idle) are made again at first use by 64 connections, without error, and the limit is admitted", () =>
+  withPool(async (sql) => {
+    const id = crypto.randomUUID();
+    const users = await org(sql, id, 200);
+    await sql`select ops.policy_set(${id}::uuid, null, '{"org_bucket_shards": 8}', 'test')`;
+    await sql`delete from ops.rate_limits where bucket_key like ${"org:" + id + "#%"}`;
+    const outcomes = await turns(sql, id, users, 1000, 100);
+    const admitted = outcomes.filter((o) => o === "ok").length;
+    assertEquals(
+      outcomes.filter((o) => o !== "ok" && o !== "rate_limit"),
+      [],
+      "every call decided, none failed (no deadlock making the rows)",
+    );
+    assert(admitted <= 100, `${admitted} admitted: never more than the limit`);
+    assert(admitted >= 100 - 7, `${admitted} admitted: every shard made and used`);
+    const [rows] = await sql`select count(*)::int as n, sum(slot_total)::int as total
+      from ops.rate_limits where bucket_key like ${"org:" + id + "#%"}`;
+    assertEquals(rows!.n, 8, "the eight rows are back");
+    assertEquals(rows!.total, admitted, "the shards hold exactly the admissions");
+  }));
+
 Deno.test("sharded org bucket: K changed three times while 1,000 calls run never admits past the limit", () =>
   withPool(async (sql) => {
     const id = crypto.randomUUID();
