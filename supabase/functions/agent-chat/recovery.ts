@@ -9,7 +9,8 @@
  * Pending writes live in the isolate. One drain loop at a time, kept alive
  * with EdgeRuntime.waitUntil: it tries the oldest write and, when that
  * lands, the rest (the store is back); when it fails, it waits (backoff 0.2
- * to 5 s, never past the earliest pending `until`) and tries again. The next request wakes it at once (`nudge`). A
+ * to 5 s) and tries again. A write whose `until` comes before the next try
+ * wakes the loop for its last try alone. The next request wakes it at once (`nudge`). A
  * write past its `until` runs its `giveUp` once instead (the turn's save
  * gives up into a failure row that releases its key). The queue is bounded:
  * past `maxPending` the oldest write is dropped with an error line.
@@ -56,6 +57,7 @@ class RecoveryQueue implements Recovery {
   private loop: Promise<void> | undefined;
   private wake: (() => void) | undefined;
   private failures = 0;
+  private nudged = false;
   private readonly now: () => number;
 
   constructor(private readonly options: RecoveryOptions) {
@@ -81,7 +83,9 @@ class RecoveryQueue implements Recovery {
   }
 
   nudge() {
-    if (this.queue.length > 0) this.wake?.();
+    if (this.queue.length === 0) return;
+    this.nudged = true;
+    this.wake?.();
   }
 
   async settled(ms: number) {
@@ -92,11 +96,20 @@ class RecoveryQueue implements Recovery {
   }
 
   private async drain() {
+    // When the oldest write is tried next (backoff); deadlines come in between.
+    let nextTry = this.now();
+    this.nudged = false;
     while (this.queue.length > 0) {
-      await this.pass();
+      if (this.nudged || this.now() >= nextTry) {
+        this.nudged = false;
+        const landed = await this.pass();
+        this.failures = landed ? 0 : this.failures + 1;
+        nextTry = this.now() + this.backoff();
+      }
+      await this.expire();
       if (this.queue.length === 0) break;
       await new Promise<void>((resolve) => {
-        const timer = setTimeout(resolve, this.delay());
+        const timer = setTimeout(resolve, this.wait(nextTry));
         this.wake = () => {
           clearTimeout(timer);
           resolve();
@@ -106,54 +119,68 @@ class RecoveryQueue implements Recovery {
     }
   }
 
-  /** One pass: the oldest write first; the rest only when it landed (the store is back). */
-  private async pass() {
-    const head = this.queue.shift();
-    if (!head) return;
-    if (!await this.attempt(head)) {
-      this.failures++;
-      await this.expire();
-      return;
+  /**
+   * One try of the oldest writes, until one lands or fails (a write past its
+   * `until` gives up and the next is tried); when one lands, the store is
+   * back and the rest go at once. True when one landed.
+   */
+  private async pass(): Promise<boolean> {
+    for (let head = this.queue.shift(); head; head = this.queue.shift()) {
+      const outcome = await this.attempt(head);
+      if (outcome === "retry") return false;
+      if (outcome === "landed") {
+        await Promise.all(this.queue.splice(0).map((w) => this.attempt(w)));
+        return true;
+      }
     }
-    this.failures = 0;
-    await Promise.all(this.queue.splice(0).map((w) => this.attempt(w)));
+    return false;
   }
 
   /** The writes past their `until` get their last try (and give up) even behind a failing head. */
   private async expire() {
-    const due = this.queue.filter((w) => w.until !== undefined && this.now() >= w.until);
+    const due = this.queue.filter((w) =>
+      w.until !== undefined && this.now() >= w.until
+    );
     if (due.length === 0) return;
     for (const w of due) this.queue.splice(this.queue.indexOf(w), 1);
     await Promise.all(due.map((w) => this.attempt(w)));
   }
 
-  /** True when the write is done with: landed, or given up. */
-  private async attempt(w: Queued): Promise<boolean> {
+  /** Landed, given up (past its `until`), or queued again for a later try. */
+  private async attempt(w: Queued): Promise<"landed" | "given_up" | "retry"> {
     w.tries++;
     const fields = { write: w.name, request_id: w.requestId, tries: w.tries };
     try {
       await w.attempt();
       this.options.log("info", "write_recovered", fields);
-      return true;
+      return "landed";
     } catch (error) {
       if (w.until === undefined || this.now() < w.until) {
         this.queue.push(w);
-        return false;
+        return "retry";
       }
-      this.options.log("error", "write_given_up", { ...fields, detail: describe(error) });
+      this.options.log("error", "write_given_up", {
+        ...fields,
+        detail: describe(error),
+      });
       await w.giveUp?.().catch(() => {});
-      return true;
+      return "given_up";
     }
   }
 
-  /** The backoff, cut short so that a write whose `until` comes first is given up on time. */
-  private delay() {
+  private backoff() {
     const { baseDelayMs = 200, maxDelayMs = 5000 } = this.options;
-    const backoff = Math.min(baseDelayMs * 2 ** this.failures, maxDelayMs) *
+    return Math.min(baseDelayMs * 2 ** this.failures, maxDelayMs) *
       (0.75 + Math.random() / 4);
-    const deadlines = this.queue.flatMap((w) => w.until === undefined ? [] : [w.until]);
-    if (deadlines.length === 0) return backoff;
-    return Math.max(0, Math.min(backoff, Math.min(...deadlines) - this.now() + 1));
+  }
+
+  /** How long to sleep: until the next try, or the first pending `until` if sooner. */
+  private wait(nextTry: number) {
+    const deadlines = this.queue.flatMap((w) =>
+      w.until === undefined ? [] : [w.until]
+    );
+    const at = Math.min(nextTry, ...deadlines.map((d) => d + 1));
+    return Math.max(0, at - this.now());
   }
 }
 

@@ -105,6 +105,46 @@ Deno.test("recovery: a write gives up at its until, not a backoff later, even be
   assertEquals(recovery.pending, 0);
 });
 
+Deno.test("recovery: deadlines coming one after another do not retry the failing head each time, and a give-up is not the store coming back", async () => {
+  const { log } = logger();
+  const recovery = createRecovery({ log, baseDelayMs: 200, maxDelayMs: 5000 });
+  let headTries = 0, otherTries = 0, gaveUp = 0, storeUp = false;
+  recovery.retry({
+    name: "usage row",
+    requestId: "head",
+    attempt: () => {
+      headTries++;
+      return storeUp ? Promise.resolve() : Promise.reject(new Error("connection refused"));
+    },
+  });
+  for (let i = 0; i < 20; i++) {
+    recovery.retry({
+      name: "turn save",
+      requestId: `save-${i}`,
+      attempt: () => {
+        otherTries++;
+        return Promise.reject(new Error("connection refused"));
+      },
+      until: performance.now() + 50,
+      giveUp: () => Promise.resolve(void gaveUp++),
+    });
+    await new Promise((r) => setTimeout(r, 15));
+  }
+  const bound = performance.now() + 2000;
+  while (gaveUp < 20 && performance.now() < bound) await new Promise((r) => setTimeout(r, 10));
+  assertEquals(gaveUp, 20, "every save gave up at its deadline");
+  // The loop ran ~0.4 s: the head is tried on its backoff (0.15 to 0.2 s, then 0.3 to 0.4 s), not at each of 20 deadlines.
+  assert(headTries <= 4, `the head was tried ${headTries} times`);
+  assert(
+    otherTries <= 40,
+    `the saves were tried ${otherTries} times (at most a pass and a last try each)`,
+  );
+  storeUp = true;
+  recovery.nudge();
+  await recovery.settled(2000);
+  assertEquals(recovery.pending, 0);
+});
+
 Deno.test("recovery: outcomeUnknown is true for timeouts and lost connections, false for an answered error", () => {
   assert(outcomeUnknown(new DatabaseError("agent_finish_turn: no answer within 400 ms")));
   assert(
