@@ -138,9 +138,7 @@ class RecoveryQueue implements Recovery {
 
   /** The writes past their `until` get their last try (and give up) even behind a failing head. */
   private async expire() {
-    const due = this.queue.filter((w) =>
-      w.until !== undefined && this.now() >= w.until
-    );
+    const due = this.queue.filter((w) => w.until !== undefined && this.now() >= w.until);
     if (due.length === 0) return;
     for (const w of due) this.queue.splice(this.queue.indexOf(w), 1);
     await Promise.all(due.map((w) => this.attempt(w)));
@@ -176,9 +174,7 @@ class RecoveryQueue implements Recovery {
 
   /** How long to sleep: until the next try, or the first pending `until` if sooner. */
   private wait(nextTry: number) {
-    const deadlines = this.queue.flatMap((w) =>
-      w.until === undefined ? [] : [w.until]
-    );
+    const deadlines = this.queue.flatMap((w) => w.until === undefined ? [] : [w.until]);
     const at = Math.min(nextTry, ...deadlines.map((d) => d + 1));
     return Math.max(0, at - this.now());
   }
