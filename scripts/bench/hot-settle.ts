@@ -10,17 +10,20 @@
  *           worst case (the admission lock, the counters and reservations
  *           read), then agent_finish_turn settling it (two transactions).
  *
- * Limits high: every call admitted. With the full profile each figure is the
+ * Limits high: every call admitted. Each rate is a run's last 3 s, after 3 s
+ * that warm its new connections; with the full profile each figure is the
  * median of three runs taken in turn with the others. Then the exactness check: over the whole
  * scenario the hot org's settled counters (summed over their shards) grew by
  * exactly the tokens and the billed rows of its usage rows.
  */
-import { fixed, markdownTable, median } from "./stats.ts";
+import { fixed, markdownTable, median, pgbenchTps, type Steady, steadyArgs } from "./stats.ts";
 import { type BenchContext, HOT_ORG, type ScenarioResult } from "./context.ts";
 
 const SHARDS = 64;
 const CLIENTS = [16, 64];
 const ROUNDS = 3;
+/** Each run: 3 s to warm its new connections (they compile the functions), then 3 s measured. */
+const STEADY: Steady = { warm: 3, measured: 3 };
 const HOT_USER = `('00000000-0000-4000-9000-' || lpad(cast(:u as text), 12, '0'))::uuid`;
 const MANY_ORG = `('00000000-0000-4000-b000-' || lpad(cast(:u as text), 12, '0'))::uuid`;
 const MANY_USER = `('00000000-0000-4000-a000-' || lpad(cast(:u as text), 12, '0'))::uuid`;
@@ -49,8 +52,8 @@ async function rate(ctx: BenchContext, name: string, clients: number, sql: strin
     `\\set u random(1, 1000)\n\\set k random(1, 10)\n\\set ip random(1, 250)\n` +
       `\\set r random(1, 9000000000000000)\n${sql}\n`,
   );
-  const out = await ctx.pgbench(clients, script, ["-M", "prepared"]);
-  const r = Number(/tps = ([\d.]+)/.exec(out)?.[1] ?? NaN);
+  const out = await ctx.pgbench(clients, script, ["-M", "prepared", ...steadyArgs(STEADY)]);
+  const r = pgbenchTps(out, STEADY);
   if (!Number.isFinite(r)) throw new Error(`pgbench ${name} @${clients}: ${out.slice(-600)}`);
   ctx.log(`hot settle ${name} @${clients}: ${Math.round(r)}/s`);
   return r;

@@ -14,14 +14,14 @@
  * least 0.99 of what an ideal limiter (an exact sliding log, deciding the same
  * calls at the same instants) would have admitted.
  */
-import { fixed, markdownTable, median } from "./stats.ts";
+import { fixed, markdownTable, median, pgbenchTps, type Steady, steadyArgs } from "./stats.ts";
 import { type BenchContext, HOT_ORG, type ScenarioResult } from "./context.ts";
 
 /** K for the hot org at each client count: the most a policy allows (more rows, fewer collisions). */
 const SHARDS: Record<number, number> = { 16: 64, 64: 64 };
 const ROUNDS = 6;
 /** Each run: 3 s to warm its new connections, then 3 s measured. */
-const STEADY = { warm: 3, measured: 3 };
+const STEADY: Steady = { warm: 3, measured: 3 };
 /** The exactness run: five windows, so its end (a window cut short) weighs little. */
 const LIMITED_SECONDS = 10;
 const LIMIT = 600;
@@ -66,20 +66,14 @@ async function rate(
   clients: number,
   sql: string,
   extra: string[] = [],
-  steady?: { warm: number; measured: number },
+  steady?: Steady,
 ) {
   const script = `${ctx.work}/hot-${name}-${clients}.sql`;
   await Deno.writeTextFile(script, `\\set u random(1, 1000)\n\\set ip random(1, 250)\n${sql}\n`);
-  const timing = steady ? ["-T", String(steady.warm + steady.measured), "-P", "1"] : [];
+  const timing = steady ? steadyArgs(steady) : [];
   const out = await ctx.pgbench(clients, script, ["-M", "prepared", ...extra, ...timing]);
   const failed = Number(/number of failed transactions: (\d+)/.exec(out)?.[1] ?? 0);
-  const seconds = steady
-    ? [...out.matchAll(/progress: ([\d.]+) s, ([\d.]+) tps/g)]
-      .filter((m) => Number(m[1]) > steady.warm).map((m) => Number(m[2]))
-    : [];
-  const r = steady
-    ? seconds.reduce((a, b) => a + b, 0) / seconds.length
-    : Number(/tps = ([\d.]+)/.exec(out)?.[1] ?? NaN);
+  const r = pgbenchTps(out, steady);
   if (!Number.isFinite(r) || failed > 0 || /aborted/.test(out)) {
     throw new Error(`pgbench ${name} @${clients}: ${out.slice(-600)}`);
   }
