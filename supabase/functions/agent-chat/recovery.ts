@@ -9,10 +9,10 @@
  * Pending writes live in the isolate. One drain loop at a time, kept alive
  * with EdgeRuntime.waitUntil: it tries the oldest write and, when that
  * lands, the rest (the store is back); when it fails, it waits (backoff 0.2
- * to 5 s) and tries again. A write whose `until` comes before the next try
- * wakes the loop for its last try alone. The next request wakes it at once (`nudge`). A
- * write past its `until` runs its `giveUp` once instead (the turn's save
- * gives up into a failure row that releases its key). The queue is bounded:
+ * to 5 s) and tries again. The next request wakes it at once (`nudge`). A
+ * write whose `until` comes before the next try wakes the loop for its last
+ * try alone, then runs its `giveUp` once (the turn's save gives up into a
+ * failure row that releases its key). The queue is bounded:
  * past `maxPending` the oldest write is dropped with an error line.
  */
 import { describe } from "../_shared/errors.ts";

@@ -187,7 +187,7 @@ Deno.test("metering (redis via Upstash): the store failing after the model answe
       assertEquals(res.status, 200, "the answer is sent; the save is retried");
       const requestId = res.headers.get("x-request-id")!;
       await res.body?.cancel();
-      // Given up about 5 s after the failed save (the deadline caps the backoff).
+      // Given up about 5 s after the failed save: its deadline wakes the retry loop.
       const rows = await waitFor(() => h.usageRows(requestId), (r) => r.length > 0, 15_000);
       assertEquals(rows.length, 1);
       assertEquals(rows[0]!.total_tokens, 22);

@@ -33,6 +33,12 @@ function turns(sql: postgres.Sql, orgId: string, users: string[], calls: number,
   );
 }
 
+/** How many calls were admitted; fails when any was neither admitted nor refused by a bucket. */
+function admittedOf(outcomes: string[], message = "every call decided, none failed"): number {
+  assertEquals(outcomes.filter((o) => o !== "ok" && o !== "rate_limit"), [], message);
+  return outcomes.filter((o) => o === "ok").length;
+}
+
 Deno.test("sharded org bucket: 1,000 calls over 64 connections on 8 shards admit at most the limit of 100", () =>
   withPool(async (sql) => {
     const id = crypto.randomUUID();
@@ -40,12 +46,7 @@ Deno.test("sharded org bucket: 1,000 calls over 64 connections on 8 shards admit
     // K alone: the limit comes with the turns, which set the shards' shares.
     await sql`select ops.policy_set(${id}::uuid, null, '{"org_bucket_shards": 8}', 'test')`;
     const outcomes = await turns(sql, id, users, 1000, 100);
-    const admitted = outcomes.filter((o) => o === "ok").length;
-    assertEquals(
-      outcomes.filter((o) => o !== "ok" && o !== "rate_limit"),
-      [],
-      "every call decided, none failed",
-    );
+    const admitted = admittedOf(outcomes);
     assert(admitted <= 100, `${admitted} admitted: never more than the limit`);
     assert(admitted >= 100 - 7, `${admitted} admitted: at most K - 1 refused early`);
     const [rows] = await sql`select count(*)::int as n, sum(slot_total)::int as total
@@ -61,10 +62,8 @@ Deno.test("sharded org bucket: shard rows gone (purged while idle) are made agai
     await sql`select ops.policy_set(${id}::uuid, null, '{"org_bucket_shards": 8}', 'test')`;
     await sql`delete from ops.rate_limits where bucket_key like ${"org:" + id + "#%"}`;
     const outcomes = await turns(sql, id, users, 1000, 100);
-    const admitted = outcomes.filter((o) => o === "ok").length;
-    assertEquals(
-      outcomes.filter((o) => o !== "ok" && o !== "rate_limit"),
-      [],
+    const admitted = admittedOf(
+      outcomes,
       "every call decided, none failed (no deadlock making the rows)",
     );
     assert(admitted <= 100, `${admitted} admitted: never more than the limit`);
@@ -85,12 +84,7 @@ Deno.test("sharded org bucket: K changed three times while 1,000 calls run never
       await sql`select ops.policy_set(${id}::uuid, null, jsonb_build_object('org_bucket_shards', ${k}::int), 'test')`;
     }
     const outcomes = await running;
-    const admitted = outcomes.filter((o) => o === "ok").length;
-    assertEquals(
-      outcomes.filter((o) => o !== "ok" && o !== "rate_limit"),
-      [],
-      "every call decided, none failed",
-    );
+    const admitted = admittedOf(outcomes);
     assert(
       admitted <= 100,
       `${admitted} admitted across three changes of K: never more than the limit`,
